@@ -1,0 +1,61 @@
+//! `deputy`: run the embedded issuer or a local mesh, and fetch, inspect and validate SVIDs.
+
+mod dev;
+mod endpoint;
+mod issuer;
+mod jwt;
+mod svid;
+
+use clap::{Parser, Subcommand};
+
+/// Deputy: SPIFFE identities, mTLS and delegation for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "deputy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the embedded SPIFFE issuer (stands in for a SPIRE agent).
+    Issuer(issuer::IssuerArgs),
+    /// Fetch or inspect X.509-SVIDs.
+    #[command(subcommand)]
+    Svid(svid::SvidCommand),
+    /// Fetch or validate JWT-SVIDs.
+    #[command(subcommand)]
+    Jwt(jwt::JwtCommand),
+    /// Start a local mesh: an issuer and a deputyd with two sample agents, until Ctrl-C.
+    Dev(dev::DevArgs),
+    /// Run deputyd from this binary (what `deputy dev` starts for each node).
+    #[command(hide = true)]
+    Node(deputyd::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Issuer(args) => issuer::run(args).await,
+            Command::Svid(command) => svid::run(command).await,
+            Command::Jwt(command) => jwt::run(command).await,
+            Command::Dev(args) => dev::run(args).await,
+            Command::Node(args) => deputyd::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

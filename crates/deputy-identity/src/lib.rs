@@ -1,0 +1,22 @@
+//! SPIFFE identities for Deputy.
+//!
+//! - [`spiffe_id`]: the SPIFFE ID and selector rules every config file is checked against.
+//! - [`inspect`]: why a certificate would or would not be accepted as an X.509-SVID.
+//! - [`manager`]: deputyd's own SVID (Workload API) and each fronted agent's SVIDs (Delegated
+//!   Identity API), each published on a `watch` of ready rustls material, with explicit states
+//!   and per-identity backoff.
+
+pub mod backoff;
+pub mod inspect;
+pub mod manager;
+pub mod material;
+pub mod metrics;
+pub mod selector;
+pub mod spiffe_id;
+pub mod state;
+
+pub use manager::{AgentIdentity, IdentityManager, IdentityManagerConfig};
+pub use material::{MaterialError, TlsMaterial};
+pub use selector::{Selector, SelectorError};
+pub use spiffe_id::{InvalidSpiffeId, parse_spiffe_id};
+pub use state::{IdentityState, IdentityStatus};

@@ -1,0 +1,83 @@
+//! The admin listener: health, readiness, Prometheus metrics and identity status.
+//!
+//! It binds loopback by default: `/status` names every identity on the node.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use deputy_identity::{IdentityManager, IdentityState};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+
+/// What the admin endpoints read.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// Every identity of the node.
+    pub identities: Arc<IdentityManager>,
+    /// Renders the metrics registry.
+    pub metrics: PrometheusHandle,
+    /// The trust domain, for `/status`.
+    pub trust_domain: String,
+}
+
+/// The admin routes.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.identities.is_ready() {
+        return (StatusCode::OK, "ready\n".to_owned());
+    }
+    let waiting: Vec<String> = state
+        .identities
+        .statuses()
+        .into_iter()
+        .filter(|s| !matches!(s.state, IdentityState::Available | IdentityState::SourceUnavailable))
+        .map(|s| {
+            format!(
+                "{} ({}): {:?}{}",
+                s.name,
+                s.spiffe_id,
+                s.state,
+                s.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+            )
+        })
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready; waiting for SVIDs:\n{}\n", waiting.join("\n")),
+    )
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+#[derive(Serialize)]
+struct StatusDocument {
+    trust_domain: String,
+    ready: bool,
+    identities: Vec<deputy_identity::IdentityStatus>,
+}
+
+async fn status(State(state): State<AdminState>) -> Json<StatusDocument> {
+    Json(StatusDocument {
+        trust_domain: state.trust_domain.clone(),
+        ready: state.identities.is_ready(),
+        identities: state.identities.statuses(),
+    })
+}

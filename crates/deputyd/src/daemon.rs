@@ -1,0 +1,176 @@
+//! The daemon's wiring: identities, admin listener, systemd, and an orderly stop.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use deputy_identity::{IdentityManager, IdentityState};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{AdminState, router};
+use crate::config::Config;
+use crate::systemd;
+
+/// A running deputyd.
+#[derive(Debug)]
+pub struct Daemon {
+    identities: Arc<IdentityManager>,
+    admin_addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+/// The process-wide Prometheus recorder (the `metrics` facade allows one per process).
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+            }
+            deputy_identity::metrics::describe();
+            handle
+        })
+        .clone()
+}
+
+impl Daemon {
+    /// Starts fetching identities and serving the admin listener.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let metrics = metrics_handle();
+        let listener = tokio::net::TcpListener::bind(config.admin_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for the admin endpoints; change [admin] listen",
+                    config.admin_listen
+                )
+            })?;
+        let admin_addr = listener.local_addr()?;
+        let identities = Arc::new(IdentityManager::start(config.identity.clone()));
+        let cancel = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+
+        let app = router(AdminState {
+            identities: identities.clone(),
+            metrics,
+            trust_domain: config.trust_domain.to_string(),
+        });
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+        tasks.spawn(report_to_systemd(identities.clone(), cancel.clone()));
+
+        tracing::info!(admin = %admin_addr, agents = config.identity.agents.len(), "deputyd started");
+        Ok(Self {
+            identities,
+            admin_addr,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Where the admin listener is bound (useful with port 0).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The identity manager.
+    pub fn identities(&self) -> &Arc<IdentityManager> {
+        &self.identities
+    }
+
+    /// Stops serving and waits for the background tasks.
+    pub async fn shutdown(mut self) {
+        systemd::stopping();
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        if let Ok(identities) = Arc::try_unwrap(self.identities) {
+            identities.shutdown().await;
+        }
+        tracing::info!("deputyd stopped");
+    }
+}
+
+/// Sends READY=1 once every identity has an SVID, then keeps STATUS= current and pings the
+/// watchdog while the runtime is responsive.
+async fn report_to_systemd(identities: Arc<IdentityManager>, cancel: CancellationToken) {
+    let watchdog = systemd::watchdog_interval();
+    let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1)));
+    let mut ready_sent = false;
+    let mut last_status = String::new();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let statuses = identities.statuses();
+        let available = statuses
+            .iter()
+            .filter(|s| s.state == IdentityState::Available)
+            .count();
+        let status = format!("{available}/{} identities available", statuses.len());
+        if !ready_sent && identities.is_ready() {
+            systemd::ready(&status);
+            ready_sent = true;
+            last_status.clone_from(&status);
+        } else if status != last_status {
+            systemd::status(&status);
+            last_status = status;
+        }
+        if watchdog.is_some() {
+            systemd::watchdog();
+        }
+    }
+}
+
+/// deputyd's command line.
+#[derive(Debug, clap::Parser)]
+#[command(name = "deputyd", version, about = "The Deputy node daemon")]
+pub struct Args {
+    /// The TOML configuration file.
+    #[arg(long, short, default_value = "/etc/deputy/deputyd.toml")]
+    pub config: std::path::PathBuf,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Runs deputyd until SIGTERM or an interrupt: the whole of `deputyd`'s `main`, shared with
+/// `deputy dev`, which starts its nodes from the same binary.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    init_logging(args.log_json);
+    let config = Config::load(&args.config)?;
+    let daemon = Daemon::start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
+    }
+    daemon.shutdown().await;
+    Ok(())
+}
+
+/// Logs to stderr, text or JSON lines, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second call (tests, or `deputy dev` in one process) keeps the first subscriber.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

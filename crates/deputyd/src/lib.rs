@@ -1,0 +1,14 @@
+//! deputyd, the per-node Deputy daemon.
+//!
+//! - [`config`]: the TOML config, validated in one step that reports every problem at once.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/status` on the admin listener.
+//! - [`systemd`]: READY=1, STATUS= and watchdog pings when run by systemd.
+//! - [`daemon`]: the wiring, and the orderly shutdown on SIGTERM.
+
+pub mod admin;
+pub mod config;
+pub mod daemon;
+pub mod systemd;
+
+pub use config::{Config, ConfigError};
+pub use daemon::{Args, Daemon, init_logging, run};
