@@ -24,3 +24,15 @@ pub(crate) async fn connect(socket: &str) -> anyhow::Result<spiffe::WorkloadApiC
             )
         })
 }
+
+/// Adds what to do to the Workload API's terse "no identity issued".
+pub(crate) fn explain(error: spiffe::WorkloadApiError) -> anyhow::Error {
+    match error {
+        spiffe::WorkloadApiError::NoIdentityIssued => anyhow::anyhow!(
+            "no identity issued: no registration entry matches this process (uid {}); register \
+             it (an [[entry]] in the issuer's entries file, or spire-server entry create)",
+            nix::unistd::geteuid()
+        ),
+        other => other.into(),
+    }
+}

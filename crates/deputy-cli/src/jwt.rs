@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-
 use crate::endpoint;
 
 #[derive(Debug, clap::Subcommand)]
@@ -47,7 +45,7 @@ pub(crate) async fn run(command: JwtCommand) -> anyhow::Result<ExitCode> {
             let token = client
                 .fetch_jwt_token(&audience, spiffe_id.as_ref())
                 .await
-                .context("the Workload API refused to issue a JWT-SVID")?;
+                .map_err(endpoint::explain)?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }

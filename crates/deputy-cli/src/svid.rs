@@ -45,7 +45,7 @@ async fn fetch(socket: &str, write: Option<&Path>) -> anyhow::Result<ExitCode> {
     let context = client
         .fetch_x509_context()
         .await
-        .context("the Workload API refused to issue an X.509-SVID")?;
+        .map_err(endpoint::explain)?;
     let elapsed = started.elapsed();
     let svids = context.svids();
     println!("Received {} svid after {:.3}ms\n", svids.len(), elapsed.as_secs_f64() * 1e3);

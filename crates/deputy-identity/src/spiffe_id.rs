@@ -28,6 +28,14 @@ pub fn parse_spiffe_id(id: &str) -> Result<SpiffeId, InvalidSpiffeId> {
             &id[query_at..]
         )));
     }
+    // The `spiffe` crate lower-cases trust domains; the specification says they are lower case,
+    // so an upper-case one is a mistake worth reporting rather than silently rewriting.
+    if let Some(rest) = id.strip_prefix("spiffe://") {
+        let td = rest.split('/').next().unwrap_or_default();
+        if td.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(invalid(upper_case(td)));
+        }
+    }
     let parsed = SpiffeId::new(id).map_err(|e| invalid(explain(&e, id)))?;
     if parsed.path().is_empty() {
         return Err(invalid(
@@ -47,10 +55,23 @@ pub fn parse_trust_domain(name: &str) -> Result<TrustDomain, InvalidSpiffeId> {
             reason: "give the trust domain as a bare name such as example.org, not a URI".into(),
         });
     }
+    if name.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(InvalidSpiffeId {
+            id: name.to_owned(),
+            reason: upper_case(name),
+        });
+    }
     TrustDomain::new(name).map_err(|e| InvalidSpiffeId {
         id: name.to_owned(),
         reason: explain(&e, name),
     })
+}
+
+fn upper_case(td: &str) -> String {
+    format!(
+        "the trust domain {td:?} has upper-case letters; trust domains are lower case (use {:?})",
+        td.to_ascii_lowercase()
+    )
 }
 
 fn explain(error: &SpiffeIdError, id: &str) -> String {
@@ -69,18 +90,9 @@ fn explain(error: &SpiffeIdError, id: &str) -> String {
                 .split('/')
                 .next()
                 .unwrap_or_default();
-            if td.chars().any(|c| c.is_ascii_uppercase()) {
-                format!(
-                    "the trust domain {td:?} has upper-case letters; trust domains are lower case \
-                     (use {:?})",
-                    td.to_ascii_lowercase()
-                )
-            } else {
-                format!(
-                    "the trust domain {td:?} may only hold lower-case letters, digits, '.', '-' \
-                     and '_'"
-                )
-            }
+            format!(
+                "the trust domain {td:?} may only hold lower-case letters, digits, '.', '-' and '_'"
+            )
         }
         SpiffeIdError::EmptySegment => {
             "the path has an empty segment ('//'); remove the extra slash".into()

@@ -93,13 +93,10 @@ impl std::fmt::Debug for MintedSvid {
 }
 
 impl MintedSvid {
-    /// When the SVID should be replaced: half of its lifetime, as SPIRE does.
+    /// When the SVID should be replaced: half-way through its TTL, as SPIRE does. (Measured
+    /// back from the expiry: `not_before` is backdated and would make rotation early.)
     pub fn rotate_at(&self) -> SystemTime {
-        let lifetime = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        self.not_before + lifetime / 2
+        self.not_after - self.ttl / 2
     }
 }
 

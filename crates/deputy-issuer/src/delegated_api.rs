@@ -21,6 +21,7 @@ use crate::proto::spire::api::agent::delegatedidentity::v1::{
 use crate::proto::spire::api::types;
 use crate::streaming::{ResponseStream, caller, entries_or_refuse, follow, internal, join};
 use crate::svids::Issuer;
+use crate::workload_api::federated_bundles;
 
 /// The Delegated Identity API service.
 #[derive(Debug, Clone)]
@@ -145,7 +146,7 @@ impl DelegatedIdentity for DelegatedIdentityApi {
                 .collect::<Result<Vec<_>, Status>>()?;
             Ok(SubscribeToX509sviDsResponse {
                 x509_svids,
-                federates_with: Vec::new(),
+                federates_with: issuer.registry().federated.keys().cloned().collect(),
             })
         })?;
         Ok(Response::new(stream))
@@ -159,12 +160,12 @@ impl DelegatedIdentity for DelegatedIdentityApi {
         let stream = follow(self.issuer.clone(), move |issuer| {
             delegate.check(issuer)?;
             let authority = issuer.authority();
-            Ok(SubscribeToX509BundlesResponse {
-                ca_certificates: HashMap::from([(
-                    format!("spiffe://{}", authority.trust_domain()),
-                    authority.bundle_der().to_vec(),
-                )]),
-            })
+            let mut ca_certificates = federated_bundles(issuer);
+            ca_certificates.insert(
+                format!("spiffe://{}", authority.trust_domain()),
+                authority.bundle_der().to_vec(),
+            );
+            Ok(SubscribeToX509BundlesResponse { ca_certificates })
         })?;
         Ok(Response::new(stream))
     }

@@ -9,12 +9,16 @@
 //!
 //! [[delegate]]      # who may use the Delegated Identity API
 //! selectors = ["unix:uid:0"]
+//!
+//! [[federation]]    # a foreign trust domain whose SVIDs workloads should accept
+//! trust_domain = "partner.org"
+//! bundle = "partner-bundle.pem"   # PEM CA certificates; relative to this file
 //! ```
 //!
 //! An entry matches a workload when every one of the entry's selectors is among the workload's
 //! selectors, as in SPIRE. Every problem in a file is reported at once, each with its line.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -57,6 +61,9 @@ pub struct Registry {
     pub entries: Vec<Entry>,
     /// Authorized delegates.
     pub delegates: Vec<Delegate>,
+    /// Bundles of federated trust domains: trust domain name to concatenated DER CA
+    /// certificates, as the Workload API carries them.
+    pub federated: BTreeMap<String, Vec<u8>>,
 }
 
 /// An entries file that cannot be used. The previous entries keep serving.
@@ -96,6 +103,15 @@ struct RawFile {
     entry: Vec<Spanned<RawEntry>>,
     #[serde(default)]
     delegate: Vec<Spanned<RawDelegate>>,
+    #[serde(default)]
+    federation: Vec<RawFederation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFederation {
+    trust_domain: Spanned<String>,
+    bundle: String,
 }
 
 #[derive(Deserialize)]
@@ -122,11 +138,18 @@ impl Registry {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string(), trust_domain)
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), base_dir, trust_domain)
     }
 
-    /// Parses and validates entries file contents; `origin` names the file in errors.
-    pub fn parse(text: &str, origin: &str, trust_domain: &TrustDomain) -> Result<Self, EntriesError> {
+    /// Parses and validates entries file contents; `origin` names the file in errors and
+    /// relative bundle paths are read from `base_dir`.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        base_dir: &Path,
+        trust_domain: &TrustDomain,
+    ) -> Result<Self, EntriesError> {
         let raw: RawFile = toml::from_str(text).map_err(|e| EntriesError::Syntax {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
@@ -191,6 +214,23 @@ impl Registry {
             }
         }
 
+        for federation in &raw.federation {
+            let line = line_of(federation.trust_domain.span().start);
+            let name = federation.trust_domain.get_ref();
+            match deputy_identity::spiffe_id::parse_trust_domain(name) {
+                Ok(td) if &td == trust_domain => problems.push(format!(
+                    "line {line}: {td} is this issuer's own trust domain, not a federated one"
+                )),
+                Ok(td) => match read_bundle(&base_dir.join(&federation.bundle)) {
+                    Ok(der) => {
+                        registry.federated.insert(td.to_string(), der);
+                    }
+                    Err(e) => problems.push(format!("line {line}: bundle for {td}: {e}")),
+                },
+                Err(e) => problems.push(format!("line {line}: {e}")),
+            }
+        }
+
         if problems.is_empty() {
             Ok(registry)
         } else {
@@ -219,6 +259,20 @@ impl Registry {
             .iter()
             .any(|d| d.selectors.is_subset(selectors))
     }
+}
+
+/// Reads a PEM bundle into concatenated DER certificates.
+fn read_bundle(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let der: Vec<u8> = x509_parser::pem::Pem::iter_from_buffer(&pem)
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .flat_map(|p| p.contents)
+        .collect();
+    if der.is_empty() {
+        return Err(format!("{} holds no PEM CERTIFICATE", path.display()));
+    }
+    Ok(der)
 }
 
 fn parse_selectors(
@@ -270,6 +324,7 @@ x509_ttl = "30s"
 selectors = ["unix:uid:0"]
 "#,
             "entries.toml",
+            Path::new("."),
             &td(),
         )
         .expect("valid");
@@ -304,6 +359,7 @@ selectors = ["unix:uid:2"]
 x509_ttl = "1s"
 "#,
             "entries.toml",
+            Path::new("."),
             &td(),
         )
         .expect_err("invalid");
@@ -324,11 +380,12 @@ x509_ttl = "1s"
 
     #[test]
     fn syntax_errors_and_unknown_keys_name_the_line() {
-        let err = Registry::parse("[[entry]]\nspiffe_id = \n", "e.toml", &td()).expect_err("bad");
+        let err = Registry::parse("[[entry]]\nspiffe_id = \n", "e.toml", Path::new("."), &td()).expect_err("bad");
         assert!(err.to_string().contains("line 2"), "{err}");
         let err = Registry::parse(
             "[[entry]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:1\"]\nttl = \"1h\"\n",
             "e.toml",
+            Path::new("."),
             &td(),
         )
         .expect_err("unknown key");
@@ -350,6 +407,7 @@ spiffe_id = "spiffe://example.org/c"
 selectors = ["unix:uid:1002"]
 "#,
             "e.toml",
+            Path::new("."),
             &td(),
         )
         .expect("valid");

@@ -24,3 +24,6 @@ pub use authority::{Authority, AuthorityError};
 pub use entries::{EntriesError, Registry};
 pub use server::{IssuerConfig, IssuerError, RunningIssuer};
 pub use svids::Issuer;
+
+#[cfg(feature = "testing")]
+pub mod testing;

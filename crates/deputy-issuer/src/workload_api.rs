@@ -54,6 +54,16 @@ fn admit<T>(request: &Request<T>) -> Result<(String, BTreeSet<Selector>), Status
     Ok((who.to_string(), who.selectors()))
 }
 
+/// Federated bundles keyed by the SPIFFE ID of their trust domain, as SPIRE sends them.
+pub(crate) fn federated_bundles(issuer: &Issuer) -> HashMap<String, Vec<u8>> {
+    issuer
+        .registry()
+        .federated
+        .iter()
+        .map(|(td, der)| (format!("spiffe://{td}"), der.clone()))
+        .collect()
+}
+
 fn trust_domain_key(issuer: &Issuer) -> String {
     format!("spiffe://{}", issuer.authority().trust_domain())
 }
@@ -89,7 +99,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             Ok(X509svidResponse {
                 svids,
                 crl: Vec::new(),
-                federated_bundles: HashMap::new(),
+                federated_bundles: federated_bundles(issuer),
             })
         })?;
         Ok(Response::new(stream))
@@ -102,12 +112,14 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let (who, selectors) = admit(&request)?;
         let stream = follow(self.issuer.clone(), move |issuer| {
             entries_or_refuse(issuer, &who, &selectors)?;
+            let mut bundles = federated_bundles(issuer);
+            bundles.insert(
+                trust_domain_key(issuer),
+                issuer.authority().bundle_der().to_vec(),
+            );
             Ok(X509BundlesResponse {
                 crl: Vec::new(),
-                bundles: HashMap::from([(
-                    trust_domain_key(issuer),
-                    issuer.authority().bundle_der().to_vec(),
-                )]),
+                bundles,
             })
         })?;
         Ok(Response::new(stream))
