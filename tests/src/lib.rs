@@ -1,1 +1,306 @@
+//! Helpers for the end-to-end tests: Deputy's binaries as real processes, synchronised on what
+//! they report (log lines, sockets, HTTP endpoints), never on sleeps.
+//!
+//! The binaries come from the same target directory as the test executable; the README's test
+//! command builds them first (`cargo build --workspace --bins`).
 
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// The path of one of Deputy's binaries (`deputy` or `deputyd`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins`",
+        path.display()
+    );
+    path
+}
+
+/// Everything a process wrote to stderr and stdout, readable while it runs.
+#[derive(Debug, Clone, Default)]
+pub struct Output(Arc<(Mutex<String>, Condvar)>);
+
+impl Output {
+    fn collect(&self, stream: impl std::io::Read + Send + 'static) {
+        let shared = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let (text, changed) = &*shared;
+                let mut text = text.lock().unwrap_or_else(|p| p.into_inner());
+                text.push_str(&line);
+                text.push('\n');
+                changed.notify_all();
+            }
+        });
+    }
+
+    /// Everything so far.
+    pub fn text(&self) -> String {
+        self.0.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until the output contains `needle`; returns the line that holds it.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let (text, changed) = &*self.0;
+        let mut guard = text.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(line) = guard.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "timed out after {timeout:?} waiting for {needle:?}; output so far:\n{}",
+                *guard
+            );
+            guard = changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// A child process, stopped with SIGKILL if the test forgets to stop it.
+#[derive(Debug)]
+pub struct Process {
+    child: Option<Child>,
+    /// Its output.
+    pub output: Output,
+}
+
+impl Process {
+    /// Starts `command` with its output collected.
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("spawn");
+        let output = Output::default();
+        output.collect(child.stdout.take().expect("stdout"));
+        output.collect(child.stderr.take().expect("stderr"));
+        Self {
+            child: Some(child),
+            output,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("signal");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit within {timeout:?}; output:\n{}",
+                self.output.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait(Duration::from_secs(10))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a command to completion: exit status and combined output.
+pub fn run(command: &mut Command) -> (ExitStatus, String) {
+    let output = command.stdin(Stdio::null()).output().expect("run");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status, text)
+}
+
+/// A plain HTTP/1.0 GET: status code and body.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((code, body))
+}
+
+/// Polls `check` until it returns `Some`, at most `timeout`; `what` names the wait in failures.
+pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The effective uid of the tests, which the issuer attests them and their children as.
+pub fn my_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// A `deputy issuer` process serving from a directory.
+#[derive(Debug)]
+pub struct IssuerProcess {
+    /// The process.
+    pub process: Process,
+    /// Its directory (sockets, entries, CA).
+    pub dir: PathBuf,
+}
+
+impl IssuerProcess {
+    /// Starts `deputy issuer` in `dir` with the entries already written to `dir/entries.toml`,
+    /// and waits until it serves.
+    pub fn start(dir: &Path) -> Self {
+        let process = Process::spawn(
+            Command::new(binary("deputy"))
+                .arg("issuer")
+                .args(["--trust-domain", "example.org"])
+                .arg("--data-dir")
+                .arg(dir.join("ca"))
+                .arg("--workload-socket")
+                .arg(dir.join("workload.sock"))
+                .arg("--admin-socket")
+                .arg(dir.join("admin.sock"))
+                .arg("--entries")
+                .arg(dir.join("entries.toml")),
+        );
+        process
+            .output
+            .wait_for("issuer serving", Duration::from_secs(20));
+        Self {
+            process,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The Workload API socket path.
+    pub fn workload_socket(&self) -> PathBuf {
+        self.dir.join("workload.sock")
+    }
+}
+
+/// A deputyd process with its admin address.
+#[derive(Debug)]
+pub struct NodeProcess {
+    /// The process.
+    pub process: Process,
+    /// `127.0.0.1:port` of the admin listener.
+    pub admin: String,
+}
+
+impl NodeProcess {
+    /// Starts `deputyd --config` and waits until its admin listener is bound.
+    pub fn start(config: &Path) -> Self {
+        let process = Process::spawn(Command::new(binary("deputyd")).arg("--config").arg(config));
+        let line = process
+            .output
+            .wait_for("deputyd started", Duration::from_secs(20));
+        let admin = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("admin="))
+            .expect("admin address in the start line")
+            .to_owned();
+        Self { process, admin }
+    }
+
+    /// `/status`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = http_get(&self.admin, "/status").expect("GET /status");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// The status of one identity by name (`deputyd` or an agent's name).
+    pub fn identity(&self, name: &str) -> serde_json::Value {
+        self.status()["identities"]
+            .as_array()
+            .expect("identities")
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("no identity {name}"))
+            .clone()
+    }
+}
+
+/// Writes an entries file registering deputyd (by uid, also as delegate) and agents by their
+/// systemd units, each agent with `agent_ttl`.
+pub fn write_entries(dir: &Path, agents: &[&str], agent_ttl: &str, node_ttl: &str) {
+    let uid = my_uid();
+    let mut text = format!(
+        "[[entry]]\nspiffe_id = \"spiffe://example.org/deputyd/node1\"\nselectors = [\"unix:uid:{uid}\"]\nx509_ttl = \"{node_ttl}\"\n\n"
+    );
+    for agent in agents {
+        text.push_str(&format!(
+            "[[entry]]\nspiffe_id = \"spiffe://example.org/agent/{agent}\"\nselectors = [\"systemd:id:{agent}.service\"]\nx509_ttl = \"{agent_ttl}\"\n\n"
+        ));
+    }
+    text.push_str(&format!("[[delegate]]\nselectors = [\"unix:uid:{uid}\"]\n"));
+    std::fs::write(dir.join("entries.toml"), text).expect("write entries");
+}
+
+/// Writes a deputyd config for the issuer in `dir`, admin on an ephemeral port, and returns
+/// its path.
+pub fn write_node_config(dir: &Path, agents: &[&str]) -> PathBuf {
+    let mut text = format!(
+        "trust_domain = \"example.org\"\n[identity]\nworkload_api = \"unix://{}\"\n\
+         delegated_identity_api = \"unix://{}\"\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n",
+        dir.join("workload.sock").display(),
+        dir.join("admin.sock").display()
+    );
+    for agent in agents {
+        text.push_str(&format!(
+            "[[agent]]\nname = \"{agent}\"\nspiffe_id = \"spiffe://example.org/agent/{agent}\"\nselectors = [\"systemd:id:{agent}.service\"]\n"
+        ));
+    }
+    let path = dir.join("deputyd.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}

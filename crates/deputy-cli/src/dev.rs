@@ -46,7 +46,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let temp;
     let dir = match &args.dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
             dir.clone()
         }
         None => {
@@ -82,7 +83,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         &dir,
     )?;
     wait_for(&mut issuer, &dir, || async {
-        tokio::net::UnixStream::connect(&workload_socket).await.is_ok()
+        tokio::net::UnixStream::connect(&workload_socket)
+            .await
+            .is_ok()
     })
     .await?;
 
@@ -93,7 +96,9 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     )?;
     let admin = format!("127.0.0.1:{}", args.admin_port);
     wait_for(&mut node, &dir, || async {
-        http_get(&admin, "/readyz").await.is_some_and(|(code, _)| code == 200)
+        http_get(&admin, "/readyz")
+            .await
+            .is_some_and(|(code, _)| code == 200)
     })
     .await?;
 
@@ -215,10 +220,18 @@ pub(crate) async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 fn print_summary(dir: &Path, workload: &Path, admin_socket: &Path, admin: &str, uid: u32) {
     println!("Deputy dev mesh is up (trust domain {TRUST_DOMAIN}). Ctrl-C stops it.\n");
     println!("  state and logs       {}", dir.display());
-    println!("  issuer               Workload API        unix://{}", workload.display());
-    println!("                       Delegated Identity  unix://{}", admin_socket.display());
+    println!(
+        "  issuer               Workload API        unix://{}",
+        workload.display()
+    );
+    println!(
+        "                       Delegated Identity  unix://{}",
+        admin_socket.display()
+    );
     println!("  deputyd (node1)      admin               http://{admin}");
-    println!("                       SPIFFE ID           spiffe://{TRUST_DOMAIN}/deputyd/node1 (unix:uid:{uid})");
+    println!(
+        "                       SPIFFE ID           spiffe://{TRUST_DOMAIN}/deputyd/node1 (unix:uid:{uid})"
+    );
     for agent in AGENTS {
         println!(
             "  agent {agent:<14} SPIFFE ID           spiffe://{TRUST_DOMAIN}/agent/{agent} (systemd:id:deputy-dev-{agent}.service)"
@@ -228,5 +241,8 @@ fn print_summary(dir: &Path, workload: &Path, admin_socket: &Path, admin: &str, 
     println!("  curl -s http://{admin}/status");
     println!("  curl -s http://{admin}/metrics | grep deputy_svid");
     println!("  deputy svid fetch --socket {}", workload.display());
-    println!("  deputy jwt fetch --audience billing --socket {}", workload.display());
+    println!(
+        "  deputy jwt fetch --audience billing --socket {}",
+        workload.display()
+    );
 }

@@ -48,7 +48,9 @@ fn main() -> std::process::ExitCode {
             Command::Svid(command) => svid::run(command).await,
             Command::Jwt(command) => jwt::run(command).await,
             Command::Dev(args) => dev::run(args).await,
-            Command::Node(args) => deputyd::run(args).await.map(|()| std::process::ExitCode::SUCCESS),
+            Command::Node(args) => deputyd::run(args)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS),
         }
     });
     match result {

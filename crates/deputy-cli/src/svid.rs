@@ -48,10 +48,18 @@ async fn fetch(socket: &str, write: Option<&Path>) -> anyhow::Result<ExitCode> {
         .map_err(endpoint::explain)?;
     let elapsed = started.elapsed();
     let svids = context.svids();
-    println!("Received {} svid after {:.3}ms\n", svids.len(), elapsed.as_secs_f64() * 1e3);
+    println!(
+        "Received {} svid after {:.3}ms\n",
+        svids.len(),
+        elapsed.as_secs_f64() * 1e3
+    );
     let now = OffsetDateTime::now_utc();
     for svid in svids {
-        let chain: Vec<Vec<u8>> = svid.cert_chain().iter().map(|c| c.as_bytes().to_vec()).collect();
+        let chain: Vec<Vec<u8>> = svid
+            .cert_chain()
+            .iter()
+            .map(|c| c.as_bytes().to_vec())
+            .collect();
         let report = inspect_chain(&chain, now)?;
         println!("SPIFFE ID:         {}", svid.spiffe_id());
         println!("Serial:            {}", report.serial);
@@ -66,7 +74,11 @@ async fn fetch(socket: &str, write: Option<&Path>) -> anyhow::Result<ExitCode> {
     for (trust_domain, bundle) in context.bundle_set().iter() {
         for (i, ca) in bundle.authorities().iter().enumerate() {
             let ca = inspect_chain(&[ca.as_bytes().to_vec()], now)?;
-            println!("CA #{} ({trust_domain}) Valid Until: {}", i + 1, rfc3339(ca.not_after));
+            println!(
+                "CA #{} ({trust_domain}) Valid Until: {}",
+                i + 1,
+                rfc3339(ca.not_after)
+            );
         }
     }
 
@@ -87,10 +99,18 @@ async fn fetch(socket: &str, write: Option<&Path>) -> anyhow::Result<ExitCode> {
         let bundle_pem: String = context
             .bundle_set()
             .iter()
-            .flat_map(|(_, b)| b.authorities().iter().map(|c| to_pem("CERTIFICATE", c.as_bytes())).collect::<Vec<_>>())
+            .flat_map(|(_, b)| {
+                b.authorities()
+                    .iter()
+                    .map(|c| to_pem("CERTIFICATE", c.as_bytes()))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         write_file(&dir.join("bundle.pem"), bundle_pem.as_bytes(), 0o644)?;
-        println!("Wrote svid.pem, svid.key (0600) and bundle.pem to {}", dir.display());
+        println!(
+            "Wrote svid.pem, svid.key (0600) and bundle.pem to {}",
+            dir.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -28,7 +28,8 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let exp = self.min.saturating_mul(1 << self.attempt.min(16));
         self.attempt = self.attempt.saturating_add(1);
-        exp.min(self.max).mul_f64(rand::rng().random_range(0.5..=1.0))
+        exp.min(self.max)
+            .mul_f64(rand::rng().random_range(0.5..=1.0))
     }
 
     /// Back to the shortest delay, after a success.

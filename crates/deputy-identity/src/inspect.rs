@@ -219,7 +219,10 @@ fn check_uri_sans(uris: &[String], problems: &mut Vec<String>) -> Option<String>
     }
 }
 
-fn check_leaf_key_usage(cert: &X509Certificate<'_>, problems: &mut Vec<String>) -> Vec<&'static str> {
+fn check_leaf_key_usage(
+    cert: &X509Certificate<'_>,
+    problems: &mut Vec<String>,
+) -> Vec<&'static str> {
     match cert.key_usage() {
         Ok(Some(ku)) => {
             let ku = ku.value;
@@ -238,7 +241,8 @@ fn check_leaf_key_usage(cert: &X509Certificate<'_>, problems: &mut Vec<String>) 
                 }
             }
             if !ku.digital_signature() {
-                problems.push("key usage lacks digitalSignature, which a leaf SVID must set".into());
+                problems
+                    .push("key usage lacks digitalSignature, which a leaf SVID must set".into());
             }
             if ku.key_cert_sign() {
                 problems.push("key usage sets keyCertSign, which a leaf SVID must not".into());
@@ -269,9 +273,8 @@ fn check_leaf_eku(cert: &X509Certificate<'_>, problems: &mut Vec<String>) -> Vec
             if eku.server_auth {
                 set.push("serverAuth");
             } else {
-                problems.push(
-                    "extended key usage lacks serverAuth: the SVID cannot serve mTLS".into(),
-                );
+                problems
+                    .push("extended key usage lacks serverAuth: the SVID cannot serve mTLS".into());
             }
             if eku.client_auth {
                 set.push("clientAuth");
@@ -284,7 +287,9 @@ fn check_leaf_eku(cert: &X509Certificate<'_>, problems: &mut Vec<String>) -> Vec
         }
         Ok(None) => Vec::new(),
         Err(e) => {
-            problems.push(format!("the extended key usage extension cannot be parsed: {e}"));
+            problems.push(format!(
+                "the extended key usage extension cannot be parsed: {e}"
+            ));
             Vec::new()
         }
     }
@@ -304,10 +309,9 @@ fn check_leaf_basic_constraints(cert: &X509Certificate<'_>, problems: &mut Vec<S
 }
 
 fn check_signing_cert(cert: &X509Certificate<'_>, index: usize, problems: &mut Vec<String>) {
-    let is_ca = cert
-        .extensions()
-        .iter()
-        .any(|ext| matches!(ext.parsed_extension(), ParsedExtension::BasicConstraints(bc) if bc.ca));
+    let is_ca = cert.extensions().iter().any(
+        |ext| matches!(ext.parsed_extension(), ParsedExtension::BasicConstraints(bc) if bc.ca),
+    );
     if !is_ca {
         problems.push(format!(
             "certificate {index} of the chain signs the one before it but is not a CA"

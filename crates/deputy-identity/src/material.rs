@@ -46,10 +46,8 @@ impl TlsMaterial {
             .iter()
             .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
             .collect();
-        let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(
-            svid.leaf().as_bytes(),
-        )
-        .map_err(|e| MaterialError::Leaf(e.to_string()))?;
+        let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(svid.leaf().as_bytes())
+            .map_err(|e| MaterialError::Leaf(e.to_string()))?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
             svid.private_key().as_bytes().to_vec(),
         ));

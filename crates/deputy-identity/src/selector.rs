@@ -38,7 +38,9 @@ impl FromStr for Selector {
             Some((kind, value))
                 if !kind.is_empty()
                     && !value.is_empty()
-                    && kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                    && kind
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
                     && !value.chars().any(char::is_whitespace) =>
             {
                 Ok(Self::new(kind, value))

@@ -82,7 +82,10 @@ impl IdentityCell {
     ) -> (Arc<Self>, IdentityHandle) {
         let status = IdentityStatus {
             name: name.to_owned(),
-            spiffe_id: expected.as_ref().map(ToString::to_string).unwrap_or_default(),
+            spiffe_id: expected
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             state: IdentityState::Initializing,
             source,
             serial: None,
@@ -119,7 +122,8 @@ impl IdentityCell {
                  selectors or spiffe_id so that they name the same registration entry",
                 svid.spiffe_id()
             );
-            self.status.send_modify(|s| s.last_error = Some(message.clone()));
+            self.status
+                .send_modify(|s| s.last_error = Some(message.clone()));
             return Err(message);
         }
         let material = TlsMaterial::from_svid(svid).map_err(|e| e.to_string())?;
@@ -130,7 +134,8 @@ impl IdentityCell {
                  the clocks of this node and the issuer",
                 material.spiffe_id, material.not_before, material.not_after
             );
-            self.status.send_modify(|s| s.last_error = Some(message.clone()));
+            self.status
+                .send_modify(|s| s.last_error = Some(message.clone()));
             return Err(message);
         }
         let same_serial = self

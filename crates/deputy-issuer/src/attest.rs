@@ -45,12 +45,11 @@ pub struct AttestError {
 impl Process {
     /// Reads a process's credentials from `/proc/<pid>/status`.
     pub fn from_pid(pid: i32) -> Result<Self, AttestError> {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| {
-            AttestError {
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| AttestError {
                 pid,
                 reason: format!("{e} (has the process exited?)"),
-            }
-        })?;
+            })?;
         // Uid: real effective saved fs; attest the effective ids, as the kernel checks them.
         let effective = |key: &str| -> Option<u32> {
             status
@@ -108,8 +107,11 @@ fn supplementary_gids(pid: i32) -> Vec<u32> {
         .ok()
         .and_then(|status| {
             status.lines().find_map(|l| {
-                l.strip_prefix("Groups:")
-                    .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+                l.strip_prefix("Groups:").map(|g| {
+                    g.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
             })
         })
         .unwrap_or_default()

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use spiffe::{SpiffeId, TrustDomain};
@@ -173,7 +173,14 @@ impl Authority {
         let (_, parsed) = x509_parser::parse_x509_certificate(&ca_der)
             .map_err(|e| AuthorityError::Signing(e.to_string()))?;
         let ca_not_after = UNIX_EPOCH
-            + Duration::from_secs(parsed.validity().not_after.timestamp().max(0).unsigned_abs());
+            + Duration::from_secs(
+                parsed
+                    .validity()
+                    .not_after
+                    .timestamp()
+                    .max(0)
+                    .unsigned_abs(),
+            );
         let jwt_kid = key_id(jwt_key.public_key_raw());
         Ok(Self {
             trust_domain: trust_domain.clone(),

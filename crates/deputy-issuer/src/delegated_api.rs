@@ -87,8 +87,8 @@ fn workload(
             Ok(("the workload the delegate described".to_owned(), set))
         }
         (true, pid) if pid > 0 => {
-            let process = Process::from_pid(pid)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let process =
+                Process::from_pid(pid).map_err(|e| Status::invalid_argument(e.to_string()))?;
             Ok((process.to_string(), process.selectors()))
         }
         (false, _) => Err(Status::invalid_argument(

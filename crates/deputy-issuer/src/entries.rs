@@ -249,7 +249,7 @@ impl Registry {
             .iter()
             .filter(|e| e.selectors.is_subset(selectors))
             .collect();
-        found.sort_by(|a, b| a.spiffe_id.to_string().cmp(&b.spiffe_id.to_string()));
+        found.sort_by_key(|e| e.spiffe_id.to_string());
         found
     }
 
@@ -380,7 +380,8 @@ x509_ttl = "1s"
 
     #[test]
     fn syntax_errors_and_unknown_keys_name_the_line() {
-        let err = Registry::parse("[[entry]]\nspiffe_id = \n", "e.toml", Path::new("."), &td()).expect_err("bad");
+        let err = Registry::parse("[[entry]]\nspiffe_id = \n", "e.toml", Path::new("."), &td())
+            .expect_err("bad");
         assert!(err.to_string().contains("line 2"), "{err}");
         let err = Registry::parse(
             "[[entry]]\nspiffe_id = \"spiffe://example.org/a\"\nselectors = [\"unix:uid:1\"]\nttl = \"1h\"\n",
@@ -421,5 +422,14 @@ selectors = ["unix:uid:1002"]
             .map(|e| e.spiffe_id.to_string())
             .collect();
         assert_eq!(ids, ["spiffe://example.org/a", "spiffe://example.org/b"]);
+    }
+
+    #[test]
+    fn the_shipped_example_entries_load() {
+        let text = include_str!("../../../examples/entries.toml");
+        let registry =
+            Registry::parse(text, "examples/entries.toml", Path::new("."), &td()).expect("valid");
+        assert_eq!(registry.entries.len(), 3);
+        assert_eq!(registry.delegates.len(), 1);
     }
 }

@@ -1,5 +1,10 @@
 //! Generated protobuf and gRPC code, with hand-written `Debug` for messages holding secrets.
-#![allow(missing_docs, unreachable_pub, missing_debug_implementations, clippy::all)]
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    clippy::all
+)]
 
 /// The SPIFFE Workload API (`workload.proto` has no package: its services live at the root).
 pub mod workload {
@@ -40,12 +45,27 @@ macro_rules! redacted_debug {
     };
 }
 
-redacted_debug!(workload::X509svid, "X509SVID", [spiffe_id, hint], [x509_svid_key]);
+redacted_debug!(
+    workload::X509svid,
+    "X509SVID",
+    [spiffe_id, hint],
+    [x509_svid_key]
+);
 redacted_debug!(workload::Jwtsvid, "JWTSVID", [spiffe_id, hint], [svid]);
 redacted_debug!(workload::X509svidResponse, "X509SVIDResponse", [svids], []);
 redacted_debug!(workload::JwtsvidResponse, "JWTSVIDResponse", [svids], []);
-redacted_debug!(workload::ValidateJwtsvidRequest, "ValidateJWTSVIDRequest", [audience], [svid]);
-redacted_debug!(spire::api::types::Jwtsvid, "JWTSVID", [id, expires_at, hint], [token]);
+redacted_debug!(
+    workload::ValidateJwtsvidRequest,
+    "ValidateJWTSVIDRequest",
+    [audience],
+    [svid]
+);
+redacted_debug!(
+    spire::api::types::Jwtsvid,
+    "JWTSVID",
+    [id, expires_at, hint],
+    [token]
+);
 redacted_debug!(
     spire::api::agent::delegatedidentity::v1::X509svidWithKey,
     "X509SVIDWithKey",

@@ -19,6 +19,9 @@ use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use crate::svids::Issuer;
 use crate::workload_api::WorkloadApi;
 
+/// How long shutdown waits for in-flight calls before closing connections.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How to run an issuer.
 #[derive(Debug, Clone)]
 pub struct IssuerConfig {
@@ -82,7 +85,9 @@ impl RunningIssuer {
         let mut tasks = JoinSet::new();
 
         let workload = tonic::transport::Server::builder()
-            .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(issuer.clone())))
+            .add_service(SpiffeWorkloadApiServer::new(WorkloadApi::new(
+                issuer.clone(),
+            )))
             .serve_with_incoming_shutdown(
                 UnixListenerStream::new(workload_listener),
                 cancel.clone().cancelled_owned(),
@@ -145,10 +150,15 @@ impl RunningIssuer {
         Ok(count)
     }
 
-    /// Stops serving and removes the sockets.
+    /// Stops serving (ending open streams) and removes the sockets.
     pub async fn shutdown(mut self) {
+        self.issuer.close();
         self.cancel.cancel();
-        while self.tasks.join_next().await.is_some() {}
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+            self.tasks.abort_all();
+        }
         for path in [&self.config.workload_socket, &self.config.admin_socket] {
             let _ = std::fs::remove_file(path);
         }

@@ -89,6 +89,7 @@ where
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
                 () = tx.closed() => return,
+                () = issuer.closing().cancelled() => return,
             }
             changes.borrow_and_update();
             match compute(&issuer) {

@@ -25,6 +25,7 @@ pub struct Issuer {
     registry: RwLock<Arc<Registry>>,
     svids: Mutex<HashMap<SpiffeId, Arc<MintedSvid>>>,
     generation: watch::Sender<u64>,
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl Issuer {
@@ -35,6 +36,7 @@ impl Issuer {
             registry: RwLock::new(Arc::new(registry)),
             svids: Mutex::new(HashMap::new()),
             generation: watch::channel(0).0,
+            closing: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -60,6 +62,17 @@ impl Issuer {
     /// Wakes on every change that may alter a response.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+
+    /// Ends every open stream: clients see the stream end and reconnect elsewhere or later,
+    /// and the servers can finish their graceful shutdown.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Cancelled once the issuer is closing.
+    pub fn closing(&self) -> &tokio_util::sync::CancellationToken {
+        &self.closing
     }
 
     /// The entries that match `selectors`.
@@ -109,7 +122,10 @@ impl Issuer {
         };
         let mut rotated = 0;
         for entry in &due {
-            match self.authority.mint_x509_svid(&entry.spiffe_id, entry.x509_ttl) {
+            match self
+                .authority
+                .mint_x509_svid(&entry.spiffe_id, entry.x509_ttl)
+            {
                 Ok(svid) => {
                     tracing::info!(spiffe_id = %entry.spiffe_id, serial = %svid.serial, "rotated X.509-SVID");
                     self.svids

@@ -205,8 +205,9 @@ pub(crate) fn validate_jwt(
     audience: &str,
 ) -> Result<(String, prost_types::Struct), Status> {
     let authority = issuer.authority();
-    let bundle = JwtBundle::from_jwt_authorities(authority.trust_domain().clone(), &authority.jwks())
-        .map_err(internal)?;
+    let bundle =
+        JwtBundle::from_jwt_authorities(authority.trust_domain().clone(), &authority.jwks())
+            .map_err(internal)?;
     let mut bundles = JwtBundleSet::new();
     bundles.add_bundle(bundle);
     // Name an audience mismatch plainly; the validator reports it as a decoding failure.
@@ -229,8 +230,14 @@ fn claims_of(token: &str) -> prost_types::Struct {
     let payload = token
         .split('.')
         .nth(1)
-        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok())
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|bytes| {
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok()
+        })
         .unwrap_or_default();
     prost_types::Struct {
         fields: payload

@@ -27,7 +27,10 @@ async fn an_authorized_delegate_receives_svids_bundles_and_jwts_by_selectors() {
         .expect("connect");
 
     let svid = client.fetch_x509_svid(triage()).await.expect("X.509-SVID");
-    assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/agent/triage");
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        "spiffe://example.org/agent/triage"
+    );
 
     let bundles = client.fetch_x509_bundles().await.expect("bundles");
     let td = TrustDomain::new("example.org").expect("td");
@@ -43,7 +46,10 @@ async fn an_authorized_delegate_receives_svids_bundles_and_jwts_by_selectors() {
     let jwt_bundles = client.fetch_jwt_bundles().await.expect("JWT bundles");
     let valid = JwtSvid::parse_and_validate(jwts[0].token(), &jwt_bundles, &["billing"])
         .expect("valid JWT-SVID");
-    assert_eq!(valid.spiffe_id().to_string(), "spiffe://example.org/agent/triage");
+    assert_eq!(
+        valid.spiffe_id().to_string(),
+        "spiffe://example.org/agent/triage"
+    );
 
     // The stream stays open and is the one deputyd follows.
     let mut stream = client.stream_x509_svids(triage()).await.expect("stream");
@@ -59,7 +65,10 @@ async fn a_delegate_may_subscribe_by_pid_and_the_issuer_attests_it() {
         .expect("connect");
     let request = DelegateAttestationRequest::for_pid(std::process::id()).expect("pid");
     let svid = client.fetch_x509_svid(request).await.expect("by pid");
-    assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/workload/me");
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        "spiffe://example.org/workload/me"
+    );
 }
 
 #[tokio::test]
@@ -77,7 +86,11 @@ async fn selectors_and_pid_together_are_refused() {
         .await
         .expect_err("both");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("not both"), "{}", status.message());
+    assert!(
+        status.message().contains("not both"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -91,10 +104,16 @@ async fn a_caller_that_is_not_a_delegate_is_denied() {
     let client = DelegatedIdentityClient::connect_to(issuer.admin_endpoint())
         .await
         .expect("connect");
-    let err = client.fetch_x509_svid(triage()).await.expect_err("not a delegate");
+    let err = client
+        .fetch_x509_svid(triage())
+        .await
+        .expect_err("not a delegate");
     let message = err.to_string();
     assert!(message.contains("not an authorized delegate"), "{message}");
-    assert!(client.fetch_x509_bundles().await.is_err(), "bundles are refused too");
+    assert!(
+        client.fetch_x509_bundles().await.is_err(),
+        "bundles are refused too"
+    );
 }
 
 #[tokio::test]
@@ -109,5 +128,8 @@ async fn selectors_no_entry_matches_are_denied() {
     ))])
     .expect("selectors");
     let err = client.fetch_x509_svid(request).await.expect_err("no entry");
-    assert!(err.to_string().contains("no registration entry matches"), "{err}");
+    assert!(
+        err.to_string().contains("no registration entry matches"),
+        "{err}"
+    );
 }

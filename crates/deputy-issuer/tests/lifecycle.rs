@@ -25,7 +25,10 @@ async fn the_ca_persists_with_private_files_and_survives_a_restart() {
     let restarted = RunningIssuer::start(TestIssuer::config_in(dir.path()))
         .await
         .expect("restart");
-    assert_eq!(restarted.issuer().authority().bundle_der(), before.as_slice());
+    assert_eq!(
+        restarted.issuer().authority().bundle_der(),
+        before.as_slice()
+    );
     restarted.shutdown().await;
 }
 
@@ -37,8 +40,14 @@ async fn a_data_dir_of_another_trust_domain_is_refused() {
     let mut config = TestIssuer::config_in(dir.path());
     config.trust_domain = spiffe::TrustDomain::new("other.org").expect("td");
     std::fs::write(&config.entries, "").expect("write");
-    let err = RunningIssuer::start(config).await.expect_err("wrong trust domain");
-    assert!(err.to_string().contains("is for trust domain example.org, not other.org"), "{err}");
+    let err = RunningIssuer::start(config)
+        .await
+        .expect_err("wrong trust domain");
+    assert!(
+        err.to_string()
+            .contains("is for trust domain example.org, not other.org"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -55,7 +64,10 @@ async fn a_bad_reload_keeps_the_previous_entries_serving() {
         .await
         .expect("connect");
     let svid = client.fetch_x509_svid().await.expect("still served");
-    assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/workload/me");
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        "spiffe://example.org/workload/me"
+    );
 }
 
 #[tokio::test]

@@ -8,14 +8,18 @@ use deputy_issuer::proto::workload::X509svidRequest;
 use deputy_issuer::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use deputy_issuer::testing::{TestIssuer, my_uid};
 use futures::StreamExt as _;
-use spiffe::{
-    JwtSource, JwtSvid, SpiffeId, TrustDomain, WorkloadApiClient, X509Source, X509Svid,
-};
+use spiffe::{JwtSource, JwtSvid, SpiffeId, TrustDomain, WorkloadApiClient, X509Source, X509Svid};
 
 fn leaf_not_after(svid: &X509Svid) -> SystemTime {
     let (_, cert) = x509_parser::parse_x509_certificate(svid.leaf().as_bytes()).expect("leaf");
     SystemTime::UNIX_EPOCH
-        + Duration::from_secs(cert.validity().not_after.timestamp().try_into().expect("after epoch"))
+        + Duration::from_secs(
+            cert.validity()
+                .not_after
+                .timestamp()
+                .try_into()
+                .expect("after epoch"),
+        )
 }
 
 #[tokio::test]
@@ -27,7 +31,10 @@ async fn x509_source_receives_a_valid_svid_that_verifies_against_the_bundle() {
         .await
         .expect("X509Source accepts what the issuer serves");
     let svid = source.svid().expect("svid");
-    assert_eq!(svid.spiffe_id().to_string(), "spiffe://example.org/workload/me");
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        "spiffe://example.org/workload/me"
+    );
 
     // The leaf chains to the served bundle and satisfies the X.509-SVID profile.
     let bundle = source
@@ -47,7 +54,10 @@ async fn x509_source_receives_a_valid_svid_that_verifies_against_the_bundle() {
     let remaining = leaf_not_after(&svid)
         .duration_since(SystemTime::now())
         .expect("not expired");
-    assert!(remaining > Duration::from_secs(3500), "TTL is the entry's 1h: {remaining:?}");
+    assert!(
+        remaining > Duration::from_secs(3500),
+        "TTL is the entry's 1h: {remaining:?}"
+    );
     source.shutdown().await;
 }
 
@@ -156,7 +166,12 @@ async fn jwt_svids_validate_offline_and_through_the_api() {
     let mut tampered = svid.token().to_owned();
     tampered.insert(tampered.rfind('.').expect("jws") + 1, 'A');
     assert!(JwtSvid::parse_and_validate(&tampered, &bundles, &["billing"]).is_err());
-    assert!(client.validate_jwt_token("billing", &tampered).await.is_err());
+    assert!(
+        client
+            .validate_jwt_token("billing", &tampered)
+            .await
+            .is_err()
+    );
 
     // JwtSource, the long-lived client, works too.
     let source = JwtSource::builder()
@@ -165,8 +180,12 @@ async fn jwt_svids_validate_offline_and_through_the_api() {
         .await
         .expect("JwtSource");
     let from_source = source.fetch_jwt_svid(["billing"]).await.expect("svid");
-    JwtSvid::parse_and_validate(from_source.token(), &*source.bundle_set().expect("bundles"), &["billing"])
-        .expect("valid");
+    JwtSvid::parse_and_validate(
+        from_source.token(),
+        &*source.bundle_set().expect("bundles"),
+        &["billing"],
+    )
+    .expect("valid");
 }
 
 #[tokio::test]
@@ -179,7 +198,11 @@ async fn calls_without_the_security_header_are_invalid_arguments() {
         .await
         .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("security header missing"), "{}", status.message());
+    assert!(
+        status.message().contains("security header missing"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -208,8 +231,14 @@ async fn a_caller_without_an_entry_is_denied_with_an_explanation() {
     let status = raw.fetch_x509svid(request).await.expect_err("no entry");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     let message = status.message();
-    assert!(message.contains("no registration entry matches"), "{message}");
-    assert!(message.contains(&format!("unix:uid:{}", my_uid())), "{message}");
+    assert!(
+        message.contains("no registration entry matches"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("unix:uid:{}", my_uid())),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -225,5 +254,8 @@ async fn removing_an_entry_ends_the_open_stream() {
     let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
         .await
         .expect("stream reacts");
-    assert!(matches!(end, Some(Err(_)) | None), "no more SVIDs after the entry is gone");
+    assert!(
+        matches!(end, Some(Err(_)) | None),
+        "no more SVIDs after the entry is gone"
+    );
 }

@@ -43,7 +43,12 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         .identities
         .statuses()
         .into_iter()
-        .filter(|s| !matches!(s.state, IdentityState::Available | IdentityState::SourceUnavailable))
+        .filter(|s| {
+            !matches!(
+                s.state,
+                IdentityState::Available | IdentityState::SourceUnavailable
+            )
+        })
         .map(|s| {
             format!(
                 "{} ({}): {:?}{}",

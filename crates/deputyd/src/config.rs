@@ -167,7 +167,8 @@ impl RawConfig {
                 ));
             }
         }
-        if self.identity.min_backoff.is_zero() || self.identity.min_backoff > self.identity.max_backoff
+        if self.identity.min_backoff.is_zero()
+            || self.identity.min_backoff > self.identity.max_backoff
         {
             problems.push(
                 "identity.min_backoff must be above zero and at most identity.max_backoff".into(),
@@ -329,5 +330,17 @@ selectors = ["uid"]
             .to_string();
         assert!(message.contains("unknown field `admin2`"), "{message}");
         assert!(message.contains("line"), "{message}");
+    }
+}
+
+#[cfg(test)]
+mod shipped_examples {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_loads() {
+        let text = include_str!("../../../examples/deputyd.toml");
+        let config = Config::parse(text, "examples/deputyd.toml").expect("example is valid");
+        assert_eq!(config.identity.agents.len(), 2);
     }
 }

@@ -104,7 +104,11 @@ impl Daemon {
 /// watchdog while the runtime is responsive.
 async fn report_to_systemd(identities: Arc<IdentityManager>, cancel: CancellationToken) {
     let watchdog = systemd::watchdog_interval();
-    let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1)));
+    let mut tick = tokio::time::interval(
+        watchdog
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1)),
+    );
     let mut ready_sent = false;
     let mut last_status = String::new();
     loop {
@@ -166,6 +170,7 @@ pub fn init_logging(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second call (tests, or `deputy dev` in one process) keeps the first subscriber.
     let _ = if json {

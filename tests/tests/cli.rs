@@ -1,0 +1,280 @@
+//! The `deputy` and `deputyd` command lines, as an operator meets them.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::Command;
+use std::time::Duration;
+
+use deputy_tests::{IssuerProcess, binary, eventually, run, write_entries};
+
+#[test]
+fn svid_fetch_writes_the_svid_key_and_bundle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_entries(dir.path(), &[], "1h", "1h");
+    let issuer = IssuerProcess::start(dir.path());
+    let out = dir.path().join("out");
+    let (status, text) = run(Command::new(binary("deputy"))
+        .args(["svid", "fetch", "--socket"])
+        .arg(issuer.workload_socket())
+        .arg("--write")
+        .arg(&out));
+    assert!(status.success(), "{text}");
+    assert!(
+        text.contains("SPIFFE ID:         spiffe://example.org/deputyd/node1"),
+        "{text}"
+    );
+    assert!(text.contains("SVID Valid Until:"), "{text}");
+    let key_mode = std::fs::metadata(out.join("svid.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    assert!(
+        std::fs::read_to_string(out.join("svid.pem"))
+            .expect("pem")
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert!(
+        std::fs::read_to_string(out.join("bundle.pem"))
+            .expect("bundle")
+            .contains("BEGIN CERTIFICATE")
+    );
+
+    // The written SVID inspects as valid.
+    let (status, text) = run(Command::new(binary("deputy"))
+        .args(["svid", "inspect"])
+        .arg(out.join("svid.pem")));
+    assert!(status.success(), "{text}");
+    assert!(
+        text.contains("Verdict:            valid X.509-SVID"),
+        "{text}"
+    );
+}
+
+#[test]
+fn jwt_fetch_and_validate_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_entries(dir.path(), &[], "1h", "1h");
+    let issuer = IssuerProcess::start(dir.path());
+    let socket = issuer.workload_socket();
+    let (status, token) = run(Command::new(binary("deputy"))
+        .args(["jwt", "fetch", "--audience", "billing", "--socket"])
+        .arg(&socket));
+    assert!(status.success(), "{token}");
+    let token = token.trim();
+    let (status, text) = run(Command::new(binary("deputy"))
+        .args([
+            "jwt",
+            "validate",
+            token,
+            "--audience",
+            "billing",
+            "--socket",
+        ])
+        .arg(&socket));
+    assert!(status.success(), "{text}");
+    assert!(
+        text.contains("SPIFFE ID: spiffe://example.org/deputyd/node1"),
+        "{text}"
+    );
+    let (status, text) = run(Command::new(binary("deputy"))
+        .args([
+            "jwt",
+            "validate",
+            token,
+            "--audience",
+            "payments",
+            "--socket",
+        ])
+        .arg(&socket));
+    assert!(!status.success());
+    assert!(text.contains("not \"payments\""), "{text}");
+}
+
+#[test]
+fn svid_fetch_without_an_entry_says_what_to_register() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("entries.toml"),
+        "[[entry]]\nspiffe_id = \"spiffe://example.org/x\"\nselectors = [\"unix:uid:4242\"]\n",
+    )
+    .expect("write");
+    let issuer = IssuerProcess::start(dir.path());
+    let (status, text) = run(Command::new(binary("deputy"))
+        .args(["svid", "fetch", "--socket"])
+        .arg(issuer.workload_socket()));
+    assert!(!status.success());
+    assert!(
+        text.contains("no registration entry matches this process"),
+        "{text}"
+    );
+}
+
+#[test]
+fn svid_fetch_with_no_issuer_says_where_it_looked() {
+    let (status, text) = run(Command::new(binary("deputy")).args([
+        "svid",
+        "fetch",
+        "--socket",
+        "/nonexistent/deputy.sock",
+    ]));
+    assert!(!status.success());
+    assert!(text.contains("unix:///nonexistent/deputy.sock"), "{text}");
+}
+
+#[test]
+fn the_issuer_refuses_a_bad_entries_file_with_every_problem_and_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("entries.toml"),
+        "[[entry]]\nspiffe_id = \"spiffe://Example.org/a\"\nselectors = [\"unix:uid:1\"]\n\n\
+         [[entry]]\nspiffe_id = \"spiffe://example.org/a?x\"\nselectors = [\"unix:uid:1\"]\n",
+    )
+    .expect("write");
+    let (status, text) = run(Command::new(binary("deputy"))
+        .args([
+            "issuer",
+            "--trust-domain",
+            "example.org",
+            "--ephemeral",
+            "--workload-socket",
+        ])
+        .arg(dir.path().join("w.sock"))
+        .arg("--admin-socket")
+        .arg(dir.path().join("a.sock"))
+        .arg("--entries")
+        .arg(dir.path().join("entries.toml")));
+    assert!(!status.success());
+    assert!(
+        text.contains("line 2") && text.contains("upper-case"),
+        "{text}"
+    );
+    assert!(text.contains("line 6") && text.contains("query"), "{text}");
+}
+
+#[test]
+fn sighup_reloads_entries_and_a_bad_file_keeps_the_previous_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("entries.toml"),
+        "[[entry]]\nspiffe_id = \"spiffe://example.org/x\"\nselectors = [\"unix:uid:4242\"]\n",
+    )
+    .expect("write");
+    let issuer = IssuerProcess::start(dir.path());
+    let fetch = || {
+        run(Command::new(binary("deputy"))
+            .args(["svid", "fetch", "--socket"])
+            .arg(issuer.workload_socket()))
+    };
+    assert!(!fetch().0.success(), "not registered yet");
+
+    write_entries(dir.path(), &[], "1h", "1h");
+    issuer.process.signal(nix::sys::signal::Signal::SIGHUP);
+    issuer
+        .process
+        .output
+        .wait_for("entries reloaded", Duration::from_secs(10));
+    let (status, text) = fetch();
+    assert!(status.success(), "registered after SIGHUP: {text}");
+
+    std::fs::write(
+        dir.path().join("entries.toml"),
+        "[[entry]]\nspiffe_id = 3\n",
+    )
+    .expect("write");
+    issuer.process.signal(nix::sys::signal::Signal::SIGHUP);
+    let line = issuer
+        .process
+        .output
+        .wait_for("entries not reloaded", Duration::from_secs(10));
+    assert!(line.contains("previous entries keep serving"), "{line}");
+    assert!(
+        issuer.process.output.text().contains("line 2"),
+        "the log names the line"
+    );
+    assert!(fetch().0.success(), "the previous entries keep serving");
+}
+
+#[test]
+fn deputyd_refuses_a_bad_config_listing_every_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("deputyd.toml");
+    std::fs::write(
+        &config,
+        "trust_domain = \"example.org\"\n[admin]\nlisten = \"nowhere\"\n\
+         [[agent]]\nname = \"a\"\nspiffe_id = \"spiffe://example.org/a/\"\nselectors = []\n",
+    )
+    .expect("write");
+    let (status, text) = run(Command::new(binary("deputyd")).arg("--config").arg(&config));
+    assert!(!status.success());
+    for expected in [
+        "3 problem(s)",
+        "admin.listen",
+        "trailing slash",
+        "selectors is empty",
+    ] {
+        assert!(text.contains(expected), "{text}\nmissing {expected}");
+    }
+    std::fs::write(&config, "trust_domain = \"example.org\"\nadmn = 1\n").expect("write");
+    let (status, text) = run(Command::new(binary("deputyd")).arg("--config").arg(&config));
+    assert!(!status.success());
+    assert!(text.contains("unknown field `admn`"), "{text}");
+}
+
+#[test]
+fn svid_inspect_lists_every_reason_a_certificate_is_not_an_svid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = vec![
+        rcgen::SanType::URI("spiffe://example.org/a".try_into().expect("uri")),
+        rcgen::SanType::URI("spiffe://example.org/b".try_into().expect("uri")),
+    ];
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let cert = params.self_signed(&key).expect("cert");
+    let path = dir.path().join("bad.pem");
+    std::fs::write(&path, cert.pem()).expect("write");
+    let (status, text) = run(Command::new(binary("deputy"))
+        .args(["svid", "inspect"])
+        .arg(&path));
+    assert!(!status.success(), "refused certificates exit non-zero");
+    for expected in [
+        "2 URI SANs",
+        "expired",
+        "lacks digitalSignature",
+        "keyCertSign",
+        "CA=true",
+    ] {
+        assert!(text.contains(expected), "{text}\nmissing {expected}");
+    }
+}
+
+#[test]
+fn deputy_dev_brings_up_a_ready_node_and_stops_on_interrupt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // An ephemeral admin port: find one free, then hand it to deputy dev.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut dev = deputy_tests::Process::spawn(
+        Command::new(binary("deputy"))
+            .args(["dev", "--admin-port", &port.to_string(), "--dir"])
+            .arg(dir.path()),
+    );
+    dev.output
+        .wait_for("Deputy dev mesh is up", Duration::from_secs(60));
+    let admin = format!("127.0.0.1:{port}");
+    let status = eventually("status answers", Duration::from_secs(10), || {
+        deputy_tests::http_get(&admin, "/status")
+    });
+    assert_eq!(status.0, 200);
+    let status: serde_json::Value = serde_json::from_str(&status.1).expect("json");
+    assert_eq!(status["ready"], true, "{status}");
+    assert_eq!(status["identities"].as_array().expect("ids").len(), 3);
+    dev.signal(nix::sys::signal::Signal::SIGINT);
+    assert!(dev.wait(Duration::from_secs(20)).success());
+}
