@@ -57,7 +57,9 @@ fn fetching(c: &mut Criterion) {
     });
     group.bench_function("fetch_x509_svid/new_connection", |b| {
         b.to_async(&runtime).iter(|| async {
-            let client = WorkloadApiClient::connect_to(&endpoint).await.expect("client");
+            let client = WorkloadApiClient::connect_to(&endpoint)
+                .await
+                .expect("client");
             black_box(client.fetch_x509_svid().await.expect("svid"))
         })
     });
