@@ -1,7 +1,7 @@
 //! The identity manager: every identity deputyd holds, kept fresh in the background.
 //!
 //! - The daemon's own SVID and the trust bundles come from the SPIFFE Workload API through
-//!   `spiffe::X509Source`, which reconnects by itself; a [`SourceRecorder`] turns its error
+//!   `spiffe::X509Source`, which reconnects by itself; a `SourceRecorder` turns its error
 //!   reports into states, and a probe confirms the source is back when no new SVID says so.
 //! - Each fronted agent's SVID comes from SPIRE's Delegated Identity API (`spire-api`),
 //!   subscribed by the agent's selectors, one stream and one backoff per agent: one agent whose

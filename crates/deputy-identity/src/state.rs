@@ -1,6 +1,6 @@
 //! The state of one identity, and the cell that publishes its material.
 //!
-//! Every new SVID, lost source and expiry goes through [`IdentityCell`], so the rules live in
+//! Every new SVID, lost source and expiry goes through `IdentityCell`, so the rules live in
 //! one place: material is published only for the expected SPIFFE ID, a lost source keeps the
 //! last SVID serving until it expires, and an expired SVID is withdrawn (fail closed).
 
