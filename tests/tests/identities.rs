@@ -194,3 +194,45 @@ fn an_agent_without_a_registration_entry_is_reported_not_ready() {
     assert_eq!(code, 503);
     assert!(body.contains("billing"), "{body}");
 }
+
+#[test]
+fn under_systemd_deputyd_notifies_ready_status_and_watchdog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_entries(dir.path(), &AGENTS, "1h", "1h");
+    let _issuer = IssuerProcess::start(dir.path());
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let config = write_node_config(dir.path(), &AGENTS);
+    let node = deputy_tests::Process::spawn(
+        std::process::Command::new(deputy_tests::binary("deputyd"))
+            .arg("--config")
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "2000000"),
+    );
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !(seen.contains("READY=1") && seen.contains("WATCHDOG=1")) {
+        let n = notify.recv(&mut buf).unwrap_or_else(|e| {
+            panic!(
+                "no notification ({e}); so far: {seen:?}\n{}",
+                node.output.text()
+            )
+        });
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        seen.push('\n');
+    }
+    assert!(seen.contains("STATUS=3/3 identities available"), "{seen}");
+    node.stop();
+    let mut stopping = String::new();
+    while let Ok(n) = notify.recv(&mut buf) {
+        stopping.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if stopping.contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert!(stopping.contains("STOPPING=1"), "{stopping}");
+}
