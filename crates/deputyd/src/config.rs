@@ -23,6 +23,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use deputy_identity::{AgentIdentity, IdentityManagerConfig, Selector, parse_spiffe_id};
+use deputy_proxy::{ListenAddr, LocalAgent, ProxyConfig, Service, Timeouts};
 use serde::Deserialize;
 use spiffe::TrustDomain;
 
@@ -35,6 +36,8 @@ pub struct Config {
     pub identity: IdentityManagerConfig,
     /// The admin listener.
     pub admin_listen: SocketAddr,
+    /// The data path.
+    pub proxy: ProxyConfig,
 }
 
 /// A configuration that cannot be used.
@@ -76,7 +79,49 @@ struct RawConfig {
     #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
+    inbound: Option<RawInbound>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
     agent: Vec<RawAgent>,
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInbound {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTimeouts {
+    #[serde(with = "humantime_serde")]
+    connect: Duration,
+    #[serde(with = "humantime_serde")]
+    request: Duration,
+    #[serde(with = "humantime_serde")]
+    idle: Duration,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        Self {
+            connect: t.connect,
+            request: t.request,
+            idle: t.idle,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    spiffe_id: String,
+    address: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +166,12 @@ struct RawAgent {
     name: String,
     spiffe_id: String,
     selectors: Vec<String>,
+    #[serde(default)]
+    outbound: Option<String>,
+    #[serde(default)]
+    upstream: Option<String>,
+    #[serde(default)]
+    uids: Vec<u32>,
 }
 
 impl Config {
@@ -190,6 +241,7 @@ impl RawConfig {
         let mut names = HashSet::new();
         let mut ids = HashSet::new();
         let mut agents = Vec::new();
+        let mut local = Vec::new();
         for (i, agent) in self.agent.iter().enumerate() {
             let at = format!("agent[{i}] ({:?})", agent.name);
             if agent.name.is_empty()
@@ -239,13 +291,97 @@ impl RawConfig {
                         .ok()
                 })
                 .collect();
+            let outbound = agent.outbound.as_deref().and_then(|o| {
+                parse_outbound(o)
+                    .map_err(|e| problems.push(format!("{at}: outbound = {o:?}: {e}")))
+                    .ok()
+            });
+            if agent.outbound.is_some() && agent.uids.is_empty() {
+                problems.push(format!(
+                    "{at}: uids is empty, so no process could use its outbound listener; list \
+                     the uids the agent runs as"
+                ));
+            }
+            let upstream = agent.upstream.as_deref().and_then(|u| {
+                parse_upstream(u)
+                    .map_err(|e| problems.push(format!("{at}: upstream = {u:?}: {e}")))
+                    .ok()
+            });
             if let Some(spiffe_id) = spiffe_id {
+                local.push(LocalAgent {
+                    name: agent.name.clone(),
+                    spiffe_id: spiffe_id.clone(),
+                    outbound,
+                    upstream,
+                    uids: agent.uids.clone(),
+                });
                 agents.push(AgentIdentity {
                     name: agent.name.clone(),
                     spiffe_id,
                     selectors,
                 });
             }
+        }
+
+        let mut services = Vec::new();
+        let mut service_names = HashSet::new();
+        for (i, service) in self.service.iter().enumerate() {
+            let at = format!("service[{i}] ({:?})", service.name);
+            if !service_names.insert(service.name.clone()) {
+                problems.push(format!("{at}: another service has the same name"));
+            }
+            if service.name.is_empty()
+                || rustls_pki_types::ServerName::try_from(service.name.as_str()).is_err()
+            {
+                problems.push(format!(
+                    "{at}: name must be a DNS-style name (letters, digits, '-', '.'): agents \
+                     use it as the Host of their requests and deputyd sends it as SNI"
+                ));
+            }
+            if !service.address.contains(':') {
+                problems.push(format!(
+                    "{at}: address {:?} needs a port, such as 10.0.0.7:15008",
+                    service.address
+                ));
+            }
+            match parse_spiffe_id(&service.spiffe_id) {
+                Ok(id) => {
+                    if let Some(agent) = local.iter().find(|a| a.name == service.name)
+                        && agent.spiffe_id != id
+                    {
+                        problems.push(format!(
+                            "{at}: a local agent has this name with SPIFFE ID {}; a service and \
+                             a local agent of one name are the same workload",
+                            agent.spiffe_id
+                        ));
+                    }
+                    services.push(Service {
+                        name: service.name.to_ascii_lowercase(),
+                        spiffe_id: id,
+                        address: service.address.clone(),
+                    });
+                }
+                Err(e) => problems.push(format!("{at}: {e}")),
+            }
+        }
+
+        let inbound = self.inbound.as_ref().and_then(|inbound| {
+            inbound
+                .listen
+                .parse::<SocketAddr>()
+                .map_err(|e| {
+                    problems.push(format!(
+                        "inbound.listen = {:?}: {e}; write an address such as 0.0.0.0:15008",
+                        inbound.listen
+                    ))
+                })
+                .ok()
+        });
+        if self.timeouts.connect.is_zero()
+            || self.timeouts.request.is_zero()
+            || self.timeouts.idle.is_zero()
+        {
+            problems.push("timeouts must all be above zero".into());
         }
 
         match (trust_domain, admin_listen) {
@@ -259,10 +395,52 @@ impl RawConfig {
                     max_backoff: self.identity.max_backoff,
                 },
                 admin_listen,
+                proxy: ProxyConfig {
+                    inbound,
+                    agents: local,
+                    services,
+                    timeouts: Timeouts {
+                        connect: self.timeouts.connect,
+                        request: self.timeouts.request,
+                        idle: self.timeouts.idle,
+                    },
+                },
             }),
             _ => Err(problems),
         }
     }
+}
+
+/// An outbound listener: loopback TCP (`127.0.0.1:15001`) or a unix socket
+/// (`unix:///run/deputy/triage.sock`). Never a public address: the listener takes plain HTTP
+/// and vouches for the caller.
+fn parse_outbound(text: &str) -> Result<ListenAddr, String> {
+    if let Some(path) = text.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            return Err("write an absolute socket path: unix:///run/deputy/agent.sock".into());
+        }
+        return Ok(ListenAddr::Unix(path.into()));
+    }
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|e| format!("{e}; write 127.0.0.1:PORT or unix:///PATH"))?;
+    if !addr.ip().is_loopback() {
+        return Err(
+            "an outbound listener must be on loopback (127.0.0.1 or ::1) or a unix socket: it \
+             accepts plain HTTP from local agents"
+                .into(),
+        );
+    }
+    Ok(ListenAddr::Tcp(addr))
+}
+
+/// An agent's upstream: a plain `http://` URI.
+fn parse_upstream(text: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = text.parse().map_err(|e| format!("{e}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err("write http://HOST:PORT, the agent's own plain HTTP listener".into());
+    }
+    Ok(uri)
 }
 
 #[cfg(test)]
@@ -281,6 +459,70 @@ name = "triage"
 spiffe_id = "spiffe://example.org/agent/triage"
 selectors = ["unix:uid:1001"]
 "#;
+
+    #[test]
+    fn data_path_settings_are_validated_together() {
+        let text = r#"
+trust_domain = "example.org"
+[inbound]
+listen = "0.0.0.0:15008"
+[[agent]]
+name = "triage"
+spiffe_id = "spiffe://example.org/agent/triage"
+selectors = ["unix:uid:1001"]
+outbound = "0.0.0.0:15001"
+upstream = "https://127.0.0.1:8081"
+[[agent]]
+name = "ops"
+spiffe_id = "spiffe://example.org/agent/ops"
+selectors = ["unix:uid:1002"]
+outbound = "unix://relative.sock"
+[[service]]
+name = "triage"
+spiffe_id = "spiffe://example.org/agent/other"
+address = "10.0.0.7"
+"#;
+        let message = Config::parse(text, "deputyd.toml").expect_err("invalid").to_string();
+        for expected in [
+            "must be on loopback",
+            "uids is empty",
+            "write http://HOST:PORT",
+            "absolute socket path",
+            "needs a port",
+            "a local agent has this name",
+        ] {
+            assert!(message.contains(expected), "{message}\nmissing: {expected}");
+        }
+    }
+
+    #[test]
+    fn a_full_data_path_config_loads() {
+        let text = r#"
+trust_domain = "example.org"
+[inbound]
+listen = "0.0.0.0:15008"
+[timeouts]
+request = "10s"
+[[agent]]
+name = "triage"
+spiffe_id = "spiffe://example.org/agent/triage"
+selectors = ["unix:uid:1001"]
+outbound = "unix:///run/deputy/triage.sock"
+upstream = "http://127.0.0.1:8081"
+uids = [1001]
+[[service]]
+name = "billing"
+spiffe_id = "spiffe://example.org/agent/billing"
+address = "10.0.0.7:15008"
+"#;
+        let config = Config::parse(text, "deputyd.toml").expect("valid");
+        assert_eq!(config.proxy.services.len(), 1);
+        assert_eq!(config.proxy.timeouts.request, Duration::from_secs(10));
+        assert_eq!(
+            config.proxy.agents[0].outbound,
+            Some(ListenAddr::Unix("/run/deputy/triage.sock".into()))
+        );
+    }
 
     #[test]
     fn the_documented_example_loads() {

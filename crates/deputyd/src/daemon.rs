@@ -17,6 +17,7 @@ use crate::systemd;
 #[derive(Debug)]
 pub struct Daemon {
     identities: Arc<IdentityManager>,
+    proxy: Option<deputy_proxy::Proxy>,
     admin_addr: SocketAddr,
     cancel: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
@@ -52,6 +53,13 @@ impl Daemon {
             })?;
         let admin_addr = listener.local_addr()?;
         let identities = Arc::new(IdentityManager::start(config.identity.clone()));
+        let proxy = deputy_proxy::Proxy::start(config.proxy.clone(), &identities).await?;
+        if let Some(inbound) = proxy.inbound_addr() {
+            tracing::info!(%inbound, "inbound mTLS listener bound");
+        }
+        for (agent, addr) in proxy.outbound_addrs() {
+            tracing::info!(%agent, outbound = %show_listen(addr), "outbound listener bound");
+        }
         let cancel = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
 
@@ -72,6 +80,7 @@ impl Daemon {
         tracing::info!(admin = %admin_addr, agents = config.identity.agents.len(), "deputyd started");
         Ok(Self {
             identities,
+            proxy: Some(proxy),
             admin_addr,
             cancel,
             tasks,
@@ -91,12 +100,22 @@ impl Daemon {
     /// Stops serving and waits for the background tasks.
     pub async fn shutdown(mut self) {
         systemd::stopping();
+        if let Some(proxy) = self.proxy.take() {
+            proxy.shutdown().await;
+        }
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
         if let Ok(identities) = Arc::try_unwrap(self.identities) {
             identities.shutdown().await;
         }
         tracing::info!("deputyd stopped");
+    }
+}
+
+fn show_listen(addr: &deputy_proxy::ListenAddr) -> String {
+    match addr {
+        deputy_proxy::ListenAddr::Tcp(addr) => addr.to_string(),
+        deputy_proxy::ListenAddr::Unix(path) => format!("unix://{}", path.display()),
     }
 }
 

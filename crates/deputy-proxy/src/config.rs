@@ -1,0 +1,76 @@
+//! The data path's configuration, validated by deputyd before it reaches here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use spiffe::SpiffeId;
+
+/// Where an outbound listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// Loopback TCP; callers are attested by the uid owning their socket (sock_diag).
+    Tcp(SocketAddr),
+    /// A unix socket; callers are attested by SO_PEERCRED.
+    Unix(PathBuf),
+}
+
+/// An agent on this node.
+#[derive(Debug, Clone)]
+pub struct LocalAgent {
+    /// Its name; also the SNI other nodes use to reach it.
+    pub name: String,
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// Where it sends its outbound calls, if it makes any.
+    pub outbound: Option<ListenAddr>,
+    /// Where inbound calls for it are delivered (`http://127.0.0.1:8081`), if it serves any.
+    pub upstream: Option<http::Uri>,
+    /// The uids allowed to use its outbound listener.
+    pub uids: Vec<u32>,
+}
+
+/// A service agents may call: an agent or tool on this node or another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// The name agents call it by (the Host of their requests).
+    pub name: String,
+    /// The SPIFFE ID its server certificate must carry.
+    pub spiffe_id: SpiffeId,
+    /// `host:port` of the deputyd that fronts it.
+    pub address: String,
+}
+
+/// Timeouts of the data path.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect plus TLS handshake to another deputyd.
+    pub connect: Duration,
+    /// From sending a request until its response headers arrive (bodies stream without limit).
+    pub request: Duration,
+    /// A pooled connection unused for this long is closed.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(30),
+            idle: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Everything the data path needs to know.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where other deputyd instances reach this node's agents (mTLS); `None` serves no inbound.
+    pub inbound: Option<SocketAddr>,
+    /// The agents on this node.
+    pub agents: Vec<LocalAgent>,
+    /// The services agents may call (local agents included).
+    pub services: Vec<Service>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}

@@ -1,0 +1,236 @@
+//! The inbound side: mTLS from other deputyd instances, terminated here, delivered as plain
+//! HTTP to the local agent the SNI names, with the verified caller in `Deputy-Peer-Id`.
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, Version, header};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use spiffe::SpiffeId;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{Body, problem_response, stream};
+use crate::config::Timeouts;
+use crate::metrics;
+use crate::problem::{Problem, ProblemKind};
+use crate::routing::{PEER_ID, strip_hop_by_hop, strip_peer_deputy_headers, upstream_uri};
+use crate::tls::{PeerCertError, UNRECOGNIZED_NAME_ALERT, peer_spiffe_id};
+
+/// A local agent as the inbound side sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct InboundAgent {
+    pub(crate) name: String,
+    pub(crate) upstream: Option<http::Uri>,
+}
+
+/// What every inbound connection needs.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    pub(crate) agents: HashMap<String, InboundAgent>,
+    pub(crate) tls: Arc<rustls::ServerConfig>,
+    pub(crate) upstreams: Client<HttpConnector, Incoming>,
+    pub(crate) timeouts: Timeouts,
+}
+
+/// The answer to a client that speaks plain HTTP to the mTLS port.
+fn plaintext_refusal() -> Vec<u8> {
+    let body = r#"{"type":"urn:deputy:problem:tls-required","title":"TLS required","status":400,"detail":"this is deputyd's inbound mTLS port; agents call each other through their own deputyd's outbound listener"}"#;
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Accepts peers until cancelled.
+pub(crate) async fn serve(inbound: Arc<Inbound>, listener: TcpListener, cancel: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, remote)) => {
+                let _ = tcp.set_nodelay(true);
+                let inbound = inbound.clone();
+                tokio::spawn(async move { serve_connection(inbound, tcp, remote).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "inbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(inbound: Arc<Inbound>, tcp: TcpStream, remote: std::net::SocketAddr) {
+    let mut acceptor = pin!(LazyConfigAcceptor::new(
+        rustls::server::Acceptor::default(),
+        tcp
+    ));
+    let start = match acceptor.as_mut().await {
+        Ok(start) => start,
+        Err(e) => {
+            metrics::handshake_failed("inbound", "not_tls");
+            tracing::warn!(%remote, error = %e, "refused inbound connection: not TLS");
+            if let Some(mut io) = acceptor.take_io() {
+                let _ = io.write_all(&plaintext_refusal()).await;
+                let _ = io.shutdown().await;
+            }
+            return;
+        }
+    };
+    let sni = start.client_hello().server_name().map(str::to_owned);
+    let Some(agent) = sni.as_deref().and_then(|name| inbound.agents.get(name)).cloned() else {
+        metrics::handshake_failed("inbound", "unknown_sni");
+        tracing::warn!(%remote, sni = ?sni, "refused inbound connection: no such agent on this node");
+        let mut accept = start.into_stream(inbound.tls.clone());
+        if let Some(io) = accept.get_mut() {
+            let _ = io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
+            let _ = io.shutdown().await;
+        }
+        return;
+    };
+    let tls = match start.into_stream(inbound.tls.clone()).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            let reason = handshake_failure_reason(&e);
+            metrics::handshake_failed("inbound", reason);
+            tracing::warn!(%remote, agent = %agent.name, reason, error = %e, "refused inbound handshake");
+            return;
+        }
+    };
+    metrics::handshake_succeeded("inbound");
+    let Some(peer) = peer_spiffe_id(tls.get_ref().1.peer_certificates()) else {
+        // The verifier accepted an SVID, so this cannot happen; fail closed if it does.
+        tracing::error!(%remote, "verified peer without a SPIFFE ID; closing");
+        return;
+    };
+    metrics::connection_opened("inbound");
+    let peer = Arc::new(peer);
+    let service_inbound = inbound.clone();
+    let service_agent = Arc::new(agent);
+    let service = hyper::service::service_fn(move |request| {
+        let inbound = service_inbound.clone();
+        let agent = service_agent.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&inbound, &agent, &peer, request).await) }
+    });
+    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), service)
+        .await
+    {
+        tracing::debug!(%remote, error = %e, "inbound connection ended with an error");
+    }
+    metrics::connection_closed("inbound");
+}
+
+fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
+    if let Some(e) = crate::tls::peer_cert_error(error) {
+        return match e {
+            PeerCertError::NotAnSvid(_) => "not_an_svid",
+            PeerCertError::UnknownTrustDomain(_) => "unknown_trust_domain",
+            PeerCertError::Chain { .. } => "untrusted_chain",
+            _ => "bad_certificate",
+        };
+    }
+    match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::NoCertificatesPresented) => "no_client_certificate",
+        Some(_) => "tls",
+        None => "io",
+    }
+}
+
+async fn handle(
+    inbound: &Inbound,
+    agent: &InboundAgent,
+    peer: &SpiffeId,
+    mut request: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+
+    let response = match &agent.upstream {
+        None => problem_response(&Problem::new(
+            ProblemKind::UpstreamUnavailable,
+            format!("agent {} serves no inbound calls (it has no upstream)", agent.name),
+            &request_id,
+        )),
+        Some(upstream) => match upstream_uri(upstream, request.uri()) {
+            Err(e) => problem_response(&Problem::new(
+                ProblemKind::BadRequest,
+                format!("bad request target: {e}"),
+                &request_id,
+            )),
+            Ok(uri) => {
+                *request.uri_mut() = uri;
+                *request.version_mut() = Version::HTTP_11;
+                let headers = request.headers_mut();
+                strip_hop_by_hop(headers);
+                strip_peer_deputy_headers(headers);
+                headers.remove(header::HOST);
+                if let Ok(value) = HeaderValue::from_str(&peer.to_string()) {
+                    headers.insert(PEER_ID, value);
+                }
+                deliver(inbound, agent, request, &request_id).await
+            }
+        },
+    };
+    let status = response.status().as_u16();
+    metrics::request_done("inbound", &agent.name, status, started.elapsed());
+    tracing::info!(
+        target: "deputy::access",
+        direction = "inbound",
+        agent = %agent.name,
+        peer = %peer,
+        %method,
+        %path,
+        status,
+        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        request_id = %request_id,
+    );
+    response
+}
+
+async fn deliver(
+    inbound: &Inbound,
+    agent: &InboundAgent,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Response<Body> {
+    match tokio::time::timeout(inbound.timeouts.request, inbound.upstreams.request(request)).await {
+        Ok(Ok(response)) => {
+            let mut response = response.map(stream);
+            strip_hop_by_hop(response.headers_mut());
+            response
+        }
+        Ok(Err(e)) => problem_response(&Problem::new(
+            ProblemKind::UpstreamUnavailable,
+            format!(
+                "agent {} did not answer at its upstream: {e}; is it running?",
+                agent.name
+            ),
+            request_id,
+        )),
+        Err(_) => problem_response(&Problem::new(
+            ProblemKind::Timeout,
+            format!(
+                "agent {} sent no response within {:?}",
+                agent.name, inbound.timeouts.request
+            ),
+            request_id,
+        )),
+    }
+}

@@ -1,0 +1,228 @@
+//! Deputy's data path.
+//!
+//! ```text
+//! agent A --HTTP/1.1 or h2c--> outbound listener --mTLS h2, A's SVID--> inbound listener --HTTP/1.1--> agent B
+//!           (uid attested)      (route by Host)                         (SNI picks B's SVID,
+//!                                                                        peer verified, Deputy-Peer-Id)
+//! ```
+//!
+//! - [`routing`]: the pure decisions (which service, which headers cross).
+//! - [`tls`]: SPIFFE verification on both sides, SVID selection by SNI.
+//! - [`outbound`] and [`inbound`]: the two listeners; [`pool`]: pooled HTTP/2 connections.
+//! - [`problem`]: every refusal as RFC 9457 problem details.
+
+pub mod attest;
+pub mod body;
+pub mod config;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod pool;
+pub mod problem;
+pub mod routing;
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::Arc;
+
+use deputy_identity::IdentityManager;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ListenAddr, LocalAgent, ProxyConfig, Service, Timeouts};
+
+/// The data path cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// A listener cannot be bound.
+    #[error("cannot listen on {address} for {purpose}: {source}")]
+    Bind {
+        /// The address or socket path.
+        address: String,
+        /// Which listener.
+        purpose: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS configuration cannot be built.
+    #[error("cannot build the TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// An agent is in the proxy config but not in the identity manager.
+    #[error("agent {0} has no identity; configure it as an [[agent]]")]
+    NoIdentity(String),
+}
+
+/// A running data path.
+#[derive(Debug)]
+pub struct Proxy {
+    inbound_addr: Option<SocketAddr>,
+    outbound_addrs: HashMap<String, ListenAddr>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Proxy {
+    /// Binds every listener and starts serving.
+    pub async fn start(
+        config: ProxyConfig,
+        identities: &IdentityManager,
+    ) -> Result<Self, ProxyError> {
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let bundles = identities.trust_bundles();
+        let pool = Arc::new(pool::Pool::new(bundles.clone(), config.timeouts));
+
+        let mut materials = HashMap::new();
+        for agent in &config.agents {
+            let handle = identities
+                .agent(&agent.name)
+                .ok_or_else(|| ProxyError::NoIdentity(agent.name.clone()))?;
+            materials.insert(agent.name.clone(), handle.material.clone());
+        }
+
+        let mut inbound_addr = None;
+        if let Some(listen) = config.inbound {
+            let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| {
+                ProxyError::Bind {
+                    address: listen.to_string(),
+                    purpose: "inbound mTLS ([inbound] listen)".into(),
+                    source,
+                }
+            })?;
+            inbound_addr = listener.local_addr().ok();
+            let inbound = Arc::new(inbound::Inbound {
+                agents: config
+                    .agents
+                    .iter()
+                    .map(|a| {
+                        (
+                            a.name.clone(),
+                            inbound::InboundAgent {
+                                name: a.name.clone(),
+                                upstream: a.upstream.clone(),
+                            },
+                        )
+                    })
+                    .collect(),
+                tls: tls::server_config(materials.clone(), bundles.clone())?,
+                upstreams: Client::builder(TokioExecutor::new()).build_http(),
+                timeouts: config.timeouts,
+            });
+            tasks.spawn(inbound::serve(inbound, listener, cancel.clone()));
+        }
+
+        // Local agents are services too: a call between two agents of this node takes the same
+        // path (mTLS through the inbound listener) as a call across nodes.
+        let mut services = config.services.clone();
+        if let Some(inbound) = inbound_addr {
+            let address = loopback_of(inbound).to_string();
+            for agent in &config.agents {
+                if !services.iter().any(|s| s.name == agent.name) {
+                    services.push(Service {
+                        name: agent.name.clone(),
+                        spiffe_id: agent.spiffe_id.clone(),
+                        address: address.clone(),
+                    });
+                }
+            }
+        }
+        let routes = routing::Routes::new(&services);
+
+        let mut outbound_addrs = HashMap::new();
+        for agent in &config.agents {
+            let Some(listen) = &agent.outbound else { continue };
+            let (listener, bound) = bind_outbound(listen, &agent.name).await?;
+            outbound_addrs.insert(agent.name.clone(), bound);
+            let outbound = Arc::new(outbound::Outbound {
+                agent: agent.clone(),
+                material: materials[&agent.name].clone(),
+                routes: routes.clone(),
+                pool: pool.clone(),
+                timeouts: config.timeouts,
+            });
+            tasks.spawn(outbound::serve(outbound, listener, cancel.clone()));
+        }
+        metrics::describe();
+        Ok(Self {
+            inbound_addr,
+            outbound_addrs,
+            cancel,
+            tasks,
+        })
+    }
+
+    /// Where the inbound listener is bound.
+    pub fn inbound_addr(&self) -> Option<SocketAddr> {
+        self.inbound_addr
+    }
+
+    /// Where each agent's outbound listener is bound.
+    pub fn outbound_addrs(&self) -> &HashMap<String, ListenAddr> {
+        &self.outbound_addrs
+    }
+
+    /// Stops accepting; connections in progress finish on their own.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        for addr in self.outbound_addrs.values() {
+            if let ListenAddr::Unix(path) = addr {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// The address to reach a listener bound to `addr` from this host.
+fn loopback_of(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
+}
+
+async fn bind_outbound(
+    listen: &ListenAddr,
+    agent: &str,
+) -> Result<(outbound::OutboundListener, ListenAddr), ProxyError> {
+    let fail = |address: String, source| ProxyError::Bind {
+        address,
+        purpose: format!("agent {agent}'s outbound listener"),
+        source,
+    };
+    match listen {
+        ListenAddr::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| fail(addr.to_string(), e))?;
+            let bound = listener.local_addr().map_err(|e| fail(addr.to_string(), e))?;
+            Ok((outbound::OutboundListener::Tcp(listener), ListenAddr::Tcp(bound)))
+        }
+        ListenAddr::Unix(path) => {
+            let shown = path.display().to_string();
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| fail(shown.clone(), e))?;
+            }
+            let _ = std::fs::remove_file(path);
+            let listener =
+                tokio::net::UnixListener::bind(path).map_err(|e| fail(shown.clone(), e))?;
+            // Anyone may connect; the uid check decides who may call (SO_PEERCRED).
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+                .map_err(|e| fail(shown, e))?;
+            Ok((
+                outbound::OutboundListener::Unix(listener),
+                ListenAddr::Unix(path.clone()),
+            ))
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Data-path metrics. Names are part of Deputy's interface.
+
+use std::time::Duration;
+
+/// Counter: requests by `direction`, `service` and `status`.
+pub const REQUESTS: &str = "deputy_requests_total";
+/// Histogram: request duration until response headers, by `direction` and `service`.
+pub const REQUEST_DURATION: &str = "deputy_request_duration_seconds";
+/// Gauge: open connections by `direction`.
+pub const OPEN_CONNECTIONS: &str = "deputy_open_connections";
+/// Counter: completed TLS handshakes by `direction`.
+pub const HANDSHAKES: &str = "deputy_tls_handshakes_total";
+/// Counter: failed TLS handshakes by `direction` and `reason`.
+pub const HANDSHAKE_FAILURES: &str = "deputy_tls_handshake_failures_total";
+
+/// Describes the metrics, for the exporter's HELP lines.
+pub fn describe() {
+    metrics::describe_counter!(REQUESTS, "Requests by direction, service and status");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Time from request to response headers"
+    );
+    metrics::describe_gauge!(OPEN_CONNECTIONS, "Open connections by direction");
+    metrics::describe_counter!(HANDSHAKES, "Completed TLS handshakes");
+    metrics::describe_counter!(HANDSHAKE_FAILURES, "Failed TLS handshakes by reason");
+}
+
+pub(crate) fn request_done(direction: &'static str, service: &str, status: u16, took: Duration) {
+    metrics::counter!(REQUESTS, "direction" => direction, "service" => service.to_owned(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!(REQUEST_DURATION, "direction" => direction, "service" => service.to_owned())
+        .record(took.as_secs_f64());
+}
+
+pub(crate) fn connection_opened(direction: &'static str) {
+    metrics::gauge!(OPEN_CONNECTIONS, "direction" => direction).increment(1.0);
+}
+
+pub(crate) fn connection_closed(direction: &'static str) {
+    metrics::gauge!(OPEN_CONNECTIONS, "direction" => direction).decrement(1.0);
+}
+
+pub(crate) fn handshake_succeeded(direction: &'static str) {
+    metrics::counter!(HANDSHAKES, "direction" => direction).increment(1);
+}
+
+pub(crate) fn handshake_failed(direction: &'static str, reason: &'static str) {
+    metrics::counter!(HANDSHAKE_FAILURES, "direction" => direction, "reason" => reason).increment(1);
+}

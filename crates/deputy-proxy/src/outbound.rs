@@ -1,0 +1,216 @@
+//! The outbound side: an agent's plain HTTP (1.1 or h2c) calls, carried over mTLS with the
+//! agent's SVID to the deputyd that fronts the target service.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, Uri, Version, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::attest::{tcp_caller_uid, unix_caller_uid};
+use crate::body::{Body, problem_response, stream};
+use crate::config::{LocalAgent, Timeouts};
+use crate::metrics;
+use crate::pool::Pool;
+use crate::problem::{Problem, ProblemKind};
+use crate::routing::{Routes, strip_hop_by_hop};
+use crate::tls::Material;
+
+/// A bound outbound listener.
+#[derive(Debug)]
+pub enum OutboundListener {
+    /// Loopback TCP.
+    Tcp(TcpListener),
+    /// A unix socket.
+    Unix(UnixListener),
+}
+
+/// What every request on one agent's outbound listener needs.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub(crate) agent: LocalAgent,
+    pub(crate) material: Material,
+    pub(crate) routes: Routes,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) timeouts: Timeouts,
+}
+
+/// Accepts callers until cancelled.
+pub(crate) async fn serve(outbound: Arc<Outbound>, listener: OutboundListener, cancel: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = accept(&listener) => accepted,
+        };
+        match accepted {
+            Ok(connection) => {
+                let outbound = outbound.clone();
+                tokio::spawn(async move { serve_connection(outbound, connection).await });
+            }
+            Err(e) => {
+                tracing::warn!(agent = %outbound.agent.name, error = %e, "outbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+enum Connection {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &OutboundListener) -> std::io::Result<Connection> {
+    match listener {
+        OutboundListener::Tcp(l) => l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            Connection::Tcp(s)
+        }),
+        OutboundListener::Unix(l) => l.accept().await.map(|(s, _)| Connection::Unix(s)),
+    }
+}
+
+async fn serve_connection(outbound: Arc<Outbound>, connection: Connection) {
+    let uid = match &connection {
+        Connection::Tcp(s) => tcp_caller_uid(s).await,
+        Connection::Unix(s) => unix_caller_uid(s),
+    };
+    // Attested once per connection: a connection never changes hands.
+    let admitted: Result<u32, String> = uid.and_then(|uid| {
+        if outbound.agent.uids.contains(&uid) {
+            Ok(uid)
+        } else {
+            Err(format!(
+                "uid {uid} may not call through agent {}'s outbound listener (allowed uids: {:?}); \
+                 run the agent as an allowed user or add its uid to the agent's `uids`",
+                outbound.agent.name, outbound.agent.uids
+            ))
+        }
+    });
+    if let Err(reason) = &admitted {
+        tracing::warn!(agent = %outbound.agent.name, %reason, "outbound caller refused");
+    }
+    let admitted = Arc::new(admitted);
+    let service = hyper::service::service_fn(move |request| {
+        let outbound = outbound.clone();
+        let admitted = admitted.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&outbound, &admitted, request).await) }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let result = match connection {
+        Connection::Tcp(s) => builder.serve_connection(TokioIo::new(s), service).await,
+        Connection::Unix(s) => builder.serve_connection(TokioIo::new(s), service).await,
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "outbound connection ended with an error");
+    }
+}
+
+async fn handle(
+    outbound: &Outbound,
+    admitted: &Result<u32, String>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let (response, service) = forward(outbound, admitted, request, &request_id).await;
+    let status = response.status().as_u16();
+    metrics::request_done("outbound", &service, status, started.elapsed());
+    tracing::info!(
+        target: "deputy::access",
+        direction = "outbound",
+        agent = %outbound.agent.name,
+        service = %service,
+        %method,
+        %path,
+        status,
+        duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        request_id = %request_id,
+    );
+    response
+}
+
+/// Forwards one request; returns the response and the service name for logs and metrics.
+async fn forward(
+    outbound: &Outbound,
+    admitted: &Result<u32, String>,
+    mut request: Request<Incoming>,
+    request_id: &str,
+) -> (Response<Body>, String) {
+    let refuse = |kind: ProblemKind, detail: String, service: &str| {
+        (
+            problem_response(&Problem::new(kind, detail, request_id)),
+            service.to_owned(),
+        )
+    };
+    if let Err(reason) = admitted {
+        return refuse(ProblemKind::CallerNotAttested, reason.clone(), "-");
+    }
+    let service = match outbound.routes.target_of(&request) {
+        Ok(service) => service,
+        Err((kind, detail)) => return refuse(kind, detail, "-"),
+    };
+    let Some(material) = outbound.material.borrow().clone() else {
+        return refuse(
+            ProblemKind::NoIdentity,
+            format!(
+                "agent {} has no valid SVID right now; see deputyd's /status for why",
+                outbound.agent.name
+            ),
+            &service.name,
+        );
+    };
+    let mut sender = match outbound
+        .pool
+        .sender(&outbound.agent.name, &service, &material)
+        .await
+    {
+        Ok(sender) => sender,
+        Err(e) => return refuse(e.kind, e.detail, &service.name),
+    };
+
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let uri: Uri = match format!("https://{}{path}", service.name).parse() {
+        Ok(uri) => uri,
+        Err(e) => return refuse(ProblemKind::BadRequest, format!("bad request target: {e}"), &service.name),
+    };
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_2;
+    strip_hop_by_hop(request.headers_mut());
+    request.headers_mut().remove(header::HOST);
+
+    let sent = tokio::time::timeout(outbound.timeouts.request, sender.send_request(request)).await;
+    match sent {
+        Ok(Ok(response)) => {
+            let mut response = response.map(stream);
+            strip_hop_by_hop(response.headers_mut());
+            if let Ok(id) = HeaderValue::from_str(request_id) {
+                response.headers_mut().insert("deputy-request-id", id);
+            }
+            (response, service.name.clone())
+        }
+        Ok(Err(e)) => refuse(
+            ProblemKind::UpstreamUnavailable,
+            format!("{} did not answer: {e}", service.name),
+            &service.name,
+        ),
+        Err(_) => refuse(
+            ProblemKind::Timeout,
+            format!(
+                "{} sent no response within {:?}; retry later or raise [timeouts] request",
+                service.name, outbound.timeouts.request
+            ),
+            &service.name,
+        ),
+    }
+}

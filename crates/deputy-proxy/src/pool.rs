@@ -1,0 +1,184 @@
+//! Outbound mTLS connections, pooled per (agent, service) and multiplexed over HTTP/2.
+//!
+//! A connection is made with the calling agent's current SVID; when the SVID rotates, the next
+//! request opens a new connection (a new handshake with the new certificate) while requests in
+//! flight finish on the old one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use deputy_identity::TlsMaterial;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::config::{Service, Timeouts};
+use crate::metrics;
+use crate::problem::ProblemKind;
+use crate::tls::{Bundles, PeerCertError, client_config, peer_cert_error};
+
+/// Why no connection could be had; each maps to a problem the agent sees.
+#[derive(Debug)]
+pub struct ConnectError {
+    /// The problem kind.
+    pub kind: ProblemKind,
+    /// What happened and what to do.
+    pub detail: String,
+}
+
+#[derive(Debug)]
+struct Pooled {
+    sender: SendRequest<Incoming>,
+    serial: String,
+    last_used: Instant,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
+
+/// The pool.
+#[derive(Debug)]
+pub struct Pool {
+    slots: Mutex<HashMap<(String, String), Slot>>,
+    bundles: Bundles,
+    timeouts: Timeouts,
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new(bundles: Bundles, timeouts: Timeouts) -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            bundles,
+            timeouts,
+        }
+    }
+
+    /// A ready sender to `service` as `agent` holding `material`, reusing a pooled connection
+    /// made with the same SVID.
+    pub async fn sender(
+        &self,
+        agent: &str,
+        service: &Service,
+        material: &TlsMaterial,
+    ) -> Result<SendRequest<Incoming>, ConnectError> {
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            slots
+                .entry((agent.to_owned(), service.name.clone()))
+                .or_default()
+                .clone()
+        };
+        // One connect at a time per pair; others wait and reuse it.
+        let mut slot = slot.lock().await;
+        if let Some(pooled) = slot.as_mut()
+            && pooled.serial == material.serial
+            && !pooled.sender.is_closed()
+            && pooled.last_used.elapsed() < self.timeouts.idle
+        {
+            pooled.last_used = Instant::now();
+            let mut sender = pooled.sender.clone();
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        let sender = self.connect(service, material).await?;
+        *slot = Some(Pooled {
+            sender: sender.clone(),
+            serial: material.serial.clone(),
+            last_used: Instant::now(),
+        });
+        Ok(sender)
+    }
+
+    async fn connect(
+        &self,
+        service: &Service,
+        material: &TlsMaterial,
+    ) -> Result<SendRequest<Incoming>, ConnectError> {
+        let unavailable = |detail: String| ConnectError {
+            kind: ProblemKind::UpstreamUnavailable,
+            detail,
+        };
+        let config = client_config(material, service.spiffe_id.clone(), self.bundles.clone())
+            .map_err(|e| unavailable(format!("cannot build the TLS client: {e}")))?;
+        let server_name = ServerName::try_from(service.name.clone()).map_err(|_| {
+            unavailable(format!("service name {:?} cannot be sent as SNI", service.name))
+        })?;
+        let connect = async {
+            let tcp = TcpStream::connect(&service.address).await.map_err(|e| {
+                unavailable(format!(
+                    "cannot connect to {} at {}: {e}; is its deputyd running and its inbound \
+                     listener reachable?",
+                    service.name, service.address
+                ))
+            })?;
+            let _ = tcp.set_nodelay(true);
+            tokio_rustls::TlsConnector::from(config)
+                .connect(server_name, tcp)
+                .await
+                .map_err(|e| handshake_error(service, &e))
+        };
+        let tls = tokio::time::timeout(self.timeouts.connect, connect)
+            .await
+            .map_err(|_| {
+                metrics::handshake_failed("outbound", "timeout");
+                unavailable(format!(
+                    "connecting to {} at {} took longer than {:?}",
+                    service.name, service.address, self.timeouts.connect
+                ))
+            })??;
+        metrics::handshake_succeeded("outbound");
+        let (sender, connection) =
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(self.timeouts.idle / 3)
+                .handshake(TokioIo::new(tls))
+                .await
+                .map_err(|e| unavailable(format!("HTTP/2 with {} failed: {e}", service.name)))?;
+        let name = service.name.clone();
+        tokio::spawn(async move {
+            metrics::connection_opened("outbound");
+            if let Err(e) = connection.await {
+                tracing::debug!(service = %name, error = %e, "outbound connection ended");
+            }
+            metrics::connection_closed("outbound");
+        });
+        Ok(sender)
+    }
+}
+
+fn handshake_error(service: &Service, error: &std::io::Error) -> ConnectError {
+    match peer_cert_error(error) {
+        Some(e @ PeerCertError::IdentityMismatch { .. }) => {
+            metrics::handshake_failed("outbound", "peer_identity_mismatch");
+            ConnectError {
+                kind: ProblemKind::PeerIdentityMismatch,
+                detail: format!(
+                    "refused to send the request to {} at {}: {e}. Check the service's \
+                     spiffe_id and address in deputyd's config",
+                    service.name, service.address
+                ),
+            }
+        }
+        Some(e) => {
+            metrics::handshake_failed("outbound", "peer_not_trusted");
+            ConnectError {
+                kind: ProblemKind::PeerNotTrusted,
+                detail: format!("{} at {}: {e}", service.name, service.address),
+            }
+        }
+        None => {
+            metrics::handshake_failed("outbound", "tls");
+            ConnectError {
+                kind: ProblemKind::UpstreamUnavailable,
+                detail: format!(
+                    "the TLS handshake with {} at {} failed: {error}",
+                    service.name, service.address
+                ),
+            }
+        }
+    }
+}

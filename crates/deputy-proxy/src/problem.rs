@@ -1,0 +1,151 @@
+//! RFC 9457 problem details: every refusal on the data path, in a form an agent can act on.
+//!
+//! The `type` of each problem is a stable URN; agents branch on it. `detail` says what was
+//! wrong and what to do; `request_id` ties it to deputyd's access log.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+
+/// The media type of problem responses.
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// Every kind of refusal the data path can give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// No configured service matches the request's Host or absolute URI.
+    UnknownService,
+    /// The request names no target at all.
+    MissingTarget,
+    /// The caller of an outbound listener could not be attested, or is not allowed.
+    CallerNotAttested,
+    /// The calling agent has no valid SVID right now.
+    NoIdentity,
+    /// The server presented an SVID other than the service's.
+    PeerIdentityMismatch,
+    /// The server's certificate is not a valid SVID of a trusted trust domain.
+    PeerNotTrusted,
+    /// The service's deputyd could not be reached or the TLS handshake failed.
+    UpstreamUnavailable,
+    /// The service did not answer within the request timeout.
+    Timeout,
+    /// The request is malformed.
+    BadRequest,
+}
+
+impl ProblemKind {
+    /// The stable `type` URI.
+    pub fn type_uri(self) -> &'static str {
+        match self {
+            Self::UnknownService => "urn:deputy:problem:unknown-service",
+            Self::MissingTarget => "urn:deputy:problem:missing-target",
+            Self::CallerNotAttested => "urn:deputy:problem:caller-not-attested",
+            Self::NoIdentity => "urn:deputy:problem:no-identity",
+            Self::PeerIdentityMismatch => "urn:deputy:problem:peer-identity-mismatch",
+            Self::PeerNotTrusted => "urn:deputy:problem:peer-not-trusted",
+            Self::UpstreamUnavailable => "urn:deputy:problem:upstream-unavailable",
+            Self::Timeout => "urn:deputy:problem:timeout",
+            Self::BadRequest => "urn:deputy:problem:bad-request",
+        }
+    }
+
+    /// A short, fixed summary.
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::UnknownService => "Unknown service",
+            Self::MissingTarget => "No target service",
+            Self::CallerNotAttested => "Caller not attested",
+            Self::NoIdentity => "No identity available",
+            Self::PeerIdentityMismatch => "Peer identity mismatch",
+            Self::PeerNotTrusted => "Peer not trusted",
+            Self::UpstreamUnavailable => "Upstream unavailable",
+            Self::Timeout => "Upstream timed out",
+            Self::BadRequest => "Bad request",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::UnknownService => StatusCode::NOT_FOUND,
+            Self::MissingTarget | Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::CallerNotAttested => StatusCode::FORBIDDEN,
+            Self::NoIdentity => StatusCode::SERVICE_UNAVAILABLE,
+            Self::PeerIdentityMismatch | Self::PeerNotTrusted | Self::UpstreamUnavailable => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+/// One problem, ready to send.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// Stable type URI.
+    #[serde(rename = "type")]
+    pub type_uri: &'static str,
+    /// Short summary.
+    pub title: &'static str,
+    /// HTTP status, repeated in the body.
+    pub status: u16,
+    /// What was wrong and what to do.
+    pub detail: String,
+    /// deputyd's id of the request.
+    pub request_id: String,
+    #[serde(skip)]
+    kind: ProblemKind,
+}
+
+impl Problem {
+    /// A problem of `kind` for request `request_id`.
+    pub fn new(kind: ProblemKind, detail: impl Into<String>, request_id: &str) -> Self {
+        Self {
+            type_uri: kind.type_uri(),
+            title: kind.title(),
+            status: kind.status().as_u16(),
+            detail: detail.into(),
+            request_id: request_id.to_owned(),
+            kind,
+        }
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> ProblemKind {
+        self.kind
+    }
+
+    /// The HTTP response carrying it.
+    pub fn to_response(&self) -> Response<Bytes> {
+        let body = serde_json::to_vec(self).unwrap_or_default();
+        let mut response = Response::new(Bytes::from(body));
+        *response.status_mut() = self.kind.status();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_is_rfc9457_json_with_the_request_id() {
+        let problem = Problem::new(
+            ProblemKind::UnknownService,
+            "no service named billing2; known: billing",
+            "req-1",
+        );
+        let response = problem.to_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        let body: serde_json::Value = serde_json::from_slice(response.body()).expect("json");
+        assert_eq!(body["type"], "urn:deputy:problem:unknown-service");
+        assert_eq!(body["status"], 404);
+        assert_eq!(body["request_id"], "req-1");
+        assert!(body["detail"].as_str().expect("detail").contains("known: billing"));
+    }
+}
