@@ -4,6 +4,9 @@
 //! The binaries come from the same target directory as the test executable; the README's test
 //! command builds them first (`cargo build --workspace --bins`).
 
+pub mod client;
+pub mod mesh;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,6 @@
 //! `deputy`: run the embedded issuer or a local mesh, and fetch, inspect and validate SVIDs.
 
+mod demo_agent;
 mod dev;
 mod endpoint;
 mod issuer;
@@ -28,6 +29,9 @@ enum Command {
     Jwt(jwt::JwtCommand),
     /// Start a local mesh: an issuer and a deputyd with two sample agents, until Ctrl-C.
     Dev(dev::DevArgs),
+    /// Run a small example agent: an HTTP service that shows who called it (for `deputy dev`
+    /// and the tests).
+    DemoAgent(demo_agent::DemoAgentArgs),
     /// Run deputyd from this binary (what `deputy dev` starts for each node).
     #[command(hide = true)]
     Node(deputyd::Args),
@@ -48,6 +52,7 @@ fn main() -> std::process::ExitCode {
             Command::Svid(command) => svid::run(command).await,
             Command::Jwt(command) => jwt::run(command).await,
             Command::Dev(args) => dev::run(args).await,
+            Command::DemoAgent(args) => demo_agent::run(args).await,
             Command::Node(args) => deputyd::run(args)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),

@@ -9,7 +9,9 @@ pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// A body holding `bytes`.
 pub fn full(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A streamed body, passed on as it arrives.

@@ -73,7 +73,21 @@ pub(crate) async fn serve(inbound: Arc<Inbound>, listener: TcpListener, cancel: 
     }
 }
 
-async fn serve_connection(inbound: Arc<Inbound>, tcp: TcpStream, remote: std::net::SocketAddr) {
+async fn serve_connection(inbound: Arc<Inbound>, mut tcp: TcpStream, remote: std::net::SocketAddr) {
+    // A TLS connection starts with a handshake record (content type 22). Anything else, most
+    // likely plain HTTP, gets an answer it can read instead of a TLS alert.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(inbound.timeouts.connect, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == 0x16 => {}
+        Ok(Ok(1)) => {
+            metrics::handshake_failed("inbound", "not_tls");
+            tracing::warn!(%remote, "refused inbound connection: plaintext on the mTLS port");
+            let _ = tcp.write_all(&plaintext_refusal()).await;
+            let _ = tcp.shutdown().await;
+            return;
+        }
+        _ => return,
+    }
     let mut acceptor = pin!(LazyConfigAcceptor::new(
         rustls::server::Acceptor::default(),
         tcp
@@ -81,17 +95,17 @@ async fn serve_connection(inbound: Arc<Inbound>, tcp: TcpStream, remote: std::ne
     let start = match acceptor.as_mut().await {
         Ok(start) => start,
         Err(e) => {
-            metrics::handshake_failed("inbound", "not_tls");
-            tracing::warn!(%remote, error = %e, "refused inbound connection: not TLS");
-            if let Some(mut io) = acceptor.take_io() {
-                let _ = io.write_all(&plaintext_refusal()).await;
-                let _ = io.shutdown().await;
-            }
+            metrics::handshake_failed("inbound", "bad_client_hello");
+            tracing::warn!(%remote, error = %e, "refused inbound connection: bad ClientHello");
             return;
         }
     };
     let sni = start.client_hello().server_name().map(str::to_owned);
-    let Some(agent) = sni.as_deref().and_then(|name| inbound.agents.get(name)).cloned() else {
+    let Some(agent) = sni
+        .as_deref()
+        .and_then(|name| inbound.agents.get(name))
+        .cloned()
+    else {
         metrics::handshake_failed("inbound", "unknown_sni");
         tracing::warn!(%remote, sni = ?sni, "refused inbound connection: no such agent on this node");
         let mut accept = start.into_stream(inbound.tls.clone());
@@ -144,7 +158,10 @@ fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
             _ => "bad_certificate",
         };
     }
-    match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+    match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::NoCertificatesPresented) => "no_client_certificate",
         Some(_) => "tls",
         None => "io",
@@ -165,7 +182,10 @@ async fn handle(
     let response = match &agent.upstream {
         None => problem_response(&Problem::new(
             ProblemKind::UpstreamUnavailable,
-            format!("agent {} serves no inbound calls (it has no upstream)", agent.name),
+            format!(
+                "agent {} serves no inbound calls (it has no upstream)",
+                agent.name
+            ),
             &request_id,
         )),
         Some(upstream) => match upstream_uri(upstream, request.uri()) {

@@ -87,13 +87,13 @@ impl Proxy {
 
         let mut inbound_addr = None;
         if let Some(listen) = config.inbound {
-            let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| {
-                ProxyError::Bind {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|source| ProxyError::Bind {
                     address: listen.to_string(),
                     purpose: "inbound mTLS ([inbound] listen)".into(),
                     source,
-                }
-            })?;
+                })?;
             inbound_addr = listener.local_addr().ok();
             let inbound = Arc::new(inbound::Inbound {
                 agents: config
@@ -135,7 +135,9 @@ impl Proxy {
 
         let mut outbound_addrs = HashMap::new();
         for agent in &config.agents {
-            let Some(listen) = &agent.outbound else { continue };
+            let Some(listen) = &agent.outbound else {
+                continue;
+            };
             let (listener, bound) = bind_outbound(listen, &agent.name).await?;
             outbound_addrs.insert(agent.name.clone(), bound);
             let outbound = Arc::new(outbound::Outbound {
@@ -205,8 +207,13 @@ async fn bind_outbound(
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| fail(addr.to_string(), e))?;
-            let bound = listener.local_addr().map_err(|e| fail(addr.to_string(), e))?;
-            Ok((outbound::OutboundListener::Tcp(listener), ListenAddr::Tcp(bound)))
+            let bound = listener
+                .local_addr()
+                .map_err(|e| fail(addr.to_string(), e))?;
+            Ok((
+                outbound::OutboundListener::Tcp(listener),
+                ListenAddr::Tcp(bound),
+            ))
         }
         ListenAddr::Unix(path) => {
             let shown = path.display().to_string();

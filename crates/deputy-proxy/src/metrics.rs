@@ -46,5 +46,6 @@ pub(crate) fn handshake_succeeded(direction: &'static str) {
 }
 
 pub(crate) fn handshake_failed(direction: &'static str, reason: &'static str) {
-    metrics::counter!(HANDSHAKE_FAILURES, "direction" => direction, "reason" => reason).increment(1);
+    metrics::counter!(HANDSHAKE_FAILURES, "direction" => direction, "reason" => reason)
+        .increment(1);
 }

@@ -40,7 +40,11 @@ pub(crate) struct Outbound {
 }
 
 /// Accepts callers until cancelled.
-pub(crate) async fn serve(outbound: Arc<Outbound>, listener: OutboundListener, cancel: CancellationToken) {
+pub(crate) async fn serve(
+    outbound: Arc<Outbound>,
+    listener: OutboundListener,
+    cancel: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             () = cancel.cancelled() => return,
@@ -182,7 +186,13 @@ async fn forward(
         .to_owned();
     let uri: Uri = match format!("https://{}{path}", service.name).parse() {
         Ok(uri) => uri,
-        Err(e) => return refuse(ProblemKind::BadRequest, format!("bad request target: {e}"), &service.name),
+        Err(e) => {
+            return refuse(
+                ProblemKind::BadRequest,
+                format!("bad request target: {e}"),
+                &service.name,
+            );
+        }
     };
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_2;

@@ -105,7 +105,10 @@ impl Pool {
         let config = client_config(material, service.spiffe_id.clone(), self.bundles.clone())
             .map_err(|e| unavailable(format!("cannot build the TLS client: {e}")))?;
         let server_name = ServerName::try_from(service.name.clone()).map_err(|_| {
-            unavailable(format!("service name {:?} cannot be sent as SNI", service.name))
+            unavailable(format!(
+                "service name {:?} cannot be sent as SNI",
+                service.name
+            ))
         })?;
         let connect = async {
             let tcp = TcpStream::connect(&service.address).await.map_err(|e| {
@@ -131,13 +134,12 @@ impl Pool {
                 ))
             })??;
         metrics::handshake_succeeded("outbound");
-        let (sender, connection) =
-            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(hyper_util::rt::TokioTimer::new())
-                .keep_alive_interval(self.timeouts.idle / 3)
-                .handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| unavailable(format!("HTTP/2 with {} failed: {e}", service.name)))?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(self.timeouts.idle / 3)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| unavailable(format!("HTTP/2 with {} failed: {e}", service.name)))?;
         let name = service.name.clone();
         tokio::spawn(async move {
             metrics::connection_opened("outbound");

@@ -146,6 +146,11 @@ mod tests {
         assert_eq!(body["type"], "urn:deputy:problem:unknown-service");
         assert_eq!(body["status"], 404);
         assert_eq!(body["request_id"], "req-1");
-        assert!(body["detail"].as_str().expect("detail").contains("known: billing"));
+        assert!(
+            body["detail"]
+                .as_str()
+                .expect("detail")
+                .contains("known: billing")
+        );
     }
 }

@@ -35,7 +35,10 @@ impl Routes {
     /// The service a request is for: the host of an absolute-form URI (what HTTP proxies
     /// receive, so `HTTP_PROXY` works), else the Host header (or HTTP/2 `:authority`). A port
     /// is ignored: the service name alone picks the route.
-    pub fn target_of<B>(&self, request: &Request<B>) -> Result<Arc<Service>, (ProblemKind, String)> {
+    pub fn target_of<B>(
+        &self,
+        request: &Request<B>,
+    ) -> Result<Arc<Service>, (ProblemKind, String)> {
         let host = request
             .uri()
             .host()
@@ -183,7 +186,10 @@ mod tests {
     #[test]
     fn peer_deputy_headers_are_removed_except_the_chain() {
         let mut headers = HeaderMap::new();
-        headers.insert("deputy-peer-id", "spiffe://evil/forged".parse().expect("value"));
+        headers.insert(
+            "deputy-peer-id",
+            "spiffe://evil/forged".parse().expect("value"),
+        );
         headers.insert("Deputy-Principal", "user:mallory".parse().expect("value"));
         headers.insert("deputy-delegation", "a.b.c".parse().expect("value"));
         headers.insert("x-other", "kept".parse().expect("value"));
@@ -197,7 +203,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, "keep-alive, x-secret-hop".parse().expect("v"));
+        headers.insert(
+            header::CONNECTION,
+            "keep-alive, x-secret-hop".parse().expect("v"),
+        );
         headers.insert("x-secret-hop", "1".parse().expect("v"));
         headers.insert("keep-alive", "timeout=5".parse().expect("v"));
         headers.insert(header::TRANSFER_ENCODING, "chunked".parse().expect("v"));
@@ -211,7 +220,8 @@ mod tests {
     #[test]
     fn upstream_uris_keep_path_and_query() {
         let base: Uri = "http://127.0.0.1:8081".parse().expect("uri");
-        let uri = upstream_uri(&base, &"https://billing/a/b?x=1".parse().expect("uri")).expect("uri");
+        let uri =
+            upstream_uri(&base, &"https://billing/a/b?x=1".parse().expect("uri")).expect("uri");
         assert_eq!(uri.to_string(), "http://127.0.0.1:8081/a/b?x=1");
         let prefixed: Uri = "http://127.0.0.1:8081/api/".parse().expect("uri");
         let uri = upstream_uri(&prefixed, &"/v1".parse().expect("uri")).expect("uri");

@@ -138,24 +138,15 @@ impl Anchors {
             .get(trust_domain)
             .filter(|a| !a.is_empty())
             .ok_or_else(|| refuse(PeerCertError::UnknownTrustDomain(trust_domain.to_string())))?;
-        let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|e| {
-            refuse(PeerCertError::NotAnSvid(format!("cannot parse: {e}")))
-        })?;
-        cert.verify_for_usage(
-            algorithms.all,
-            roots,
-            intermediates,
-            now,
-            usage,
-            None,
-            None,
-        )
-        .map_err(|e| {
-            refuse(PeerCertError::Chain {
-                trust_domain: trust_domain.to_string(),
-                reason: e.to_string(),
-            })
-        })?;
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| refuse(PeerCertError::NotAnSvid(format!("cannot parse: {e}"))))?;
+        cert.verify_for_usage(algorithms.all, roots, intermediates, now, usage, None, None)
+            .map_err(|e| {
+                refuse(PeerCertError::Chain {
+                    trust_domain: trust_domain.to_string(),
+                    reason: e.to_string(),
+                })
+            })?;
         Ok(id)
     }
 }
@@ -163,11 +154,9 @@ impl Anchors {
 /// The SPIFFE ID of a leaf that satisfies the X.509-SVID profile (validity is checked by
 /// webpki, against the handshake's clock).
 fn svid_id(leaf: &CertificateDer<'_>) -> Result<SpiffeId, PeerCertError> {
-    let report = deputy_identity::inspect::inspect_chain(
-        &[leaf.to_vec()],
-        time::OffsetDateTime::now_utc(),
-    )
-    .map_err(|e| PeerCertError::NotAnSvid(e.to_string()))?;
+    let report =
+        deputy_identity::inspect::inspect_chain(&[leaf.to_vec()], time::OffsetDateTime::now_utc())
+            .map_err(|e| PeerCertError::NotAnSvid(e.to_string()))?;
     let profile_problems: Vec<&String> = report
         .problems
         .iter()
@@ -333,7 +322,11 @@ struct SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let material = self.agents.get(client_hello.server_name()?)?.borrow().clone()?;
+        let material = self
+            .agents
+            .get(client_hello.server_name()?)?
+            .borrow()
+            .clone()?;
         Some(material.certified_key.clone())
     }
 }

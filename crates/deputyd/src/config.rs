@@ -482,7 +482,9 @@ name = "triage"
 spiffe_id = "spiffe://example.org/agent/other"
 address = "10.0.0.7"
 "#;
-        let message = Config::parse(text, "deputyd.toml").expect_err("invalid").to_string();
+        let message = Config::parse(text, "deputyd.toml")
+            .expect_err("invalid")
+            .to_string();
         for expected in [
             "must be on loopback",
             "uids is empty",

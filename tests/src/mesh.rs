@@ -1,0 +1,185 @@
+//! A two-node mesh on loopback: one issuer, two deputyd processes, demo agents.
+//!
+//! ```text
+//! node1: agent alpha (outbound), agent gamma (outbound; its uid is not allowed)
+//! node2: agent beta (upstream: demo agent), agent delta (upstream: demo agent)
+//! node1 services: beta -> node2; delta-as-beta (SNI delta, expects beta's SPIFFE ID) -> node2
+//! ```
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{IssuerProcess, Process, binary, my_uid};
+
+/// The running mesh.
+#[derive(Debug)]
+pub struct Mesh {
+    /// The issuer.
+    pub issuer: IssuerProcess,
+    /// Demo agents by name.
+    pub agents: Vec<(String, Process, String)>,
+    /// node1 (alpha, gamma).
+    pub node1: Node,
+    /// node2 (beta, delta).
+    pub node2: Node,
+    /// The directory holding everything.
+    pub dir: tempfile::TempDir,
+}
+
+/// One deputyd with the addresses it bound.
+#[derive(Debug)]
+pub struct Node {
+    /// The process.
+    pub process: Process,
+    /// Admin listener.
+    pub admin: String,
+    /// Inbound mTLS listener, if any.
+    pub inbound: Option<String>,
+    /// Outbound listeners by agent.
+    pub outbound: Vec<(String, String)>,
+}
+
+impl Node {
+    /// Starts deputyd with `config` and reads the addresses it reports.
+    pub fn start(config: &Path) -> Self {
+        let process = Process::spawn(Command::new(binary("deputyd")).arg("--config").arg(config));
+        let started = process
+            .output
+            .wait_for("deputyd started", Duration::from_secs(20));
+        let field = |line: &str, key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_owned)
+        };
+        let admin = field(&started, "admin=").expect("admin address");
+        let text = process.output.text();
+        let inbound = text
+            .lines()
+            .find(|l| l.contains("inbound mTLS listener bound"))
+            .and_then(|l| field(l, "inbound="));
+        let outbound = text
+            .lines()
+            .filter(|l| l.contains("outbound listener bound"))
+            .filter_map(|l| Some((field(l, "agent=")?, field(l, "outbound=")?)))
+            .collect();
+        Self {
+            process,
+            admin,
+            inbound,
+            outbound,
+        }
+    }
+
+    /// The outbound address of `agent`.
+    pub fn outbound_of(&self, agent: &str) -> String {
+        self.outbound
+            .iter()
+            .find(|(a, _)| a == agent)
+            .map(|(_, addr)| addr.clone())
+            .unwrap_or_else(|| panic!("no outbound listener for {agent}"))
+    }
+
+    /// Waits until `/readyz` says ready.
+    pub fn wait_ready(&self) {
+        crate::eventually("node ready", Duration::from_secs(30), || {
+            crate::http_get(&self.admin, "/readyz").filter(|(code, _)| *code == 200)
+        });
+    }
+
+    /// The Prometheus metrics text.
+    pub fn metrics(&self) -> String {
+        crate::http_get(&self.admin, "/metrics").expect("metrics").1
+    }
+}
+
+/// Starts a demo agent; returns it and its address.
+pub fn demo_agent(name: &str) -> (Process, String) {
+    let process = Process::spawn(Command::new(binary("deputy")).args([
+        "demo-agent",
+        "--name",
+        name,
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    let line = process
+        .output
+        .wait_for("listening on", Duration::from_secs(20));
+    let addr = line.rsplit(' ').next().expect("address").to_owned();
+    (process, addr)
+}
+
+impl Mesh {
+    /// Starts everything, with agent SVIDs living `agent_ttl`, and waits until both nodes are
+    /// ready.
+    pub fn start(agent_ttl: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uid = my_uid();
+        let mut entries = format!(
+            "[[entry]]\nspiffe_id = \"spiffe://example.org/deputyd/node\"\nselectors = [\"unix:uid:{uid}\"]\n\n\
+             [[delegate]]\nselectors = [\"unix:uid:{uid}\"]\n\n"
+        );
+        for agent in ["alpha", "beta", "gamma", "delta"] {
+            entries.push_str(&format!(
+                "[[entry]]\nspiffe_id = \"spiffe://example.org/agent/{agent}\"\n\
+                 selectors = [\"systemd:id:{agent}.service\"]\nx509_ttl = \"{agent_ttl}\"\n\n"
+            ));
+        }
+        std::fs::write(dir.path().join("entries.toml"), entries).expect("entries");
+        let issuer = IssuerProcess::start(dir.path());
+        let (beta_process, beta_addr) = demo_agent("beta");
+        let (delta_process, delta_addr) = demo_agent("delta");
+
+        let identity = format!(
+            "trust_domain = \"example.org\"\n[identity]\nworkload_api = \"unix://{}\"\n\
+             delegated_identity_api = \"unix://{}\"\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nrequest = \"10s\"\n",
+            dir.path().join("workload.sock").display(),
+            dir.path().join("admin.sock").display()
+        );
+        let agent = |name: &str, extra: &str| {
+            format!(
+                "[[agent]]\nname = \"{name}\"\nspiffe_id = \"spiffe://example.org/agent/{name}\"\n\
+                 selectors = [\"systemd:id:{name}.service\"]\n{extra}\n"
+            )
+        };
+        let node2_config = dir.path().join("node2.toml");
+        std::fs::write(
+            &node2_config,
+            format!(
+                "{identity}[inbound]\nlisten = \"127.0.0.1:0\"\n{}{}",
+                agent("beta", &format!("upstream = \"http://{beta_addr}\"")),
+                agent("delta", &format!("upstream = \"http://{delta_addr}\""))
+            ),
+        )
+        .expect("node2 config");
+        let node2 = Node::start(&node2_config);
+        let node2_inbound = node2.inbound.clone().expect("node2 inbound");
+
+        let node1_config = dir.path().join("node1.toml");
+        std::fs::write(
+            &node1_config,
+            format!(
+                "{identity}{}{}\
+                 [[service]]\nname = \"beta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n\
+                 [[service]]\nname = \"delta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n",
+                agent("alpha", &format!("outbound = \"127.0.0.1:0\"\nuids = [{uid}]")),
+                agent("gamma", &format!("outbound = \"127.0.0.1:0\"\nuids = [{}]", uid + 4242)),
+            ),
+        )
+        .expect("node1 config");
+        let node1 = Node::start(&node1_config);
+        node1.wait_ready();
+        node2.wait_ready();
+        Self {
+            issuer,
+            agents: vec![
+                ("beta".into(), beta_process, beta_addr),
+                ("delta".into(), delta_process, delta_addr),
+            ],
+            node1,
+            node2,
+            dir,
+        }
+    }
+}

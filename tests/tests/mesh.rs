@@ -1,0 +1,223 @@
+//! Agent A -> deputyd (node1) -> mTLS -> deputyd (node2) -> agent B, across real processes.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use deputy_tests::client::{self, Protocol};
+use deputy_tests::mesh::Mesh;
+use http::StatusCode;
+use http_body_util::{BodyExt as _, StreamBody};
+use hyper::body::Frame;
+
+const ALPHA: &str = "spiffe://example.org/agent/alpha";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_call_each_other_over_http1_and_h2c_and_see_the_verified_caller() {
+    let mesh = Mesh::start("1h");
+    let outbound = mesh.node1.outbound_of("alpha");
+    for protocol in [Protocol::Http1, Protocol::H2c] {
+        let mut request = client::get("beta", "/tickets/42?full=1", protocol);
+        // A forged identity header: removed by the receiving deputyd, never forwarded.
+        request.headers_mut().insert(
+            "deputy-peer-id",
+            "spiffe://example.org/agent/admin".parse().expect("value"),
+        );
+        request
+            .headers_mut()
+            .insert("deputy-principal", "user:mallory".parse().expect("value"));
+        let response = client::send(&outbound, protocol, request)
+            .await
+            .expect("call");
+        assert_eq!(response.status(), StatusCode::OK, "{protocol:?}");
+        assert!(response.headers().contains_key("deputy-request-id"));
+        let body = client::json(response).await;
+        assert_eq!(body["agent"], "beta", "{body}");
+        assert_eq!(body["path"], "/tickets/42", "{body}");
+        assert_eq!(body["caller"], ALPHA, "B sees the verified caller: {body}");
+        let headers = body["deputy_headers"].as_object().expect("headers");
+        assert_eq!(
+            headers.keys().collect::<Vec<_>>(),
+            ["deputy-peer-id"],
+            "only deputyd's own facts reach the agent: {body}"
+        );
+    }
+    let metrics = mesh.node2.metrics();
+    assert!(
+        metrics.contains(
+            "deputy_requests_total{direction=\"inbound\",service=\"beta\",status=\"200\"}"
+        ),
+        "{metrics}"
+    );
+    let access = mesh
+        .node1
+        .process
+        .output
+        .wait_for("deputy::access", Duration::from_secs(5));
+    assert!(
+        access.contains("service=beta") && access.contains("status=200"),
+        "{access}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_arrive_one_by_one() {
+    let mesh = Mesh::start("1h");
+    let outbound = mesh.node1.outbound_of("alpha");
+    let response = client::send(
+        &outbound,
+        Protocol::Http1,
+        client::get("beta", "/events?count=5", Protocol::Http1),
+    )
+    .await
+    .expect("call");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.expect("frame").data_ref() {
+            arrivals.push(Instant::now());
+            text.push_str(&String::from_utf8_lossy(data));
+        }
+    }
+    assert_eq!(text.matches("event: tick").count(), 5, "{text}");
+    // The agent spaces events 100 ms apart; buffering would deliver them together.
+    let spread = *arrivals.last().expect("events") - arrivals[0];
+    assert!(
+        arrivals.len() >= 5 && spread >= Duration::from_millis(250),
+        "events arrived in {} chunks over {spread:?}",
+        arrivals.len()
+    );
+}
+
+fn vm_hwm_kib(pid: nix::unistd::Pid) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_upload_streams_through_with_bounded_memory() {
+    const TOTAL: u64 = 100 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+    let mesh = Mesh::start("1h");
+    let outbound = mesh.node1.outbound_of("alpha");
+    let chunks = futures::stream::iter(
+        (0..TOTAL / CHUNK as u64)
+            .map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![0x5a; CHUNK])))),
+    );
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("http://beta/upload")
+        .header("host", "beta")
+        .body(StreamBody::new(chunks).boxed_unsync())
+        .expect("request");
+    let response = client::send(&outbound, Protocol::Http1, request)
+        .await
+        .expect("upload");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = client::json(response).await;
+    assert_eq!(body["received"], TOTAL, "{body}");
+    for node in [&mesh.node1, &mesh.node2] {
+        let peak = vm_hwm_kib(node.process.pid());
+        assert!(
+            peak < 60 * 1024,
+            "deputyd's peak memory {peak} KiB: the body must stream, not be held whole"
+        );
+    }
+}
+
+async fn problem(outbound: &str, service: &str) -> (StatusCode, serde_json::Value) {
+    let response = client::send(
+        outbound,
+        Protocol::Http1,
+        client::get(service, "/", Protocol::Http1),
+    )
+    .await
+    .expect("call");
+    let status = response.status();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json",
+        "{service}"
+    );
+    (status, client::json(response).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_problem_documents_that_say_what_to_do() {
+    let mesh = Mesh::start("1h");
+    let alpha = mesh.node1.outbound_of("alpha");
+
+    let (status, body) = problem(&alpha, "payments").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["type"], "urn:deputy:problem:unknown-service");
+    assert!(
+        body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("known services"),
+        "{body}"
+    );
+    assert!(body["request_id"].is_string());
+
+    // node1 expects beta's SPIFFE ID behind the name delta; node2 presents delta's SVID.
+    let (status, body) = problem(&alpha, "delta").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        body["type"], "urn:deputy:problem:peer-identity-mismatch",
+        "{body}"
+    );
+    let detail = body["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("spiffe://example.org/agent/delta")
+            && detail.contains("spiffe://example.org/agent/beta"),
+        "{detail}"
+    );
+
+    // gamma's outbound listener admits another uid only.
+    let (status, body) = problem(&mesh.node1.outbound_of("gamma"), "beta").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body["type"], "urn:deputy:problem:caller-not-attested",
+        "{body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains(&format!("uid {}", deputy_tests::my_uid()))
+    );
+
+    let metrics = mesh.node1.metrics();
+    assert!(
+        metrics.contains("deputy_tls_handshake_failures_total{direction=\"outbound\",reason=\"peer_identity_mismatch\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn plaintext_to_the_inbound_port_is_refused_in_words() {
+    use std::io::{Read as _, Write as _};
+    let mesh = Mesh::start("1h");
+    let inbound = mesh.node2.inbound.clone().expect("inbound");
+    let mut stream = std::net::TcpStream::connect(&inbound).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: beta\r\n\r\n")
+        .expect("write");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("urn:deputy:problem:tls-required"),
+        "{answer}"
+    );
+    assert!(mesh.node2.metrics().contains("reason=\"not_tls\""));
+}
