@@ -252,29 +252,51 @@ fn svid_inspect_lists_every_reason_a_certificate_is_not_an_svid() {
 }
 
 #[test]
-fn deputy_dev_brings_up_a_ready_node_and_stops_on_interrupt() {
+fn deputy_dev_brings_up_a_two_node_mesh_that_carries_a_call() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // An ephemeral admin port: find one free, then hand it to deputy dev.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    // 20 consecutive ports; a random base keeps parallel runs apart.
+    let base = 20000 + (std::process::id() % 2000) as u16 * 20;
     let mut dev = deputy_tests::Process::spawn(
         Command::new(binary("deputy"))
-            .args(["dev", "--admin-port", &port.to_string(), "--dir"])
+            .args(["dev", "--base-port", &base.to_string(), "--dir"])
             .arg(dir.path()),
     );
     dev.output
         .wait_for("Deputy dev mesh is up", Duration::from_secs(60));
-    let admin = format!("127.0.0.1:{port}");
-    let status = eventually("status answers", Duration::from_secs(10), || {
-        deputy_tests::http_get(&admin, "/status")
-    });
-    assert_eq!(status.0, 200);
-    let status: serde_json::Value = serde_json::from_str(&status.1).expect("json");
-    assert_eq!(status["ready"], true, "{status}");
-    assert_eq!(status["identities"].as_array().expect("ids").len(), 3);
+    let curl = dev.output.wait_for("curl -s -x", Duration::from_secs(5));
+    assert!(
+        curl.contains(&format!("http://127.0.0.1:{} http://beta/hello", base + 1)),
+        "{curl}"
+    );
+    for admin in [base, base + 10] {
+        let (code, body) = eventually("status answers", Duration::from_secs(10), || {
+            deputy_tests::http_get(&format!("127.0.0.1:{admin}"), "/status")
+        });
+        assert_eq!(code, 200);
+        let status: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(status["ready"], true, "{status}");
+    }
+    // What the printed curl command does: alpha calls beta through both nodes.
+    let outbound = format!("127.0.0.1:{}", base + 1);
+    let answer = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let request =
+                deputy_tests::client::get("beta", "/hello", deputy_tests::client::Protocol::Http1);
+            let response = deputy_tests::client::send(
+                &outbound,
+                deputy_tests::client::Protocol::Http1,
+                request,
+            )
+            .await
+            .expect("call");
+            deputy_tests::client::json(response).await
+        });
+    assert_eq!(answer["agent"], "beta", "{answer}");
+    assert_eq!(
+        answer["caller"], "spiffe://example.org/agent/alpha",
+        "{answer}"
+    );
     dev.signal(nix::sys::signal::Signal::SIGINT);
     assert!(dev.wait(Duration::from_secs(20)).success());
 }

@@ -221,3 +221,84 @@ fn plaintext_to_the_inbound_port_is_refused_in_words() {
     );
     assert!(mesh.node2.metrics().contains("reason=\"not_tls\""));
 }
+
+fn serial(node: &deputy_tests::mesh::Node, agent: &str) -> String {
+    let (_, body) = deputy_tests::http_get(&node.admin, "/status").expect("status");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("json");
+    status["identities"]
+        .as_array()
+        .expect("identities")
+        .iter()
+        .find(|i| i["name"] == agent)
+        .and_then(|i| i["serial"].as_str())
+        .expect("serial")
+        .to_owned()
+}
+
+fn counter(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_fails_no_request_and_new_handshakes_use_the_new_svid() {
+    // SVIDs of 10 s rotate every 5 s: three rotations of both ends within the run.
+    let mesh = Mesh::start("10s");
+    let outbound = mesh.node1.outbound_of("alpha");
+    let first_alpha = serial(&mesh.node1, "alpha");
+    let first_beta = serial(&mesh.node2, "beta");
+    let started = Instant::now();
+    let mut sent = 0u32;
+    let mut failed = Vec::new();
+    let mut alpha_serials = std::collections::BTreeSet::from([first_alpha.clone()]);
+    while started.elapsed() < Duration::from_secs(17) {
+        let protocol = if sent.is_multiple_of(2) {
+            Protocol::Http1
+        } else {
+            Protocol::H2c
+        };
+        match client::send(&outbound, protocol, client::get("beta", "/load", protocol)).await {
+            Ok(response) if response.status() == StatusCode::OK => {
+                let body = client::json(response).await;
+                assert_eq!(body["caller"], ALPHA);
+            }
+            Ok(response) => failed.push(format!("status {}", response.status())),
+            Err(e) => failed.push(e),
+        }
+        sent += 1;
+        alpha_serials.insert(serial(&mesh.node1, "alpha"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed: {failed:?}",
+        failed.len()
+    );
+    assert!(
+        alpha_serials.len() >= 4,
+        "three rotations of alpha's SVID during the run: {alpha_serials:?}"
+    );
+    assert_ne!(serial(&mesh.node2, "beta"), first_beta, "beta rotated too");
+    // Each of alpha's SVIDs was presented on a new handshake.
+    let handshakes = counter(
+        &mesh.node1.metrics(),
+        "deputy_tls_handshakes_total{direction=\"outbound\"}",
+    );
+    assert!(
+        handshakes >= alpha_serials.len() as f64,
+        "{handshakes} outbound handshakes for {} SVIDs",
+        alpha_serials.len()
+    );
+    // And the far end saw them: the inbound handshakes on node2 match.
+    let inbound = counter(
+        &mesh.node2.metrics(),
+        "deputy_tls_handshakes_total{direction=\"inbound\"}",
+    );
+    assert!(
+        inbound >= handshakes,
+        "{inbound} inbound vs {handshakes} outbound"
+    );
+}

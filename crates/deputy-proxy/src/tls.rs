@@ -77,11 +77,19 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Trust anchors of each trust domain.
+type AnchorMap = HashMap<TrustDomain, Vec<TrustAnchor<'static>>>;
+
+/// Anchors and the bundle set they were built from.
+type BuiltAnchors = (Option<Arc<X509BundleSet>>, Arc<AnchorMap>);
+
 /// Trust anchors per trust domain, rebuilt only when the bundle set changes.
 #[derive(Debug)]
 struct Anchors {
     bundles: Bundles,
-    cache: Mutex<Option<(usize, Arc<HashMap<TrustDomain, Vec<TrustAnchor<'static>>>>)>>,
+    /// The bundle set the anchors were built from, kept alive so that identity by pointer is
+    /// sound (a freed set's address could be reused by a different one).
+    cache: Mutex<Option<BuiltAnchors>>,
 }
 
 impl Anchors {
@@ -92,17 +100,21 @@ impl Anchors {
         }
     }
 
-    fn current(&self) -> Arc<HashMap<TrustDomain, Vec<TrustAnchor<'static>>>> {
+    fn current(&self) -> Arc<AnchorMap> {
         let set = self.bundles.borrow().clone();
-        let key = set.as_ref().map_or(0, |s| Arc::as_ptr(s) as usize);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((cached_key, anchors)) = cache.as_ref()
-            && *cached_key == key
-        {
-            return anchors.clone();
+        if let Some((built_from, anchors)) = cache.as_ref() {
+            let same = match (built_from, &set) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                return anchors.clone();
+            }
         }
         let mut map = HashMap::new();
-        if let Some(set) = set {
+        if let Some(set) = &set {
             for (td, bundle) in set.iter() {
                 let anchors: Vec<TrustAnchor<'static>> = bundle
                     .authorities()
@@ -117,7 +129,7 @@ impl Anchors {
             }
         }
         let map = Arc::new(map);
-        *cache = Some((key, map.clone()));
+        *cache = Some((set, map.clone()));
         map
     }
 

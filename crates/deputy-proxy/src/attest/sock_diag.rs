@@ -211,10 +211,10 @@ fn read_datagram(
 
         if header.sequence_number == SEQUENCE {
             match payload {
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response)) => {
-                    if is_socket(&response.header, wanted, local) {
-                        return owner(&response.header, peer).map(Some);
-                    }
+                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response))
+                    if is_socket(&response.header, wanted, local) =>
+                {
+                    return owner(&response.header, peer).map(Some);
                 }
                 NetlinkPayload::Error(error) => {
                     // No code: the acknowledgement, sent after any answer, so there was none.

@@ -1,0 +1,248 @@
+//! `deputy dev`: a local mesh on one machine, for trying Deputy and for developing against it.
+//!
+//! It starts real processes from this binary, in a temporary directory, and stays up until
+//! Ctrl-C: an embedded issuer, two deputyd nodes and two demo agents.
+//!
+//! ```text
+//! node1: admin base+0,  agent alpha outbound base+1, alpha serves on base+2,  inbound base+8
+//! node2: admin base+10, agent beta outbound base+11, beta serves on base+12, inbound base+18
+//! ```
+
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use tokio::process::Command;
+
+use process::{http_get, spawn, wait_for};
+
+const TRUST_DOMAIN: &str = "example.org";
+
+/// Arguments of `deputy dev`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct DevArgs {
+    /// Keep state and logs in this directory instead of a temporary one.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// First of the 127.0.0.1 ports the mesh uses (it uses base to base+19).
+    #[arg(long, default_value_t = 15000)]
+    base_port: u16,
+}
+
+/// One node of the dev mesh and the agent it fronts.
+struct NodePlan {
+    node: &'static str,
+    agent: &'static str,
+    peer_agent: &'static str,
+    offset: u16,
+}
+
+const NODES: [NodePlan; 2] = [
+    NodePlan {
+        node: "node1",
+        agent: "alpha",
+        peer_agent: "beta",
+        offset: 0,
+    },
+    NodePlan {
+        node: "node2",
+        agent: "beta",
+        peer_agent: "alpha",
+        offset: 10,
+    },
+];
+
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let temp;
+    let dir = match &args.dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("deputy-dev-").tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let base = args.base_port;
+    if base > u16::MAX - 20 {
+        bail!("--base-port {base} leaves no room for the 20 ports the mesh uses");
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    let exe = std::env::current_exe().context("cannot find the deputy binary")?;
+    let workload_socket = dir.join("workload.sock");
+    let admin_socket = dir.join("admin.sock");
+    let entries = dir.join("entries.toml");
+    std::fs::write(&entries, entries_toml(uid))?;
+
+    let mut processes = Vec::new();
+    let mut issuer = spawn(
+        "issuer",
+        Command::new(&exe)
+            .arg("issuer")
+            .args(["--trust-domain", TRUST_DOMAIN])
+            .arg("--data-dir")
+            .arg(dir.join("ca"))
+            .arg("--workload-socket")
+            .arg(&workload_socket)
+            .arg("--admin-socket")
+            .arg(&admin_socket)
+            .arg("--entries")
+            .arg(&entries),
+        &dir,
+    )?;
+    wait_for(&mut issuer, &dir, || async {
+        tokio::net::UnixStream::connect(&workload_socket)
+            .await
+            .is_ok()
+    })
+    .await?;
+    processes.push(issuer);
+
+    for plan in &NODES {
+        let port = base + plan.offset + 2;
+        let mut agent = spawn(
+            plan.agent,
+            Command::new(&exe).args([
+                "demo-agent",
+                "--name",
+                plan.agent,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ]),
+            &dir,
+        )?;
+        wait_for(&mut agent, &dir, || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await?;
+        processes.push(agent);
+    }
+    for plan in &NODES {
+        let config = dir.join(format!("{}.toml", plan.node));
+        std::fs::write(
+            &config,
+            node_toml(plan, &workload_socket, &admin_socket, base, uid),
+        )?;
+        let mut node = spawn(
+            plan.node,
+            Command::new(&exe).arg("node").arg("--config").arg(&config),
+            &dir,
+        )?;
+        let admin = format!("127.0.0.1:{}", base + plan.offset);
+        wait_for(&mut node, &dir, || async {
+            http_get(&admin, "/readyz")
+                .await
+                .is_some_and(|(code, _)| code == 200)
+        })
+        .await?;
+        processes.push(node);
+    }
+
+    print_summary(&dir, &workload_socket, base, uid);
+
+    let exited = futures::future::select_all(
+        processes
+            .iter_mut()
+            .map(|p| Box::pin(async { (p.name, p.child.wait().await) })),
+    );
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        ((name, status), _, _) = exited => {
+            eprintln!(
+                "{name} exited ({}); see {}",
+                status.map(|s| s.to_string()).unwrap_or_default(),
+                dir.join(format!("{name}.log")).display()
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    eprintln!("\nstopping");
+    // Nodes first, then agents and the issuer: the reverse of the start.
+    while let Some(process) = processes.pop() {
+        drop(process);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn entries_toml(uid: u32) -> String {
+    let mut out = format!(
+        "# Written by `deputy dev`. The nodes are attested by their uid; the agents by the\n\
+         # systemd units they would run as in production.\n\n\
+         [[entry]]\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/deputyd/dev\"\nselectors = [\"unix:uid:{uid}\"]\n\n"
+    );
+    for plan in &NODES {
+        let agent = plan.agent;
+        out.push_str(&format!(
+            "[[entry]]\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{agent}\"\n\
+             selectors = [\"systemd:id:deputy-dev-{agent}.service\"]\nx509_ttl = \"10m\"\n\n"
+        ));
+    }
+    out.push_str(&format!("[[delegate]]\nselectors = [\"unix:uid:{uid}\"]\n"));
+    out
+}
+
+fn node_toml(plan: &NodePlan, workload: &Path, admin_socket: &Path, base: u16, uid: u32) -> String {
+    let port = |offset: u16| base + plan.offset + offset;
+    let peer_inbound = base + (10 - plan.offset) + 8;
+    let (agent, peer) = (plan.agent, plan.peer_agent);
+    format!(
+        "# Written by `deputy dev`.\ntrust_domain = \"{TRUST_DOMAIN}\"\n\n[identity]\n\
+         workload_api = \"unix://{workload}\"\ndelegated_identity_api = \"unix://{admin}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[inbound]\nlisten = \"127.0.0.1:{inbound}\"\n\n\
+         [[agent]]\nname = \"{agent}\"\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{agent}\"\n\
+         selectors = [\"systemd:id:deputy-dev-{agent}.service\"]\noutbound = \"127.0.0.1:{outbound}\"\n\
+         upstream = \"http://127.0.0.1:{upstream}\"\nuids = [{uid}]\n\n\
+         [[service]]\nname = \"{peer}\"\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{peer}\"\n\
+         address = \"127.0.0.1:{peer_inbound}\"\n",
+        workload = workload.display(),
+        admin = admin_socket.display(),
+        admin_port = port(0),
+        inbound = port(8),
+        outbound = port(1),
+        upstream = port(2),
+    )
+}
+
+fn print_summary(dir: &Path, workload: &Path, base: u16, uid: u32) {
+    println!("Deputy dev mesh is up (trust domain {TRUST_DOMAIN}). Ctrl-C stops it.\n");
+    println!("  state and logs  {}", dir.display());
+    println!(
+        "  issuer          Workload API unix://{}",
+        workload.display()
+    );
+    for plan in &NODES {
+        let port = |offset: u16| base + plan.offset + offset;
+        println!(
+            "  {}           admin http://127.0.0.1:{}   inbound mTLS 127.0.0.1:{}",
+            plan.node,
+            port(0),
+            port(8)
+        );
+        println!(
+            "    agent {:<6}  spiffe://{TRUST_DOMAIN}/agent/{}   outbound http://127.0.0.1:{} (uid {uid})   serves on 127.0.0.1:{}",
+            plan.agent,
+            plan.agent,
+            port(1),
+            port(2)
+        );
+    }
+    println!("\nCall agent beta (node2) as agent alpha (node1), through the mesh:");
+    println!(
+        "  curl -s -x http://127.0.0.1:{} http://beta/hello",
+        base + 1
+    );
+    println!("beta's answer shows the verified caller: spiffe://{TRUST_DOMAIN}/agent/alpha.");
+    println!("\nMore:");
+    println!(
+        "  curl -s -N -x http://127.0.0.1:{} 'http://beta/events?count=5'",
+        base + 1
+    );
+    println!("  curl -s http://127.0.0.1:{base}/status");
+    println!("  curl -s http://127.0.0.1:{base}/metrics | grep deputy_");
+}
