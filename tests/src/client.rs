@@ -61,6 +61,24 @@ pub async fn send(
     }
 }
 
+/// Sends one HTTP/1.1 request over a fresh connection to a unix socket.
+pub async fn send_unix(
+    path: &std::path::Path,
+    request: Request<Body>,
+) -> Result<Response<Incoming>, String> {
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A GET of `http://{service}{path}` through an outbound listener.
 pub fn get(service: &str, path: &str, protocol: Protocol) -> Request<Body> {
     let builder = Request::builder();

@@ -1,7 +1,8 @@
 //! A two-node mesh on loopback: one issuer, two deputyd processes, demo agents.
 //!
 //! ```text
-//! node1: agent alpha (outbound), agent gamma (outbound; its uid is not allowed)
+//! node1: agent alpha (outbound), agent gamma (outbound; its uid is not allowed),
+//!        agent omega (outbound on a unix socket)
 //! node2: agent beta (upstream: demo agent), agent delta (upstream: demo agent)
 //! node1 services: beta -> node2; delta-as-beta (SNI delta, expects beta's SPIFFE ID) -> node2
 //! ```
@@ -119,7 +120,7 @@ impl Mesh {
             "[[entry]]\nspiffe_id = \"spiffe://example.org/deputyd/node\"\nselectors = [\"unix:uid:{uid}\"]\n\n\
              [[delegate]]\nselectors = [\"unix:uid:{uid}\"]\n\n"
         );
-        for agent in ["alpha", "beta", "gamma", "delta"] {
+        for agent in ["alpha", "beta", "gamma", "delta", "omega"] {
             entries.push_str(&format!(
                 "[[entry]]\nspiffe_id = \"spiffe://example.org/agent/{agent}\"\n\
                  selectors = [\"systemd:id:{agent}.service\"]\nx509_ttl = \"{agent_ttl}\"\n\n"
@@ -160,11 +161,18 @@ impl Mesh {
         std::fs::write(
             &node1_config,
             format!(
-                "{identity}{}{}\
+                "{identity}{}{}{}\
                  [[service]]\nname = \"beta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n\
                  [[service]]\nname = \"delta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n",
                 agent("alpha", &format!("outbound = \"127.0.0.1:0\"\nuids = [{uid}]")),
                 agent("gamma", &format!("outbound = \"127.0.0.1:0\"\nuids = [{}]", uid + 4242)),
+                agent(
+                    "omega",
+                    &format!(
+                        "outbound = \"unix://{}\"\nuids = [{uid}]",
+                        dir.path().join("omega.sock").display()
+                    )
+                ),
             ),
         )
         .expect("node1 config");

@@ -91,6 +91,13 @@ async fn server_sent_events_arrive_one_by_one() {
     );
 }
 
+fn eventually_metric(node: &deputy_tests::mesh::Node, prefix: &str) -> f64 {
+    deputy_tests::eventually(prefix, Duration::from_secs(5), || {
+        let value = counter(&node.metrics(), prefix);
+        (value > 0.0).then_some(value)
+    })
+}
+
 fn vm_hwm_kib(pid: nix::unistd::Pid) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .expect("status")
@@ -122,6 +129,11 @@ async fn a_100_mb_upload_streams_through_with_bounded_memory() {
     assert_eq!(response.status(), StatusCode::OK);
     let body = client::json(response).await;
     assert_eq!(body["received"], TOTAL, "{body}");
+    let counted = eventually_metric(
+        &mesh.node1,
+        "deputy_bytes_total{direction=\"outbound\",service=\"beta\",flow=\"request\"}",
+    );
+    assert_eq!(counted, TOTAL as f64, "bytes are counted");
     for node in [&mesh.node1, &mesh.node2] {
         let peak = vm_hwm_kib(node.process.pid());
         assert!(

@@ -1,10 +1,20 @@
-//! The body type of the data path: whatever arrived, streamed, or a small body of our own.
+//! The body type of the data path, and the meter that counts what crosses it.
+//!
+//! Bodies stream: nothing here buffers one whole. A [`Metered`] body counts bytes as frames pass
+//! and runs a completion hook once the body ends (or is dropped unfinished), which is where the
+//! access log line and the byte metrics are written.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 
-/// A response or request body: streamed from the peer, or a problem document.
+/// A request or response body: streamed from the peer, or a problem document.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// A body holding `bytes`.
@@ -22,4 +32,145 @@ pub fn stream(incoming: hyper::body::Incoming) -> Body {
 /// A problem as an HTTP response with this body type.
 pub fn problem_response(problem: &crate::problem::Problem) -> http::Response<Body> {
     problem.to_response().map(full)
+}
+
+type Finish = Box<dyn FnOnce(u64, bool) + Send>;
+
+/// Counts the bytes of a body as they stream; calls `finish(bytes, complete)` once.
+pub struct Metered {
+    inner: Body,
+    bytes: u64,
+    counter: Option<Arc<AtomicU64>>,
+    finish: Option<Finish>,
+}
+
+impl std::fmt::Debug for Metered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metered")
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metered {
+    /// Meters a streamed body, adding to `counter` as bytes pass.
+    pub fn counting(incoming: hyper::body::Incoming, counter: Arc<AtomicU64>) -> Body {
+        Self {
+            inner: stream(incoming),
+            bytes: 0,
+            counter: Some(counter),
+            finish: None,
+        }
+        .boxed_unsync()
+    }
+
+    /// Meters `inner` and calls `finish(bytes, complete)` when it ends or is dropped.
+    pub fn finishing(inner: Body, finish: impl FnOnce(u64, bool) + Send + 'static) -> Body {
+        Self {
+            inner,
+            bytes: 0,
+            counter: None,
+            finish: Some(Box::new(finish)),
+        }
+        .boxed_unsync()
+    }
+
+    fn done(&mut self, complete: bool) {
+        if let Some(finish) = self.finish.take() {
+            finish(self.bytes, complete);
+        }
+    }
+}
+
+impl HttpBody for Metered {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    self.bytes += len;
+                    if let Some(counter) = &self.counter {
+                        counter.fetch_add(len, Ordering::Relaxed);
+                    }
+                }
+            }
+            Poll::Ready(None) => self.done(true),
+            Poll::Ready(Some(Err(_))) => self.done(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // A body dropped before its end: the peer went away mid-stream.
+        let complete = self.inner.is_end_stream();
+        self.done(complete);
+    }
+}
+
+/// Everything the access log says about one request, written when its response body ends.
+#[derive(Debug)]
+pub struct AccessRecord {
+    /// `inbound` or `outbound`.
+    pub direction: &'static str,
+    /// The local agent.
+    pub agent: String,
+    /// The other end: the verified caller (inbound) or `-` (outbound).
+    pub peer: String,
+    /// The service (outbound) or the local agent (inbound).
+    pub service: String,
+    /// Method.
+    pub method: http::Method,
+    /// Path, without the query (which may carry secrets).
+    pub path: String,
+    /// Status sent to the caller.
+    pub status: u16,
+    /// When the request arrived.
+    pub started: std::time::Instant,
+    /// deputyd's id of the request.
+    pub request_id: String,
+    /// Request body bytes received so far.
+    pub request_bytes: Arc<AtomicU64>,
+}
+
+impl AccessRecord {
+    /// Wraps a response body so that the access line and byte metrics are written when it ends.
+    pub fn log_at_end(self, body: Body) -> Body {
+        Metered::finishing(body, move |response_bytes, complete| {
+            let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+            crate::metrics::bytes(self.direction, &self.service, request_bytes, response_bytes);
+            tracing::info!(
+                target: "deputy::access",
+                direction = self.direction,
+                agent = %self.agent,
+                peer = %self.peer,
+                service = %self.service,
+                method = %self.method,
+                path = %self.path,
+                status = self.status,
+                request_bytes,
+                response_bytes,
+                complete,
+                duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
+                request_id = %self.request_id,
+            );
+        })
+    }
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, Version, header};
@@ -18,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::{Body, problem_response, stream};
+use crate::body::{AccessRecord, Body, Metered, problem_response, stream};
 use crate::config::Timeouts;
 use crate::metrics;
 use crate::problem::{Problem, ProblemKind};
@@ -37,7 +38,7 @@ pub(crate) struct InboundAgent {
 pub(crate) struct Inbound {
     pub(crate) agents: HashMap<String, InboundAgent>,
     pub(crate) tls: Arc<rustls::ServerConfig>,
-    pub(crate) upstreams: Client<HttpConnector, Incoming>,
+    pub(crate) upstreams: Client<HttpConnector, Body>,
     pub(crate) timeouts: Timeouts,
 }
 
@@ -172,12 +173,14 @@ async fn handle(
     inbound: &Inbound,
     agent: &InboundAgent,
     peer: &SpiffeId,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
     let request_id = uuid::Uuid::now_v7().to_string();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let mut request = request.map(|b| Metered::counting(b, request_bytes.clone()));
 
     let response = match &agent.upstream {
         None => problem_response(&Problem::new(
@@ -210,24 +213,25 @@ async fn handle(
     };
     let status = response.status().as_u16();
     metrics::request_done("inbound", &agent.name, status, started.elapsed());
-    tracing::info!(
-        target: "deputy::access",
-        direction = "inbound",
-        agent = %agent.name,
-        peer = %peer,
-        %method,
-        %path,
+    let record = AccessRecord {
+        direction: "inbound",
+        agent: agent.name.clone(),
+        peer: peer.to_string(),
+        service: agent.name.clone(),
+        method,
+        path,
         status,
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
-        request_id = %request_id,
-    );
-    response
+        started,
+        request_id,
+        request_bytes,
+    };
+    response.map(|body| record.log_at_end(body))
 }
 
 async fn deliver(
     inbound: &Inbound,
     agent: &InboundAgent,
-    request: Request<Incoming>,
+    request: Request<Body>,
     request_id: &str,
 ) -> Response<Body> {
     match tokio::time::timeout(inbound.timeouts.request, inbound.upstreams.request(request)).await {

@@ -6,6 +6,8 @@ use std::time::Duration;
 pub const REQUESTS: &str = "deputy_requests_total";
 /// Histogram: request duration until response headers, by `direction` and `service`.
 pub const REQUEST_DURATION: &str = "deputy_request_duration_seconds";
+/// Counter: body bytes by `direction`, `service` and `flow` (`request` or `response`).
+pub const BYTES: &str = "deputy_bytes_total";
 /// Gauge: open connections by `direction`.
 pub const OPEN_CONNECTIONS: &str = "deputy_open_connections";
 /// Counter: completed TLS handshakes by `direction`.
@@ -21,6 +23,7 @@ pub fn describe() {
         metrics::Unit::Seconds,
         "Time from request to response headers"
     );
+    metrics::describe_counter!(BYTES, metrics::Unit::Bytes, "Body bytes carried");
     metrics::describe_gauge!(OPEN_CONNECTIONS, "Open connections by direction");
     metrics::describe_counter!(HANDSHAKES, "Completed TLS handshakes");
     metrics::describe_counter!(HANDSHAKE_FAILURES, "Failed TLS handshakes by reason");
@@ -48,4 +51,11 @@ pub(crate) fn handshake_succeeded(direction: &'static str) {
 pub(crate) fn handshake_failed(direction: &'static str, reason: &'static str) {
     metrics::counter!(HANDSHAKE_FAILURES, "direction" => direction, "reason" => reason)
         .increment(1);
+}
+
+pub(crate) fn bytes(direction: &'static str, service: &str, request: u64, response: u64) {
+    metrics::counter!(BYTES, "direction" => direction, "service" => service.to_owned(), "flow" => "request")
+        .increment(request);
+    metrics::counter!(BYTES, "direction" => direction, "service" => service.to_owned(), "flow" => "response")
+        .increment(response);
 }

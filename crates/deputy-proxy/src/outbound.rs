@@ -2,6 +2,7 @@
 //! agent's SVID to the deputyd that fronts the target service.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, Uri, Version, header};
@@ -12,7 +13,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::attest::{tcp_caller_uid, unix_caller_uid};
-use crate::body::{Body, problem_response, stream};
+use crate::body::{AccessRecord, Body, Metered, problem_response, stream};
 use crate::config::{LocalAgent, Timeouts};
 use crate::metrics;
 use crate::pool::Pool;
@@ -123,28 +124,31 @@ async fn handle(
     let request_id = uuid::Uuid::now_v7().to_string();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let request = request.map(|b| Metered::counting(b, request_bytes.clone()));
     let (response, service) = forward(outbound, admitted, request, &request_id).await;
     let status = response.status().as_u16();
     metrics::request_done("outbound", &service, status, started.elapsed());
-    tracing::info!(
-        target: "deputy::access",
-        direction = "outbound",
-        agent = %outbound.agent.name,
-        service = %service,
-        %method,
-        %path,
+    let record = AccessRecord {
+        direction: "outbound",
+        agent: outbound.agent.name.clone(),
+        peer: "-".into(),
+        service,
+        method,
+        path,
         status,
-        duration_ms = started.elapsed().as_secs_f64() * 1e3,
-        request_id = %request_id,
-    );
-    response
+        started,
+        request_id,
+        request_bytes,
+    };
+    response.map(|body| record.log_at_end(body))
 }
 
 /// Forwards one request; returns the response and the service name for logs and metrics.
 async fn forward(
     outbound: &Outbound,
     admitted: &Result<u32, String>,
-    mut request: Request<Incoming>,
+    mut request: Request<Body>,
     request_id: &str,
 ) -> (Response<Body>, String) {
     let refuse = |kind: ProblemKind, detail: String, service: &str| {

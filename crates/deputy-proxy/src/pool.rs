@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use deputy_identity::TlsMaterial;
-use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
+use crate::body::Body;
 use crate::config::{Service, Timeouts};
 use crate::metrics;
 use crate::problem::ProblemKind;
@@ -31,7 +31,7 @@ pub struct ConnectError {
 
 #[derive(Debug)]
 struct Pooled {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<Body>,
     serial: String,
     last_used: Instant,
 }
@@ -63,7 +63,7 @@ impl Pool {
         agent: &str,
         service: &Service,
         material: &TlsMaterial,
-    ) -> Result<SendRequest<Incoming>, ConnectError> {
+    ) -> Result<SendRequest<Body>, ConnectError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots
@@ -97,7 +97,7 @@ impl Pool {
         &self,
         service: &Service,
         material: &TlsMaterial,
-    ) -> Result<SendRequest<Incoming>, ConnectError> {
+    ) -> Result<SendRequest<Body>, ConnectError> {
         let unavailable = |detail: String| ConnectError {
             kind: ProblemKind::UpstreamUnavailable,
             detail,
