@@ -8,6 +8,7 @@
 //!   every 100 ms.
 //! - `POST /upload`: reads the body as it streams and answers with its length, never holding it
 //!   whole.
+//! - `GET /bytes?n=N`: streams N bytes in 64 KiB chunks (for throughput measurements).
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -61,6 +62,7 @@ async fn answer(name: &str, request: Request<Incoming>) -> Result<Response<Body>
     let response = match (request.method().as_str(), path.as_str()) {
         ("GET", "/events") => events(query_number(&request, "count").unwrap_or(3)),
         ("POST", "/upload") => upload(request).await,
+        ("GET", "/bytes") => bytes(query_number(&request, "n").unwrap_or(0)),
         _ => whoami(name, &request),
     };
     Ok(response)
@@ -121,6 +123,29 @@ fn events(count: u64) -> Response<Body> {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/event-stream"),
+    );
+    response
+}
+
+fn bytes(total: u64) -> Response<Body> {
+    const CHUNK: u64 = 64 * 1024;
+    let chunk = Bytes::from(vec![0u8; CHUNK as usize]);
+    let stream = futures::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            (sent < total).then(|| {
+                let len = CHUNK.min(total - sent);
+                (
+                    Ok::<_, Infallible>(Frame::data(chunk.slice(..len as usize))),
+                    sent + len,
+                )
+            })
+        }
+    });
+    let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
     );
     response
 }

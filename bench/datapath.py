@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""Side-by-side data-path benchmark on loopback: direct, stunnel pair, haproxy pair, deputyd pair.
+
+Every pair carries plain HTTP from a client, across one TLS 1.3 hop with the same P-256
+certificates (SVIDs minted by `deputy issuer`), to the same upstream (`deputy demo-agent`).
+
+    python3 bench/datapath.py            # builds release binaries, installs the peers if root
+    python3 bench/datapath.py --quick    # shorter runs, for a smoke check
+
+Peers come from Debian packages (stunnel4, haproxy, wrk, nghttp2-client for h2load). Results are
+printed as Markdown; BENCHMARKS.md records a run. Ratios within one run are what to compare: the
+machine is shared and absolute numbers drift.
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = {"stunnel": "stunnel4", "haproxy": "haproxy", "wrk": "wrk", "h2load": "nghttp2-client"}
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def ensure_peers():
+    missing = [pkg for tool, pkg in PEERS.items() if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        log(f"installing {' '.join(missing)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+    else:
+        sys.exit(f"install the peer programs first: apt-get install {' '.join(missing)}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def cpu_seconds(pids):
+    """User plus system CPU time of the processes, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+class Processes:
+    def __init__(self, work):
+        self.work = work
+        self.children = []
+
+    def start(self, name, argv, **kwargs):
+        out = open(self.work / f"{name}.log", "w")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs)
+        self.children.append(proc)
+        return proc
+
+    def stop_all(self):
+        for proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.children:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def setup(work, procs, deputy, deputyd):
+    uid = os.geteuid()
+    (work / "entries.toml").write_text(
+        f'[[entry]]\nspiffe_id = "spiffe://example.org/bench/node"\nselectors = ["unix:uid:{uid}"]\n\n'
+        '[[entry]]\nspiffe_id = "spiffe://example.org/agent/alpha"\nselectors = ["systemd:id:alpha.service"]\n\n'
+        '[[entry]]\nspiffe_id = "spiffe://example.org/agent/beta"\nselectors = ["systemd:id:beta.service"]\n\n'
+        f'[[delegate]]\nselectors = ["unix:uid:{uid}"]\n'
+    )
+    procs.start("issuer", [deputy, "issuer", "--trust-domain", "example.org", "--ephemeral",
+                           "--workload-socket", work / "workload.sock", "--admin-socket", work / "admin.sock",
+                           "--entries", work / "entries.toml"])
+    deadline = time.time() + 20
+    while not (work / "workload.sock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    certs = work / "certs"
+    subprocess.run([deputy, "svid", "fetch", "--socket", work / "workload.sock", "--write", certs],
+                   check=True, stdout=subprocess.DEVNULL)
+    combined = certs / "combined.pem"
+    combined.write_text((certs / "svid.pem").read_text() + (certs / "svid.key").read_text())
+
+    backend = free_port()
+    procs.start("backend", [deputy, "demo-agent", "--name", "beta", "--listen", f"127.0.0.1:{backend}"])
+    wait_port(backend)
+    setups = {"direct": {"port": backend, "pids": [], "host": "beta"}}
+
+    # stunnel pair: plain -> TLS 1.3 (client cert) -> plain.
+    front, back = free_port(), free_port()
+    common = f"foreground = yes\npid =\nsslVersionMin = TLSv1.3\ncert = {certs / 'svid.pem'}\nkey = {certs / 'svid.key'}\nCAfile = {certs / 'bundle.pem'}\nverifyChain = yes\nTIMEOUTclose = 0\n"
+    (work / "stunnel-client.conf").write_text(common + f"[c]\nclient = yes\naccept = 127.0.0.1:{front}\nconnect = 127.0.0.1:{back}\n")
+    (work / "stunnel-server.conf").write_text(common + f"[s]\naccept = 127.0.0.1:{back}\nconnect = 127.0.0.1:{backend}\n")
+    s1 = procs.start("stunnel-client", ["stunnel", work / "stunnel-client.conf"])
+    s2 = procs.start("stunnel-server", ["stunnel", work / "stunnel-server.conf"])
+    wait_port(front)
+    wait_port(back)
+    setups["stunnel pair"] = {"port": front, "pids": [s1.pid, s2.pid], "host": "beta"}
+
+    # haproxy pair: HTTP in, TLS 1.3 with client certificate between them, connections reused.
+    front, back = free_port(), free_port()
+    glob = "global\n  maxconn 4000\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n  ssl-default-server-options ssl-min-ver TLSv1.3\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n"
+    (work / "haproxy-client.cfg").write_text(
+        glob + f"frontend f\n  bind 127.0.0.1:{front}\n  default_backend b\nbackend b\n"
+        f"  server s 127.0.0.1:{back} ssl crt {combined} ca-file {certs / 'bundle.pem'} verify required\n")
+    (work / "haproxy-server.cfg").write_text(
+        glob + f"frontend f\n  bind 127.0.0.1:{back} ssl crt {combined} ca-file {certs / 'bundle.pem'} verify required\n"
+        f"  default_backend b\nbackend b\n  server s 127.0.0.1:{backend}\n")
+    h1 = procs.start("haproxy-client", ["haproxy", "-db", "-f", work / "haproxy-client.cfg"])
+    h2 = procs.start("haproxy-server", ["haproxy", "-db", "-f", work / "haproxy-server.cfg"])
+    wait_port(front)
+    wait_port(back)
+    setups["haproxy pair"] = {"port": front, "pids": [h1.pid, h2.pid], "host": "beta"}
+
+    # deputyd pair: alpha's outbound on node1 -> mTLS -> node2's inbound -> beta.
+    inbound, outbound = free_port(), free_port()
+    identity = (f'trust_domain = "example.org"\n[identity]\nworkload_api = "unix://{work / "workload.sock"}"\n'
+                f'delegated_identity_api = "unix://{work / "admin.sock"}"\n[admin]\nlisten = "127.0.0.1:0"\n')
+    (work / "node2.toml").write_text(
+        identity + f'[inbound]\nlisten = "127.0.0.1:{inbound}"\n[[agent]]\nname = "beta"\n'
+        f'spiffe_id = "spiffe://example.org/agent/beta"\nselectors = ["systemd:id:beta.service"]\n'
+        f'upstream = "http://127.0.0.1:{backend}"\n')
+    (work / "node1.toml").write_text(
+        identity + f'[[agent]]\nname = "alpha"\nspiffe_id = "spiffe://example.org/agent/alpha"\n'
+        f'selectors = ["systemd:id:alpha.service"]\noutbound = "127.0.0.1:{outbound}"\nuids = [{uid}]\n'
+        f'[[service]]\nname = "beta"\nspiffe_id = "spiffe://example.org/agent/beta"\naddress = "127.0.0.1:{inbound}"\n')
+    env = dict(os.environ, RUST_LOG="warn")
+    d2 = procs.start("node2", [deputyd, "--config", work / "node2.toml"], env=env)
+    d1 = procs.start("node1", [deputyd, "--config", work / "node1.toml"], env=env)
+    wait_port(inbound)
+    wait_port(outbound)
+    # Ready when a call goes through (both SVIDs fetched).
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            out = subprocess.run(["wrk", "-t1", "-c1", "-d1s", "-H", "Host: beta", f"http://127.0.0.1:{outbound}/"],
+                                 capture_output=True, text=True, check=True).stdout
+            if "Non-2xx" not in out and "Requests/sec" in out:
+                break
+        except subprocess.CalledProcessError:
+            pass
+        time.sleep(0.2)
+    setups["deputyd pair"] = {"port": outbound, "pids": [d1.pid, d2.pid], "host": "beta"}
+    return setups
+
+
+def wrk(port, host, seconds, connections, close=False):
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-H", f"Host: {host}"]
+    if close:
+        argv += ["-H", "Connection: close"]
+    out = subprocess.run([*argv, f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    return rps, total, (int(errors.group(1)) if errors else 0), (socket_errors.group(1) if socket_errors else "")
+
+
+def latency_at_rate(port, host, work, name, rate, seconds):
+    """p50 and p99 in ms at a fixed request rate (h2load --rps does not wait for responses
+    before sending the next, so a slow response does not hide the ones queued behind it)."""
+    clients = 10
+    logfile = work / f"h2load-{name.replace(' ', '-')}.log"
+    subprocess.run(["h2load", "--h1", "-c", str(clients), "--rps", str(rate // clients), "-n", str(rate * seconds),
+                    "-H", f"Host: {host}", "--log-file", logfile, f"http://127.0.0.1:{port}/"],
+                   capture_output=True, text=True, check=True)
+    durations = [int(line.split("\t")[2]) / 1000.0 for line in logfile.read_text().splitlines() if line.strip()]
+    durations.sort()
+    p = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))]
+    return p(0.50), p(0.99), len(durations)
+
+
+def stream_throughput(port, host, total_bytes):
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(f"GET /bytes?n={total_bytes} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        received = 0
+        buf = bytearray(1 << 20)
+        while True:
+            n = s.recv_into(buf)
+            if n == 0:
+                break
+            received += n
+    return received
+
+
+def idle_memory(port, host, pids, count):
+    before = rss_kib(pids)
+    sockets = []
+    request = f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    # One request on each connection, one after another, then all of them left open and idle.
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.settimeout(10)
+        s.sendall(request)
+        data = s.recv(65536)
+        if not data.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(f"unexpected answer: {data[:80]!r}")
+        sockets.append(s)
+    time.sleep(1.0)
+    after = rss_kib(pids)
+    for s in sockets:
+        s.close()
+    return before, after
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short runs, for a smoke check")
+    parser.add_argument("--no-build", action="store_true", help="use the release binaries as they are")
+    args = parser.parse_args()
+    seconds = 3 if args.quick else 10
+    ensure_peers()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "release"
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--bins", "-p", "deputy-cli", "-p", "deputyd"], cwd=ROOT, check=True)
+    deputy, deputyd = str(target / "deputy"), str(target / "deputyd")
+    work = Path(tempfile.mkdtemp(prefix="deputy-bench-"))
+    procs = Processes(work)
+    results = {}
+    try:
+        setups = setup(work, procs, deputy, deputyd)
+        for name, s in setups.items():
+            log(f"== {name}")
+            r = {}
+            cpu0 = cpu_seconds(s["pids"])
+            rps, total, errors, sock_err = wrk(s["port"], s["host"], seconds, 32)
+            cpu = cpu_seconds(s["pids"]) - cpu0
+            r["rps"] = rps
+            r["errors"] = errors
+            r["cpu_per_100k"] = cpu / total * 100_000 if s["pids"] else 0.0
+            p50, p99, n = latency_at_rate(s["port"], s["host"], work, name, 1000, seconds)
+            r["p50_ms"], r["p99_ms"] = p50, p99
+            cpu0 = cpu_seconds(s["pids"])
+            t0 = time.time()
+            received = stream_throughput(s["port"], s["host"], (1 if args.quick else 4) << 30)
+            r["stream_gbps"] = received / (time.time() - t0) / 1e9
+            cpu = cpu_seconds(s["pids"]) - cpu0
+            r["gb_per_cpu_s"] = received / 1e9 / cpu if cpu > 0 else float("inf")
+            r["new_conn_rps"] = wrk(s["port"], s["host"], seconds, 32, close=True)[0]
+            if s["pids"]:
+                before, after = idle_memory(s["port"], s["host"], s["pids"], 1000)
+                r["rss_before_kib"], r["rss_after_kib"] = before, after
+            results[name] = r
+            log(json.dumps(r))
+    finally:
+        procs.stop_all()
+    direct = results["direct"]
+    print(f"Side by side, one run, {seconds}s per measurement, 2 cores, loopback.\n")
+    print("| setup | req/s at 32 conns | added p50 / p99 at 1000 rps (ms) | CPU s per 100k req (proxies) | stream GB per CPU-s | new conns/s | RSS with 1000 idle conns |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        added = "-" if name == "direct" else f"{r['p50_ms'] - direct['p50_ms']:.3f} / {r['p99_ms'] - direct['p99_ms']:.3f}"
+        cpu = "-" if name == "direct" else f"{r['cpu_per_100k']:.2f}"
+        gb = "-" if name == "direct" else f"{r['gb_per_cpu_s']:.2f}"
+        rss = "-" if "rss_after_kib" not in r else f"{r['rss_before_kib'] / 1024:.1f} -> {r['rss_after_kib'] / 1024:.1f} MiB"
+        print(f"| {name} | {r['rps']:,.0f} | {added} | {cpu} | {gb} | {r['new_conn_rps']:,.0f} | {rss} |")
+    print(f"\n(direct p50 / p99: {direct['p50_ms']:.3f} / {direct['p99_ms']:.3f} ms; raw results: {json.dumps(results)})")
+
+
+if __name__ == "__main__":
+    main()
