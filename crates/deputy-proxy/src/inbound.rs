@@ -141,10 +141,12 @@ async fn serve_connection(inbound: Arc<Inbound>, mut tcp: TcpStream, remote: std
         let peer = peer.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(&inbound, &agent, &peer, request).await) }
     });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(tls), service)
-        .await
-    {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .adaptive_window(true)
+        .max_frame_size(crate::H2_MAX_FRAME);
+    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
         tracing::debug!(%remote, error = %e, "inbound connection ended with an error");
     }
     metrics::connection_closed("inbound");

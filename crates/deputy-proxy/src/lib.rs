@@ -35,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{ListenAddr, LocalAgent, ProxyConfig, Service, Timeouts};
 
+/// Largest HTTP/2 frame between nodes: 64 KiB, so that a streamed chunk crosses as one frame
+/// rather than four of the 16 KiB default.
+const H2_MAX_FRAME: u32 = 64 * 1024;
+
 /// The data path cannot start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
