@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod mesh;
+pub mod tls_client;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;

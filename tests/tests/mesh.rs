@@ -257,8 +257,8 @@ fn counter(metrics: &str, prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_fails_no_request_and_new_handshakes_use_the_new_svid() {
-    // SVIDs of 10 s rotate every 5 s: three rotations of both ends within the run.
-    let mesh = Mesh::start("10s");
+    // SVIDs of 30 s rotate every 15 s: three rotations of both ends within the run.
+    let mesh = Mesh::start("30s");
     let outbound = mesh.node1.outbound_of("alpha");
     let first_alpha = serial(&mesh.node1, "alpha");
     let first_beta = serial(&mesh.node2, "beta");
@@ -266,7 +266,7 @@ async fn rotation_under_load_fails_no_request_and_new_handshakes_use_the_new_svi
     let mut sent = 0u32;
     let mut failed = Vec::new();
     let mut alpha_serials = std::collections::BTreeSet::from([first_alpha.clone()]);
-    while started.elapsed() < Duration::from_secs(17) {
+    while started.elapsed() < Duration::from_secs(48) {
         let protocol = if sent.is_multiple_of(2) {
             Protocol::Http1
         } else {
@@ -293,7 +293,23 @@ async fn rotation_under_load_fails_no_request_and_new_handshakes_use_the_new_svi
         alpha_serials.len() >= 4,
         "three rotations of alpha's SVID during the run: {alpha_serials:?}"
     );
-    assert_ne!(serial(&mesh.node2, "beta"), first_beta, "beta rotated too");
+    let current_beta = serial(&mesh.node2, "beta");
+    assert_ne!(current_beta, first_beta, "beta rotated too");
+    // A new handshake with node2 presents beta's current SVID, not the first one.
+    let ca = deputy_tests::tls_client::real_ca(&mesh);
+    let client =
+        deputy_tests::tls_client::signed(&deputy_tests::tls_client::svid_params(&[ALPHA]), &ca);
+    let inbound = mesh.node2.inbound.clone().expect("inbound");
+    let (answer, presented) =
+        deputy_tests::tls_client::call_inspecting(&inbound, "beta", Some(client)).await;
+    assert!(answer.expect("call").starts_with("HTTP/1.1 200"));
+    let presented = presented.expect("server certificate");
+    let (_, leaf) = x509_parser::parse_x509_certificate(&presented).expect("leaf");
+    assert_eq!(
+        leaf.raw_serial_as_string(),
+        current_beta,
+        "the new handshake presents the new SVID"
+    );
     // Each of alpha's SVIDs was presented on a new handshake.
     let handshakes = counter(
         &mesh.node1.metrics(),

@@ -1,0 +1,162 @@
+//! A TLS client that plays a peer deputyd with any certificate, to test what the inbound port
+//! accepts and what it presents.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rcgen::{
+    CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::mesh::Mesh;
+
+/// A client certificate and its key.
+pub type ClientCert = (CertificateDer<'static>, KeyPair);
+
+/// The test plays a client; the server's own identity is not under test here.
+#[derive(Debug, Default)]
+struct AnyServer {
+    /// The leaf the server presented, kept for the test to inspect.
+    presented: Mutex<Option<Vec<u8>>>,
+}
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        leaf: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = Some(leaf.to_vec());
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Connects with `sni` and an optional client certificate, sends one HTTP/1.1 request and
+/// returns the answer or the error.
+pub async fn call(addr: &str, sni: &str, cert: Option<ClientCert>) -> Result<String, String> {
+    call_inspecting(addr, sni, cert).await.0
+}
+
+/// Like [`call`], and also returns the leaf certificate the server presented (DER).
+pub async fn call_inspecting(
+    addr: &str,
+    sni: &str,
+    cert: Option<ClientCert>,
+) -> (Result<String, String>, Option<Vec<u8>>) {
+    let verifier = Arc::new(AnyServer::default());
+    let result = exchange(addr, sni, cert, verifier.clone()).await;
+    let presented = verifier
+        .presented
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    (result, presented)
+}
+
+async fn exchange(
+    addr: &str,
+    sni: &str,
+    cert: Option<ClientCert>,
+    verifier: Arc<AnyServer>,
+) -> Result<String, String> {
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("tls13")
+    .dangerous()
+    .with_custom_certificate_verifier(verifier);
+    let mut config = match cert {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![cert],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(sni.to_owned()).expect("sni");
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(
+        format!("GET /whoami HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut answer))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok(answer)
+}
+
+/// The mesh's real CA, to sign test certificates with.
+pub fn real_ca(mesh: &Mesh) -> Issuer<'static, KeyPair> {
+    let ca = mesh.dir.path().join("ca");
+    let key = KeyPair::from_pem(&std::fs::read_to_string(ca.join("ca.key")).expect("ca key"))
+        .expect("key");
+    Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(ca.join("ca.pem")).expect("ca pem"),
+        key,
+    )
+    .expect("issuer")
+}
+
+pub fn svid_params(uris: &[&str]) -> CertificateParams {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = uris
+        .iter()
+        .map(|u| SanType::URI((*u).try_into().expect("uri")))
+        .collect();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params
+}
+
+pub fn signed(
+    params: &CertificateParams,
+    issuer: &Issuer<'_, KeyPair>,
+) -> (CertificateDer<'static>, KeyPair) {
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, issuer).expect("sign");
+    (cert.der().clone(), key)
+}
