@@ -14,9 +14,11 @@ pub mod metrics;
 pub mod selector;
 pub mod spiffe_id;
 pub mod state;
+pub mod verify;
 
 pub use manager::{AgentIdentity, IdentityManager, IdentityManagerConfig};
 pub use material::{MaterialError, TlsMaterial};
 pub use selector::{Selector, SelectorError};
 pub use spiffe_id::{InvalidSpiffeId, parse_spiffe_id};
 pub use state::{IdentityState, IdentityStatus};
+pub use verify::{SvidVerifyError, TrustAnchors};

@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use deputy_identity::SvidVerifyError;
+
 use crate::body::{AccessRecord, Body, Metered, problem_response, stream};
 use crate::config::Timeouts;
 use crate::metrics;
@@ -155,9 +157,9 @@ async fn serve_connection(inbound: Arc<Inbound>, mut tcp: TcpStream, remote: std
 fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
     if let Some(e) = crate::tls::peer_cert_error(error) {
         return match e {
-            PeerCertError::NotAnSvid(_) => "not_an_svid",
-            PeerCertError::UnknownTrustDomain(_) => "unknown_trust_domain",
-            PeerCertError::Chain { .. } => "untrusted_chain",
+            PeerCertError::Svid(SvidVerifyError::NotAnSvid(_)) => "not_an_svid",
+            PeerCertError::Svid(SvidVerifyError::UnknownTrustDomain(_)) => "unknown_trust_domain",
+            PeerCertError::Svid(SvidVerifyError::Chain { .. }) => "untrusted_chain",
             _ => "bad_certificate",
         };
     }

@@ -13,15 +13,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use deputy_identity::TlsMaterial;
+use deputy_identity::{SvidVerifyError, TlsMaterial, TrustAnchors};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
-use spiffe::{SpiffeId, TrustDomain, X509BundleSet};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use spiffe::{SpiffeId, X509BundleSet};
 use tokio::sync::watch;
 
 /// Trust bundles as deputyd receives them from the Workload API.
@@ -34,20 +34,9 @@ pub type Material = watch::Receiver<Option<Arc<TlsMaterial>>>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PeerCertError {
-    /// The leaf is not an X.509-SVID (no or several URI SANs, a CA certificate, ...).
-    #[error("the peer certificate is not an X.509-SVID: {0}")]
-    NotAnSvid(String),
-    /// No bundle is known for the peer's trust domain.
-    #[error("no trust bundle for trust domain {0}: it is neither this trust domain nor federated")]
-    UnknownTrustDomain(String),
-    /// The chain does not verify against the bundle (wrong CA, expired, bad signature).
-    #[error("the peer certificate does not verify against the bundle of {trust_domain}: {reason}")]
-    Chain {
-        /// The peer's trust domain.
-        trust_domain: String,
-        /// webpki's reason.
-        reason: String,
-    },
+    /// Not a valid X.509-SVID of a trusted trust domain.
+    #[error("the peer {0}")]
+    Svid(#[from] SvidVerifyError),
     /// A valid SVID, but not of the service that was called.
     #[error("the server presented {presented}, but the service is {expected}")]
     IdentityMismatch {
@@ -77,11 +66,8 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Trust anchors of each trust domain.
-type AnchorMap = HashMap<TrustDomain, Vec<TrustAnchor<'static>>>;
-
 /// Anchors and the bundle set they were built from.
-type BuiltAnchors = (Option<Arc<X509BundleSet>>, Arc<AnchorMap>);
+type BuiltAnchors = (Option<Arc<X509BundleSet>>, Arc<TrustAnchors>);
 
 /// Trust anchors per trust domain, rebuilt only when the bundle set changes.
 #[derive(Debug)]
@@ -100,7 +86,7 @@ impl Anchors {
         }
     }
 
-    fn current(&self) -> Arc<AnchorMap> {
+    fn current(&self) -> Arc<TrustAnchors> {
         let set = self.bundles.borrow().clone();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((built_from, anchors)) = cache.as_ref() {
@@ -113,78 +99,26 @@ impl Anchors {
                 return anchors.clone();
             }
         }
-        let mut map = HashMap::new();
-        if let Some(set) = &set {
-            for (td, bundle) in set.iter() {
-                let anchors: Vec<TrustAnchor<'static>> = bundle
-                    .authorities()
-                    .iter()
-                    .filter_map(|ca| {
-                        webpki::anchor_from_trusted_cert(&CertificateDer::from(ca.as_bytes()))
-                            .ok()
-                            .map(|a| a.to_owned())
-                    })
-                    .collect();
-                map.insert(td.clone(), anchors);
-            }
-        }
-        let map = Arc::new(map);
-        *cache = Some((set, map.clone()));
-        map
+        let anchors = Arc::new(
+            set.as_deref()
+                .map(TrustAnchors::from_bundles)
+                .unwrap_or_default(),
+        );
+        *cache = Some((set, anchors.clone()));
+        anchors
     }
 
-    /// Verifies `end_entity` as an X.509-SVID chaining to its trust domain's bundle; returns
-    /// its SPIFFE ID.
+    /// Verifies `end_entity` as an X.509-SVID of a trusted trust domain; returns its SPIFFE ID.
     fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
         usage: webpki::KeyUsage,
-        algorithms: &WebPkiSupportedAlgorithms,
     ) -> Result<SpiffeId, rustls::Error> {
-        let id = svid_id(end_entity).map_err(refuse)?;
-        let anchors = self.current();
-        let trust_domain = id.trust_domain();
-        let roots = anchors
-            .get(trust_domain)
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| refuse(PeerCertError::UnknownTrustDomain(trust_domain.to_string())))?;
-        let cert = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(|e| refuse(PeerCertError::NotAnSvid(format!("cannot parse: {e}"))))?;
-        cert.verify_for_usage(algorithms.all, roots, intermediates, now, usage, None, None)
-            .map_err(|e| {
-                refuse(PeerCertError::Chain {
-                    trust_domain: trust_domain.to_string(),
-                    reason: e.to_string(),
-                })
-            })?;
-        Ok(id)
-    }
-}
-
-/// The SPIFFE ID of a leaf that satisfies the X.509-SVID profile (validity is checked by
-/// webpki, against the handshake's clock).
-fn svid_id(leaf: &CertificateDer<'_>) -> Result<SpiffeId, PeerCertError> {
-    let report =
-        deputy_identity::inspect::inspect_chain(&[leaf.to_vec()], time::OffsetDateTime::now_utc())
-            .map_err(|e| PeerCertError::NotAnSvid(e.to_string()))?;
-    let profile_problems: Vec<&String> = report
-        .problems
-        .iter()
-        .filter(|p| !p.starts_with("expired") && !p.starts_with("not yet valid"))
-        .collect();
-    match (&report.spiffe_id, profile_problems.is_empty()) {
-        (Some(id), true) => id
-            .parse()
-            .map_err(|e: spiffe::SpiffeIdError| PeerCertError::NotAnSvid(e.to_string())),
-        _ => Err(PeerCertError::NotAnSvid(
-            profile_problems
-                .iter()
-                .map(|p| p.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-        )),
+        self.current()
+            .verify_svid(end_entity, intermediates, now, usage)
+            .map_err(|e| refuse(e.into()))
     }
 }
 
@@ -228,7 +162,6 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             intermediates,
             now,
             webpki::KeyUsage::client_auth(),
-            &self.provider.signature_verification_algorithms,
         )?;
         Ok(ClientCertVerified::assertion())
     }
@@ -279,7 +212,6 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             intermediates,
             now,
             webpki::KeyUsage::server_auth(),
-            &self.provider.signature_verification_algorithms,
         )?;
         if presented != self.expected {
             return Err(refuse(PeerCertError::IdentityMismatch {
