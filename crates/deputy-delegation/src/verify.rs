@@ -117,6 +117,12 @@ impl ChainVerifier {
         }
     }
 
+    /// Forgets every cached link check.
+    pub fn clear_cache(&self) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.1.clear();
+    }
+
     /// The options in force.
     pub fn options(&self) -> &VerifyOptions {
         &self.options
