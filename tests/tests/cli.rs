@@ -300,3 +300,53 @@ fn deputy_dev_brings_up_a_two_node_mesh_that_carries_a_call() {
     dev.signal(nix::sys::signal::Signal::SIGINT);
     assert!(dev.wait(Duration::from_secs(20)).success());
 }
+
+#[test]
+fn chain_inspect_shows_every_hop_and_names_the_broken_rule() {
+    let vectors =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/delegation-vectors");
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(vectors.join("vectors.json")).expect("vectors"))
+            .expect("json");
+    let bundle = vectors.join("example.org.bundle.pem");
+    let header = |name: &str| {
+        cases
+            .iter()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["header"].as_str())
+            .expect("vector")
+            .to_owned()
+    };
+    let (status, text) = run(Command::new(binary("deputy"))
+        .args([
+            "chain",
+            "inspect",
+            &header("valid-3-links"),
+            "--at",
+            "1800000000",
+            "--bundle",
+        ])
+        .arg(&bundle));
+    assert!(status.success(), "{text}");
+    assert!(
+        text.contains(
+            "link 2: spiffe://example.org/agent/billing -> spiffe://example.org/agent/ledger"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("verified: 3 link(s)"), "{text}");
+
+    let (status, text) = run(Command::new(binary("deputy"))
+        .args([
+            "chain",
+            "inspect",
+            &header("swapped"),
+            "--at",
+            "1800000000",
+            "--bundle",
+        ])
+        .arg(&bundle));
+    assert!(!status.success());
+    assert!(text.contains("prev does NOT match"), "{text}");
+    assert!(text.contains("refused [broken_prev]"), "{text}");
+}

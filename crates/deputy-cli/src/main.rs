@@ -1,5 +1,6 @@
 //! `deputy`: run the embedded issuer or a local mesh, and fetch, inspect and validate SVIDs.
 
+mod chain;
 mod demo_agent;
 mod dev;
 mod endpoint;
@@ -24,6 +25,9 @@ enum Command {
     /// Fetch or inspect X.509-SVIDs.
     #[command(subcommand)]
     Svid(svid::SvidCommand),
+    /// Inspect and verify delegation chains.
+    #[command(subcommand)]
+    Chain(chain::ChainCommand),
     /// Fetch or validate JWT-SVIDs.
     #[command(subcommand)]
     Jwt(jwt::JwtCommand),
@@ -51,6 +55,7 @@ fn main() -> std::process::ExitCode {
             Command::Issuer(args) => issuer::run(args).await,
             Command::Svid(command) => svid::run(command).await,
             Command::Jwt(command) => jwt::run(command).await,
+            Command::Chain(command) => chain::run(command).await,
             Command::Dev(args) => dev::run(args).await,
             Command::DemoAgent(args) => demo_agent::run(args).await,
             Command::Node(args) => deputyd::run(args)
