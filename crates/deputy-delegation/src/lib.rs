@@ -8,7 +8,8 @@
 //! to the mTLS peer it arrived from.
 //!
 //! - [`link`]: claims, signing, hashes. [`scope`]: scope coverage.
-//! - [`extend`]: starting and narrowing chains. [`verify`]: the verifier and its cache.
+//! - [`extend`](mod@extend): starting and narrowing chains. [`verify`]: the verifier and its
+//!   cache.
 //! - [`error`]: one error, with a stable code, per broken rule.
 
 pub mod error;
