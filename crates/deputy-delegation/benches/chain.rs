@@ -9,13 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use deputy_delegation::testing::TestDomain;
 use deputy_delegation::{ChainVerifier, Grant, LinkSigner, VerifyOptions, extend, originate};
 use deputy_identity::TrustAnchors;
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
-use spiffe::{SpiffeId, TrustDomain, X509Bundle, X509BundleSet};
+use spiffe::{SpiffeId, X509BundleSet};
 
 struct Pki {
     anchors: Arc<TrustAnchors>,
@@ -23,33 +20,14 @@ struct Pki {
 }
 
 fn pki(count: usize) -> Pki {
-    let key = KeyPair::generate().expect("key");
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let ca = params.self_signed(&key).expect("ca");
-    let issuer = Issuer::new(params, key);
+    let domain = TestDomain::new("example.org");
     let mut set = X509BundleSet::new();
-    set.add_bundle(
-        X509Bundle::parse_from_der(TrustDomain::new("example.org").expect("td"), ca.der())
-            .expect("bundle"),
-    );
+    set.add_bundle(domain.bundle());
     let agents = (0..count)
         .map(|i| {
-            let id = format!("spiffe://example.org/agent/a{i}");
-            let key = KeyPair::generate().expect("key");
-            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-            params.subject_alt_names = vec![SanType::URI(id.clone().try_into().expect("uri"))];
-            params.is_ca = IsCa::ExplicitNoCa;
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            params.extended_key_usages = vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ];
-            let cert = params.signed_by(&key, &issuer).expect("leaf");
-            let signer =
-                LinkSigner::new(&[cert.der().to_vec()], &key.serialize_der()).expect("signer");
-            (id.parse().expect("id"), signer)
+            let agent = domain.agent(&format!("a{i}"));
+            let signer = agent.signer();
+            (agent.id, signer)
         })
         .collect();
     Pki {

@@ -27,3 +27,6 @@ pub use verify::{ChainVerifier, VerifiedChain, VerifyOptions};
 pub const CACHE_HITS: &str = "deputy_chain_cache_hits_total";
 /// Counter: link verifications done in full.
 pub const CACHE_MISSES: &str = "deputy_chain_cache_misses_total";
+
+#[cfg(feature = "testing")]
+pub mod testing;

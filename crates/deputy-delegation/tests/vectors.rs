@@ -8,12 +8,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use deputy_delegation::testing::TestDomain;
 use deputy_delegation::{Budget, ChainVerifier, LinkClaims, LinkSigner, VerifyOptions, link_hash};
 use deputy_identity::TrustAnchors;
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
 use serde::{Deserialize, Serialize};
 use spiffe::{TrustDomain, X509Bundle, X509BundleSet};
 
@@ -72,52 +69,16 @@ fn the_published_vectors_verify_as_documented() {
     }
 }
 
-struct Fixed {
-    issuer: Issuer<'static, KeyPair>,
-    ca_der: Vec<u8>,
+fn ca() -> TestDomain {
+    TestDomain::valid_between(
+        "example.org",
+        time::OffsetDateTime::from_unix_timestamp(1_767_225_600).expect("2026"),
+        time::OffsetDateTime::from_unix_timestamp(2_082_758_400).expect("2036"),
+    )
 }
 
-fn fixed_time_params() -> CertificateParams {
-    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.not_before = time::OffsetDateTime::from_unix_timestamp(1_767_225_600).expect("2026");
-    params.not_after = time::OffsetDateTime::from_unix_timestamp(2_082_758_400).expect("2036");
-    params
-}
-
-fn ca() -> Fixed {
-    let key = KeyPair::generate().expect("key");
-    let mut params = fixed_time_params();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    params.subject_alt_names = vec![SanType::URI(
-        "spiffe://example.org".try_into().expect("uri"),
-    )];
-    let cert = params.self_signed(&key).expect("ca");
-    Fixed {
-        ca_der: cert.der().to_vec(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-fn agent(ca: &Fixed, name: &str) -> LinkSigner {
-    let key = KeyPair::generate().expect("key");
-    let mut params = fixed_time_params();
-    params.subject_alt_names = vec![SanType::URI(
-        format!("spiffe://example.org/agent/{name}")
-            .try_into()
-            .expect("uri"),
-    )];
-    params.is_ca = IsCa::ExplicitNoCa;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    let cert = params.signed_by(&key, &ca.issuer).expect("leaf");
-    LinkSigner::new(&[cert.der().to_vec()], &key.serialize_der()).expect("signer")
+fn agent(ca: &TestDomain, name: &str) -> LinkSigner {
+    ca.agent(name).signer()
 }
 
 fn link(
