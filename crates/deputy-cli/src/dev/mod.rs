@@ -151,8 +151,11 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             .iter_mut()
             .map(|p| Box::pin(async { (p.name, p.child.wait().await) })),
     );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
         ((name, status), _, _) = exited => {
             eprintln!(
                 "{name} exited ({}); see {}",
