@@ -330,3 +330,25 @@ async fn rotation_under_load_fails_no_request_and_new_handshakes_use_the_new_svi
         "{inbound} inbound vs {handshakes} outbound"
     );
 }
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use std::io::{Read as _, Write as _};
+    let mesh = Mesh::start("1h");
+    let mut stream =
+        std::net::TcpStream::connect(mesh.node1.outbound_of("alpha")).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: be")
+        .expect("write");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = stream.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok() && started.elapsed() < Duration::from_secs(15),
+        "deputyd closes the connection after the header timeout (5 s): {closed:?} after {:?}",
+        started.elapsed()
+    );
+}

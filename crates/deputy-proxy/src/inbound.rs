@@ -11,8 +11,7 @@ use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use spiffe::SpiffeId;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
@@ -143,11 +142,7 @@ async fn serve_connection(inbound: Arc<Inbound>, mut tcp: TcpStream, remote: std
         let peer = peer.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(&inbound, &agent, &peer, request).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .adaptive_window(true)
-        .max_frame_size(crate::H2_MAX_FRAME);
+    let builder = crate::outbound::server_builder(&inbound.timeouts);
     if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
         tracing::debug!(%remote, error = %e, "inbound connection ended with an error");
     }

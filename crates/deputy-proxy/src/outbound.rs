@@ -100,12 +100,12 @@ async fn serve_connection(outbound: Arc<Outbound>, connection: Connection) {
         tracing::warn!(agent = %outbound.agent.name, %reason, "outbound caller refused");
     }
     let admitted = Arc::new(admitted);
+    let builder = server_builder(&outbound.timeouts);
     let service = hyper::service::service_fn(move |request| {
         let outbound = outbound.clone();
         let admitted = admitted.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(&outbound, &admitted, request).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
     let result = match connection {
         Connection::Tcp(s) => builder.serve_connection(TokioIo::new(s), service).await,
         Connection::Unix(s) => builder.serve_connection(TokioIo::new(s), service).await,
@@ -227,4 +227,21 @@ async fn forward(
             &service.name,
         ),
     }
+}
+
+/// The HTTP server of both listeners: HTTP/1.1 and HTTP/2, with a bound on how long a client may
+/// take to send its request headers (a client that trickles them must not hold a connection and
+/// its task forever).
+pub(crate) fn server_builder(timeouts: &Timeouts) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeouts.connect);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .adaptive_window(true)
+        .max_frame_size(crate::H2_MAX_FRAME);
+    builder
 }
