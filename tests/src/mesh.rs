@@ -164,7 +164,7 @@ impl Mesh {
                 "{identity}{}{}{}\
                  [[service]]\nname = \"beta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n\
                  [[service]]\nname = \"delta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n",
-                agent("alpha", &format!("outbound = \"127.0.0.1:0\"\nuids = [{uid}]")),
+                agent("alpha", &format!("outbound = \"127.0.0.1:0\"\nuids = [{uid}]\noriginate = [\"user:*\"]")),
                 agent("gamma", &format!("outbound = \"127.0.0.1:0\"\nuids = [{}]", uid + 4242)),
                 agent(
                     "omega",

@@ -65,6 +65,16 @@ pub async fn call(addr: &str, sni: &str, cert: Option<ClientCert>) -> Result<Str
     call_inspecting(addr, sni, cert).await.0
 }
 
+/// Like [`call`], with extra request headers.
+pub async fn call_with_headers(
+    addr: &str,
+    sni: &str,
+    cert: Option<ClientCert>,
+    headers: &[(&str, &str)],
+) -> Result<String, String> {
+    exchange(addr, sni, cert, Arc::new(AnyServer::default()), headers).await
+}
+
 /// Like [`call`], and also returns the leaf certificate the server presented (DER).
 pub async fn call_inspecting(
     addr: &str,
@@ -72,7 +82,11 @@ pub async fn call_inspecting(
     cert: Option<ClientCert>,
 ) -> (Result<String, String>, Option<Vec<u8>>) {
     let verifier = Arc::new(AnyServer::default());
-    let result = exchange(addr, sni, cert, verifier.clone()).await;
+    let forged = [
+        ("Deputy-Peer-Id", "spiffe://example.org/agent/forged"),
+        ("Deputy-Principal", "user:mallory"),
+    ];
+    let result = exchange(addr, sni, cert, verifier.clone(), &forged).await;
     let presented = verifier
         .presented
         .lock()
@@ -86,6 +100,7 @@ async fn exchange(
     sni: &str,
     cert: Option<ClientCert>,
     verifier: Arc<AnyServer>,
+    headers: &[(&str, &str)],
 ) -> Result<String, String> {
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
@@ -113,7 +128,14 @@ async fn exchange(
         .await
         .map_err(|e| e.to_string())?;
     tls.write_all(
-        format!("GET /whoami HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "GET /whoami HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n{}\r\n",
+            headers
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}\r\n"))
+                .collect::<String>()
+        )
+        .as_bytes(),
     )
     .await
     .map_err(|e| e.to_string())?;

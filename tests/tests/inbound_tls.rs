@@ -20,6 +20,30 @@ async fn only_valid_svids_of_trusted_domains_get_through() {
         .expect("a valid SVID is accepted");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains(ALPHA), "{answer}");
+    assert!(
+        !answer.contains("mallory") && !answer.contains("forged"),
+        "forged headers never reach the agent: {answer}"
+    );
+
+    // A chain from a trust domain node2 does not trust is refused before the agent sees it.
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/delegation-vectors/vectors.json");
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(vectors).expect("vectors")).expect("json");
+    let foreign_chain = cases[0]["header"].as_str().expect("header").to_owned();
+    let answer = deputy_tests::tls_client::call_with_headers(
+        &inbound,
+        "beta",
+        Some(signed(&svid_params(&[ALPHA]), &ca)),
+        &[("Deputy-Delegation", foreign_chain.as_str())],
+    )
+    .await
+    .expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.contains("urn:deputy:problem:chain-rejected"),
+        "{answer}"
+    );
 
     let other_ca = {
         let key = KeyPair::generate().expect("key");

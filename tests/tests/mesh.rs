@@ -22,9 +22,10 @@ async fn agents_call_each_other_over_http1_and_h2c_and_see_the_verified_caller()
             "deputy-peer-id",
             "spiffe://example.org/agent/admin".parse().expect("value"),
         );
-        request
-            .headers_mut()
-            .insert("deputy-principal", "user:mallory".parse().expect("value"));
+        request.headers_mut().insert(
+            "deputy-chain-actors",
+            "spiffe://example.org/agent/admin".parse().expect("value"),
+        );
         let response = client::send(&outbound, protocol, request)
             .await
             .expect("call");
@@ -350,5 +351,77 @@ fn a_client_that_never_finishes_its_headers_is_cut_off() {
         closed.is_ok() && started.elapsed() < Duration::from_secs(15),
         "deputyd closes the connection after the header timeout (5 s): {closed:?} after {:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_starts_a_task_and_the_callee_sees_the_verified_chain() {
+    let mesh = Mesh::start("1h");
+    let outbound = mesh.node1.outbound_of("alpha");
+    let with = |principal: &str, scope: Option<&str>| {
+        let mut request = client::get("beta", "/tickets", Protocol::Http1);
+        let headers = request.headers_mut();
+        headers.insert("deputy-principal", principal.parse().expect("value"));
+        headers.insert("deputy-task", "task-42".parse().expect("value"));
+        if let Some(scope) = scope {
+            headers.insert("deputy-scope", scope.parse().expect("value"));
+        }
+        request
+    };
+    let response = client::send(
+        &outbound,
+        Protocol::Http1,
+        with("user:alice@example.org", Some("tickets:read, users:read")),
+    )
+    .await
+    .expect("call");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = client::json(response).await;
+    let headers = &body["deputy_headers"];
+    assert_eq!(
+        headers["deputy-principal"], "user:alice@example.org",
+        "{body}"
+    );
+    assert_eq!(headers["deputy-task"], "task-42", "{body}");
+    assert_eq!(
+        headers["deputy-scope"], "tickets:read, users:read",
+        "{body}"
+    );
+    assert_eq!(
+        headers["deputy-chain-actors"],
+        format!("{ALPHA}, spiffe://example.org/agent/beta"),
+        "{body}"
+    );
+    assert!(
+        headers.get("deputy-delegation").is_none(),
+        "the raw chain stays with deputyd: {body}"
+    );
+
+    // alpha may start tasks for users only, and a task needs scopes.
+    let response = client::send(
+        &outbound,
+        Protocol::Http1,
+        with("service:batch", Some("x:y")),
+    )
+    .await
+    .expect("call");
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        client::json(response).await["type"],
+        "urn:deputy:problem:origination-refused"
+    );
+    let response = client::send(
+        &outbound,
+        Protocol::Http1,
+        with("user:alice@example.org", None),
+    )
+    .await
+    .expect("call");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        client::json(response).await["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("Deputy-Scope")
     );
 }

@@ -24,6 +24,25 @@ pub struct TlsMaterial {
     pub not_before: OffsetDateTime,
     /// End of the leaf's validity: after it the material is withdrawn.
     pub not_after: OffsetDateTime,
+    /// The SVID chain and key in the form delegation links are signed with.
+    pub signing: Arc<SigningMaterial>,
+}
+
+/// An SVID's chain (DER, leaf first) and PKCS#8 private key, for signing delegation links.
+pub struct SigningMaterial {
+    /// The certificate chain, DER, leaf first.
+    pub chain_der: Vec<Vec<u8>>,
+    /// The private key, PKCS#8 DER.
+    pub key_pkcs8: Vec<u8>,
+}
+
+impl std::fmt::Debug for SigningMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningMaterial")
+            .field("chain_len", &self.chain_der.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// An SVID that cannot be turned into TLS material.
@@ -53,7 +72,16 @@ impl TlsMaterial {
         ));
         let signing_key = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
             .map_err(MaterialError::Key)?;
+        let signing = Arc::new(SigningMaterial {
+            chain_der: svid
+                .cert_chain()
+                .iter()
+                .map(|c| c.as_bytes().to_vec())
+                .collect(),
+            key_pkcs8: svid.private_key().as_bytes().to_vec(),
+        });
         Ok(Self {
+            signing,
             spiffe_id: svid.spiffe_id().clone(),
             certified_key: Arc::new(CertifiedKey::new(chain, signing_key)),
             serial: leaf.raw_serial_as_string(),

@@ -28,6 +28,20 @@ pub struct LocalAgent {
     pub upstream: Option<http::Uri>,
     /// The uids allowed to use its outbound listener.
     pub uids: Vec<u32>,
+    /// Principals it may start tasks for: exact names or prefixes ending in `*` (`user:*`).
+    pub originate: Vec<String>,
+}
+
+impl LocalAgent {
+    /// Whether this agent may start a task for `principal`.
+    pub fn may_originate(&self, principal: &str) -> bool {
+        self.originate
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => principal.starts_with(prefix),
+                None => principal == pattern,
+            })
+    }
 }
 
 /// A service agents may call: an agent or tool on this node or another.

@@ -24,13 +24,16 @@ use crate::body::{AccessRecord, Body, Metered, problem_response, stream};
 use crate::config::Timeouts;
 use crate::metrics;
 use crate::problem::{Problem, ProblemKind};
-use crate::routing::{PEER_ID, strip_hop_by_hop, strip_peer_deputy_headers, upstream_uri};
+use crate::routing::{
+    DELEGATION, PEER_ID, strip_all_deputy_headers, strip_hop_by_hop, upstream_uri,
+};
 use crate::tls::{PeerCertError, UNRECOGNIZED_NAME_ALERT, peer_spiffe_id};
 
 /// A local agent as the inbound side sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct InboundAgent {
     pub(crate) name: String,
+    pub(crate) spiffe_id: SpiffeId,
     pub(crate) upstream: Option<http::Uri>,
 }
 
@@ -41,6 +44,10 @@ pub(crate) struct Inbound {
     pub(crate) tls: Arc<rustls::ServerConfig>,
     pub(crate) upstreams: Client<HttpConnector, Body>,
     pub(crate) timeouts: Timeouts,
+    /// Trust anchors for delegation links (the same bundles as for peers).
+    pub(crate) anchors: crate::tls::Anchors,
+    /// Verifies peers' delegation chains, with its cache.
+    pub(crate) chains: deputy_delegation::ChainVerifier,
 }
 
 /// The answer to a client that speaks plain HTTP to the mTLS port.
@@ -199,14 +206,45 @@ async fn handle(
             Ok(uri) => {
                 *request.uri_mut() = uri;
                 *request.version_mut() = Version::HTTP_11;
+                let chain = request
+                    .headers()
+                    .get(DELEGATION)
+                    .map(|v| v.to_str().map(str::to_owned));
                 let headers = request.headers_mut();
                 strip_hop_by_hop(headers);
-                strip_peer_deputy_headers(headers);
+                // Nothing a peer says about the call reaches the agent unverified.
+                strip_all_deputy_headers(headers);
                 headers.remove(header::HOST);
                 if let Ok(value) = HeaderValue::from_str(&peer.to_string()) {
                     headers.insert(PEER_ID, value);
                 }
-                deliver(inbound, agent, request, &request_id).await
+                let facts = match chain {
+                    None => Ok(Vec::new()),
+                    Some(Err(_)) => Err((
+                        ProblemKind::ChainRejected,
+                        "the Deputy-Delegation header is not visible ASCII".to_owned(),
+                    )),
+                    Some(Ok(chain)) => crate::delegation::inbound_facts(
+                        &inbound.chains,
+                        &inbound.anchors.current(),
+                        &chain,
+                        peer,
+                        &agent.spiffe_id,
+                        std::time::SystemTime::now(),
+                    ),
+                };
+                match facts {
+                    Ok(facts) => {
+                        request
+                            .headers_mut()
+                            .extend(facts.into_iter().map(|(k, v)| (Some(k), v)));
+                        deliver(inbound, agent, request, &request_id).await
+                    }
+                    Err((kind, detail)) => {
+                        tracing::warn!(agent = %agent.name, %peer, %detail, "delegation chain refused");
+                        problem_response(&Problem::new(kind, detail, &request_id))
+                    }
+                }
             }
         },
     };

@@ -14,6 +14,7 @@
 pub mod attest;
 pub mod body;
 pub mod config;
+mod delegation;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
@@ -108,6 +109,7 @@ impl Proxy {
                             a.name.clone(),
                             inbound::InboundAgent {
                                 name: a.name.clone(),
+                                spiffe_id: a.spiffe_id.clone(),
                                 upstream: a.upstream.clone(),
                             },
                         )
@@ -116,6 +118,10 @@ impl Proxy {
                 tls: tls::server_config(materials.clone(), bundles.clone())?,
                 upstreams: Client::builder(TokioExecutor::new()).build_http(),
                 timeouts: config.timeouts,
+                anchors: tls::Anchors::new(bundles.clone()),
+                chains: deputy_delegation::ChainVerifier::new(
+                    deputy_delegation::VerifyOptions::default(),
+                ),
             });
             tasks.spawn(inbound::serve(inbound, listener, cancel.clone()));
         }

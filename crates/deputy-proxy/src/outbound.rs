@@ -18,7 +18,7 @@ use crate::config::{LocalAgent, Timeouts};
 use crate::metrics;
 use crate::pool::Pool;
 use crate::problem::{Problem, ProblemKind};
-use crate::routing::{Routes, strip_hop_by_hop};
+use crate::routing::{DELEGATION, Routes, strip_all_deputy_headers, strip_hop_by_hop};
 use crate::tls::Material;
 
 /// A bound outbound listener.
@@ -174,6 +174,16 @@ async fn forward(
             &service.name,
         );
     };
+    let chain = match crate::delegation::outbound_chain(
+        &outbound.agent,
+        &material,
+        &service,
+        request.headers(),
+        std::time::SystemTime::now(),
+    ) {
+        Ok(chain) => chain,
+        Err((kind, detail)) => return refuse(kind, detail, &service.name),
+    };
     let mut sender = match outbound
         .pool
         .sender(&outbound.agent.name, &service, &material)
@@ -202,6 +212,11 @@ async fn forward(
     *request.version_mut() = Version::HTTP_2;
     strip_hop_by_hop(request.headers_mut());
     request.headers_mut().remove(header::HOST);
+    // The agent's own Deputy-* headers were requests to this deputyd, not facts for the peer.
+    strip_all_deputy_headers(request.headers_mut());
+    if let Some(chain) = chain.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        request.headers_mut().insert(DELEGATION, chain);
+    }
 
     let sent = tokio::time::timeout(outbound.timeouts.request, sender.send_request(request)).await;
     match sent {

@@ -32,6 +32,12 @@ pub enum ProblemKind {
     Timeout,
     /// The request is malformed.
     BadRequest,
+    /// The delegation chain a peer sent does not verify.
+    ChainRejected,
+    /// The delegation header is larger than the configured limit.
+    ChainTooLarge,
+    /// The agent may not start a task for this principal.
+    OriginationRefused,
 }
 
 impl ProblemKind {
@@ -47,6 +53,9 @@ impl ProblemKind {
             Self::UpstreamUnavailable => "urn:deputy:problem:upstream-unavailable",
             Self::Timeout => "urn:deputy:problem:timeout",
             Self::BadRequest => "urn:deputy:problem:bad-request",
+            Self::ChainRejected => "urn:deputy:problem:chain-rejected",
+            Self::ChainTooLarge => "urn:deputy:problem:chain-too-large",
+            Self::OriginationRefused => "urn:deputy:problem:origination-refused",
         }
     }
 
@@ -62,6 +71,9 @@ impl ProblemKind {
             Self::UpstreamUnavailable => "Upstream unavailable",
             Self::Timeout => "Upstream timed out",
             Self::BadRequest => "Bad request",
+            Self::ChainRejected => "Delegation chain rejected",
+            Self::ChainTooLarge => "Delegation chain too large",
+            Self::OriginationRefused => "Origination refused",
         }
     }
 
@@ -70,7 +82,10 @@ impl ProblemKind {
         match self {
             Self::UnknownService => StatusCode::NOT_FOUND,
             Self::MissingTarget | Self::BadRequest => StatusCode::BAD_REQUEST,
-            Self::CallerNotAttested => StatusCode::FORBIDDEN,
+            Self::CallerNotAttested | Self::ChainRejected | Self::OriginationRefused => {
+                StatusCode::FORBIDDEN
+            }
+            Self::ChainTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoIdentity => StatusCode::SERVICE_UNAVAILABLE,
             Self::PeerIdentityMismatch | Self::PeerNotTrusted | Self::UpstreamUnavailable => {
                 StatusCode::BAD_GATEWAY

@@ -10,7 +10,8 @@ use http::{Request, Uri};
 use crate::config::Service;
 use crate::problem::ProblemKind;
 
-/// The header carrying the delegation chain: the one `Deputy-*` header a peer may send.
+/// The header carrying the delegation chain: the one `Deputy-*` header a peer may send (it is
+/// verified, then replaced by the facts it proves).
 pub const DELEGATION: &str = "deputy-delegation";
 /// The verified SPIFFE ID of the calling peer, set by the receiving deputyd only.
 pub const PEER_ID: &str = "deputy-peer-id";
@@ -111,15 +112,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-/// Removes every `Deputy-*` header a peer sent, except the delegation chain (verified
-/// separately): only the receiving deputyd may state facts about a call.
-pub fn strip_peer_deputy_headers(headers: &mut HeaderMap) {
-    let spoofable: Vec<HeaderName> = headers
+/// Removes every `Deputy-*` header.
+pub fn strip_all_deputy_headers(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("deputy-") && name.as_str() != DELEGATION)
+        .filter(|name| name.as_str().starts_with("deputy-"))
         .cloned()
         .collect();
-    for name in spoofable {
+    for name in names {
         headers.remove(name);
     }
 }
@@ -184,7 +184,7 @@ mod tests {
     }
 
     #[test]
-    fn peer_deputy_headers_are_removed_except_the_chain() {
+    fn deputy_headers_are_removed_and_others_kept() {
         let mut headers = HeaderMap::new();
         headers.insert(
             "deputy-peer-id",
@@ -193,10 +193,10 @@ mod tests {
         headers.insert("Deputy-Principal", "user:mallory".parse().expect("value"));
         headers.insert("deputy-delegation", "a.b.c".parse().expect("value"));
         headers.insert("x-other", "kept".parse().expect("value"));
-        strip_peer_deputy_headers(&mut headers);
+        strip_all_deputy_headers(&mut headers);
         assert!(headers.get(PEER_ID).is_none());
         assert!(headers.get("deputy-principal").is_none());
-        assert_eq!(headers[DELEGATION], "a.b.c");
+        assert!(headers.get(DELEGATION).is_none());
         assert_eq!(headers["x-other"], "kept");
     }
 

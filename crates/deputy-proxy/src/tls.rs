@@ -71,7 +71,7 @@ type BuiltAnchors = (Option<Arc<X509BundleSet>>, Arc<TrustAnchors>);
 
 /// Trust anchors per trust domain, rebuilt only when the bundle set changes.
 #[derive(Debug)]
-struct Anchors {
+pub(crate) struct Anchors {
     bundles: Bundles,
     /// The bundle set the anchors were built from, kept alive so that identity by pointer is
     /// sound (a freed set's address could be reused by a different one).
@@ -79,14 +79,15 @@ struct Anchors {
 }
 
 impl Anchors {
-    fn new(bundles: Bundles) -> Self {
+    pub(crate) fn new(bundles: Bundles) -> Self {
         Self {
             bundles,
             cache: Mutex::new(None),
         }
     }
 
-    fn current(&self) -> Arc<TrustAnchors> {
+    /// The anchors of the current bundle set.
+    pub(crate) fn current(&self) -> Arc<TrustAnchors> {
         let set = self.bundles.borrow().clone();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((built_from, anchors)) = cache.as_ref() {

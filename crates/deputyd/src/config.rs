@@ -172,6 +172,8 @@ struct RawAgent {
     upstream: Option<String>,
     #[serde(default)]
     uids: Vec<u32>,
+    #[serde(default)]
+    originate: Vec<String>,
 }
 
 impl Config {
@@ -296,6 +298,14 @@ impl RawConfig {
                     .map_err(|e| problems.push(format!("{at}: outbound = {o:?}: {e}")))
                     .ok()
             });
+            for pattern in &agent.originate {
+                if pattern.is_empty() || pattern.chars().any(char::is_whitespace) {
+                    problems.push(format!(
+                        "{at}: originate pattern {pattern:?} must be a principal such as \
+                         user:alice@example.org or a prefix ending in * such as user:*"
+                    ));
+                }
+            }
             if agent.outbound.is_some() && agent.uids.is_empty() {
                 problems.push(format!(
                     "{at}: uids is empty, so no process could use its outbound listener; list \
@@ -314,6 +324,7 @@ impl RawConfig {
                     outbound,
                     upstream,
                     uids: agent.uids.clone(),
+                    originate: agent.originate.clone(),
                 });
                 agents.push(AgentIdentity {
                     name: agent.name.clone(),
