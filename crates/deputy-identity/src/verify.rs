@@ -10,6 +10,12 @@ use std::collections::HashMap;
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use spiffe::{SpiffeId, TrustDomain, X509BundleSet};
 
+/// The signature algorithms of the one crypto provider, built once rather than per handshake.
+static ALGORITHMS: std::sync::LazyLock<rustls::crypto::WebPkiSupportedAlgorithms> =
+    std::sync::LazyLock::new(|| {
+        rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
+    });
+
 /// Why a chain is not a valid X.509-SVID of a trusted trust domain.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -75,10 +81,7 @@ impl TrustAnchors {
             .ok_or_else(|| SvidVerifyError::UnknownTrustDomain(trust_domain.to_string()))?;
         let cert = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|e| SvidVerifyError::NotAnSvid(format!("cannot parse: {e}")))?;
-        let algorithms = rustls::crypto::aws_lc_rs::default_provider()
-            .signature_verification_algorithms
-            .all;
-        cert.verify_for_usage(algorithms, roots, intermediates, now, usage, None, None)
+        cert.verify_for_usage(ALGORITHMS.all, roots, intermediates, now, usage, None, None)
             .map_err(|e| SvidVerifyError::Chain {
                 trust_domain: trust_domain.to_string(),
                 reason: format!("{e:?}"),

@@ -6,9 +6,10 @@
 //! a peer's chain is verified hop by hop and bound to the mTLS peer and the local agent; the
 //! agent receives the verified facts, never the raw chain.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use deputy_delegation::{ChainError, ChainVerifier, Grant, LinkSigner, originate};
+use deputy_delegation::{ChainError, ChainVerifier, Grant, LinkSigner, SignError, originate};
 use deputy_identity::{TlsMaterial, TrustAnchors};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use spiffe::SpiffeId;
@@ -26,9 +27,32 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// The agent's link signer, built once per SVID (parsing the leaf and loading the key are not
+/// per-request work).
+#[derive(Debug, Default)]
+pub(crate) struct SignerCache(std::sync::Mutex<Option<(String, Arc<LinkSigner>)>>);
+
+impl SignerCache {
+    fn for_material(&self, material: &TlsMaterial) -> Result<Arc<LinkSigner>, SignError> {
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((serial, signer)) = cached.as_ref()
+            && *serial == material.serial
+        {
+            return Ok(signer.clone());
+        }
+        let signer = Arc::new(LinkSigner::new(
+            &material.signing.chain_der,
+            &material.signing.key_pkcs8,
+        )?);
+        *cached = Some((material.serial.clone(), signer.clone()));
+        Ok(signer)
+    }
+}
+
 /// The chain to send with an outbound call, if the agent starts one.
 pub(crate) fn outbound_chain(
     agent: &LocalAgent,
+    signers: &SignerCache,
     material: &TlsMaterial,
     service: &Service,
     headers: &HeaderMap,
@@ -72,7 +96,8 @@ pub(crate) fn outbound_chain(
     let task = header(headers, "deputy-task")
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let signer = LinkSigner::new(&material.signing.chain_der, &material.signing.key_pkcs8)
+    let signer = signers
+        .for_material(material)
         .map_err(|e| (ProblemKind::NoIdentity, e.to_string()))?;
     let grant = Grant {
         delegate: service.spiffe_id.clone(),
@@ -88,7 +113,7 @@ pub(crate) fn outbound_chain(
 /// Verifies a peer's chain and returns the headers that state its facts to the local agent.
 pub(crate) fn inbound_facts(
     verifier: &ChainVerifier,
-    anchors: &std::sync::Arc<TrustAnchors>,
+    anchors: &Arc<TrustAnchors>,
     chain: &str,
     peer: &SpiffeId,
     local: &SpiffeId,

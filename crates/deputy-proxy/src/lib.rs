@@ -156,6 +156,7 @@ impl Proxy {
                 routes: routes.clone(),
                 pool: pool.clone(),
                 timeouts: config.timeouts,
+                signers: Default::default(),
             });
             tasks.spawn(outbound::serve(outbound, listener, cancel.clone()));
         }

@@ -38,6 +38,7 @@ pub(crate) struct Outbound {
     pub(crate) routes: Routes,
     pub(crate) pool: Arc<Pool>,
     pub(crate) timeouts: Timeouts,
+    pub(crate) signers: crate::delegation::SignerCache,
 }
 
 /// Accepts callers until cancelled.
@@ -176,6 +177,7 @@ async fn forward(
     };
     let chain = match crate::delegation::outbound_chain(
         &outbound.agent,
+        &outbound.signers,
         &material,
         &service,
         request.headers(),
