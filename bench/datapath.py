@@ -168,6 +168,7 @@ def setup(work, procs, deputy, deputyd):
     (work / "node1.toml").write_text(
         identity + f'[[agent]]\nname = "alpha"\nspiffe_id = "spiffe://example.org/agent/alpha"\n'
         f'selectors = ["systemd:id:alpha.service"]\noutbound = "127.0.0.1:{outbound}"\nuids = [{uid}]\n'
+        'originate = ["user:*"]\n'
         f'[[service]]\nname = "beta"\nspiffe_id = "spiffe://example.org/agent/beta"\naddress = "127.0.0.1:{inbound}"\n')
     env = dict(os.environ, RUST_LOG="warn")
     d2 = procs.start("node2", [deputyd, "--config", work / "node2.toml"], env=env)
@@ -186,11 +187,23 @@ def setup(work, procs, deputy, deputyd):
             pass
         time.sleep(0.2)
     setups["deputyd pair"] = {"port": outbound, "pids": [d1.pid, d2.pid], "host": "beta"}
+    # The same pair carrying a delegation chain on every call. One task: alpha's deputyd reuses
+    # its link and node2 verifies it from cache. A new task per call: a link signed by node1 and
+    # verified cold by node2 on every request (the worst case).
+    task = ["Deputy-Principal: user:alice@example.org", "Deputy-Scope: tickets:read, users:read"]
+    setups["deputyd pair + chain (one task)"] = {"port": outbound, "pids": [d1.pid, d2.pid], "host": "beta",
+                                                  "headers": task + ["Deputy-Task: bench-task"], "chain": True}
+    setups["deputyd pair + chain (new task per call)"] = {"port": outbound, "pids": [d1.pid, d2.pid],
+                                                          "host": "beta", "headers": task, "chain": True}
     return setups
 
 
-def wrk(port, host, seconds, connections, close=False):
-    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-H", f"Host: {host}"]
+def header_args(headers):
+    return [arg for h in headers for arg in ("-H", h)]
+
+
+def wrk(port, host, seconds, connections, close=False, headers=()):
+    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-H", f"Host: {host}", *header_args(headers)]
     if close:
         argv += ["-H", "Connection: close"]
     out = subprocess.run([*argv, f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
@@ -201,13 +214,13 @@ def wrk(port, host, seconds, connections, close=False):
     return rps, total, (int(errors.group(1)) if errors else 0), (socket_errors.group(1) if socket_errors else "")
 
 
-def latency_at_rate(port, host, work, name, rate, seconds):
+def latency_at_rate(port, host, work, name, rate, seconds, headers=()):
     """p50 and p99 in ms at a fixed request rate (h2load --rps does not wait for responses
     before sending the next, so a slow response does not hide the ones queued behind it)."""
     clients = 10
     logfile = work / f"h2load-{name.replace(' ', '-')}.log"
     subprocess.run(["h2load", "--h1", "-c", str(clients), "--rps", str(rate // clients), "-n", str(rate * seconds),
-                    "-H", f"Host: {host}", "--log-file", logfile, f"http://127.0.0.1:{port}/"],
+                    "-H", f"Host: {host}", *header_args(headers), "--log-file", logfile, f"http://127.0.0.1:{port}/"],
                    capture_output=True, text=True, check=True)
     durations = [int(line.split("\t")[2]) / 1000.0 for line in logfile.read_text().splitlines() if line.strip()]
     durations.sort()
@@ -252,6 +265,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke check")
     parser.add_argument("--no-build", action="store_true", help="use the release binaries as they are")
+    parser.add_argument("--only", default="", help="run only the setups whose name contains this (direct always runs)")
     args = parser.parse_args()
     seconds = 3 if args.quick else 10
     ensure_peers()
@@ -267,16 +281,26 @@ def main():
     try:
         setups = setup(work, procs, deputy, deputyd)
         for name, s in setups.items():
+            if name != "direct" and args.only not in name:
+                continue
             log(f"== {name}")
             r = {}
+            headers = s.get("headers", ())
             cpu0 = cpu_seconds(s["pids"])
-            rps, total, errors, sock_err = wrk(s["port"], s["host"], seconds, 32)
+            rps, total, errors, sock_err = wrk(s["port"], s["host"], seconds, 32, headers=headers)
             cpu = cpu_seconds(s["pids"]) - cpu0
             r["rps"] = rps
             r["errors"] = errors
+            if errors:
+                raise RuntimeError(f"{name}: {errors} non-2xx responses; the setup is broken")
             r["cpu_per_100k"] = cpu / total * 100_000 if s["pids"] else 0.0
-            p50, p99, n = latency_at_rate(s["port"], s["host"], work, name, 1000, seconds)
+            p50, p99, n = latency_at_rate(s["port"], s["host"], work, name, 1000, seconds, headers)
             r["p50_ms"], r["p99_ms"] = p50, p99
+            if s.get("chain"):
+                # Streams and idle connections are the plain pair's; only per-request costs differ.
+                results[name] = r
+                log(json.dumps(r))
+                continue
             cpu0 = cpu_seconds(s["pids"])
             t0 = time.time()
             received = stream_throughput(s["port"], s["host"], (1 if args.quick else 4) << 30)
@@ -298,9 +322,10 @@ def main():
     for name, r in results.items():
         added = "-" if name == "direct" else f"{r['p50_ms'] - direct['p50_ms']:.3f} / {r['p99_ms'] - direct['p99_ms']:.3f}"
         cpu = "-" if name == "direct" else f"{r['cpu_per_100k']:.2f}"
-        gb = "-" if name == "direct" else f"{r['gb_per_cpu_s']:.2f}"
+        gb = "-" if "gb_per_cpu_s" not in r or name == "direct" else f"{r['gb_per_cpu_s']:.2f}"
         rss = "-" if "rss_after_kib" not in r else f"{r['rss_before_kib'] / 1024:.1f} -> {r['rss_after_kib'] / 1024:.1f} MiB"
-        print(f"| {name} | {r['rps']:,.0f} | {added} | {cpu} | {gb} | {r['new_conn_rps']:,.0f} | {rss} |")
+        conns = f"{r['new_conn_rps']:,.0f}" if "new_conn_rps" in r else "-"
+        print(f"| {name} | {r['rps']:,.0f} | {added} | {cpu} | {gb} | {conns} | {rss} |")
     print(f"\n(direct p50 / p99: {direct['p50_ms']:.3f} / {direct['p99_ms']:.3f} ms; raw results: {json.dumps(results)})")
 
 

@@ -184,6 +184,15 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
     }
 }
 
+/// A loopback port free right now, for a process that must be told its address before another
+/// starts (the port is released when this returns; tests bind it again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 /// The effective uid of the tests, which the issuer attests them and their children as.
 pub fn my_uid() -> u32 {
     nix::unistd::geteuid().as_raw()

@@ -1,17 +1,22 @@
 //! A two-node mesh on loopback: one issuer, two deputyd processes, demo agents.
 //!
 //! ```text
-//! node1: agent alpha (outbound), agent gamma (outbound; its uid is not allowed),
-//!        agent omega (outbound on a unix socket)
-//! node2: agent beta (upstream: demo agent), agent delta (upstream: demo agent)
+//! node1: agent alpha (outbound, may start tasks for users), agent gamma (outbound; its uid is
+//!        not allowed), agent omega (outbound on a unix socket), agent carol (upstream: demo
+//!        agent); inbound mTLS
+//! node2: agent beta (upstream: demo agent that relays through beta's outbound), agent delta
+//!        (upstream: demo agent; outbound); inbound mTLS
 //! node1 services: beta -> node2; delta-as-beta (SNI delta, expects beta's SPIFFE ID) -> node2
+//! node2 services: carol -> node1
 //! ```
+//!
+//! The chain user -> alpha (node1) -> beta (node2) -> carol (node1) crosses both nodes twice.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{IssuerProcess, Process, binary, my_uid};
+use crate::{IssuerProcess, Process, binary, free_port, my_uid};
 
 /// The running mesh.
 #[derive(Debug)]
@@ -94,15 +99,14 @@ impl Node {
     }
 }
 
-/// Starts a demo agent; returns it and its address.
-pub fn demo_agent(name: &str) -> (Process, String) {
-    let process = Process::spawn(Command::new(binary("deputy")).args([
-        "demo-agent",
-        "--name",
-        name,
-        "--listen",
-        "127.0.0.1:0",
-    ]));
+/// Starts a demo agent (relaying through `outbound`, if given); returns it and its address.
+pub fn demo_agent(name: &str, outbound: Option<&str>) -> (Process, String) {
+    let mut command = Command::new(binary("deputy"));
+    command.args(["demo-agent", "--name", name, "--listen", "127.0.0.1:0"]);
+    if let Some(outbound) = outbound {
+        command.args(["--outbound", outbound]);
+    }
+    let process = Process::spawn(&mut command);
     let line = process
         .output
         .wait_for("listening on", Duration::from_secs(20));
@@ -120,7 +124,7 @@ impl Mesh {
             "[[entry]]\nspiffe_id = \"spiffe://example.org/deputyd/node\"\nselectors = [\"unix:uid:{uid}\"]\n\n\
              [[delegate]]\nselectors = [\"unix:uid:{uid}\"]\n\n"
         );
-        for agent in ["alpha", "beta", "gamma", "delta", "omega"] {
+        for agent in ["alpha", "beta", "gamma", "delta", "omega", "carol"] {
             entries.push_str(&format!(
                 "[[entry]]\nspiffe_id = \"spiffe://example.org/agent/{agent}\"\n\
                  selectors = [\"systemd:id:{agent}.service\"]\nx509_ttl = \"{agent_ttl}\"\n\n"
@@ -128,8 +132,12 @@ impl Mesh {
         }
         std::fs::write(dir.path().join("entries.toml"), entries).expect("entries");
         let issuer = IssuerProcess::start(dir.path());
-        let (beta_process, beta_addr) = demo_agent("beta");
-        let (delta_process, delta_addr) = demo_agent("delta");
+        // Each node must know where the other listens before it starts.
+        let node1_inbound = format!("127.0.0.1:{}", free_port());
+        let beta_outbound = format!("127.0.0.1:{}", free_port());
+        let (beta_process, beta_addr) = demo_agent("beta", Some(&beta_outbound));
+        let (delta_process, delta_addr) = demo_agent("delta", None);
+        let (carol_process, carol_addr) = demo_agent("carol", None);
 
         let identity = format!(
             "trust_domain = \"example.org\"\n[identity]\nworkload_api = \"unix://{}\"\n\
@@ -148,9 +156,20 @@ impl Mesh {
         std::fs::write(
             &node2_config,
             format!(
-                "{identity}[inbound]\nlisten = \"127.0.0.1:0\"\n{}{}",
-                agent("beta", &format!("upstream = \"http://{beta_addr}\"")),
-                agent("delta", &format!("upstream = \"http://{delta_addr}\""))
+                "{identity}[inbound]\nlisten = \"127.0.0.1:0\"\n{}{}\
+                 [[service]]\nname = \"carol\"\nspiffe_id = \"spiffe://example.org/agent/carol\"\naddress = \"{node1_inbound}\"\n",
+                agent(
+                    "beta",
+                    &format!(
+                        "upstream = \"http://{beta_addr}\"\noutbound = \"{beta_outbound}\"\nuids = [{uid}]"
+                    )
+                ),
+                agent(
+                    "delta",
+                    &format!(
+                        "upstream = \"http://{delta_addr}\"\noutbound = \"127.0.0.1:0\"\nuids = [{uid}]"
+                    )
+                )
             ),
         )
         .expect("node2 config");
@@ -161,7 +180,7 @@ impl Mesh {
         std::fs::write(
             &node1_config,
             format!(
-                "{identity}{}{}{}\
+                "{identity}[inbound]\nlisten = \"{node1_inbound}\"\n{}{}{}{}\
                  [[service]]\nname = \"beta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n\
                  [[service]]\nname = \"delta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n",
                 agent("alpha", &format!("outbound = \"127.0.0.1:0\"\nuids = [{uid}]\noriginate = [\"user:*\"]")),
@@ -173,6 +192,7 @@ impl Mesh {
                         dir.path().join("omega.sock").display()
                     )
                 ),
+                agent("carol", &format!("upstream = \"http://{carol_addr}\"")),
             ),
         )
         .expect("node1 config");
@@ -184,6 +204,7 @@ impl Mesh {
             agents: vec![
                 ("beta".into(), beta_process, beta_addr),
                 ("delta".into(), delta_process, delta_addr),
+                ("carol".into(), carol_process, carol_addr),
             ],
             node1,
             node2,

@@ -268,6 +268,10 @@ fn deputy_dev_brings_up_a_two_node_mesh_that_carries_a_call() {
         curl.contains(&format!("http://127.0.0.1:{} http://beta/hello", base + 1)),
         "{curl}"
     );
+    dev.output.wait_for(
+        "Deputy-Principal: user:alice@example.org",
+        Duration::from_secs(5),
+    );
     for admin in [base, base + 10] {
         let (code, body) = eventually("status answers", Duration::from_secs(10), || {
             deputy_tests::http_get(&format!("127.0.0.1:{admin}"), "/status")
@@ -278,25 +282,46 @@ fn deputy_dev_brings_up_a_two_node_mesh_that_carries_a_call() {
     }
     // What the printed curl command does: alpha calls beta through both nodes.
     let outbound = format!("127.0.0.1:{}", base + 1);
-    let answer = tokio::runtime::Runtime::new()
-        .expect("runtime")
-        .block_on(async {
-            let request =
-                deputy_tests::client::get("beta", "/hello", deputy_tests::client::Protocol::Http1);
-            let response = deputy_tests::client::send(
-                &outbound,
-                deputy_tests::client::Protocol::Http1,
-                request,
-            )
-            .await
-            .expect("call");
-            deputy_tests::client::json(response).await
-        });
+    let call = |headers: &[(&'static str, &'static str)]| {
+        let mut request =
+            deputy_tests::client::get("beta", "/hello", deputy_tests::client::Protocol::Http1);
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, http::HeaderValue::from_static(value));
+        }
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                let response = deputy_tests::client::send(
+                    &outbound,
+                    deputy_tests::client::Protocol::Http1,
+                    request,
+                )
+                .await
+                .expect("call");
+                deputy_tests::client::json(response).await
+            })
+    };
+    let answer = call(&[]);
     assert_eq!(answer["agent"], "beta", "{answer}");
     assert_eq!(
         answer["caller"], "spiffe://example.org/agent/alpha",
         "{answer}"
     );
+    // And the printed task: beta sees the principal, its budget and a handle.
+    let answer = call(&[
+        ("deputy-principal", "user:alice@example.org"),
+        ("deputy-scope", "tickets:read"),
+        ("deputy-budget", "3"),
+    ]);
+    let facts = &answer["deputy_headers"];
+    assert_eq!(
+        facts["deputy-principal"], "user:alice@example.org",
+        "{answer}"
+    );
+    assert_eq!(facts["deputy-budget"], "3", "{answer}");
+    assert!(facts["deputy-context"].is_string(), "{answer}");
     dev.signal(nix::sys::signal::Signal::SIGINT);
     assert!(dev.wait(Duration::from_secs(20)).success());
 }

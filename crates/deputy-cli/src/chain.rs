@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
-use base64::Engine as _;
 use deputy_delegation::{ChainVerifier, LinkClaims, VerifyOptions, link_hash};
 use deputy_identity::TrustAnchors;
 use spiffe::{TrustDomain, X509Bundle, X509BundleSet};
@@ -59,15 +58,7 @@ pub(crate) async fn run(command: ChainCommand) -> anyhow::Result<ExitCode> {
     let mut decoded: Vec<LinkClaims> = Vec::new();
     for (i, link) in links.iter().enumerate() {
         // Decoded for display only; the verifier below checks everything.
-        let claims: LinkClaims = link
-            .split('.')
-            .nth(1)
-            .and_then(|p| {
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(p)
-                    .ok()
-            })
-            .and_then(|json| serde_json::from_slice(&json).ok())
+        let claims: LinkClaims = deputy_delegation::unverified_claims(link)
             .with_context(|| format!("link {i} is not a compact JWS with link claims"))?;
         let prev_ok = match (i, &claims.prev) {
             (0, None) => "first link".to_owned(),

@@ -9,6 +9,10 @@
 //! - `POST /upload`: reads the body as it streams and answers with its length, never holding it
 //!   whole.
 //! - `GET /bytes?n=N`: streams N bytes in 64 KiB chunks (for throughput measurements).
+//! - `GET /relay?to=SERVICE&path=/p[&scope=a:b,c:d][&budget=N]` (with `--outbound`): continues
+//!   the task it was called for by calling `SERVICE` through its own deputyd, passing on the
+//!   `Deputy-Context` it received and the narrower scope or budget asked for; answers with the
+//!   downstream status and body. This is what a sub-agent does when it delegates.
 
 use std::convert::Infallible;
 use std::process::ExitCode;
@@ -17,8 +21,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt as _, Full, StreamBody};
+use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
@@ -31,6 +37,17 @@ pub(crate) struct DemoAgentArgs {
     /// Where to listen (port 0 picks one; the bound address is printed).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: std::net::SocketAddr,
+    /// The agent's outbound listener (`127.0.0.1:15001`), for `/relay`.
+    #[arg(long)]
+    outbound: Option<std::net::SocketAddr>,
+}
+
+/// What every request handler needs.
+#[derive(Debug)]
+struct Agent {
+    name: String,
+    outbound: Option<std::net::SocketAddr>,
+    client: Client<HttpConnector, Empty<Bytes>>,
 }
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -42,14 +59,22 @@ pub(crate) async fn run(args: DemoAgentArgs) -> anyhow::Result<ExitCode> {
         args.name,
         listener.local_addr()?
     );
-    let name: &'static str = Box::leak(args.name.into_boxed_str());
+    let agent = std::sync::Arc::new(Agent {
+        name: args.name,
+        outbound: args.outbound,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    });
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => accepted?,
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         };
+        let agent = agent.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| answer(name, request));
+            let service = hyper::service::service_fn(move |request| {
+                let agent = agent.clone();
+                async move { answer(&agent, request).await }
+            });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
@@ -57,22 +82,92 @@ pub(crate) async fn run(args: DemoAgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn answer(name: &str, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn answer(agent: &Agent, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_owned();
     let response = match (request.method().as_str(), path.as_str()) {
         ("GET", "/events") => events(query_number(&request, "count").unwrap_or(3)),
         ("POST", "/upload") => upload(request).await,
         ("GET", "/bytes") => bytes(query_number(&request, "n").unwrap_or(0)),
-        _ => whoami(name, &request),
+        ("GET", "/relay") => relay(agent, &request).await,
+        _ => whoami(&agent.name, &request),
     };
     Ok(response)
 }
 
-fn query_number(request: &Request<Incoming>, key: &str) -> Option<u64> {
+fn query_value<'a>(request: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
     request.uri().query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        (k == key).then(|| v.parse().ok()).flatten()
+        (k == key).then_some(v)
     })
+}
+
+fn query_number(request: &Request<Incoming>, key: &str) -> Option<u64> {
+    query_value(request, key)?.parse().ok()
+}
+
+/// Calls `to` through the agent's deputyd under the context of the call being served.
+async fn relay(agent: &Agent, request: &Request<Incoming>) -> Response<Body> {
+    let refuse = |why: String| {
+        json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({ "error": why }),
+        )
+    };
+    let Some(outbound) = agent.outbound else {
+        return refuse("start the demo agent with --outbound to relay".into());
+    };
+    let Some(to) = query_value(request, "to") else {
+        return refuse("name the service to call: /relay?to=SERVICE&path=/".into());
+    };
+    let path = query_value(request, "path").unwrap_or("/");
+    let mut call = Request::builder()
+        .uri(format!("http://{outbound}{path}"))
+        .header(header::HOST, to);
+    for (name, value) in [
+        (
+            "deputy-context",
+            request
+                .headers()
+                .get("deputy-context")
+                .and_then(|v| v.to_str().ok()),
+        ),
+        (
+            "deputy-scope",
+            query_value(request, "scope")
+                .map(|s| s.split(',').collect::<Vec<_>>().join(", "))
+                .as_deref(),
+        ),
+        ("deputy-budget", query_value(request, "budget")),
+    ] {
+        if let Some(value) = value {
+            call = call.header(name, value);
+        }
+    }
+    let call = match call.body(Empty::new()) {
+        Ok(call) => call,
+        Err(e) => return refuse(format!("cannot build the call: {e}")),
+    };
+    let (status, body) = match agent.client.request(call).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.map(|b| b.to_bytes());
+            let body = body.map_or(serde_json::Value::Null, |b| {
+                serde_json::from_slice(&b)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&b).into_owned().into())
+            });
+            (status, body)
+        }
+        Err(e) => (502, format!("{to} through {outbound}: {e}").into()),
+    };
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "agent": agent.name,
+            "relayed_to": to,
+            "status": status,
+            "response": body,
+        }),
+    )
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {

@@ -20,7 +20,7 @@ pub mod verify;
 
 pub use error::ChainError;
 pub use extend::{ExtendError, Grant, extend, originate};
-pub use link::{Budget, LinkClaims, LinkSigner, SignError, link_hash};
+pub use link::{Budget, LinkClaims, LinkSigner, SignError, link_hash, unverified_claims};
 pub use verify::{ChainVerifier, VerifiedChain, VerifyOptions};
 
 /// Counter: link verifications answered from the cache.

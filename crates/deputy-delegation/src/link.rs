@@ -46,6 +46,14 @@ pub struct LinkClaims {
     pub prev: Option<String>,
 }
 
+/// The claims of a compact link, decoded WITHOUT any verification: for display, and for a signer
+/// reading back a link it just made. Never a basis for trust; use `ChainVerifier`.
+pub fn unverified_claims(compact: &str) -> Option<LinkClaims> {
+    let payload = compact.split('.').nth(1)?;
+    let json = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
 /// The hash a next link's `prev` must carry: base64url without padding of SHA-256 of the
 /// compact serialization.
 pub fn link_hash(compact: &str) -> String {

@@ -87,4 +87,24 @@ pub struct ProxyConfig {
     pub services: Vec<Service>,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Delegation chains.
+    pub delegation: Delegation,
+}
+
+/// How chains are verified and how many received chains are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Delegation {
+    /// Limits and tolerances of chain verification.
+    pub verify: deputy_delegation::VerifyOptions,
+    /// Most `Deputy-Context` handles held at once (each keeps its chain, a few KiB).
+    pub max_contexts: usize,
+}
+
+impl Default for Delegation {
+    fn default() -> Self {
+        Self {
+            verify: deputy_delegation::VerifyOptions::default(),
+            max_contexts: 16_384,
+        }
+    }
 }

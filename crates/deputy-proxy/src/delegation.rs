@@ -1,21 +1,30 @@
 //! Delegation chains on the data path.
 //!
 //! Outbound, an agent that names a principal (`Deputy-Principal`, with `Deputy-Scope` and
-//! optionally `Deputy-Task`) starts a chain, if its `originate` patterns allow that principal;
-//! the first link is signed with the agent's SVID and delegates to the called service. Inbound,
-//! a peer's chain is verified hop by hop and bound to the mTLS peer and the local agent; the
-//! agent receives the verified facts, never the raw chain.
+//! optionally `Deputy-Task` and `Deputy-Budget`) starts a chain, if its `originate` patterns
+//! allow that principal; the first link is signed with the agent's SVID and delegates to the
+//! called service. An agent serving a call continues its task with the `Deputy-Context` handle
+//! it received: the received chain is extended with a link signed by the agent's SVID, scope and
+//! budget narrowed as asked (`Deputy-Scope`, `Deputy-Budget`), never widened.
+//!
+//! Inbound, a peer's chain is verified hop by hop and bound to the mTLS peer and the local
+//! agent; the agent receives the verified facts and a handle, never the raw chain.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use deputy_delegation::{ChainError, ChainVerifier, Grant, LinkSigner, SignError, originate};
-use deputy_identity::{TlsMaterial, TrustAnchors};
+use deputy_delegation::{ChainError, ExtendError, Grant, LinkSigner, SignError, extend, originate};
+use deputy_identity::TlsMaterial;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use spiffe::SpiffeId;
 
 use crate::config::{LocalAgent, Service};
+use crate::context::{ContextError, ContextStore};
+use crate::inbound::{Inbound, InboundAgent};
 use crate::problem::ProblemKind;
+
+/// The handle an agent receives with a call and sends back to continue its task.
+const CONTEXT: &str = "deputy-context";
 
 /// Lifetime of a link this node starts (capped later links' lifetimes).
 const ORIGIN_TTL: Duration = Duration::from_secs(600);
@@ -49,22 +58,97 @@ impl SignerCache {
     }
 }
 
-/// The chain to send with an outbound call, if the agent starts one.
-pub(crate) fn outbound_chain(
-    agent: &LocalAgent,
-    signers: &SignerCache,
-    material: &TlsMaterial,
-    service: &Service,
-    headers: &HeaderMap,
-    now: SystemTime,
-) -> Result<Option<String>, (ProblemKind, String)> {
-    if headers.contains_key("deputy-context") {
-        return Err((
-            ProblemKind::BadRequest,
-            "Deputy-Context handles are not issued by this deputyd yet; start a task with \
-             Deputy-Principal and Deputy-Scope instead"
-                .into(),
-        ));
+/// Either side's reason to refuse a call: the problem kind and what to say.
+pub(crate) type Refusal = (ProblemKind, String);
+
+/// One outbound call, as the delegation step sees it.
+#[derive(Debug)]
+pub(crate) struct OutboundCall<'a> {
+    pub(crate) agent: &'a LocalAgent,
+    pub(crate) signers: &'a SignerCache,
+    pub(crate) links: &'a LinkCache,
+    pub(crate) contexts: &'a ContextStore,
+    pub(crate) material: &'a TlsMaterial,
+    pub(crate) service: &'a Service,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) now: SystemTime,
+}
+
+/// Links this agent signed recently, reused for identical calls so that the receiving deputyd
+/// verifies each link once (its cache is keyed by link hash) and signing is not per-request work.
+///
+/// A link is reused only for the same signer SVID, target, principal, task, scopes and requested
+/// budget, while less than half its life has passed. Reuse never widens anything: the receiver
+/// counts every call under one link against that link's budget, so repeated calls share it.
+#[derive(Debug)]
+pub(crate) struct LinkCache(std::sync::Mutex<lru::LruCache<String, Reusable>>);
+
+#[derive(Debug, Clone)]
+struct Reusable {
+    header: String,
+    /// The link's budget, if it has one.
+    budget: Option<u64>,
+    /// Unix seconds after which a fresh link is signed.
+    reuse_until: i64,
+}
+
+impl Default for LinkCache {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(1024).unwrap_or(std::num::NonZeroUsize::MIN),
+        )))
+    }
+}
+
+impl LinkCache {
+    fn get(&self, key: &str, now: i64, budget_left: Option<u64>) -> Option<String> {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let reusable = cache.get(key)?;
+        let fits = match (reusable.budget, budget_left) {
+            (_, None) => true,
+            (Some(granted), Some(left)) => granted <= left,
+            (None, Some(_)) => false,
+        };
+        (now < reusable.reuse_until && fits).then(|| reusable.header.clone())
+    }
+
+    fn put(&self, key: String, header: &str, now: i64) {
+        let Some(last) = header.rsplit(',').next().map(str::trim) else {
+            return;
+        };
+        // The link is ours and was just signed; read back its expiry and budget.
+        let Some(claims) = deputy_delegation::unverified_claims(last) else {
+            return;
+        };
+        let reusable = Reusable {
+            header: header.to_owned(),
+            budget: claims.budget.map(|b| b.calls),
+            reuse_until: now + (claims.exp - now) / 2,
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(key, reusable);
+    }
+}
+
+/// The chain to send with an outbound call: a new one when the agent starts a task
+/// (`Deputy-Principal`), the received one extended when it continues a task (`Deputy-Context`),
+/// none otherwise.
+pub(crate) fn outbound_chain(call: &OutboundCall<'_>) -> Result<Option<String>, Refusal> {
+    let OutboundCall {
+        agent,
+        signers,
+        links,
+        material,
+        service,
+        headers,
+        now,
+        ..
+    } = *call;
+    let budget = requested_budget(headers)?;
+    if let Some(handle) = header(headers, CONTEXT) {
+        return continue_task(call, handle, budget).map(Some);
     }
     let Some(principal) = header(headers, "deputy-principal") else {
         return Ok(None);
@@ -79,48 +163,186 @@ pub(crate) fn outbound_chain(
             ),
         ));
     }
-    let scopes: Vec<String> = header(headers, "deputy-scope")
-        .map(|s| {
-            s.split(',')
-                .map(|x| x.trim().to_owned())
-                .filter(|x| !x.is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
-    if scopes.is_empty() {
+    let Some(scopes) = requested_scopes(headers) else {
         return Err((
             ProblemKind::BadRequest,
             "a task needs scopes: send Deputy-Scope, such as `tickets:read, users:read`".into(),
         ));
+    };
+    // A named task may reuse its link; a generated one is new on every call anyway.
+    let reuse_key = header(headers, "deputy-task").map(|task| {
+        format!(
+            "origin\n{}\n{}\n{principal}\n{task}\n{scopes:?}\n{budget:?}",
+            material.serial, service.spiffe_id
+        )
+    });
+    if let Some(header) = reuse_key
+        .as_deref()
+        .and_then(|key| links.get(key, unix(now), None))
+    {
+        return Ok(Some(header));
     }
     let task = header(headers, "deputy-task")
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let signer = signers
-        .for_material(material)
-        .map_err(|e| (ProblemKind::NoIdentity, e.to_string()))?;
+    let signer = signer_of(signers, material)?;
     let grant = Grant {
         delegate: service.spiffe_id.clone(),
         scopes: Some(scopes),
-        budget_calls: None,
+        budget_calls: budget,
         ttl: ORIGIN_TTL,
     };
-    originate(&signer, principal, &task, &grant, now)
-        .map(Some)
-        .map_err(|e| (ProblemKind::BadRequest, e.to_string()))
+    let chain = originate(&signer, principal, &task, &grant, now).map_err(extension_refusal)?;
+    if let Some(key) = reuse_key {
+        links.put(key, &chain, unix(now));
+    }
+    Ok(Some(chain))
 }
 
-/// Verifies a peer's chain and returns the headers that state its facts to the local agent.
+/// Extends the chain behind `handle`: counts the call against the received link's budget and
+/// signs a link to the service, narrowing scope and budget as the agent asks.
+fn continue_task(
+    call: &OutboundCall<'_>,
+    handle: &str,
+    budget: Option<u64>,
+) -> Result<String, Refusal> {
+    let OutboundCall {
+        agent,
+        signers,
+        links,
+        contexts,
+        material,
+        service,
+        headers,
+        now,
+    } = *call;
+    if headers.contains_key("deputy-principal") {
+        return Err((
+            ProblemKind::BadRequest,
+            "a call either starts a task (Deputy-Principal) or continues one (Deputy-Context), \
+             not both; drop one of the two headers"
+                .into(),
+        ));
+    }
+    let context = contexts
+        .lookup(handle, &agent.name, unix(now))
+        .map_err(|e| {
+            if e == ContextError::NotYours {
+                tracing::warn!(agent = %agent.name, service = %service.name,
+                    "refused a Deputy-Context issued to another agent (a stolen handle?)");
+            }
+            (ProblemKind::ContextRefused, e.to_string())
+        })?;
+    if let Some(task) = header(headers, "deputy-task")
+        && task != context.chain.task()
+    {
+        return Err((
+            ProblemKind::BadRequest,
+            format!(
+                "Deputy-Task {task:?} is not the task of this context ({:?}); a context \
+                 continues its own task",
+                context.chain.task()
+            ),
+        ));
+    }
+    let signer = signer_of(signers, material)?;
+    let remaining = context.spend().map_err(|limit| {
+        (
+            ProblemKind::BudgetExhausted,
+            format!(
+                "agent {} has made all {limit} call(s) its delegation allows in task {}; \
+                 the delegator must grant a new budget",
+                agent.name,
+                context.chain.task()
+            ),
+        )
+    })?;
+    let scopes = requested_scopes(headers);
+    let reuse_key = format!(
+        "extend\n{}\n{}\n{handle}\n{scopes:?}\n{budget:?}",
+        material.serial, service.spiffe_id
+    );
+    if let Some(header) = links.get(&reuse_key, unix(now), remaining) {
+        return Ok(header);
+    }
+    let grant = Grant {
+        delegate: service.spiffe_id.clone(),
+        scopes,
+        budget_calls: budget,
+        ttl: ORIGIN_TTL,
+    };
+    let chain = extend(&context.chain, &signer, &grant, remaining, now).map_err(|e| {
+        // The call is not made: it does not count.
+        context.refund();
+        extension_refusal(e)
+    })?;
+    links.put(reuse_key, &chain, unix(now));
+    Ok(chain)
+}
+
+fn signer_of(signers: &SignerCache, material: &TlsMaterial) -> Result<Arc<LinkSigner>, Refusal> {
+    signers
+        .for_material(material)
+        .map_err(|e| (ProblemKind::NoIdentity, e.to_string()))
+}
+
+/// The scopes in `Deputy-Scope`, if any.
+fn requested_scopes(headers: &HeaderMap) -> Option<Vec<String>> {
+    let scopes: Vec<String> = header(headers, "deputy-scope")?
+        .split(',')
+        .map(|x| x.trim().to_owned())
+        .filter(|x| !x.is_empty())
+        .collect();
+    (!scopes.is_empty()).then_some(scopes)
+}
+
+/// The calls granted with `Deputy-Budget: N`, if sent.
+fn requested_budget(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
+    header(headers, "deputy-budget")
+        .map(|text| {
+            text.parse::<u64>().map_err(|_| {
+                (
+                    ProblemKind::BadRequest,
+                    format!(
+                        "Deputy-Budget {text:?} is not a number of calls; send a whole number \
+                         such as `Deputy-Budget: 5`"
+                    ),
+                )
+            })
+        })
+        .transpose()
+}
+
+fn extension_refusal(error: ExtendError) -> Refusal {
+    let kind = match &error {
+        ExtendError::ScopeEscalation { .. } => ProblemKind::ScopeEscalation,
+        ExtendError::BudgetEscalation { .. } => ProblemKind::BudgetEscalation,
+        ExtendError::InvalidScope(_) | ExtendError::NoScope => ProblemKind::BadRequest,
+        ExtendError::ParentExpired => ProblemKind::ContextRefused,
+        ExtendError::Sign(_) => ProblemKind::NoIdentity,
+        _ => ProblemKind::ExtensionRefused,
+    };
+    (kind, error.to_string())
+}
+
+/// Verifies a peer's chain for `agent`, keeps it as a context, and returns the headers that
+/// state its facts to the agent (with the context's handle).
 pub(crate) fn inbound_facts(
-    verifier: &ChainVerifier,
-    anchors: &Arc<TrustAnchors>,
+    inbound: &Inbound,
+    agent: &InboundAgent,
     chain: &str,
     peer: &SpiffeId,
-    local: &SpiffeId,
     now: SystemTime,
-) -> Result<Vec<(HeaderName, HeaderValue)>, (ProblemKind, String)> {
-    let verified = verifier
-        .verify(chain, anchors, peer, local, now)
+) -> Result<Vec<(HeaderName, HeaderValue)>, Refusal> {
+    let verified = inbound
+        .chains
+        .verify(
+            chain,
+            &inbound.anchors.current(),
+            peer,
+            &agent.spiffe_id,
+            now,
+        )
         .map_err(|e| {
             let kind = if matches!(e, ChainError::HeaderTooLarge { .. }) {
                 ProblemKind::ChainTooLarge
@@ -129,12 +351,25 @@ pub(crate) fn inbound_facts(
             };
             (kind, format!("{e} [rule {}]", e.code()))
         })?;
-    let facts = [
+    let mut facts = vec![
         ("deputy-principal", verified.principal().to_owned()),
         ("deputy-task", verified.task().to_owned()),
         ("deputy-scope", verified.last().scope.join(", ")),
         ("deputy-chain-actors", verified.actors().join(", ")),
     ];
+    let (handle, context) = inbound
+        .contexts
+        .issue(&agent.name, verified, unix(now))
+        .map_err(|e| {
+            (
+                ProblemKind::ChainRejected,
+                format!("cannot issue a context: {e}"),
+            )
+        })?;
+    facts.push((CONTEXT, handle));
+    if let Some(remaining) = context.remaining() {
+        facts.push(("deputy-budget", remaining.to_string()));
+    }
     facts
         .into_iter()
         .map(|(name, value)| {
@@ -148,4 +383,9 @@ pub(crate) fn inbound_facts(
                 })
         })
         .collect()
+}
+
+fn unix(time: SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -48,6 +48,8 @@ pub(crate) struct Inbound {
     pub(crate) anchors: crate::tls::Anchors,
     /// Verifies peers' delegation chains, with its cache.
     pub(crate) chains: deputy_delegation::ChainVerifier,
+    /// The node's contexts (shared with the outbound side).
+    pub(crate) contexts: Arc<crate::context::ContextStore>,
 }
 
 /// The answer to a client that speaks plain HTTP to the mTLS port.
@@ -225,11 +227,10 @@ async fn handle(
                         "the Deputy-Delegation header is not visible ASCII".to_owned(),
                     )),
                     Some(Ok(chain)) => crate::delegation::inbound_facts(
-                        &inbound.chains,
-                        &inbound.anchors.current(),
+                        inbound,
+                        agent,
                         &chain,
                         peer,
-                        &agent.spiffe_id,
                         std::time::SystemTime::now(),
                     ),
                 };

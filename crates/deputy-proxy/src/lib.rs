@@ -14,6 +14,7 @@
 pub mod attest;
 pub mod body;
 pub mod config;
+pub mod context;
 mod delegation;
 pub mod inbound;
 pub mod metrics;
@@ -34,7 +35,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{ListenAddr, LocalAgent, ProxyConfig, Service, Timeouts};
+pub use config::{Delegation, ListenAddr, LocalAgent, ProxyConfig, Service, Timeouts};
 
 /// Largest HTTP/2 frame between nodes: 64 KiB, so that a streamed chunk crosses as one frame
 /// rather than four of the 16 KiB default.
@@ -81,6 +82,7 @@ impl Proxy {
         let mut tasks = JoinSet::new();
         let bundles = identities.trust_bundles();
         let pool = Arc::new(pool::Pool::new(bundles.clone(), config.timeouts));
+        let contexts = Arc::new(context::ContextStore::new(config.delegation.max_contexts));
 
         let mut materials = HashMap::new();
         for agent in &config.agents {
@@ -119,9 +121,8 @@ impl Proxy {
                 upstreams: Client::builder(TokioExecutor::new()).build_http(),
                 timeouts: config.timeouts,
                 anchors: tls::Anchors::new(bundles.clone()),
-                chains: deputy_delegation::ChainVerifier::new(
-                    deputy_delegation::VerifyOptions::default(),
-                ),
+                chains: deputy_delegation::ChainVerifier::new(config.delegation.verify),
+                contexts: contexts.clone(),
             });
             tasks.spawn(inbound::serve(inbound, listener, cancel.clone()));
         }
@@ -157,6 +158,8 @@ impl Proxy {
                 pool: pool.clone(),
                 timeouts: config.timeouts,
                 signers: Default::default(),
+                links: Default::default(),
+                contexts: contexts.clone(),
             });
             tasks.spawn(outbound::serve(outbound, listener, cancel.clone()));
         }

@@ -27,6 +27,11 @@ pub fn describe() {
     metrics::describe_gauge!(OPEN_CONNECTIONS, "Open connections by direction");
     metrics::describe_counter!(HANDSHAKES, "Completed TLS handshakes");
     metrics::describe_counter!(HANDSHAKE_FAILURES, "Failed TLS handshakes by reason");
+    metrics::describe_gauge!(crate::context::CONTEXTS, "Deputy-Context handles held");
+    metrics::describe_counter!(
+        crate::context::CONTEXTS_EVICTED,
+        "Live contexts evicted because the store was full"
+    );
 }
 
 pub(crate) fn request_done(direction: &'static str, service: &str, status: u16, took: Duration) {

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::attest::{tcp_caller_uid, unix_caller_uid};
 use crate::body::{AccessRecord, Body, Metered, problem_response, stream};
 use crate::config::{LocalAgent, Timeouts};
+use crate::context::ContextStore;
+use crate::delegation::OutboundCall;
 use crate::metrics;
 use crate::pool::Pool;
 use crate::problem::{Problem, ProblemKind};
@@ -39,6 +41,10 @@ pub(crate) struct Outbound {
     pub(crate) pool: Arc<Pool>,
     pub(crate) timeouts: Timeouts,
     pub(crate) signers: crate::delegation::SignerCache,
+    /// Links this agent signed recently, for reuse.
+    pub(crate) links: crate::delegation::LinkCache,
+    /// The node's contexts (shared with the inbound side).
+    pub(crate) contexts: Arc<ContextStore>,
 }
 
 /// Accepts callers until cancelled.
@@ -175,14 +181,16 @@ async fn forward(
             &service.name,
         );
     };
-    let chain = match crate::delegation::outbound_chain(
-        &outbound.agent,
-        &outbound.signers,
-        &material,
-        &service,
-        request.headers(),
-        std::time::SystemTime::now(),
-    ) {
+    let chain = match crate::delegation::outbound_chain(&OutboundCall {
+        agent: &outbound.agent,
+        signers: &outbound.signers,
+        links: &outbound.links,
+        contexts: &outbound.contexts,
+        material: &material,
+        service: &service,
+        headers: request.headers(),
+        now: std::time::SystemTime::now(),
+    }) {
         Ok(chain) => chain,
         Err((kind, detail)) => return refuse(kind, detail, &service.name),
     };

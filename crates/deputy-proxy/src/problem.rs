@@ -38,6 +38,16 @@ pub enum ProblemKind {
     ChainTooLarge,
     /// The agent may not start a task for this principal.
     OriginationRefused,
+    /// A `Deputy-Context` handle that is unknown, expired, or another agent's.
+    ContextRefused,
+    /// A requested scope lies outside the scopes the agent was granted.
+    ScopeEscalation,
+    /// A requested budget is larger than what remains of the agent's.
+    BudgetEscalation,
+    /// The agent has made every call its link's budget allows.
+    BudgetExhausted,
+    /// The chain cannot be extended to this service (a cycle, for instance).
+    ExtensionRefused,
 }
 
 impl ProblemKind {
@@ -56,6 +66,11 @@ impl ProblemKind {
             Self::ChainRejected => "urn:deputy:problem:chain-rejected",
             Self::ChainTooLarge => "urn:deputy:problem:chain-too-large",
             Self::OriginationRefused => "urn:deputy:problem:origination-refused",
+            Self::ContextRefused => "urn:deputy:problem:context-refused",
+            Self::ScopeEscalation => "urn:deputy:problem:scope-escalation",
+            Self::BudgetEscalation => "urn:deputy:problem:budget-escalation",
+            Self::BudgetExhausted => "urn:deputy:problem:budget-exhausted",
+            Self::ExtensionRefused => "urn:deputy:problem:extension-refused",
         }
     }
 
@@ -74,6 +89,11 @@ impl ProblemKind {
             Self::ChainRejected => "Delegation chain rejected",
             Self::ChainTooLarge => "Delegation chain too large",
             Self::OriginationRefused => "Origination refused",
+            Self::ContextRefused => "Context refused",
+            Self::ScopeEscalation => "Scope escalation",
+            Self::BudgetEscalation => "Budget escalation",
+            Self::BudgetExhausted => "Budget exhausted",
+            Self::ExtensionRefused => "Delegation refused",
         }
     }
 
@@ -82,9 +102,14 @@ impl ProblemKind {
         match self {
             Self::UnknownService => StatusCode::NOT_FOUND,
             Self::MissingTarget | Self::BadRequest => StatusCode::BAD_REQUEST,
-            Self::CallerNotAttested | Self::ChainRejected | Self::OriginationRefused => {
-                StatusCode::FORBIDDEN
-            }
+            Self::CallerNotAttested
+            | Self::ChainRejected
+            | Self::OriginationRefused
+            | Self::ContextRefused
+            | Self::ScopeEscalation
+            | Self::BudgetEscalation
+            | Self::ExtensionRefused => StatusCode::FORBIDDEN,
+            Self::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::ChainTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoIdentity => StatusCode::SERVICE_UNAVAILABLE,
             Self::PeerIdentityMismatch | Self::PeerNotTrusted | Self::UpstreamUnavailable => {

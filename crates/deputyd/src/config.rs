@@ -22,8 +22,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use deputy_delegation::VerifyOptions;
 use deputy_identity::{AgentIdentity, IdentityManagerConfig, Selector, parse_spiffe_id};
-use deputy_proxy::{ListenAddr, LocalAgent, ProxyConfig, Service, Timeouts};
+use deputy_proxy::{Delegation, ListenAddr, LocalAgent, ProxyConfig, Service, Timeouts};
 use serde::Deserialize;
 use spiffe::TrustDomain;
 
@@ -83,6 +84,8 @@ struct RawConfig {
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
+    delegation: RawDelegation,
+    #[serde(default)]
     agent: Vec<RawAgent>,
     #[serde(default)]
     service: Vec<RawService>,
@@ -112,6 +115,28 @@ impl Default for RawTimeouts {
             connect: t.connect,
             request: t.request,
             idle: t.idle,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDelegation {
+    max_depth: usize,
+    max_header_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    clock_skew: Duration,
+    max_contexts: usize,
+}
+
+impl Default for RawDelegation {
+    fn default() -> Self {
+        let d = Delegation::default();
+        Self {
+            max_depth: d.verify.max_depth,
+            max_header_bytes: d.verify.max_header_bytes,
+            clock_skew: d.verify.skew,
+            max_contexts: d.max_contexts,
         }
     }
 }
@@ -394,6 +419,22 @@ impl RawConfig {
         {
             problems.push("timeouts must all be above zero".into());
         }
+        let delegation = &self.delegation;
+        if delegation.max_depth == 0
+            || delegation.max_header_bytes == 0
+            || delegation.max_contexts == 0
+        {
+            problems.push(
+                "delegation.max_depth, max_header_bytes and max_contexts must be above zero".into(),
+            );
+        }
+        if delegation.clock_skew > Duration::from_secs(300) {
+            problems.push(format!(
+                "delegation.clock_skew = {:?} would accept links long expired; keep it at most 5m \
+                 and fix the clocks (NTP) instead",
+                delegation.clock_skew
+            ));
+        }
 
         match (trust_domain, admin_listen) {
             (Some(trust_domain), Some(admin_listen)) if problems.is_empty() => Ok(Config {
@@ -414,6 +455,15 @@ impl RawConfig {
                         connect: self.timeouts.connect,
                         request: self.timeouts.request,
                         idle: self.timeouts.idle,
+                    },
+                    delegation: Delegation {
+                        verify: VerifyOptions {
+                            skew: delegation.clock_skew,
+                            max_depth: delegation.max_depth,
+                            max_header_bytes: delegation.max_header_bytes,
+                            ..VerifyOptions::default()
+                        },
+                        max_contexts: delegation.max_contexts,
                     },
                 },
             }),
@@ -483,6 +533,9 @@ spiffe_id = "spiffe://example.org/agent/triage"
 selectors = ["unix:uid:1001"]
 outbound = "0.0.0.0:15001"
 upstream = "https://127.0.0.1:8081"
+[delegation]
+max_depth = 0
+clock_skew = "1h"
 [[agent]]
 name = "ops"
 spiffe_id = "spiffe://example.org/agent/ops"
@@ -503,6 +556,8 @@ address = "10.0.0.7"
             "absolute socket path",
             "needs a port",
             "a local agent has this name",
+            "max_depth, max_header_bytes and max_contexts must be above zero",
+            "fix the clocks",
         ] {
             assert!(message.contains(expected), "{message}\nmissing: {expected}");
         }
@@ -516,6 +571,10 @@ trust_domain = "example.org"
 listen = "0.0.0.0:15008"
 [timeouts]
 request = "10s"
+[delegation]
+max_depth = 4
+clock_skew = "10s"
+max_contexts = 1000
 [[agent]]
 name = "triage"
 spiffe_id = "spiffe://example.org/agent/triage"
@@ -531,6 +590,15 @@ address = "10.0.0.7:15008"
         let config = Config::parse(text, "deputyd.toml").expect("valid");
         assert_eq!(config.proxy.services.len(), 1);
         assert_eq!(config.proxy.timeouts.request, Duration::from_secs(10));
+        let delegation = config.proxy.delegation;
+        assert_eq!(delegation.verify.max_depth, 4);
+        assert_eq!(delegation.verify.skew, Duration::from_secs(10));
+        assert_eq!(
+            delegation.verify.max_header_bytes,
+            16 * 1024,
+            "default kept"
+        );
+        assert_eq!(delegation.max_contexts, 1000);
         assert_eq!(
             config.proxy.agents[0].outbound,
             Some(ListenAddr::Unix("/run/deputy/triage.sock".into()))

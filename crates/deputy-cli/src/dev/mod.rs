@@ -200,7 +200,7 @@ fn node_toml(plan: &NodePlan, workload: &Path, admin_socket: &Path, base: u16, u
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[inbound]\nlisten = \"127.0.0.1:{inbound}\"\n\n\
          [[agent]]\nname = \"{agent}\"\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{agent}\"\n\
          selectors = [\"systemd:id:deputy-dev-{agent}.service\"]\noutbound = \"127.0.0.1:{outbound}\"\n\
-         upstream = \"http://127.0.0.1:{upstream}\"\nuids = [{uid}]\n\n\
+         upstream = \"http://127.0.0.1:{upstream}\"\nuids = [{uid}]\noriginate = [\"user:*\"]\n\n\
          [[service]]\nname = \"{peer}\"\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{peer}\"\n\
          address = \"127.0.0.1:{peer_inbound}\"\n",
         workload = workload.display(),
@@ -241,6 +241,14 @@ fn print_summary(dir: &Path, workload: &Path, base: u16, uid: u32) {
         base + 1
     );
     println!("beta's answer shows the verified caller: spiffe://{TRUST_DOMAIN}/agent/alpha.");
+    println!(
+        "\nStart a task for a user as alpha; beta gets the verified facts and a context handle:"
+    );
+    println!(
+        "  curl -s -x http://127.0.0.1:{} -H 'Deputy-Principal: user:alice@example.org' \\\n    \
+         -H 'Deputy-Scope: tickets:read' -H 'Deputy-Budget: 3' http://beta/tickets",
+        base + 1
+    );
     println!("\nMore:");
     println!(
         "  curl -s -N -x http://127.0.0.1:{} 'http://beta/events?count=5'",
