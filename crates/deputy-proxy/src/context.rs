@@ -104,6 +104,9 @@ struct Inner {
     by_handle: lru::LruCache<String, std::sync::Arc<Context>>,
     /// (agent, last link hash) -> handle: one context per received link.
     by_link: HashMap<(String, String), String>,
+    /// When expired contexts were last swept (unix seconds): a sweep walks the whole store, so
+    /// it runs at most once a second; in between, a full store drops its least recently used.
+    swept_at: i64,
 }
 
 /// Every context of this node, shared by the inbound and outbound sides.
@@ -121,6 +124,7 @@ impl ContextStore {
             inner: Mutex::new(Inner {
                 by_handle: lru::LruCache::new(capacity),
                 by_link: HashMap::new(),
+                swept_at: i64::MIN,
             }),
             random: SystemRandom::new(),
         }
@@ -151,7 +155,8 @@ impl ContextStore {
             .fill(&mut bytes)
             .map_err(|_| "the system random generator failed".to_owned())?;
         let handle = format!("{HANDLE_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
-        if inner.by_handle.len() == inner.by_handle.cap().get() {
+        if inner.by_handle.len() == inner.by_handle.cap().get() && inner.swept_at < now {
+            inner.swept_at = now;
             purge_expired(&mut inner, now);
         }
         let context = std::sync::Arc::new(Context {
