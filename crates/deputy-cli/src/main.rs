@@ -6,6 +6,7 @@ mod dev;
 mod endpoint;
 mod issuer;
 mod jwt;
+mod policy;
 mod svid;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,9 @@ enum Command {
     /// Fetch or validate JWT-SVIDs.
     #[command(subcommand)]
     Jwt(jwt::JwtCommand),
+    /// Evaluate, test and check policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Start a local mesh: an issuer and a deputyd with two sample agents, until Ctrl-C.
     Dev(dev::DevArgs),
     /// Run a small example agent: an HTTP service that shows who called it (for `deputy dev`
@@ -56,6 +60,7 @@ fn main() -> std::process::ExitCode {
             Command::Svid(command) => svid::run(command).await,
             Command::Jwt(command) => jwt::run(command).await,
             Command::Chain(command) => chain::run(command).await,
+            Command::Policy(command) => policy::run(command).await,
             Command::Dev(args) => dev::run(args).await,
             Command::DemoAgent(args) => demo_agent::run(args).await,
             Command::Node(args) => deputyd::run(args)

@@ -1,0 +1,277 @@
+//! Deputy's policy: which calls may happen, decided by Rego.
+//!
+//! - [`input`]: the input document (version 1) a policy sees.
+//! - [`decision`]: the decision object, read strictly (anything malformed denies).
+//! - [`rego`]: the `rego` engine (regorus over `.rego` sources and `data.json`).
+//! - [`Policy`]: the serving policy: loads, reloads (keeping the last good one when a new one
+//!   fails), decides, and writes every decision to the decision log.
+
+pub mod decision;
+pub mod input;
+pub mod rego;
+pub mod sources;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+pub use decision::{Approval, Decision, ENTRYPOINT, ENTRYPOINT_REF};
+pub use input::{Direction, INPUT_VERSION, PolicyInput};
+pub use rego::RegoPolicy;
+
+/// Counter: decisions by `direction`, `engine` and `allow`.
+pub const DECISIONS: &str = "deputy_policy_decisions_total";
+/// Histogram: evaluation time by `engine`.
+pub const DECISION_DURATION: &str = "deputy_policy_decision_duration_seconds";
+/// Counter: policy loads by `result` (`ok` or `error`).
+pub const LOADS: &str = "deputy_policy_loads_total";
+
+/// The tracing target of decision log events.
+pub const DECISION_LOG_TARGET: &str = "deputy::decision";
+
+/// Largest input document evaluated; a larger one is denied unevaluated.
+pub const MAX_INPUT_BYTES: usize = 64 * 1024;
+
+/// A policy that cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// A file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No `.rego` file at all.
+    #[error("no .rego files in {dir}; point the policy at the directory that holds them")]
+    NoModules {
+        /// The directory.
+        dir: String,
+    },
+    /// `data.json` is not usable.
+    #[error("{path}: {reason}")]
+    Data {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A syntax or compile error (the message names file and line), or an unknown builtin.
+    #[error("the policy does not compile: {0}")]
+    Compile(String),
+    /// No `deputy.authz` package with a `decision` rule.
+    #[error(
+        "the policy has no entrypoint {ENTRYPOINT} (package deputy.authz, rule `decision`); \
+         packages found: {found}"
+    )]
+    MissingEntrypoint {
+        /// What the policy does define.
+        found: String,
+    },
+}
+
+/// An evaluation that produced no decision.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvalError {
+    /// The evaluation ran past its time limit.
+    #[error("the policy ran past its time limit: {0}")]
+    TimedOut(String),
+    /// The engine reported an error.
+    #[error("the policy failed to evaluate: {0}")]
+    Failed(String),
+}
+
+/// An engine holding one compiled policy.
+pub trait Engine: Send + Sync + std::fmt::Debug {
+    /// `rego` or `wasm`.
+    fn kind(&self) -> &'static str;
+    /// The revision of the content it was built from.
+    fn revision(&self) -> &str;
+    /// Evaluates the entrypoint for `input`; `None` when it is undefined.
+    fn evaluate(&self, input: &serde_json::Value) -> Result<Option<serde_json::Value>, EvalError>;
+}
+
+/// Where a policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A directory of `.rego` files and `data.json`, evaluated with regorus.
+    RegoDir(PathBuf),
+}
+
+impl PolicySource {
+    fn load(&self) -> Result<Arc<dyn Engine>, LoadError> {
+        match self {
+            Self::RegoDir(dir) => Ok(Arc::new(RegoPolicy::load(dir)?)),
+        }
+    }
+
+    fn watched(&self) -> &Path {
+        match self {
+            Self::RegoDir(dir) => dir,
+        }
+    }
+}
+
+/// One decision, as enforced and logged.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    /// Its id (UUIDv7), given to the caller in a denial.
+    pub id: String,
+    /// The decision.
+    pub decision: Decision,
+    /// The engine kind.
+    pub engine: &'static str,
+    /// The policy revision.
+    pub revision: String,
+    /// How long the evaluation took.
+    pub took: Duration,
+}
+
+/// The serving policy.
+#[derive(Debug)]
+pub struct Policy {
+    source: PolicySource,
+    current: RwLock<Arc<dyn Engine>>,
+    last_error: Mutex<Option<String>>,
+    /// The source's files as they were just before the last load attempt: a change made while
+    /// loading (or before the watcher starts) is still noticed.
+    loaded_from: Mutex<sources::Fingerprint>,
+}
+
+impl Policy {
+    /// Loads the policy; a first load that fails is an error (deputyd does not start without
+    /// a policy it can enforce).
+    pub fn load(source: PolicySource) -> Result<Self, LoadError> {
+        let loaded_from = Mutex::new(sources::fingerprint(source.watched()));
+        let engine = source.load();
+        metrics::counter!(LOADS, "result" => if engine.is_ok() { "ok" } else { "error" })
+            .increment(1);
+        Ok(Self {
+            source,
+            current: RwLock::new(engine?),
+            last_error: Mutex::new(None),
+            loaded_from,
+        })
+    }
+
+    /// Loads the source again. On failure the previous policy keeps serving and the error is
+    /// kept for `/status`.
+    pub fn reload(&self) -> Result<String, LoadError> {
+        *self.loaded_from.lock().unwrap_or_else(|p| p.into_inner()) =
+            sources::fingerprint(self.source.watched());
+        match self.source.load() {
+            Ok(engine) => {
+                let revision = engine.revision().to_owned();
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = engine;
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                metrics::counter!(LOADS, "result" => "ok").increment(1);
+                tracing::info!(%revision, "policy loaded");
+                Ok(revision)
+            }
+            Err(e) => {
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                metrics::counter!(LOADS, "result" => "error").increment(1);
+                tracing::error!(error = %e, revision = %self.revision(),
+                    "policy failed to load; the last good policy keeps serving");
+                Err(e)
+            }
+        }
+    }
+
+    /// The revision serving now.
+    pub fn revision(&self) -> String {
+        self.engine().revision().to_owned()
+    }
+
+    /// Why the last reload failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn engine(&self) -> Arc<dyn Engine> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Decides `input` and logs the decision.
+    pub fn decide(&self, input: &PolicyInput) -> DecisionRecord {
+        let engine = self.engine();
+        let started = Instant::now();
+        let value = serde_json::to_value(input).unwrap_or(serde_json::Value::Null);
+        let size = value.to_string().len();
+        let decision = if size > MAX_INPUT_BYTES {
+            Decision::deny(format!(
+                "the policy input is {size} bytes, more than the {MAX_INPUT_BYTES} allowed; \
+                 the request carries too much for policy to judge"
+            ))
+        } else {
+            match engine.evaluate(&value) {
+                Ok(result) => Decision::from_result(result.as_ref()),
+                Err(e) => Decision::deny(e.to_string()),
+            }
+        };
+        let record = DecisionRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            decision,
+            engine: engine.kind(),
+            revision: engine.revision().to_owned(),
+            took: started.elapsed(),
+        };
+        log_decision(&record, input, &value);
+        record
+    }
+
+    /// Watches the source every `interval` and reloads when a file changes, until `stop`
+    /// resolves.
+    pub async fn watch(self: Arc<Self>, interval: Duration, stop: impl std::future::Future) {
+        let dir = self.source.watched().to_owned();
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            let changed = sources::fingerprint(&dir)
+                != *self.loaded_from.lock().unwrap_or_else(|p| p.into_inner());
+            if changed {
+                // A failed reload is logged and kept for /status; the last good policy serves.
+                let _ = self.reload();
+            }
+        }
+    }
+}
+
+fn log_decision(record: &DecisionRecord, input: &PolicyInput, value: &serde_json::Value) {
+    let direction = match input.direction {
+        Direction::Outbound => "outbound",
+        Direction::Inbound => "inbound",
+    };
+    metrics::counter!(DECISIONS, "direction" => direction, "engine" => record.engine,
+        "allow" => if record.decision.allow { "true" } else { "false" })
+    .increment(1);
+    metrics::histogram!(DECISION_DURATION, "engine" => record.engine)
+        .record(record.took.as_secs_f64());
+    // The input holds no secret: headers are allowlisted and credentials redacted when it is
+    // built, and the chain appears as claims only.
+    tracing::info!(
+        target: DECISION_LOG_TARGET,
+        decision_id = %record.id,
+        direction,
+        engine = record.engine,
+        revision = %record.revision,
+        duration_us = record.took.as_micros() as u64,
+        allow = record.decision.allow,
+        reasons = %serde_json::to_string(&record.decision.reasons).unwrap_or_default(),
+        result = %serde_json::to_string(&record.decision).unwrap_or_default(),
+        input = %value,
+        "policy decision"
+    );
+}

@@ -1,0 +1,179 @@
+//! The `rego` engine: regorus evaluates a directory of `.rego` files and `data.json`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use regorus::utils::limits::{ExecutionTimerConfig, set_fallback_execution_timer_config};
+
+use crate::decision::ENTRYPOINT_REF;
+use crate::sources::PolicySources;
+use crate::{Engine, EvalError, LoadError};
+
+/// A compiled Rego policy.
+#[derive(Debug)]
+pub struct RegoPolicy {
+    compiled: regorus::CompiledPolicy,
+    revision: String,
+    modules: Vec<String>,
+}
+
+/// Sets how long one evaluation may run. regorus applies it process-wide to compiled policies.
+pub fn set_time_limit(limit: Duration) {
+    set_fallback_execution_timer_config(Some(ExecutionTimerConfig {
+        limit,
+        check_interval: std::num::NonZeroU32::MIN,
+    }));
+}
+
+/// An engine holding `sources`, ready for evaluations of any rule.
+fn engine_with(sources: &PolicySources) -> Result<regorus::Engine, LoadError> {
+    let mut engine = regorus::Engine::new();
+    // A builtin regorus does not know must fail the load, not evaluate to undefined later.
+    engine.set_strict_builtin_errors(true);
+    engine
+        .add_data(regorus::Value::from(sources.data.clone()))
+        .map_err(|e| LoadError::Data {
+            path: "data.json".into(),
+            reason: e.to_string(),
+        })?;
+    for (path, text) in &sources.modules {
+        engine
+            .add_policy(path.clone(), text.clone())
+            .map_err(|e| LoadError::Compile(e.to_string()))?;
+    }
+    Ok(engine)
+}
+
+impl RegoPolicy {
+    /// Loads and compiles the policy in `dir` (test files left out).
+    pub fn load(dir: &Path) -> Result<Self, LoadError> {
+        Self::from_sources(&PolicySources::read(dir, false)?)
+    }
+
+    /// Compiles `sources` for the entrypoint.
+    pub fn from_sources(sources: &PolicySources) -> Result<Self, LoadError> {
+        let mut engine = engine_with(sources)?;
+        let packages = engine
+            .get_packages()
+            .map_err(|e| LoadError::Compile(e.to_string()))?;
+        if !packages.iter().any(|p| p == "data.deputy.authz") {
+            return Err(LoadError::MissingEntrypoint {
+                found: packages.join(", "),
+            });
+        }
+        let entrypoint: std::sync::Arc<str> = ENTRYPOINT_REF.into();
+        let compiled = engine
+            .compile_with_entrypoint(&entrypoint)
+            .map_err(|e| classify(e.to_string(), &packages))?;
+        Ok(Self {
+            compiled,
+            revision: sources.revision.clone(),
+            modules: sources.modules.iter().map(|(p, _)| p.clone()).collect(),
+        })
+    }
+
+    /// The modules it was compiled from.
+    pub fn modules(&self) -> &[String] {
+        &self.modules
+    }
+}
+
+fn classify(message: String, packages: &[String]) -> LoadError {
+    if message.contains("not a valid rule path") || message.contains("decision") {
+        LoadError::MissingEntrypoint {
+            found: format!("{} ({message})", packages.join(", ")),
+        }
+    } else {
+        LoadError::Compile(message)
+    }
+}
+
+impl Engine for RegoPolicy {
+    fn kind(&self) -> &'static str {
+        "rego"
+    }
+
+    fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    fn evaluate(&self, input: &serde_json::Value) -> Result<Option<serde_json::Value>, EvalError> {
+        let value = self
+            .compiled
+            .eval_with_input(regorus::Value::from(input.clone()))
+            .map_err(|e| {
+                let message = e.to_string();
+                if message.contains("execution exceeded") || message.contains("time limit") {
+                    EvalError::TimedOut(message)
+                } else {
+                    EvalError::Failed(message)
+                }
+            })?;
+        if value == regorus::Value::Undefined {
+            return Ok(None);
+        }
+        serde_json::to_value(&value)
+            .map(Some)
+            .map_err(|e| EvalError::Failed(format!("the result is not JSON: {e}")))
+    }
+}
+
+/// One Rego unit test (`test_*` rule) and how it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestOutcome {
+    /// `data.<package>.<rule>`.
+    pub name: String,
+    /// Passed when the rule is `true`.
+    pub passed: bool,
+    /// What it evaluated to, or the error, when it failed.
+    pub detail: String,
+}
+
+/// Runs every `test_*` rule of the policy in `dir` (test files included), as `opa test` does.
+pub fn run_tests(dir: &Path) -> Result<Vec<TestOutcome>, LoadError> {
+    let sources = PolicySources::read(dir, true)?;
+    let mut engine = engine_with(&sources)?;
+    let mut outcomes = Vec::new();
+    for (_, text) in &sources.modules {
+        let Some(package) = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("package "))
+            .map(str::trim)
+        else {
+            continue;
+        };
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("test_"))
+            .filter_map(|l| l.split(|c: char| !(c.is_alphanumeric() || c == '_')).next())
+            .collect();
+        names.dedup();
+        for rule in names {
+            let name = format!("data.{package}.{rule}");
+            let outcome = match engine.eval_rule(name.clone()) {
+                Ok(regorus::Value::Bool(true)) => TestOutcome {
+                    name,
+                    passed: true,
+                    detail: String::new(),
+                },
+                Ok(regorus::Value::Undefined) => TestOutcome {
+                    name,
+                    passed: false,
+                    detail: "undefined (a condition in the test did not hold)".into(),
+                },
+                Ok(other) => TestOutcome {
+                    name,
+                    passed: false,
+                    detail: format!("{other}"),
+                },
+                Err(e) => TestOutcome {
+                    name,
+                    passed: false,
+                    detail: e.to_string(),
+                },
+            };
+            outcomes.push(outcome);
+        }
+    }
+    Ok(outcomes)
+}

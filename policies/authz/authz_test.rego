@@ -1,0 +1,107 @@
+package deputy.authz_test
+
+import rego.v1
+
+# Full references on purpose: regorus 0.14 ignores `with` on a rule reached through an
+# import alias (`import data.deputy.authz` then `authz.decision`), where OPA honours it.
+
+
+monday_10 := {"unix": 1795683600, "rfc3339": "2026-11-23T10:00:00+01:00", "zone": "Europe/Paris", "weekday": "Monday", "hour": 10}
+
+sunday_10 := object.union(monday_10, {"weekday": "Sunday"})
+
+support_eu := {"spiffe_id": "spiffe://example.org/agent/support-eu", "name": "support-eu", "attributes": {"kind": "support", "team": "eu"}}
+
+crm_call := {
+	"version": 1,
+	"direction": "outbound",
+	"agent": support_eu,
+	"service": {"name": "crm", "spiffe_id": "spiffe://example.org/agent/crm", "attributes": {}},
+	"principal": "user:alice@example.org",
+	"task": {"id": "t-1", "new": false, "scope": ["customers:read"]},
+	"chain": [{"iss": "spiffe://example.org/agent/frontdoor", "aud": "spiffe://example.org/agent/support-eu", "scope": ["customers:read"], "iat": 1795683500, "exp": 1795684100}],
+	"request": {"method": "GET", "path": "/customers/c-1001/orders", "query": {}, "headers": {}},
+	"time": monday_10,
+}
+
+test_support_reads_its_own_team_customer_in_business_hours if {
+	data.deputy.authz.decision.allow with input as crm_call
+}
+
+test_support_may_not_read_another_team_customer if {
+	d := data.deputy.authz.decision with input as object.union(crm_call, {"request": {"method": "GET", "path": "/customers/c-2002", "query": {}, "headers": {}}})
+	not d.allow
+	some r in d.reasons
+	contains(r, "belongs to team us")
+}
+
+test_support_reads_only_in_business_hours if {
+	d := data.deputy.authz.decision with input as object.union(crm_call, {"time": sunday_10})
+	not d.allow
+	some r in d.reasons
+	contains(r, "business hours")
+}
+
+test_support_needs_read_scopes if {
+	d := data.deputy.authz.decision with input as object.union(crm_call, {"task": {"id": "t-1", "new": false, "scope": ["customers:write"]}})
+	not d.allow
+}
+
+test_support_does_not_write_customer_data if {
+	d := data.deputy.authz.decision with input as object.union(crm_call, {"request": {"method": "PUT", "path": "/customers/c-1001", "query": {}, "headers": {}}})
+	not d.allow
+}
+
+test_unlisted_caller_is_denied if {
+	d := data.deputy.authz.decision with input as object.union(crm_call, {"service": {"name": "payments", "spiffe_id": "spiffe://example.org/agent/payments", "attributes": {}}})
+	not d.allow
+	some r in d.reasons
+	contains(r, "may not call payments")
+}
+
+test_inbound_checks_the_peer if {
+	inbound := object.union(crm_call, {
+		"direction": "inbound",
+		"agent": {"spiffe_id": "spiffe://example.org/agent/crm", "name": "crm", "attributes": {}},
+		"peer": {"spiffe_id": "spiffe://example.org/agent/support-eu", "trust_domain": "example.org", "attributes": {"kind": "support", "team": "eu"}},
+	})
+	data.deputy.authz.decision.allow with input as inbound
+	intruder := object.union(inbound, {"peer": {"spiffe_id": "spiffe://other.org/agent/x", "trust_domain": "other.org", "attributes": {}}})
+	not data.deputy.authz.decision.allow with input as intruder
+}
+
+test_depth_is_limited_per_service if {
+	links := [l | some i in numbers.range(1, 4); l := crm_call.chain[0]]
+	not data.deputy.authz.decision.allow with input as object.union(crm_call, {"chain": links})
+}
+
+test_origination_follows_data_originate if {
+	start := object.union(crm_call, {"task": {"id": "t-2", "new": true, "scope": ["customers:read"]}, "chain": []})
+	data.deputy.authz.decision.allow with input as start
+	not data.deputy.authz.decision.allow with input as object.union(start, {"principal": "service:batch"})
+}
+
+tickets_mcp(tool) := object.union(crm_call, {
+	"agent": {"spiffe_id": "spiffe://example.org/agent/triage", "name": "triage", "attributes": {}},
+	"service": {"name": "tools", "spiffe_id": "spiffe://example.org/agent/tools", "attributes": {}},
+	"request": {"method": "POST", "path": "/mcp", "query": {}, "headers": {}, "mcp": {"method": "tools/call", "tool": tool}},
+})
+
+test_mcp_tools_are_allowlisted_per_agent if {
+	data.deputy.authz.decision.allow with input as tickets_mcp("search_tickets")
+	d := data.deputy.authz.decision with input as tickets_mcp("drop_database")
+	not d.allow
+	some r in d.reasons
+	contains(r, "drop_database")
+}
+
+test_irreversible_actions_need_approval if {
+	d := data.deputy.authz.decision with input as object.union(tickets_mcp("search_tickets"), {"request": {"method": "DELETE", "path": "/tickets/9", "query": {}, "headers": {}}})
+	d.approval.required
+	contains(d.approval.reason, "irreversible")
+}
+
+test_an_input_without_an_actor_is_denied if {
+	d := data.deputy.authz.decision with input as object.remove(crm_call, ["agent"])
+	not d.allow
+}
