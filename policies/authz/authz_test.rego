@@ -81,10 +81,12 @@ test_origination_follows_data_originate if {
 	not data.deputy.authz.decision.allow with input as object.union(start, {"principal": "service:batch"})
 }
 
-tickets_mcp(tool) := object.union(crm_call, {
+tickets_mcp(tool) := triage_mcp({"method": "tools/call", "tool": tool})
+
+triage_mcp(mcp) := object.union(crm_call, {
 	"agent": {"spiffe_id": "spiffe://example.org/agent/triage", "name": "triage", "attributes": {}},
 	"service": {"name": "tools", "spiffe_id": "spiffe://example.org/agent/tools", "attributes": {}},
-	"request": {"method": "POST", "path": "/mcp", "query": {}, "headers": {}, "mcp": {"method": "tools/call", "tool": tool}},
+	"request": {"method": "POST", "path": "/mcp", "query": {}, "headers": {}, "mcp": mcp},
 })
 
 test_mcp_tools_are_allowlisted_per_agent if {
@@ -93,6 +95,13 @@ test_mcp_tools_are_allowlisted_per_agent if {
 	not d.allow
 	some r in d.reasons
 	contains(r, "drop_database")
+}
+
+test_an_mcp_call_naming_no_tool_is_denied if {
+	d := data.deputy.authz.decision with input as triage_mcp({"method": "tools/call"})
+	not d.allow
+	some r in d.reasons
+	contains(r, "(unnamed)")
 }
 
 test_irreversible_actions_need_approval if {

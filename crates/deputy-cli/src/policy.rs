@@ -11,10 +11,16 @@ use deputy_policy::{Decision, Engine as _, PolicyInput};
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum PolicyCommand {
     /// Decide one input document and print the decision (exit 0 allowed, 2 denied).
+    ///
+    /// With `--inputs`, decide every line of a JSON Lines file instead (inputs, or decision log
+    /// `input` values) and print one JSON line per input with the raw value and the decision.
     Eval {
         /// The input document (JSON, version 1; see policies/input.schema.json).
+        #[arg(long, required_unless_present = "inputs", conflicts_with = "inputs")]
+        input: Option<PathBuf>,
+        /// A JSON Lines file of input documents, decided one by one.
         #[arg(long)]
-        input: PathBuf,
+        inputs: Option<PathBuf>,
         /// A directory of .rego files and data.json (the `rego` engine).
         #[arg(long)]
         dir: PathBuf,
@@ -37,24 +43,24 @@ pub(crate) enum PolicyCommand {
 
 pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
-        PolicyCommand::Eval { input, dir, raw } => {
+        PolicyCommand::Eval {
+            input: None,
+            inputs: Some(inputs),
+            dir,
+            ..
+        } => eval_lines(&inputs, &dir),
+        PolicyCommand::Eval {
+            input: Some(input),
+            dir,
+            raw,
+            ..
+        } => {
             let text = std::fs::read_to_string(&input)
                 .with_context(|| format!("cannot read {}", input.display()))?;
-            // Parsed as the typed document first: a field the schema does not know is an error
-            // here, not a silent undefined in the policy.
-            let typed: PolicyInput = serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "{} is not a version-1 input document (policies/input.schema.json)",
-                    input.display()
-                )
-            })?;
+            let value = typed_input(&text).with_context(|| input.display().to_string())?;
             let policy = RegoPolicy::load(&dir)?;
-            let value = serde_json::to_value(&typed)?;
             let result = policy.evaluate(&value);
-            let decision = match &result {
-                Ok(value) => Decision::from_result(value.as_ref()),
-                Err(e) => Decision::deny(e.to_string()),
-            };
+            let decision = decide(&result);
             if raw {
                 match &result {
                     Ok(value) => eprintln!("raw: {}", value.clone().unwrap_or_default()),
@@ -69,6 +75,7 @@ pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        PolicyCommand::Eval { .. } => anyhow::bail!("give --input FILE or --inputs FILE.jsonl"),
         PolicyCommand::Test { dir } => {
             let outcomes = run_tests(&dir)?;
             if outcomes.is_empty() {
@@ -100,4 +107,46 @@ pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Reads an input document as the typed version-1 document first: a field the schema does not
+/// know is an error here, not a silent undefined in the policy.
+fn typed_input(text: &str) -> anyhow::Result<serde_json::Value> {
+    let typed: PolicyInput = serde_json::from_str(text)
+        .context("not a version-1 input document (see policies/input.schema.json)")?;
+    Ok(serde_json::to_value(&typed)?)
+}
+
+fn decide(result: &Result<Option<serde_json::Value>, deputy_policy::EvalError>) -> Decision {
+    match result {
+        Ok(value) => Decision::from_result(value.as_ref()),
+        Err(e) => Decision::deny(e.to_string()),
+    }
+}
+
+/// `deputy policy eval --inputs FILE.jsonl`: one output line per input line, in order, with
+/// `raw` (the entrypoint's value, `null` when undefined), `error` and the enforced `decision`.
+fn eval_lines(path: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let policy = RegoPolicy::load(dir)?;
+    let mut out = std::io::stdout().lock();
+    for (number, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let value =
+            typed_input(line).with_context(|| format!("{} line {}", path.display(), number + 1))?;
+        let result = policy.evaluate(&value);
+        let line = serde_json::json!({
+            "raw": result.as_ref().ok().cloned().flatten(),
+            "error": result.as_ref().err().map(ToString::to_string),
+            "decision": decide(&result),
+        });
+        writeln!(out, "{line}")?;
+    }
+    eprintln!("engine rego, revision {}", policy.revision());
+    Ok(ExitCode::SUCCESS)
 }
