@@ -114,3 +114,35 @@ test_an_input_without_an_actor_is_denied if {
 	d := data.deputy.authz.decision with input as object.remove(crm_call, ["agent"])
 	not d.allow
 }
+
+tickets_call(scope) := object.union(crm_call, {
+	"agent": {"spiffe_id": "spiffe://example.org/agent/triage", "name": "triage", "attributes": {}},
+	"service": {"name": "tickets", "spiffe_id": "spiffe://example.org/agent/tickets", "attributes": {}},
+	"task": {"id": "t-1", "new": false, "scope": scope},
+	"request": {"method": "GET", "path": "/tickets/42", "query": {}, "headers": {}},
+})
+
+test_a_service_receives_only_the_scopes_it_accepts if {
+	d := data.deputy.authz.decision with input as tickets_call(["users:read", "tickets:read"])
+	d.allow
+	d.scope == ["tickets:read"]
+}
+
+test_a_wildcard_scope_narrows_to_what_the_service_accepts if {
+	d := data.deputy.authz.decision with input as tickets_call(["tickets:*"])
+	d.allow
+	d.scope == ["tickets:read", "tickets:write"]
+}
+
+test_a_task_with_no_accepted_scope_may_not_call_the_service if {
+	d := data.deputy.authz.decision with input as tickets_call(["users:read"])
+	not d.allow
+	some r in d.reasons
+	contains(r, "none of the task's scopes")
+}
+
+test_nothing_narrows_when_the_scopes_already_fit if {
+	d := data.deputy.authz.decision with input as tickets_call(["tickets:read"])
+	d.allow
+	not d.scope
+}

@@ -26,10 +26,20 @@ decision := {"allow": false, "reasons": sort([r | some r in deny])} if {
 	count(deny) > 0
 }
 
-default obligations := {}
+obligations := object.union(approval_obligation, scope_obligation)
 
-obligations := {"approval": {"required": true, "reason": concat("; ", sort([r | some r in approval_reasons]))}} if {
+default approval_obligation := {}
+
+approval_obligation := {"approval": {"required": true, "reason": concat("; ", sort([r | some r in approval_reasons]))}} if {
 	count(approval_reasons) > 0
+}
+
+# A narrower scope for the next link (see services.rego); absent when nothing narrows.
+default scope_obligation := {}
+
+scope_obligation := {"scope": narrowed_scope} if {
+	count(narrowed_scope) > 0
+	narrowed_scope != input.task.scope
 }
 
 # Fail closed on inputs that name nobody: every rule below assumes an actor and a target.

@@ -27,3 +27,39 @@ may_originate(agent, principal) if {
 }
 
 may_originate(agent, principal) if principal in data.originate[agent]
+
+# Least privilege per service: a service that lists the scopes it accepts
+# (data.services[name].scopes) receives only those of the task's scopes, whatever the agent
+# asked for; a task holding none of them may not call it.
+accepted_scopes := data.services[input.service.name].scopes if input.direction == "outbound"
+
+narrowed_scope := sort([s | some s in narrowed]) if accepted_scopes
+
+# The task's scopes the service accepts, and the accepted scopes a task's wildcard covers.
+narrowed contains scope if {
+	some scope in input.task.scope
+	some allowed in accepted_scopes
+	scope_covers(allowed, scope)
+}
+
+narrowed contains allowed if {
+	some allowed in accepted_scopes
+	some scope in input.task.scope
+	scope_covers(scope, allowed)
+}
+
+# Deputy's scope rule: same number of `:` segments, each `*` or equal.
+scope_covers(parent, child) if {
+	p := split(parent, ":")
+	c := split(child, ":")
+	count(p) == count(c)
+	every i, segment in p {
+		segment in {"*", c[i]}
+	}
+}
+
+deny contains msg if {
+	input.task
+	count(narrowed_scope) == 0
+	msg := sprintf("none of the task's scopes %v is accepted by %s (data.services[%q].scopes: %v)", [input.task.scope, target, target, accepted_scopes])
+}

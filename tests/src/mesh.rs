@@ -118,6 +118,12 @@ impl Mesh {
     /// Starts everything, with agent SVIDs living `agent_ttl`, and waits until both nodes are
     /// ready.
     pub fn start(agent_ttl: &str) -> Self {
+        Self::start_with(agent_ttl, None)
+    }
+
+    /// Starts everything with a `[policy]` section (TOML text, appended to the config) on each
+    /// node: `(node1, node2)`. Agents then start tasks as the policy allows, not by `originate`.
+    pub fn start_with(agent_ttl: &str, policy: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let uid = my_uid();
         let mut entries = format!(
@@ -157,7 +163,7 @@ impl Mesh {
             &node2_config,
             format!(
                 "{identity}[inbound]\nlisten = \"127.0.0.1:0\"\n{}{}\
-                 [[service]]\nname = \"carol\"\nspiffe_id = \"spiffe://example.org/agent/carol\"\naddress = \"{node1_inbound}\"\n",
+                 [[service]]\nname = \"carol\"\nspiffe_id = \"spiffe://example.org/agent/carol\"\naddress = \"{node1_inbound}\"\n{}",
                 agent(
                     "beta",
                     &format!(
@@ -169,21 +175,28 @@ impl Mesh {
                     &format!(
                         "upstream = \"http://{delta_addr}\"\noutbound = \"127.0.0.1:0\"\nuids = [{uid}]"
                     )
-                )
+                ),
+                policy.map_or("", |p| p.1),
             ),
         )
         .expect("node2 config");
         let node2 = Node::start(&node2_config);
         let node2_inbound = node2.inbound.clone().expect("node2 inbound");
 
+        // With a policy, starting tasks is the policy's decision.
+        let originate = if policy.is_some() {
+            ""
+        } else {
+            "originate = [\"user:*\"]"
+        };
         let node1_config = dir.path().join("node1.toml");
         std::fs::write(
             &node1_config,
             format!(
                 "{identity}[inbound]\nlisten = \"{node1_inbound}\"\n{}{}{}{}\
                  [[service]]\nname = \"beta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n\
-                 [[service]]\nname = \"delta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n",
-                agent("alpha", &format!("outbound = \"127.0.0.1:0\"\nuids = [{uid}]\noriginate = [\"user:*\"]")),
+                 [[service]]\nname = \"delta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n{}",
+                agent("alpha", &format!("outbound = \"127.0.0.1:0\"\nuids = [{uid}]\n{originate}")),
                 agent("gamma", &format!("outbound = \"127.0.0.1:0\"\nuids = [{}]", uid + 4242)),
                 agent(
                     "omega",
@@ -193,6 +206,7 @@ impl Mesh {
                     )
                 ),
                 agent("carol", &format!("upstream = \"http://{carol_addr}\"")),
+                policy.map_or("", |p| p.0),
             ),
         )
         .expect("node1 config");

@@ -8,6 +8,9 @@
 //!   every 100 ms.
 //! - `POST /upload`: reads the body as it streams and answers with its length, never holding it
 //!   whole.
+//! - `POST /mcp`: a toy MCP server: reads a whole JSON-RPC request and answers `tools/call`
+//!   with a text naming the tool it ran (and logs `mcp: ran TOOL`), anything else with an
+//!   empty result.
 //! - `GET /bytes?n=N`: streams N bytes in 64 KiB chunks (for throughput measurements).
 //! - `GET /relay?to=SERVICE&path=/p[&scope=a:b,c:d][&budget=N]` (with `--outbound`): continues
 //!   the task it was called for by calling `SERVICE` through its own deputyd, passing on the
@@ -87,6 +90,7 @@ async fn answer(agent: &Agent, request: Request<Incoming>) -> Result<Response<Bo
     let response = match (request.method().as_str(), path.as_str()) {
         ("GET", "/events") => events(query_number(&request, "count").unwrap_or(3)),
         ("POST", "/upload") => upload(request).await,
+        ("POST", "/mcp") => mcp(&agent.name, request).await,
         ("GET", "/bytes") => bytes(query_number(&request, "n").unwrap_or(0)),
         ("GET", "/relay") => relay(agent, &request).await,
         _ => whoami(&agent.name, &request),
@@ -243,6 +247,37 @@ fn bytes(total: u64) -> Response<Body> {
         header::HeaderValue::from_static("application/octet-stream"),
     );
     response
+}
+
+async fn mcp(name: &str, request: Request<Incoming>) -> Response<Body> {
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            eprintln!("mcp: the request body failed: {e}");
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({ "error": e.to_string() }),
+            );
+        }
+    };
+    let Ok(call) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"jsonrpc": "2.0", "id": null,
+                "error": {"code": -32700, "message": "parse error"}}),
+        );
+    };
+    let result = if call["method"] == "tools/call" {
+        let tool = call["params"]["name"].as_str().unwrap_or_default();
+        eprintln!("mcp: ran {tool}");
+        serde_json::json!({"content": [{"type": "text", "text": format!("{name} ran {tool}")}]})
+    } else {
+        serde_json::json!({})
+    };
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"jsonrpc": "2.0", "id": call["id"], "result": result}),
+    )
 }
 
 async fn upload(request: Request<Incoming>) -> Response<Body> {

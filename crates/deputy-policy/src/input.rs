@@ -147,7 +147,7 @@ pub struct RequestInfo {
 }
 
 /// An MCP JSON-RPC request, as read from the start of the body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mcp {
     /// The JSON-RPC method (`tools/call`, `resources/read`...).
@@ -255,29 +255,17 @@ pub fn query_params(query: Option<&str>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The MCP call in the first bytes of a JSON-RPC body, if they hold a whole request.
-///
-/// Only a complete JSON object within the peeked bytes counts; a body cut off by the peek
-/// bound yields `None`, and a policy that needs `mcp` must then deny.
-pub fn mcp_from_body(peeked: &[u8]) -> Option<Mcp> {
-    #[derive(Deserialize)]
-    struct Rpc {
-        jsonrpc: String,
-        method: String,
-        #[serde(default)]
-        params: Option<serde_json::Value>,
+/// The MCP call in a whole body (the data path reads it while the body streams, with
+/// [`crate::mcp::Inspector`]). `None` when the body is not a complete JSON-RPC call or is
+/// refused (duplicate members, a batch).
+pub fn mcp_from_body(body: &[u8]) -> Option<Mcp> {
+    let mut inspector = crate::mcp::Inspector::new();
+    inspector.feed(body).ok()?;
+    inspector.finish().ok()?;
+    match inspector.seen() {
+        crate::mcp::Seen::Call(mcp) => Some(mcp),
+        _ => None,
     }
-    let rpc: Rpc = serde_json::from_slice(peeked).ok()?;
-    if rpc.jsonrpc != "2.0" {
-        return None;
-    }
-    let tool = (rpc.method == "tools/call")
-        .then(|| rpc.params?.get("name")?.as_str().map(str::to_owned))
-        .flatten();
-    Some(Mcp {
-        method: rpc.method,
-        tool,
-    })
 }
 
 #[cfg(test)]

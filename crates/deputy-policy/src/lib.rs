@@ -8,6 +8,7 @@
 
 pub mod decision;
 pub mod input;
+pub mod mcp;
 pub mod rego;
 pub mod sources;
 
@@ -184,6 +185,11 @@ impl Policy {
     /// The revision serving now.
     pub fn revision(&self) -> String {
         self.engine().revision().to_owned()
+    }
+
+    /// The engine serving now (`rego` or `wasm`).
+    pub fn engine_kind(&self) -> &'static str {
+        self.engine().kind()
     }
 
     /// Why the last reload failed, if it did.

@@ -14,8 +14,12 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 
+/// Why a body stopped: the peer's stream failed, or deputyd cut it (a body the policy
+/// inspection refused after the decision).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A request or response body: streamed from the peer, or a problem document.
-pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body holding `bytes`.
 pub fn full(bytes: Bytes) -> Body {
@@ -26,7 +30,7 @@ pub fn full(bytes: Bytes) -> Body {
 
 /// A streamed body, passed on as it arrives.
 pub fn stream(incoming: hyper::body::Incoming) -> Body {
-    incoming.boxed_unsync()
+    incoming.map_err(Into::into).boxed_unsync()
 }
 
 /// A problem as an HTTP response with this body type.
@@ -84,12 +88,12 @@ impl Metered {
 
 impl HttpBody for Metered {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

@@ -89,6 +89,24 @@ pub struct ProxyConfig {
     pub timeouts: Timeouts,
     /// Delegation chains.
     pub delegation: Delegation,
+    /// The policy every call is decided by; `None`: any authenticated peer may call any local
+    /// agent, and agents start tasks per their `originate` patterns.
+    pub policy: Option<PolicyConfig>,
+}
+
+/// How the data path asks the policy.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// The serving policy (reloaded in place).
+    pub policy: std::sync::Arc<deputy_policy::Policy>,
+    /// Attributes of SPIFFE IDs (agents, peers, services), by SPIFFE ID.
+    pub attributes: std::collections::HashMap<String, deputy_policy::input::Attributes>,
+    /// The zone `time.weekday` and `time.hour` are given in.
+    pub time_zone: chrono_tz::Tz,
+    /// Most request body bytes held back to read an MCP call before deciding.
+    pub peek_bytes: usize,
+    /// Longest wait for those bytes; then the policy decides on what has arrived.
+    pub peek_wait: Duration,
 }
 
 /// How chains are verified and how many received chains are kept.

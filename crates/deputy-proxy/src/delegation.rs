@@ -13,13 +13,16 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use deputy_delegation::{ChainError, ExtendError, Grant, LinkSigner, SignError, extend, originate};
+use deputy_delegation::{
+    ChainError, ExtendError, Grant, LinkSigner, SignError, VerifiedChain, extend, originate,
+};
 use deputy_identity::TlsMaterial;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use spiffe::SpiffeId;
 
+use crate::authz::TaskFacts;
 use crate::config::{LocalAgent, Service};
-use crate::context::{ContextError, ContextStore};
+use crate::context::{Context, ContextError, ContextStore};
 use crate::inbound::{Inbound, InboundAgent};
 use crate::problem::ProblemKind;
 
@@ -72,6 +75,8 @@ pub(crate) struct OutboundCall<'a> {
     pub(crate) service: &'a Service,
     pub(crate) headers: &'a HeaderMap,
     pub(crate) now: SystemTime,
+    /// A policy decides which agents may start tasks (the `originate` patterns do not apply).
+    pub(crate) origination_by_policy: bool,
 }
 
 /// Links this agent signed recently, reused for identical calls so that the receiving deputyd
@@ -132,28 +137,121 @@ impl LinkCache {
     }
 }
 
-/// The chain to send with an outbound call: a new one when the agent starts a task
-/// (`Deputy-Principal`), the received one extended when it continues a task (`Deputy-Context`),
-/// none otherwise.
-pub(crate) fn outbound_chain(call: &OutboundCall<'_>) -> Result<Option<String>, Refusal> {
+/// What an outbound call does about tasks, worked out before the policy is asked and before
+/// anything is signed or spent.
+#[derive(Debug)]
+pub(crate) enum TaskPlan {
+    /// No task: the call carries no chain.
+    None,
+    /// The agent starts a task (`Deputy-Principal`).
+    Originate {
+        principal: String,
+        task: String,
+        /// The agent named the task (`Deputy-Task`): its link may be reused.
+        named: bool,
+        scopes: Vec<String>,
+        budget: Option<u64>,
+    },
+    /// The agent continues the task behind a `Deputy-Context` handle.
+    Continue {
+        handle: String,
+        context: Arc<Context>,
+        scopes: Option<Vec<String>>,
+        budget: Option<u64>,
+    },
+}
+
+impl TaskPlan {
+    /// The task as the policy sees it.
+    pub(crate) fn facts(&self) -> Option<TaskFacts> {
+        match self {
+            Self::None => None,
+            Self::Originate {
+                principal,
+                task,
+                scopes,
+                budget,
+                ..
+            } => Some(TaskFacts {
+                principal: principal.clone(),
+                id: task.clone(),
+                new: true,
+                scope: scopes.clone(),
+                budget_left: *budget,
+                chain: Vec::new(),
+            }),
+            Self::Continue {
+                context, scopes, ..
+            } => Some(TaskFacts {
+                principal: context.chain.principal().to_owned(),
+                id: context.chain.task().to_owned(),
+                new: false,
+                scope: scopes
+                    .clone()
+                    .unwrap_or_else(|| context.chain.last().scope.clone()),
+                budget_left: context.remaining(),
+                chain: crate::authz::chain_of(&context.chain.links),
+            }),
+        }
+    }
+}
+
+/// Works out the task of an outbound call: a new one when the agent names a principal
+/// (`Deputy-Principal`), the received one when it sends a handle (`Deputy-Context`), none
+/// otherwise. Nothing is signed or spent yet.
+pub(crate) fn plan(call: &OutboundCall<'_>) -> Result<TaskPlan, Refusal> {
     let OutboundCall {
         agent,
-        signers,
-        links,
-        material,
+        contexts,
         service,
         headers,
         now,
+        origination_by_policy,
         ..
     } = *call;
     let budget = requested_budget(headers)?;
     if let Some(handle) = header(headers, CONTEXT) {
-        return continue_task(call, handle, budget).map(Some);
+        if headers.contains_key("deputy-principal") {
+            return Err((
+                ProblemKind::BadRequest,
+                "a call either starts a task (Deputy-Principal) or continues one \
+                 (Deputy-Context), not both; drop one of the two headers"
+                    .into(),
+            ));
+        }
+        let context = contexts
+            .lookup(handle, &agent.name, unix(now))
+            .map_err(|e| {
+                if e == ContextError::NotYours {
+                    tracing::warn!(agent = %agent.name, service = %service.name,
+                        "refused a Deputy-Context issued to another agent (a stolen handle?)");
+                }
+                (ProblemKind::ContextRefused, e.to_string())
+            })?;
+        if let Some(task) = header(headers, "deputy-task")
+            && task != context.chain.task()
+        {
+            return Err((
+                ProblemKind::BadRequest,
+                format!(
+                    "Deputy-Task {task:?} is not the task of this context ({:?}); a context \
+                     continues its own task",
+                    context.chain.task()
+                ),
+            ));
+        }
+        return Ok(TaskPlan::Continue {
+            handle: handle.to_owned(),
+            context,
+            scopes: requested_scopes(headers),
+            budget,
+        });
     }
     let Some(principal) = header(headers, "deputy-principal") else {
-        return Ok(None);
+        return Ok(TaskPlan::None);
     };
-    if !agent.may_originate(principal) {
+    // With a policy, which agents may start tasks for whom is the policy's question.
+    if !origination_by_policy && !agent.may_originate(principal) {
         return Err((
             ProblemKind::OriginationRefused,
             format!(
@@ -169,8 +267,83 @@ pub(crate) fn outbound_chain(call: &OutboundCall<'_>) -> Result<Option<String>, 
             "a task needs scopes: send Deputy-Scope, such as `tickets:read, users:read`".into(),
         ));
     };
+    let named = header(headers, "deputy-task");
+    Ok(TaskPlan::Originate {
+        principal: principal.to_owned(),
+        task: named.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned),
+        named: named.is_some(),
+        scopes,
+        budget,
+    })
+}
+
+/// Signs what `plan` worked out: the chain to send with the call. `narrowed` is the policy's
+/// scope obligation, which must lie within what the agent asked for.
+pub(crate) fn sign(
+    call: &OutboundCall<'_>,
+    plan: TaskPlan,
+    narrowed: Option<Vec<String>>,
+) -> Result<Option<String>, Refusal> {
+    let requested = match &plan {
+        TaskPlan::None => return Ok(None),
+        TaskPlan::Originate { scopes, .. } => Some(scopes.as_slice()),
+        TaskPlan::Continue { scopes, .. } => scopes.as_deref(),
+    };
+    if let (Some(narrowed), Some(requested)) = (&narrowed, requested)
+        && let Some(wider) = deputy_delegation::scope::first_uncovered(requested, narrowed)
+    {
+        return Err((
+            ProblemKind::PolicyDenied,
+            format!(
+                "the policy's scope obligation {wider:?} is not within the requested scopes \
+                 {requested:?}; fix the policy's `scope`"
+            ),
+        ));
+    }
+    match plan {
+        TaskPlan::None => Ok(None),
+        TaskPlan::Originate {
+            principal,
+            task,
+            named,
+            scopes,
+            budget,
+        } => originate_task(
+            call,
+            &principal,
+            &task,
+            named,
+            narrowed.unwrap_or(scopes),
+            budget,
+        )
+        .map(Some),
+        TaskPlan::Continue {
+            handle,
+            context,
+            scopes,
+            budget,
+        } => continue_task(call, &handle, &context, narrowed.or(scopes), budget).map(Some),
+    }
+}
+
+fn originate_task(
+    call: &OutboundCall<'_>,
+    principal: &str,
+    task: &str,
+    named: bool,
+    scopes: Vec<String>,
+    budget: Option<u64>,
+) -> Result<String, Refusal> {
+    let OutboundCall {
+        signers,
+        links,
+        material,
+        service,
+        now,
+        ..
+    } = *call;
     // A named task may reuse its link; a generated one is new on every call anyway.
-    let reuse_key = header(headers, "deputy-task").map(|task| {
+    let reuse_key = named.then(|| {
         format!(
             "origin\n{}\n{}\n{principal}\n{task}\n{scopes:?}\n{budget:?}",
             material.serial, service.spiffe_id
@@ -180,11 +353,8 @@ pub(crate) fn outbound_chain(call: &OutboundCall<'_>) -> Result<Option<String>, 
         .as_deref()
         .and_then(|key| links.get(key, unix(now), None))
     {
-        return Ok(Some(header));
+        return Ok(header);
     }
-    let task = header(headers, "deputy-task")
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let signer = signer_of(signers, material)?;
     let grant = Grant {
         delegate: service.spiffe_id.clone(),
@@ -192,59 +362,31 @@ pub(crate) fn outbound_chain(call: &OutboundCall<'_>) -> Result<Option<String>, 
         budget_calls: budget,
         ttl: ORIGIN_TTL,
     };
-    let chain = originate(&signer, principal, &task, &grant, now).map_err(extension_refusal)?;
+    let chain = originate(&signer, principal, task, &grant, now).map_err(extension_refusal)?;
     if let Some(key) = reuse_key {
         links.put(key, &chain, unix(now));
     }
-    Ok(Some(chain))
+    Ok(chain)
 }
 
 /// Extends the chain behind `handle`: counts the call against the received link's budget and
-/// signs a link to the service, narrowing scope and budget as the agent asks.
+/// signs a link to the service, narrowing scope and budget as asked.
 fn continue_task(
     call: &OutboundCall<'_>,
     handle: &str,
+    context: &Context,
+    scopes: Option<Vec<String>>,
     budget: Option<u64>,
 ) -> Result<String, Refusal> {
     let OutboundCall {
         agent,
         signers,
         links,
-        contexts,
         material,
         service,
-        headers,
         now,
+        ..
     } = *call;
-    if headers.contains_key("deputy-principal") {
-        return Err((
-            ProblemKind::BadRequest,
-            "a call either starts a task (Deputy-Principal) or continues one (Deputy-Context), \
-             not both; drop one of the two headers"
-                .into(),
-        ));
-    }
-    let context = contexts
-        .lookup(handle, &agent.name, unix(now))
-        .map_err(|e| {
-            if e == ContextError::NotYours {
-                tracing::warn!(agent = %agent.name, service = %service.name,
-                    "refused a Deputy-Context issued to another agent (a stolen handle?)");
-            }
-            (ProblemKind::ContextRefused, e.to_string())
-        })?;
-    if let Some(task) = header(headers, "deputy-task")
-        && task != context.chain.task()
-    {
-        return Err((
-            ProblemKind::BadRequest,
-            format!(
-                "Deputy-Task {task:?} is not the task of this context ({:?}); a context \
-                 continues its own task",
-                context.chain.task()
-            ),
-        ));
-    }
     let signer = signer_of(signers, material)?;
     let remaining = context.spend().map_err(|limit| {
         (
@@ -257,7 +399,6 @@ fn continue_task(
             ),
         )
     })?;
-    let scopes = requested_scopes(headers);
     let reuse_key = format!(
         "extend\n{}\n{}\n{handle}\n{scopes:?}\n{budget:?}",
         material.serial, service.spiffe_id
@@ -325,16 +466,15 @@ fn extension_refusal(error: ExtendError) -> Refusal {
     (kind, error.to_string())
 }
 
-/// Verifies a peer's chain for `agent`, keeps it as a context, and returns the headers that
-/// state its facts to the agent (with the context's handle).
-pub(crate) fn inbound_facts(
+/// Verifies a peer's chain for `agent`: hop by hop, bound to the mTLS peer and the agent.
+pub(crate) fn verify_inbound(
     inbound: &Inbound,
     agent: &InboundAgent,
     chain: &str,
     peer: &SpiffeId,
     now: SystemTime,
-) -> Result<Vec<(HeaderName, HeaderValue)>, Refusal> {
-    let verified = inbound
+) -> Result<VerifiedChain, Refusal> {
+    inbound
         .chains
         .verify(
             chain,
@@ -350,7 +490,29 @@ pub(crate) fn inbound_facts(
                 ProblemKind::ChainRejected
             };
             (kind, format!("{e} [rule {}]", e.code()))
-        })?;
+        })
+}
+
+/// The task of a verified inbound chain, as the policy sees it.
+pub(crate) fn inbound_task(verified: &VerifiedChain) -> TaskFacts {
+    TaskFacts {
+        principal: verified.principal().to_owned(),
+        id: verified.task().to_owned(),
+        new: false,
+        scope: verified.last().scope.clone(),
+        budget_left: verified.last().budget.map(|b| b.calls),
+        chain: crate::authz::chain_of(&verified.links),
+    }
+}
+
+/// Keeps a verified chain as a context of `agent`, and returns the headers that state its facts
+/// to the agent (with the context's handle).
+pub(crate) fn inbound_facts(
+    inbound: &Inbound,
+    agent: &InboundAgent,
+    verified: VerifiedChain,
+    now: SystemTime,
+) -> Result<Vec<(HeaderName, HeaderValue)>, Refusal> {
     let mut facts = vec![
         ("deputy-principal", verified.principal().to_owned()),
         ("deputy-task", verified.task().to_owned()),

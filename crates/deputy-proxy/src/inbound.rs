@@ -20,14 +20,17 @@ use tokio_util::sync::CancellationToken;
 
 use deputy_identity::SvidVerifyError;
 
+use crate::authz;
 use crate::body::{AccessRecord, Body, Metered, problem_response, stream};
 use crate::config::Timeouts;
+use crate::delegation::Refusal;
 use crate::metrics;
 use crate::problem::{Problem, ProblemKind};
 use crate::routing::{
     DELEGATION, PEER_ID, strip_all_deputy_headers, strip_hop_by_hop, upstream_uri,
 };
 use crate::tls::{PeerCertError, UNRECOGNIZED_NAME_ALERT, peer_spiffe_id};
+use deputy_policy::Direction;
 
 /// A local agent as the inbound side sees it.
 #[derive(Debug, Clone)]
@@ -50,6 +53,8 @@ pub(crate) struct Inbound {
     pub(crate) chains: deputy_delegation::ChainVerifier,
     /// The node's contexts (shared with the outbound side).
     pub(crate) contexts: Arc<crate::context::ContextStore>,
+    /// The policy every inbound call is decided by, if one is configured.
+    pub(crate) policy: Option<crate::config::PolicyConfig>,
 }
 
 /// The answer to a client that speaks plain HTTP to the mTLS port.
@@ -206,45 +211,10 @@ async fn handle(
                 &request_id,
             )),
             Ok(uri) => {
-                *request.uri_mut() = uri;
-                *request.version_mut() = Version::HTTP_11;
-                let chain = request
-                    .headers()
-                    .get(DELEGATION)
-                    .map(|v| v.to_str().map(str::to_owned));
-                let headers = request.headers_mut();
-                strip_hop_by_hop(headers);
-                // Nothing a peer says about the call reaches the agent unverified.
-                strip_all_deputy_headers(headers);
-                headers.remove(header::HOST);
-                if let Ok(value) = HeaderValue::from_str(&peer.to_string()) {
-                    headers.insert(PEER_ID, value);
-                }
-                let facts = match chain {
-                    None => Ok(Vec::new()),
-                    Some(Err(_)) => Err((
-                        ProblemKind::ChainRejected,
-                        "the Deputy-Delegation header is not visible ASCII".to_owned(),
-                    )),
-                    Some(Ok(chain)) => crate::delegation::inbound_facts(
-                        inbound,
-                        agent,
-                        &chain,
-                        peer,
-                        std::time::SystemTime::now(),
-                    ),
-                };
-                match facts {
-                    Ok(facts) => {
-                        request
-                            .headers_mut()
-                            .extend(facts.into_iter().map(|(k, v)| (Some(k), v)));
-                        deliver(inbound, agent, request, &request_id).await
-                    }
-                    Err((kind, detail)) => {
-                        tracing::warn!(agent = %agent.name, %peer, %detail, "delegation chain refused");
-                        problem_response(&Problem::new(kind, detail, &request_id))
-                    }
+                let asked = std::mem::replace(request.uri_mut(), uri);
+                match admit(inbound, agent, peer, request, &asked, &request_id).await {
+                    Ok(request) => deliver(inbound, agent, request, &request_id).await,
+                    Err(problem) => problem_response(&problem),
                 }
             }
         },
@@ -264,6 +234,88 @@ async fn handle(
         request_bytes,
     };
     response.map(|body| record.log_at_end(body))
+}
+
+/// Everything between the handshake and the agent: the peer's chain verified, the policy asked,
+/// the verified facts (and a context handle) added for the agent. `asked` is the request target
+/// as the peer sent it.
+async fn admit(
+    inbound: &Inbound,
+    agent: &InboundAgent,
+    peer: &SpiffeId,
+    mut request: Request<Body>,
+    asked: &http::Uri,
+    request_id: &str,
+) -> Result<Request<Body>, Problem> {
+    *request.version_mut() = Version::HTTP_11;
+    let chain = request
+        .headers()
+        .get(DELEGATION)
+        .map(|v| v.to_str().map(str::to_owned));
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers);
+    // Nothing a peer says about the call reaches the agent unverified.
+    strip_all_deputy_headers(headers);
+    headers.remove(header::HOST);
+    if let Ok(value) = HeaderValue::from_str(&peer.to_string()) {
+        headers.insert(PEER_ID, value);
+    }
+    let now = std::time::SystemTime::now();
+    let refused = |(kind, detail): Refusal| {
+        tracing::warn!(agent = %agent.name, %peer, %detail, "delegation chain refused");
+        Problem::new(kind, detail, request_id)
+    };
+    let verified = match chain {
+        None => None,
+        Some(Err(_)) => {
+            return Err(refused((
+                ProblemKind::ChainRejected,
+                "the Deputy-Delegation header is not visible ASCII".to_owned(),
+            )));
+        }
+        Some(Ok(chain)) => Some(
+            crate::delegation::verify_inbound(inbound, agent, &chain, peer, now)
+                .map_err(refused)?,
+        ),
+    };
+    if let Some(policy) = &inbound.policy {
+        let (parts, body) = request.into_parts();
+        let (mcp, body) = authz::peek(policy, body)
+            .await
+            .map_err(|e| Problem::new(ProblemKind::BodyRefused, e, request_id))?;
+        let input = authz::input(
+            policy,
+            &authz::Parties {
+                direction: Direction::Inbound,
+                agent: (&agent.name, &agent.spiffe_id),
+                peer: Some(peer),
+                service: None,
+            },
+            verified.as_ref().map(crate::delegation::inbound_task),
+            authz::RequestFacts {
+                method: &parts.method,
+                uri: asked,
+                headers: &parts.headers,
+                mcp,
+            },
+            now,
+        );
+        let record = policy.policy.decide(&input);
+        if let Some(problem) = authz::refusal(&record, request_id) {
+            tracing::info!(agent = %agent.name, %peer, decision_id = %record.id,
+                "inbound call denied by policy");
+            return Err(problem);
+        }
+        request = Request::from_parts(parts, body);
+    }
+    if let Some(verified) = verified {
+        let facts =
+            crate::delegation::inbound_facts(inbound, agent, verified, now).map_err(refused)?;
+        request
+            .headers_mut()
+            .extend(facts.into_iter().map(|(k, v)| (Some(k), v)));
+    }
+    Ok(request)
 }
 
 async fn deliver(

@@ -12,6 +12,7 @@
 //! - [`problem`]: every refusal as RFC 9457 problem details.
 
 pub mod attest;
+mod authz;
 pub mod body;
 pub mod config;
 pub mod context;
@@ -35,7 +36,9 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Delegation, ListenAddr, LocalAgent, ProxyConfig, Service, Timeouts};
+pub use config::{
+    Delegation, ListenAddr, LocalAgent, PolicyConfig, ProxyConfig, Service, Timeouts,
+};
 
 /// Largest HTTP/2 frame between nodes: 64 KiB, so that a streamed chunk crosses as one frame
 /// rather than four of the 16 KiB default.
@@ -123,6 +126,7 @@ impl Proxy {
                 anchors: tls::Anchors::new(bundles.clone()),
                 chains: deputy_delegation::ChainVerifier::new(config.delegation.verify),
                 contexts: contexts.clone(),
+                policy: config.policy.clone(),
             });
             tasks.spawn(inbound::serve(inbound, listener, cancel.clone()));
         }
@@ -160,6 +164,7 @@ impl Proxy {
                 signers: Default::default(),
                 links: Default::default(),
                 contexts: contexts.clone(),
+                policy: config.policy.clone(),
             });
             tasks.spawn(outbound::serve(outbound, listener, cancel.clone()));
         }

@@ -13,15 +13,18 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::attest::{tcp_caller_uid, unix_caller_uid};
+use crate::authz;
 use crate::body::{AccessRecord, Body, Metered, problem_response, stream};
+use crate::config::PolicyConfig;
 use crate::config::{LocalAgent, Timeouts};
 use crate::context::ContextStore;
-use crate::delegation::OutboundCall;
+use crate::delegation::{self, OutboundCall};
 use crate::metrics;
 use crate::pool::Pool;
 use crate::problem::{Problem, ProblemKind};
 use crate::routing::{DELEGATION, Routes, strip_all_deputy_headers, strip_hop_by_hop};
 use crate::tls::Material;
+use deputy_policy::Direction;
 
 /// A bound outbound listener.
 #[derive(Debug)]
@@ -45,6 +48,8 @@ pub(crate) struct Outbound {
     pub(crate) links: crate::delegation::LinkCache,
     /// The node's contexts (shared with the inbound side).
     pub(crate) contexts: Arc<ContextStore>,
+    /// The policy every call of this agent is decided by, if one is configured.
+    pub(crate) policy: Option<PolicyConfig>,
 }
 
 /// Accepts callers until cancelled.
@@ -181,16 +186,33 @@ async fn forward(
             &service.name,
         );
     };
-    let chain = match crate::delegation::outbound_chain(&OutboundCall {
+    let headers = request.headers().clone();
+    let call = OutboundCall {
         agent: &outbound.agent,
         signers: &outbound.signers,
         links: &outbound.links,
         contexts: &outbound.contexts,
         material: &material,
         service: &service,
-        headers: request.headers(),
+        headers: &headers,
         now: std::time::SystemTime::now(),
-    }) {
+        origination_by_policy: outbound.policy.is_some(),
+    };
+    let plan = match delegation::plan(&call) {
+        Ok(plan) => plan,
+        Err((kind, detail)) => return refuse(kind, detail, &service.name),
+    };
+    let narrowed = match &outbound.policy {
+        None => None,
+        Some(policy) => match decide(policy, &call, &plan, request, request_id).await {
+            Ok((allowed, narrowed)) => {
+                request = allowed;
+                narrowed
+            }
+            Err(problem) => return (problem_response(&problem), service.name.clone()),
+        },
+    };
+    let chain = match delegation::sign(&call, plan, narrowed) {
         Ok(chain) => chain,
         Err((kind, detail)) => return refuse(kind, detail, &service.name),
     };
@@ -252,6 +274,43 @@ async fn forward(
             &service.name,
         ),
     }
+}
+
+/// Asks the policy whether this agent may make this call; returns the request to send (its body
+/// still streaming, inspected) and the policy's narrower scope for the next link, if any.
+async fn decide(
+    policy: &PolicyConfig,
+    call: &OutboundCall<'_>,
+    plan: &delegation::TaskPlan,
+    request: Request<Body>,
+    request_id: &str,
+) -> Result<(Request<Body>, Option<Vec<String>>), Problem> {
+    let (parts, body) = request.into_parts();
+    let (mcp, body) = authz::peek(policy, body)
+        .await
+        .map_err(|e| Problem::new(ProblemKind::BodyRefused, e, request_id))?;
+    let input = authz::input(
+        policy,
+        &authz::Parties {
+            direction: Direction::Outbound,
+            agent: (&call.agent.name, &call.agent.spiffe_id),
+            peer: None,
+            service: Some(call.service),
+        },
+        plan.facts(),
+        authz::RequestFacts {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            mcp,
+        },
+        call.now,
+    );
+    let record = policy.policy.decide(&input);
+    if let Some(problem) = authz::refusal(&record, request_id) {
+        return Err(problem);
+    }
+    Ok((Request::from_parts(parts, body), record.decision.scope))
 }
 
 /// The HTTP server of both listeners: HTTP/1.1 and HTTP/2, with a bound on how long a client may

@@ -48,6 +48,12 @@ pub enum ProblemKind {
     BudgetExhausted,
     /// The chain cannot be extended to this service (a cycle, for instance).
     ExtensionRefused,
+    /// The policy denied the call.
+    PolicyDenied,
+    /// The policy allows the call only once a human approves it.
+    ApprovalRequired,
+    /// The request body is refused (a JSON-RPC body Deputy cannot judge safely).
+    BodyRefused,
 }
 
 impl ProblemKind {
@@ -71,6 +77,9 @@ impl ProblemKind {
             Self::BudgetEscalation => "urn:deputy:problem:budget-escalation",
             Self::BudgetExhausted => "urn:deputy:problem:budget-exhausted",
             Self::ExtensionRefused => "urn:deputy:problem:extension-refused",
+            Self::PolicyDenied => "urn:deputy:problem:policy-denied",
+            Self::ApprovalRequired => "urn:deputy:problem:approval-required",
+            Self::BodyRefused => "urn:deputy:problem:body-refused",
         }
     }
 
@@ -94,6 +103,9 @@ impl ProblemKind {
             Self::BudgetEscalation => "Budget escalation",
             Self::BudgetExhausted => "Budget exhausted",
             Self::ExtensionRefused => "Delegation refused",
+            Self::PolicyDenied => "Denied by policy",
+            Self::ApprovalRequired => "Approval required",
+            Self::BodyRefused => "Request body refused",
         }
     }
 
@@ -101,14 +113,16 @@ impl ProblemKind {
     pub fn status(self) -> StatusCode {
         match self {
             Self::UnknownService => StatusCode::NOT_FOUND,
-            Self::MissingTarget | Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::MissingTarget | Self::BadRequest | Self::BodyRefused => StatusCode::BAD_REQUEST,
             Self::CallerNotAttested
             | Self::ChainRejected
             | Self::OriginationRefused
             | Self::ContextRefused
             | Self::ScopeEscalation
             | Self::BudgetEscalation
-            | Self::ExtensionRefused => StatusCode::FORBIDDEN,
+            | Self::ExtensionRefused
+            | Self::PolicyDenied
+            | Self::ApprovalRequired => StatusCode::FORBIDDEN,
             Self::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::ChainTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoIdentity => StatusCode::SERVICE_UNAVAILABLE,
@@ -134,6 +148,12 @@ pub struct Problem {
     pub detail: String,
     /// deputyd's id of the request.
     pub request_id: String,
+    /// The policy decision's id (in the decision log), when a policy refused the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<String>,
+    /// The policy's reasons, when a policy refused the call.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
     #[serde(skip)]
     kind: ProblemKind,
 }
@@ -147,8 +167,17 @@ impl Problem {
             status: kind.status().as_u16(),
             detail: detail.into(),
             request_id: request_id.to_owned(),
+            decision_id: None,
+            reasons: Vec::new(),
             kind,
         }
+    }
+
+    /// Names the policy decision behind the refusal, with its reasons.
+    pub fn with_decision(mut self, decision_id: &str, reasons: &[String]) -> Self {
+        self.decision_id = Some(decision_id.to_owned());
+        self.reasons = reasons.to_vec();
+        self
     }
 
     /// Its kind.

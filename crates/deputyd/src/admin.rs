@@ -23,6 +23,8 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// The trust domain, for `/status`.
     pub trust_domain: String,
+    /// The serving policy, if one is configured.
+    pub policy: Option<Arc<deputy_policy::Policy>>,
 }
 
 /// The admin routes.
@@ -77,6 +79,16 @@ struct StatusDocument {
     trust_domain: String,
     ready: bool,
     identities: Vec<deputy_identity::IdentityStatus>,
+    /// `null` when no policy is configured.
+    policy: Option<PolicyStatus>,
+}
+
+#[derive(Serialize)]
+struct PolicyStatus {
+    engine: &'static str,
+    revision: String,
+    /// Why the last reload failed (the previous revision keeps serving), if it did.
+    last_error: Option<String>,
 }
 
 async fn status(State(state): State<AdminState>) -> Json<StatusDocument> {
@@ -84,5 +96,10 @@ async fn status(State(state): State<AdminState>) -> Json<StatusDocument> {
         trust_domain: state.trust_domain.clone(),
         ready: state.identities.is_ready(),
         identities: state.identities.statuses(),
+        policy: state.policy.as_ref().map(|p| PolicyStatus {
+            engine: p.engine_kind(),
+            revision: p.revision(),
+            last_error: p.last_error(),
+        }),
     })
 }

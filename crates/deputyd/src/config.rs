@@ -28,6 +28,8 @@ use deputy_proxy::{Delegation, ListenAddr, LocalAgent, ProxyConfig, Service, Tim
 use serde::Deserialize;
 use spiffe::TrustDomain;
 
+use crate::policy_config::{PolicySettings, RawPolicy};
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -37,8 +39,10 @@ pub struct Config {
     pub identity: IdentityManagerConfig,
     /// The admin listener.
     pub admin_listen: SocketAddr,
-    /// The data path.
+    /// The data path (its policy is loaded by the daemon from `policy`).
     pub proxy: ProxyConfig,
+    /// The policy every call is decided by, if `[policy]` is set.
+    pub policy: Option<PolicySettings>,
 }
 
 /// A configuration that cannot be used.
@@ -85,6 +89,8 @@ struct RawConfig {
     timeouts: RawTimeouts,
     #[serde(default)]
     delegation: RawDelegation,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
     #[serde(default)]
     agent: Vec<RawAgent>,
     #[serde(default)]
@@ -436,6 +442,19 @@ impl RawConfig {
             ));
         }
 
+        let policy_set = self.policy.is_some();
+        let policy = self.policy.and_then(|p| p.validate(&mut problems));
+        if policy_set {
+            for agent in local.iter().filter(|a| !a.originate.is_empty()) {
+                problems.push(format!(
+                    "agent {}: `originate` does not apply when [policy] is set: which agents may \
+                     start tasks for whom is the policy's decision (data.originate in the shipped \
+                     policy); move the patterns there and remove `originate`",
+                    agent.name
+                ));
+            }
+        }
+
         match (trust_domain, admin_listen) {
             (Some(trust_domain), Some(admin_listen)) if problems.is_empty() => Ok(Config {
                 trust_domain,
@@ -465,7 +484,9 @@ impl RawConfig {
                         },
                         max_contexts: delegation.max_contexts,
                     },
+                    policy: None,
                 },
+                policy,
             }),
             _ => Err(problems),
         }

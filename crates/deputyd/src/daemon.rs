@@ -17,6 +17,7 @@ use crate::systemd;
 #[derive(Debug)]
 pub struct Daemon {
     identities: Arc<IdentityManager>,
+    policy: Option<Arc<deputy_policy::Policy>>,
     proxy: Option<deputy_proxy::Proxy>,
     admin_addr: SocketAddr,
     cancel: CancellationToken,
@@ -52,8 +53,32 @@ impl Daemon {
                 )
             })?;
         let admin_addr = listener.local_addr()?;
+        let mut proxy_config = config.proxy.clone();
+        let policy = match &config.policy {
+            None => {
+                tracing::warn!(
+                    "no [policy]: any authenticated peer may call any agent of this node; \
+                     configure [policy] to decide every call"
+                );
+                None
+            }
+            Some(settings) => {
+                let (policy, enforcement) = settings.load().with_context(|| {
+                    format!(
+                        "cannot load the policy in {}; deputyd does not start without a policy \
+                         it can enforce (check it with `deputy policy check --dir {}`)",
+                        settings.dir.display(),
+                        settings.dir.display()
+                    )
+                })?;
+                tracing::info!(dir = %settings.dir.display(), revision = %policy.revision(),
+                    "policy loaded");
+                proxy_config.policy = Some(enforcement);
+                Some((policy, settings.watch_interval))
+            }
+        };
         let identities = Arc::new(IdentityManager::start(config.identity.clone()));
-        let proxy = deputy_proxy::Proxy::start(config.proxy.clone(), &identities).await?;
+        let proxy = deputy_proxy::Proxy::start(proxy_config, &identities).await?;
         if let Some(inbound) = proxy.inbound_addr() {
             tracing::info!(%inbound, "inbound mTLS listener bound");
         }
@@ -67,6 +92,7 @@ impl Daemon {
             identities: identities.clone(),
             metrics,
             trust_domain: config.trust_domain.to_string(),
+            policy: policy.as_ref().map(|(p, _)| p.clone()),
         });
         let stop = cancel.clone();
         tasks.spawn(async move {
@@ -76,10 +102,15 @@ impl Daemon {
             }
         });
         tasks.spawn(report_to_systemd(identities.clone(), cancel.clone()));
+        if let Some((policy, interval)) = &policy {
+            let stop = cancel.clone();
+            tasks.spawn(policy.clone().watch(*interval, stop.cancelled_owned()));
+        }
 
         tracing::info!(admin = %admin_addr, agents = config.identity.agents.len(), "deputyd started");
         Ok(Self {
             identities,
+            policy: policy.map(|(p, _)| p),
             proxy: Some(proxy),
             admin_addr,
             cancel,
@@ -95,6 +126,15 @@ impl Daemon {
     /// The identity manager.
     pub fn identities(&self) -> &Arc<IdentityManager> {
         &self.identities
+    }
+
+    /// Loads the policy again (SIGHUP); a policy that fails to load is reported and the last
+    /// good one keeps serving.
+    pub fn reload_policy(&self) {
+        if let Some(policy) = &self.policy {
+            // Errors are logged and shown on /status by the policy itself.
+            let _ = policy.reload();
+        }
     }
 
     /// Stops serving and waits for the background tasks.
@@ -175,9 +215,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let daemon = Daemon::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot install the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("interrupt: stopping");
+                break;
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the policy");
+                daemon.reload_policy();
+            }
+        }
     }
     daemon.shutdown().await;
     Ok(())

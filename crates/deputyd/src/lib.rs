@@ -1,6 +1,7 @@
 //! deputyd, the per-node Deputy daemon.
 //!
-//! - [`config`]: the TOML config, validated in one step that reports every problem at once.
+//! - [`config`]: the TOML config, validated in one step that reports every problem at once;
+//!   [`policy_config`]: its `[policy]` section.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/status` on the admin listener.
 //! - [`systemd`]: READY=1, STATUS= and watchdog pings when run by systemd.
 //! - [`daemon`]: the wiring, and the orderly shutdown on SIGTERM.
@@ -8,6 +9,7 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod policy_config;
 pub mod systemd;
 
 pub use config::{Config, ConfigError};

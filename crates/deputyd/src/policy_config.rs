@@ -1,0 +1,224 @@
+//! The `[policy]` section: which policy decides every call, and what it knows about identities.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deputy_policy::input::Attributes;
+use deputy_policy::{Policy, PolicySource};
+use deputy_proxy::PolicyConfig;
+use serde::Deserialize;
+
+/// `[policy]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPolicy {
+    /// `rego` (the only engine in this build).
+    #[serde(default = "default_engine")]
+    engine: String,
+    /// The directory of `.rego` files and `data.json`.
+    dir: PathBuf,
+    /// IANA zone of `time.weekday` and `time.hour`.
+    #[serde(default = "default_zone")]
+    time_zone: String,
+    /// Longest one evaluation may run.
+    #[serde(default = "default_eval_timeout", with = "humantime_serde")]
+    eval_timeout: Duration,
+    /// How often the directory is checked for changes (SIGHUP reloads at once).
+    #[serde(default = "default_watch", with = "humantime_serde")]
+    watch_interval: Duration,
+    /// Most body bytes held back to read an MCP call.
+    #[serde(default = "default_peek_bytes")]
+    peek_bytes: usize,
+    /// Longest wait for them.
+    #[serde(default = "default_peek_wait", with = "humantime_serde")]
+    peek_wait: Duration,
+    /// Attributes by SPIFFE ID: `[policy.attributes."spiffe://example.org/agent/x"]`.
+    #[serde(default)]
+    attributes: HashMap<String, toml::Table>,
+}
+
+fn default_engine() -> String {
+    "rego".into()
+}
+fn default_zone() -> String {
+    "UTC".into()
+}
+fn default_eval_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_watch() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_peek_bytes() -> usize {
+    64 * 1024
+}
+fn default_peek_wait() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// A validated `[policy]`, loaded by the daemon when it starts.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    /// The policy directory.
+    pub dir: PathBuf,
+    /// The zone of `time` in the input.
+    pub time_zone: chrono_tz::Tz,
+    /// Longest one evaluation may run.
+    pub eval_timeout: Duration,
+    /// How often the directory is checked for changes.
+    pub watch_interval: Duration,
+    /// Most body bytes held back to read an MCP call.
+    pub peek_bytes: usize,
+    /// Longest wait for them.
+    pub peek_wait: Duration,
+    /// Attributes by SPIFFE ID.
+    pub attributes: HashMap<String, Attributes>,
+}
+
+impl RawPolicy {
+    /// Checks the section; problems are pushed, one line each.
+    pub(crate) fn validate(self, problems: &mut Vec<String>) -> Option<PolicySettings> {
+        let before = problems.len();
+        match self.engine.as_str() {
+            "rego" => {}
+            "wasm" => problems.push(
+                "policy.engine = \"wasm\" is not available in this build yet; use \
+                 engine = \"rego\" with the policy's .rego sources (the same policy decides the \
+                 same way: CI checks it against OPA's own engine)"
+                    .into(),
+            ),
+            other => problems.push(format!(
+                "policy.engine = {other:?} is unknown; use \"rego\""
+            )),
+        }
+        let time_zone = self
+            .time_zone
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| {
+                problems.push(format!(
+                    "policy.time_zone = {:?} is not an IANA time zone; write one such as \
+                     \"Europe/Paris\" or \"UTC\"",
+                    self.time_zone
+                ));
+            })
+            .ok();
+        if self.eval_timeout.is_zero() || self.eval_timeout > Duration::from_secs(5) {
+            problems.push(format!(
+                "policy.eval_timeout = {:?} must be above zero and at most 5s: every call waits \
+                 for its decision",
+                self.eval_timeout
+            ));
+        }
+        if self.watch_interval.is_zero() || self.peek_wait.is_zero() || self.peek_bytes == 0 {
+            problems
+                .push("policy.watch_interval, peek_wait and peek_bytes must be above zero".into());
+        }
+        let mut attributes = HashMap::new();
+        for (id, table) in self.attributes {
+            if let Err(e) = deputy_identity::spiffe_id::parse_spiffe_id(&id) {
+                problems.push(format!(
+                    "policy.attributes.{id:?}: not a SPIFFE ID ({e}); key attributes by the \
+                     SPIFFE ID they describe"
+                ));
+                continue;
+            }
+            match serde_json::to_value(&table) {
+                Ok(serde_json::Value::Object(map)) => {
+                    attributes.insert(id, map.into_iter().collect());
+                }
+                _ => problems.push(format!(
+                    "policy.attributes.{id:?}: values must be strings, numbers, booleans, \
+                     lists or tables"
+                )),
+            }
+        }
+        (problems.len() == before).then(|| PolicySettings {
+            dir: self.dir,
+            time_zone: time_zone.unwrap_or(chrono_tz::UTC),
+            eval_timeout: self.eval_timeout,
+            watch_interval: self.watch_interval,
+            peek_bytes: self.peek_bytes,
+            peek_wait: self.peek_wait,
+            attributes,
+        })
+    }
+}
+
+impl PolicySettings {
+    /// Loads the policy: deputyd does not start on a policy it cannot enforce.
+    pub fn load(&self) -> Result<(Arc<Policy>, PolicyConfig), deputy_policy::LoadError> {
+        deputy_policy::rego::set_time_limit(self.eval_timeout);
+        let policy = Arc::new(Policy::load(PolicySource::RegoDir(self.dir.clone()))?);
+        let config = PolicyConfig {
+            policy: policy.clone(),
+            attributes: self.attributes.clone(),
+            time_zone: self.time_zone,
+            peek_bytes: self.peek_bytes,
+            peek_wait: self.peek_wait,
+        };
+        Ok((policy, config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    const NODE: &str = r#"
+trust_domain = "example.org"
+[[agent]]
+name = "triage"
+spiffe_id = "spiffe://example.org/agent/triage"
+selectors = ["unix:uid:1001"]
+"#;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(text, "test.toml") {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_policy_section_loads_with_attributes_per_spiffe_id() {
+        let text = format!(
+            "{NODE}[policy]\ndir = \"/etc/deputy/policy\"\ntime_zone = \"Europe/Paris\"\n\
+             eval_timeout = \"20ms\"\n\
+             [policy.attributes.\"spiffe://example.org/agent/triage\"]\nteam = \"eu\"\n\
+             environment = \"prod\"\nlevel = 3\n"
+        );
+        let config = Config::parse(&text, "test.toml").expect("loads");
+        let policy = config.policy.expect("policy");
+        assert_eq!(policy.time_zone, chrono_tz::Europe::Paris);
+        assert_eq!(policy.eval_timeout, std::time::Duration::from_millis(20));
+        assert_eq!(policy.peek_bytes, 64 * 1024, "default");
+        let triage = &policy.attributes["spiffe://example.org/agent/triage"];
+        assert_eq!(triage["team"], "eu");
+        assert_eq!(triage["level"], 3);
+    }
+
+    #[test]
+    fn every_policy_problem_is_named() {
+        let text = format!(
+            "{NODE}originate = [\"user:*\"]\n[policy]\ndir = \"/p\"\nengine = \"opa\"\n\
+             time_zone = \"Mars/Olympus\"\neval_timeout = \"1m\"\n\
+             [policy.attributes.\"not-an-id\"]\nteam = \"eu\"\n"
+        );
+        let all = problems(&text).join("\n");
+        for expected in [
+            "policy.engine = \"opa\"",
+            "Mars/Olympus",
+            "eval_timeout",
+            "not-an-id",
+            "`originate` does not apply when [policy] is set",
+        ] {
+            assert!(all.contains(expected), "{expected:?} missing from:\n{all}");
+        }
+        let wasm = problems(&format!(
+            "{NODE}[policy]\ndir = \"/p\"\nengine = \"wasm\"\n"
+        ));
+        assert!(wasm[0].contains("not available in this build"), "{wasm:?}");
+    }
+}

@@ -1,0 +1,345 @@
+//! Policy at both ends of every call, in real processes: the shipped policy (its .rego files as
+//! shipped, with this mesh's data.json) decides outbound at the caller's deputyd and inbound at
+//! the callee's; denials carry the decision id and reasons; MCP calls are judged by tool while
+//! their bodies stream; a broken policy never replaces a good one.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use deputy_tests::client::{self, Protocol};
+use deputy_tests::mesh::Mesh;
+use http::{Method, StatusCode};
+
+const ALPHA: &str = "spiffe://example.org/agent/alpha";
+const BETA: &str = "spiffe://example.org/agent/beta";
+
+/// The shipped policy's modules with `data` beside them, in `dir/name`.
+fn policy_dir(dir: &Path, name: &str, data: &serde_json::Value) -> PathBuf {
+    let target = dir.join(name);
+    std::fs::create_dir_all(&target).expect("policy dir");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/authz");
+    for entry in std::fs::read_dir(&shipped).expect("shipped policy") {
+        let path = entry.expect("entry").path();
+        let file = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if file.ends_with(".rego") && !file.ends_with("_test.rego") {
+            std::fs::copy(&path, target.join(&file)).expect("copy");
+        }
+    }
+    std::fs::write(target.join("data.json"), data.to_string()).expect("data.json");
+    target
+}
+
+fn mesh_data(originate: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "services": {
+            "beta": {"callers": [ALPHA], "scopes": ["tickets:read", "tickets:write", "customers:read"]},
+            "carol": {"callers": [BETA]},
+        },
+        "originate": originate,
+        "limits": {"max_depth": 4, "max_depth_by_service": {}},
+        "business_hours": {
+            "days": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
+            "start": 0, "end": 24,
+        },
+        "customers": {"c-1001": {"team": "eu"}, "c-2002": {"team": "us"}},
+        "mcp": {"tools": {ALPHA: ["search_tickets"]}, "irreversible_tools": ["refund"]},
+    })
+}
+
+/// A mesh whose nodes enforce the shipped policy. node2 knows alpha as a support agent of team
+/// eu; node1 knows nothing about it (so only node2's inbound check applies support rules).
+fn policed_mesh() -> (Mesh, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node1 = policy_dir(
+        dir.path(),
+        "node1",
+        &mesh_data(serde_json::json!({"alpha": ["user:*"]})),
+    );
+    let node2 = policy_dir(dir.path(), "node2", &mesh_data(serde_json::json!({})));
+    let section = |dir: &Path, extra: &str| {
+        format!(
+            "[policy]\ndir = \"{}\"\ntime_zone = \"Europe/Paris\"\nwatch_interval = \"200ms\"\n{extra}",
+            dir.display()
+        )
+    };
+    let node1_policy = section(&node1, "");
+    let node2_policy = section(
+        &node2,
+        &format!("[policy.attributes.\"{ALPHA}\"]\nkind = \"support\"\nteam = \"eu\"\n"),
+    );
+    let mesh = Mesh::start_with("1h", Some((&node1_policy, &node2_policy)));
+    (mesh, dir, node1)
+}
+
+async fn call(
+    outbound: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (StatusCode, serde_json::Value) {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "beta");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(client::full(body.to_vec())).expect("request");
+    match client::send(outbound, Protocol::Http1, request).await {
+        Ok(response) => (response.status(), client::json(response).await),
+        // The connection was cut: what a caller sees when deputyd aborts a request stream.
+        Err(e) => (StatusCode::BAD_GATEWAY, serde_json::json!({"error": e})),
+    }
+}
+
+fn task(principal: &str) -> [(&'static str, String); 2] {
+    [
+        ("deputy-principal", principal.to_owned()),
+        ("deputy-scope", "tickets:read, users:read".to_owned()),
+    ]
+}
+
+fn with_task<'a>(task: &'a [(&'static str, String); 2]) -> Vec<(&'a str, &'a str)> {
+    task.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn assert_denied(status: StatusCode, body: &serde_json::Value, kind: &str, reason: &str) -> String {
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["type"], format!("urn:deputy:problem:{kind}"), "{body}");
+    let id = body["decision_id"]
+        .as_str()
+        .expect("a decision id")
+        .to_owned();
+    assert!(
+        body["detail"].as_str().expect("detail").contains(&id),
+        "{body}"
+    );
+    let reasons = body["reasons"].as_array().expect("reasons");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.as_str().is_some_and(|r| r.contains(reason))),
+        "expected a reason containing {reason:?}: {body}"
+    );
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_decides_both_ends_of_every_call() {
+    let (mesh, _dir, _) = policed_mesh();
+    let alpha = mesh.node1.outbound_of("alpha");
+
+    // Allowed at both ends; the policy narrows the task's scopes to what beta accepts.
+    let alice = task("user:alice@example.org");
+    let (status, body) = call(&alpha, Method::GET, "/", &with_task(&alice), b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["deputy_headers"]["deputy-scope"], "tickets:read",
+        "{body}"
+    );
+    assert_eq!(
+        body["deputy_headers"]["deputy-principal"],
+        "user:alice@example.org"
+    );
+
+    // Origination is the policy's question: alpha may start tasks for users only.
+    let batch = task("service:batch");
+    let (status, body) = call(&alpha, Method::GET, "/", &with_task(&batch), b"").await;
+    let denied = assert_denied(
+        status,
+        &body,
+        "policy-denied",
+        "may not start tasks for service:batch",
+    );
+    // The decision log has it, under the id the agent was given.
+    let node1_log = mesh.node1.process.output.text();
+    let line = node1_log
+        .lines()
+        .find(|l| l.contains(&denied))
+        .unwrap_or_else(|| panic!("decision {denied} is not in node1's log:\n{node1_log}"));
+    assert!(
+        line.contains("policy decision") && line.contains("allow=false"),
+        "{line}"
+    );
+
+    // Inbound: node1 lets alpha ask for another team's customer (it knows nothing of alpha's
+    // team); node2, where alpha is a support agent of team eu, refuses it.
+    let (status, body) = call(&alpha, Method::GET, "/customers/c-2002", &[], b"").await;
+    let denied = assert_denied(status, &body, "policy-denied", "belongs to team us");
+    assert!(mesh.node2.process.output.text().contains(&denied));
+    assert!(!mesh.node1.process.output.text().contains(&denied));
+    // Support agents read customers only within a task with read scopes.
+    let (status, body) = call(&alpha, Method::GET, "/customers/c-1001", &[], b"").await;
+    assert_denied(
+        status,
+        &body,
+        "policy-denied",
+        "within a task with read scopes",
+    );
+    let reader = [
+        ("deputy-principal", "user:alice@example.org"),
+        ("deputy-scope", "customers:read"),
+    ];
+    let (status, body) = call(&alpha, Method::GET, "/customers/c-1001", &reader, b"").await;
+    assert_eq!(status, StatusCode::OK, "own team's customer: {body}");
+
+    // An irreversible action needs approval, which is a refusal until approvals exist.
+    let (status, body) = call(&alpha, Method::DELETE, "/tickets/9", &[], b"").await;
+    assert_denied(
+        status,
+        &body,
+        "approval-required",
+        "DELETE /tickets/9 is irreversible",
+    );
+
+    // A credential the agent sends reaches neither the policy nor the log in clear.
+    let (status, _) = call(
+        &alpha,
+        Method::GET,
+        "/",
+        &[("authorization", "Bearer s3cret-token")],
+        b"",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for node in [&mesh.node1, &mesh.node2] {
+        assert!(!node.process.output.text().contains("s3cret-token"));
+    }
+
+    // beta continues alice's task to carol: beta's outbound and carol's inbound both decide.
+    let (status, body) = call(
+        &alpha,
+        Method::GET,
+        "/relay?to=carol&path=/tickets",
+        &with_task(&alice),
+        b"",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], 200, "{body}");
+    assert_eq!(body["response"]["caller"], BETA, "{body}");
+}
+
+fn rpc(tool: &str) -> Vec<u8> {
+    serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": tool, "arguments": {"q": "refunds"}}})
+    .to_string()
+    .into_bytes()
+}
+
+const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_calls_are_judged_by_tool_and_a_body_cannot_smuggle_another_call() {
+    let (mesh, _dir, _) = policed_mesh();
+    let alpha = mesh.node1.outbound_of("alpha");
+    let beta_log = &mesh
+        .agents
+        .iter()
+        .find(|a| a.0 == "beta")
+        .expect("beta")
+        .1
+        .output;
+
+    let (status, body) = call(&alpha, Method::POST, "/mcp", &JSON, &rpc("search_tickets")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["result"]["content"][0]["text"],
+        "beta ran search_tickets"
+    );
+
+    let (status, body) = call(&alpha, Method::POST, "/mcp", &JSON, &rpc("drop_database")).await;
+    assert_denied(status, &body, "policy-denied", "MCP tool drop_database");
+
+    // Two `method`s: parsers disagree on which counts, so neither is trusted.
+    let twice = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list","method":"tools/call","params":{"name":"drop_database"}}"#;
+    let (status, body) = call(&alpha, Method::POST, "/mcp", &JSON, twice).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["type"], "urn:deputy:problem:body-refused", "{body}");
+
+    // The call pushed past the peek bound by padding: decided without a method, and the stream
+    // is cut when the method shows up, so beta never receives a whole request.
+    let padded = format!(
+        r#"{{"jsonrpc":"2.0","id":3,"pad":"{}","method":"tools/call","params":{{"name":"drop_database"}}}}"#,
+        "x".repeat(200 * 1024)
+    );
+    let (status, body) = call(&alpha, Method::POST, "/mcp", &JSON, padded.as_bytes()).await;
+    assert_ne!(status, StatusCode::OK, "{body}");
+    let node1_log = mesh.node1.process.output.text();
+    assert!(
+        node1_log.contains("request body refused after the policy decision"),
+        "the stream was not cut: {body}\n{node1_log}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !beta_log.text().contains("ran drop_database"),
+        "{}",
+        beta_log.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_policy_keeps_the_last_good_one_serving() {
+    let (mesh, _dir, node1_policy) = policed_mesh();
+    let alpha = mesh.node1.outbound_of("alpha");
+    let status_of = || {
+        let (_, text) = deputy_tests::http_get(&mesh.node1.admin, "/status").expect("status");
+        serde_json::from_str::<serde_json::Value>(&text).expect("json")["policy"].clone()
+    };
+    let before = status_of();
+    assert_eq!(before["engine"], "rego");
+    assert!(before["last_error"].is_null(), "{before}");
+
+    std::fs::write(
+        node1_policy.join("broken.rego"),
+        "package deputy.authz\nimport rego.v1\ndecision := {\"allow\": true\n",
+    )
+    .expect("write");
+    mesh.node1.process.signal(nix::sys::signal::Signal::SIGHUP);
+    let failed = deputy_tests::eventually("the reload fails", Duration::from_secs(10), || {
+        let status = status_of();
+        status["last_error"].is_string().then_some(status)
+    });
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .expect("error")
+            .contains("broken.rego"),
+        "{failed}"
+    );
+    assert_eq!(
+        failed["revision"], before["revision"],
+        "the last good policy serves"
+    );
+    // ... and still decides as it did: allowed calls pass, denied ones stay denied.
+    let (status, _) = call(&alpha, Method::GET, "/", &[], b"").await;
+    assert_eq!(status, StatusCode::OK);
+    let batch = task("service:batch");
+    let (status, _) = call(&alpha, Method::GET, "/", &with_task(&batch), b"").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // A good change is picked up by the watcher without a signal.
+    std::fs::remove_file(node1_policy.join("broken.rego")).expect("remove");
+    let mut data = mesh_data(serde_json::json!({"alpha": ["user:*"]}));
+    data["services"]["beta"]["callers"] = serde_json::json!([]);
+    std::fs::write(node1_policy.join("data.json"), data.to_string()).expect("write");
+    let reloaded =
+        deputy_tests::eventually("the new policy serves", Duration::from_secs(10), || {
+            let status = status_of();
+            (status["revision"] != before["revision"] && status["last_error"].is_null())
+                .then_some(status)
+        });
+    assert!(
+        reloaded["revision"]
+            .as_str()
+            .expect("revision")
+            .starts_with("sha256:")
+    );
+    let (status, body) = call(&alpha, Method::GET, "/", &[], b"").await;
+    assert_denied(status, &body, "policy-denied", "may not call beta");
+}
