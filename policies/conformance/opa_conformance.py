@@ -8,8 +8,9 @@ package opa-golib-python-bindings) and by `deputy policy eval --inputs` (regorus
 disagreement in the entrypoint's raw value fails the run, and every case must also match its
 recorded expectation. The policy's own `test_*` rules run under OPA too.
 
-The wasm engine leg needs `opa build -t wasm`, so it runs only when an `opa` CLI is on PATH;
-otherwise it says it was skipped and why.
+The wasm engine leg needs `opa build -t wasm`, so it runs only when an `opa` CLI is on PATH
+(then every input is also decided by `deputy policy eval --bundle`); otherwise it says it was
+skipped and why.
 
 Usage: opa_conformance.py --deputy PATH/TO/deputy [--policy policies/authz] [--cases policies/cases]
 """
@@ -213,12 +214,12 @@ def variants(cases, random_count):
         yield f"{case['name']} / random #{n}", doc
 
 
-def regorus_decide(deputy: str, policy_dir: Path, documents):
+def regorus_decide(deputy: str, policy: Path, documents, flag="--dir"):
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as lines:
         for doc in documents:
             lines.write(json.dumps(doc) + "\n")
     try:
-        result = subprocess.run([deputy, "policy", "eval", "--dir", str(policy_dir),
+        result = subprocess.run([deputy, "policy", "eval", flag, str(policy),
                                  "--inputs", lines.name], capture_output=True, text=True)
     finally:
         os.unlink(lines.name)
@@ -246,14 +247,31 @@ def run_opa_tests(policy_dir: Path):
     return count, failures
 
 
-def wasm_leg():
-    if shutil.which("opa") is None:
+def wasm_leg(deputy: str, policy_dir: Path, named, opa):
+    """Compiles the policy with `opa build -t wasm` and decides every input with Deputy's wasm
+    engine; returns the disagreements with OPA's own engine."""
+    opa_cli = shutil.which("opa")
+    if opa_cli is None:
         print("wasm engine: SKIPPED: no `opa` CLI on PATH to compile the policy with "
               "`opa build -t wasm -e deputy/authz/decision` (it cannot be installed on this "
-              "machine); regorus and OPA's own engine were compared instead")
-        return
-    print("wasm engine: SKIPPED: an `opa` CLI is present, but Deputy's wasm engine is not "
-          "built yet (see docs/policy.md, Status)")
+              "machine); the wasm engine's own tests use modules that speak OPA's wasm ABI")
+        return []
+    with tempfile.TemporaryDirectory() as work:
+        sources = Path(work) / "policy"
+        shutil.copytree(policy_dir, sources,
+                        ignore=shutil.ignore_patterns("*_test.rego"))
+        bundle = Path(work) / "bundle.tar.gz"
+        built = subprocess.run([opa_cli, "build", "-t", "wasm", "-e", ENTRYPOINT, "-o",
+                                str(bundle), "."], cwd=sources, capture_output=True, text=True)
+        if built.returncode != 0:
+            sys.exit(f"error: opa build -t wasm failed:\n{built.stderr}")
+        ours = regorus_decide(deputy, bundle, [doc for _, doc in named], flag="--bundle")
+    disagreements = [(name, doc, theirs, mine)
+                     for (name, doc), theirs, mine in zip(named, opa, ours, strict=True)
+                     if theirs["error"] or mine["error"] or theirs["raw"] != mine["raw"]]
+    print(f"wasm engine: {len(named) - len(disagreements)} of {len(named)} inputs decided as "
+          f"OPA decides them")
+    return disagreements
 
 
 def main():
@@ -290,9 +308,6 @@ def main():
     allowed = sum(1 for r in opa if isinstance(r["raw"], dict) and r["raw"].get("allow") is True)
     print(f"decisions: {len(named)} inputs ({len(cases)} cases and their variants), "
           f"{allowed} allowed, {len(named) - allowed} denied, decided by OPA v1.20.2 and regorus")
-    for name, doc, theirs, mine in disagreements[:10]:
-        print(f"DISAGREE {name}\n  input: {json.dumps(doc)}\n  opa:     {json.dumps(theirs)}\n"
-              f"  regorus: {json.dumps(mine)}")
     for name, got, want in mismatched:
         print(f"CASE {name}: OPA decided {json.dumps(got)}, the case expects {json.dumps(want)}")
 
@@ -300,7 +315,10 @@ def main():
     print(f"rego tests under OPA: {tests - len(failed_tests)} of {tests} passed")
     for name in failed_tests:
         print(f"FAIL {name}")
-    wasm_leg()
+    disagreements += wasm_leg(args.deputy, policy_dir, named, opa)
+    for name, doc, theirs, mine in disagreements[:10]:
+        print(f"DISAGREE {name}\n  input: {json.dumps(doc)}\n  opa:     {json.dumps(theirs)}\n"
+              f"  deputy: {json.dumps(mine)}")
 
     if disagreements or mismatched or failed_tests or tests == 0:
         print(f"conformance FAILED: {len(disagreements)} disagreements, {len(mismatched)} cases "

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod mesh;
+pub mod opa_abi;
 pub mod tls_client;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};

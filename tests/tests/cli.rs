@@ -375,3 +375,74 @@ fn chain_inspect_shows_every_hop_and_names_the_broken_rule() {
     assert!(text.contains("prev does NOT match"), "{text}");
     assert!(text.contains("refused [broken_prev]"), "{text}");
 }
+
+#[test]
+fn policy_check_eval_and_test_work_on_the_shipped_policy() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let policy = root.join("policies/authz");
+    let deputy = || {
+        let mut command = Command::new(binary("deputy"));
+        command.arg("policy");
+        command
+    };
+    let (status, text) = run(deputy().arg("check").arg("--dir").arg(&policy));
+    assert!(status.success(), "{text}");
+    assert!(text.contains("entrypoint  deputy/authz/decision"), "{text}");
+    assert!(text.contains("module      main.rego"), "{text}");
+    assert!(
+        !text.contains("authz_test.rego"),
+        "tests are not served: {text}"
+    );
+
+    let (status, text) = run(deputy().arg("test").arg(&policy));
+    assert!(status.success(), "{text}");
+    assert!(text.contains(" passed, 0 failed"), "{text}");
+
+    // Exit 0 allowed, 2 denied, with the reasons printed.
+    let case = |name: &str| {
+        let text = std::fs::read_to_string(root.join(format!("policies/cases/{name}.json")))
+            .expect("case");
+        let case: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let path =
+            std::env::temp_dir().join(format!("deputy-cli-{name}-{}.json", std::process::id()));
+        std::fs::write(&path, case["input"].to_string()).expect("write");
+        path
+    };
+    let allowed = case("support-reads-own-team-customer");
+    let (status, text) = run(deputy()
+        .arg("eval")
+        .arg("--input")
+        .arg(&allowed)
+        .arg("--dir")
+        .arg(&policy));
+    assert_eq!(status.code(), Some(0), "{text}");
+    let denied = case("support-on-sunday");
+    let (status, text) = run(deputy()
+        .arg("eval")
+        .arg("--input")
+        .arg(&denied)
+        .arg("--dir")
+        .arg(&policy));
+    assert_eq!(status.code(), Some(2), "{text}");
+    assert!(text.contains("business hours"), "{text}");
+    for path in [allowed, denied] {
+        let _ = std::fs::remove_file(path);
+    }
+
+    // A bundle that is not there, or is not a bundle, is named with what to do.
+    let (status, text) = run(deputy()
+        .arg("check")
+        .arg("--bundle")
+        .arg(policy.join("main.rego")));
+    assert!(!status.success());
+    assert!(text.contains("not a gzip-compressed tar archive"), "{text}");
+    assert!(text.contains("opa build -t wasm"), "{text}");
+    let (status, text) = run(deputy()
+        .arg("check")
+        .arg("--dir")
+        .arg(&policy)
+        .arg("--bundle")
+        .arg("b.tar.gz"));
+    assert!(!status.success());
+    assert!(text.contains("cannot be used with"), "{text}");
+}

@@ -343,3 +343,29 @@ async fn a_broken_policy_keeps_the_last_good_one_serving() {
     let (status, body) = call(&alpha, Method::GET, "/", &[], b"").await;
     assert_denied(status, &body, "policy-denied", "may not call beta");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deputyd_enforces_a_compiled_wasm_bundle() {
+    use deputy_tests::opa_abi::{Answer, DECISION_ONLY, bundle, module};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A module that speaks OPA's wasm ABI and answers with its bundle's data.json: the data is
+    // the decision, so this shows the bundle's data reaching the engine inside deputyd.
+    let wasm = module(r#"{"sprintf":0}"#, DECISION_ONLY, Answer::Data);
+    let data = br#"{"allow": false, "reasons": ["the wasm bundle said no"]}"#;
+    let path = bundle(
+        dir.path(),
+        "bundle.tar.gz",
+        &[("/policy.wasm", &wasm), ("/data.json", data)],
+    );
+    let section = format!(
+        "[policy]\nengine = \"wasm\"\nbundle = \"{}\"\n",
+        path.display()
+    );
+    let mesh = Mesh::start_with("1h", Some((&section, &section)));
+    let alpha = mesh.node1.outbound_of("alpha");
+    let (status, body) = call(&alpha, Method::GET, "/", &[], b"").await;
+    assert_denied(status, &body, "policy-denied", "the wasm bundle said no");
+    let (_, text) = deputy_tests::http_get(&mesh.node1.admin, "/status").expect("status");
+    let status: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(status["policy"]["engine"], "wasm", "{status}");
+}

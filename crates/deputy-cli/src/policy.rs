@@ -5,7 +5,37 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use deputy_policy::rego::{RegoPolicy, run_tests};
-use deputy_policy::{Decision, Engine as _, PolicyInput};
+use deputy_policy::{Decision, Engine, PolicyInput, PolicySource, WasmPolicy};
+
+/// Which policy: Rego sources or a compiled wasm bundle, as deputyd's `[policy]` names them.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct Source {
+    /// A directory of .rego files and data.json (the `rego` engine).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// A bundle.tar.gz built by `opa build -t wasm -e deputy/authz/decision` (the `wasm` engine).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+}
+
+impl Source {
+    fn policy(&self) -> PolicySource {
+        match (&self.dir, &self.bundle) {
+            (_, Some(bundle)) => PolicySource::WasmBundle(bundle.clone()),
+            (Some(dir), None) => PolicySource::RegoDir(dir.clone()),
+            // clap requires exactly one of the two.
+            (None, None) => PolicySource::RegoDir(PathBuf::from(".")),
+        }
+    }
+
+    fn load(&self) -> anyhow::Result<std::sync::Arc<dyn Engine>> {
+        let source = self.policy();
+        source
+            .load_engine()
+            .with_context(|| format!("cannot load the policy ({source})"))
+    }
+}
 
 /// `deputy policy ...`
 #[derive(Debug, clap::Subcommand)]
@@ -21,9 +51,8 @@ pub(crate) enum PolicyCommand {
         /// A JSON Lines file of input documents, decided one by one.
         #[arg(long)]
         inputs: Option<PathBuf>,
-        /// A directory of .rego files and data.json (the `rego` engine).
-        #[arg(long)]
-        dir: PathBuf,
+        #[command(flatten)]
+        source: Source,
         /// Print the entrypoint's raw value too, as the engine returned it.
         #[arg(long)]
         raw: bool,
@@ -33,11 +62,11 @@ pub(crate) enum PolicyCommand {
         /// The directory.
         dir: PathBuf,
     },
-    /// Load a policy as deputyd would, and list its modules, entrypoint and revision.
+    /// Load a policy as deputyd would, and list its entrypoint, revision, and its modules
+    /// (Rego) or the builtins it imports (wasm); an unsupported builtin fails the check.
     Check {
-        /// A directory of .rego files and data.json.
-        #[arg(long)]
-        dir: PathBuf,
+        #[command(flatten)]
+        source: Source,
     },
 }
 
@@ -46,19 +75,19 @@ pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Eval {
             input: None,
             inputs: Some(inputs),
-            dir,
+            source,
             ..
-        } => eval_lines(&inputs, &dir),
+        } => eval_lines(&inputs, &source),
         PolicyCommand::Eval {
             input: Some(input),
-            dir,
+            source,
             raw,
             ..
         } => {
             let text = std::fs::read_to_string(&input)
                 .with_context(|| format!("cannot read {}", input.display()))?;
             let value = typed_input(&text).with_context(|| input.display().to_string())?;
-            let policy = RegoPolicy::load(&dir)?;
+            let policy = source.load()?;
             let result = policy.evaluate(&value);
             let decision = decide(&result);
             if raw {
@@ -68,7 +97,7 @@ pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             println!("{}", serde_json::to_string_pretty(&decision)?);
-            eprintln!("engine rego, revision {}", policy.revision());
+            eprintln!("engine {}, revision {}", policy.kind(), policy.revision());
             Ok(if decision.allow {
                 ExitCode::SUCCESS
             } else {
@@ -96,13 +125,28 @@ pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        PolicyCommand::Check { dir } => {
-            let policy = RegoPolicy::load(&dir)?;
-            println!("engine      rego");
+        PolicyCommand::Check { source } => {
+            let (kind, revision, parts) = match source.policy() {
+                PolicySource::RegoDir(dir) => {
+                    let policy = RegoPolicy::load(&dir).context("cannot load the policy")?;
+                    let modules = policy.modules().iter().map(|m| ("module", m.clone()));
+                    (
+                        "rego",
+                        policy.revision().to_owned(),
+                        modules.collect::<Vec<_>>(),
+                    )
+                }
+                PolicySource::WasmBundle(bundle) => {
+                    let policy = WasmPolicy::load(&bundle).context("cannot load the policy")?;
+                    let builtins = policy.builtins().iter().map(|b| ("builtin", b.clone()));
+                    ("wasm", policy.revision().to_owned(), builtins.collect())
+                }
+            };
+            println!("engine      {kind}");
             println!("entrypoint  {}", deputy_policy::ENTRYPOINT);
-            println!("revision    {}", policy.revision());
-            for module in policy.modules() {
-                println!("module      {module}");
+            println!("revision    {revision}");
+            for (what, name) in parts {
+                println!("{what:<12}{name}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -126,11 +170,11 @@ fn decide(result: &Result<Option<serde_json::Value>, deputy_policy::EvalError>) 
 
 /// `deputy policy eval --inputs FILE.jsonl`: one output line per input line, in order, with
 /// `raw` (the entrypoint's value, `null` when undefined), `error` and the enforced `decision`.
-fn eval_lines(path: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn eval_lines(path: &std::path::Path, source: &Source) -> anyhow::Result<ExitCode> {
     use std::io::Write as _;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let policy = RegoPolicy::load(dir)?;
+    let policy = source.load()?;
     let mut out = std::io::stdout().lock();
     for (number, line) in text
         .lines()
@@ -147,6 +191,6 @@ fn eval_lines(path: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<E
         });
         writeln!(out, "{line}")?;
     }
-    eprintln!("engine rego, revision {}", policy.revision());
+    eprintln!("engine {}, revision {}", policy.kind(), policy.revision());
     Ok(ExitCode::SUCCESS)
 }

@@ -3,14 +3,18 @@
 //! - [`input`]: the input document (version 1) a policy sees.
 //! - [`decision`]: the decision object, read strictly (anything malformed denies).
 //! - [`rego`]: the `rego` engine (regorus over `.rego` sources and `data.json`).
+//! - [`wasm`]: the `wasm` engine (opa-wasm over a [`bundle`] built by `opa build -t wasm`).
+//! - [`mcp`]: the MCP call read from a request body while it streams.
 //! - [`Policy`]: the serving policy: loads, reloads (keeping the last good one when a new one
 //!   fails), decides, and writes every decision to the decision log.
 
+pub mod bundle;
 pub mod decision;
 pub mod input;
 pub mod mcp;
 pub mod rego;
 pub mod sources;
+pub mod wasm;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -19,6 +23,13 @@ use std::time::{Duration, Instant};
 pub use decision::{Approval, Decision, ENTRYPOINT, ENTRYPOINT_REF};
 pub use input::{Direction, INPUT_VERSION, PolicyInput};
 pub use rego::RegoPolicy;
+pub use wasm::WasmPolicy;
+
+/// Sets how long one evaluation may run, on either engine; past it the call is denied.
+pub fn set_time_limit(limit: Duration) {
+    rego::set_time_limit(limit);
+    wasm::set_time_limit(limit);
+}
 
 /// Counter: decisions by `direction`, `engine` and `allow`.
 pub const DECISIONS: &str = "deputy_policy_decisions_total";
@@ -57,6 +68,14 @@ pub enum LoadError {
         /// The file.
         path: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// A bundle that cannot be used (corrupt, or without `policy.wasm`).
+    #[error("bundle {path}: {reason}")]
+    Bundle {
+        /// The bundle file.
+        path: String,
+        /// What is wrong, and how to rebuild it.
         reason: String,
     },
     /// A syntax or compile error (the message names file and line), or an unknown builtin.
@@ -100,18 +119,35 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
 pub enum PolicySource {
     /// A directory of `.rego` files and `data.json`, evaluated with regorus.
     RegoDir(PathBuf),
+    /// A `bundle.tar.gz` with `policy.wasm` and data, evaluated with opa-wasm.
+    WasmBundle(PathBuf),
+}
+
+impl std::fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::RegoDir(dir) => write!(f, "rego sources in {}", dir.display()),
+            Self::WasmBundle(path) => write!(f, "wasm bundle {}", path.display()),
+        }
+    }
 }
 
 impl PolicySource {
+    /// Loads it into an engine.
+    pub fn load_engine(&self) -> Result<Arc<dyn Engine>, LoadError> {
+        self.load()
+    }
+
     fn load(&self) -> Result<Arc<dyn Engine>, LoadError> {
         match self {
             Self::RegoDir(dir) => Ok(Arc::new(RegoPolicy::load(dir)?)),
+            Self::WasmBundle(path) => Ok(Arc::new(WasmPolicy::load(path)?)),
         }
     }
 
     fn watched(&self) -> &Path {
         match self {
-            Self::RegoDir(dir) => dir,
+            Self::RegoDir(dir) | Self::WasmBundle(dir) => dir,
         }
     }
 }

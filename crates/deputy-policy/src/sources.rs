@@ -134,6 +134,15 @@ pub(crate) type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>
 
 /// The fingerprint of `dir`: cheap to take every few seconds to notice a change.
 pub(crate) fn fingerprint(dir: &Path) -> Fingerprint {
+    if dir.is_file() {
+        // A bundle: the file itself.
+        let meta = std::fs::metadata(dir).ok();
+        return vec![(
+            dir.to_owned(),
+            meta.as_ref().map_or(0, std::fs::Metadata::len),
+            meta.and_then(|m| m.modified().ok()),
+        )];
+    }
     let mut files = Vec::new();
     let _ = collect(dir, &mut files);
     files.push(dir.join("data.json"));

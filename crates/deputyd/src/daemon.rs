@@ -65,14 +65,13 @@ impl Daemon {
             Some(settings) => {
                 let (policy, enforcement) = settings.load().with_context(|| {
                     format!(
-                        "cannot load the policy in {}; deputyd does not start without a policy \
-                         it can enforce (check it with `deputy policy check --dir {}`)",
-                        settings.dir.display(),
-                        settings.dir.display()
+                        "cannot load the policy ({}); deputyd does not start without a policy \
+                         it can enforce (check it with `deputy policy check`)",
+                        settings.source
                     )
                 })?;
-                tracing::info!(dir = %settings.dir.display(), revision = %policy.revision(),
-                    "policy loaded");
+                tracing::info!(source = %settings.source, engine = policy.engine_kind(),
+                    revision = %policy.revision(), "policy loaded");
                 proxy_config.policy = Some(enforcement);
                 Some((policy, settings.watch_interval))
             }

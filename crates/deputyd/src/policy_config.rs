@@ -14,11 +14,15 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPolicy {
-    /// `rego` (the only engine in this build).
+    /// `rego` (sources) or `wasm` (a compiled bundle).
     #[serde(default = "default_engine")]
     engine: String,
-    /// The directory of `.rego` files and `data.json`.
-    dir: PathBuf,
+    /// The directory of `.rego` files and `data.json` (engine `rego`).
+    #[serde(default)]
+    dir: Option<PathBuf>,
+    /// The `bundle.tar.gz` from `opa build -t wasm -e deputy/authz/decision` (engine `wasm`).
+    #[serde(default)]
+    bundle: Option<PathBuf>,
     /// IANA zone of `time.weekday` and `time.hour`.
     #[serde(default = "default_zone")]
     time_zone: String,
@@ -61,8 +65,8 @@ fn default_peek_wait() -> Duration {
 /// A validated `[policy]`, loaded by the daemon when it starts.
 #[derive(Debug, Clone)]
 pub struct PolicySettings {
-    /// The policy directory.
-    pub dir: PathBuf,
+    /// Where the policy comes from.
+    pub source: PolicySource,
     /// The zone of `time` in the input.
     pub time_zone: chrono_tz::Tz,
     /// Longest one evaluation may run.
@@ -81,18 +85,33 @@ impl RawPolicy {
     /// Checks the section; problems are pushed, one line each.
     pub(crate) fn validate(self, problems: &mut Vec<String>) -> Option<PolicySettings> {
         let before = problems.len();
-        match self.engine.as_str() {
-            "rego" => {}
-            "wasm" => problems.push(
-                "policy.engine = \"wasm\" is not available in this build yet; use \
-                 engine = \"rego\" with the policy's .rego sources (the same policy decides the \
-                 same way: CI checks it against OPA's own engine)"
-                    .into(),
-            ),
-            other => problems.push(format!(
-                "policy.engine = {other:?} is unknown; use \"rego\""
-            )),
-        }
+        let source = match (self.engine.as_str(), self.dir, self.bundle) {
+            ("rego", Some(dir), None) => Some(PolicySource::RegoDir(dir)),
+            ("wasm", None, Some(bundle)) => Some(PolicySource::WasmBundle(bundle)),
+            ("rego", _, _) => {
+                problems.push(
+                    "policy: engine \"rego\" reads a directory of .rego files: set `dir` (and \
+                     not `bundle`, which is for engine = \"wasm\")"
+                        .into(),
+                );
+                None
+            }
+            ("wasm", _, _) => {
+                problems.push(
+                    "policy: engine \"wasm\" reads a bundle built by `opa build -t wasm -e \
+                     deputy/authz/decision`: set `bundle` (and not `dir`, which is for \
+                     engine = \"rego\")"
+                        .into(),
+                );
+                None
+            }
+            (other, _, _) => {
+                problems.push(format!(
+                    "policy.engine = {other:?} is unknown; use \"rego\" or \"wasm\""
+                ));
+                None
+            }
+        };
         let time_zone = self
             .time_zone
             .parse::<chrono_tz::Tz>()
@@ -134,8 +153,9 @@ impl RawPolicy {
                 )),
             }
         }
+        let source = source?;
         (problems.len() == before).then(|| PolicySettings {
-            dir: self.dir,
+            source,
             time_zone: time_zone.unwrap_or(chrono_tz::UTC),
             eval_timeout: self.eval_timeout,
             watch_interval: self.watch_interval,
@@ -149,8 +169,8 @@ impl RawPolicy {
 impl PolicySettings {
     /// Loads the policy: deputyd does not start on a policy it cannot enforce.
     pub fn load(&self) -> Result<(Arc<Policy>, PolicyConfig), deputy_policy::LoadError> {
-        deputy_policy::rego::set_time_limit(self.eval_timeout);
-        let policy = Arc::new(Policy::load(PolicySource::RegoDir(self.dir.clone()))?);
+        deputy_policy::set_time_limit(self.eval_timeout);
+        let policy = Arc::new(Policy::load(self.source.clone())?);
         let config = PolicyConfig {
             policy: policy.clone(),
             attributes: self.attributes.clone(),
