@@ -322,6 +322,33 @@ fn deputy_dev_brings_up_a_two_node_mesh_that_carries_a_call() {
     );
     assert_eq!(facts["deputy-budget"], "3", "{answer}");
     assert!(facts["deputy-context"].is_string(), "{answer}");
+    // The mesh enforces the shipped policy: the printed DELETE is refused with a decision id.
+    dev.output
+        .wait_for("-X DELETE http://beta/tickets/9", Duration::from_secs(5));
+    let mut delete =
+        deputy_tests::client::get("beta", "/tickets/9", deputy_tests::client::Protocol::Http1);
+    *delete.method_mut() = http::Method::DELETE;
+    let (status, refusal) = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let response = deputy_tests::client::send(
+                &outbound,
+                deputy_tests::client::Protocol::Http1,
+                delete,
+            )
+            .await
+            .expect("call");
+            (
+                response.status(),
+                deputy_tests::client::json(response).await,
+            )
+        });
+    assert_eq!(status, http::StatusCode::FORBIDDEN, "{refusal}");
+    assert_eq!(
+        refusal["type"], "urn:deputy:problem:approval-required",
+        "{refusal}"
+    );
+    assert!(refusal["decision_id"].is_string(), "{refusal}");
     dev.signal(nix::sys::signal::Signal::SIGINT);
     assert!(dev.wait(Duration::from_secs(20)).success());
 }

@@ -1,13 +1,15 @@
 //! `deputy dev`: a local mesh on one machine, for trying Deputy and for developing against it.
 //!
 //! It starts real processes from this binary, in a temporary directory, and stays up until
-//! Ctrl-C: an embedded issuer, two deputyd nodes and two demo agents.
+//! Ctrl-C: an embedded issuer, two deputyd nodes and two demo agents. Both nodes enforce the
+//! shipped policy (`policies/authz`) with data naming the two agents, written to `DIR/policy`.
 //!
 //! ```text
 //! node1: admin base+0,  agent alpha outbound base+1, alpha serves on base+2,  inbound base+8
 //! node2: admin base+10, agent beta outbound base+11, beta serves on base+12, inbound base+18
 //! ```
 
+mod policy;
 mod process;
 
 use std::path::{Path, PathBuf};
@@ -77,6 +79,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let admin_socket = dir.join("admin.sock");
     let entries = dir.join("entries.toml");
     std::fs::write(&entries, entries_toml(uid))?;
+    let policy_dir = policy::write(&dir, TRUST_DOMAIN)
+        .with_context(|| format!("cannot write the dev policy under {}", dir.display()))?;
 
     let mut processes = Vec::new();
     let mut issuer = spawn(
@@ -127,7 +131,14 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         let config = dir.join(format!("{}.toml", plan.node));
         std::fs::write(
             &config,
-            node_toml(plan, &workload_socket, &admin_socket, base, uid),
+            node_toml(
+                plan,
+                &workload_socket,
+                &admin_socket,
+                &policy_dir,
+                base,
+                uid,
+            ),
         )?;
         let mut node = spawn(
             plan.node,
@@ -144,7 +155,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         processes.push(node);
     }
 
-    print_summary(&dir, &workload_socket, base, uid);
+    print_summary(&dir, &workload_socket, &policy_dir, base, uid);
 
     let exited = futures::future::select_all(
         processes
@@ -190,7 +201,14 @@ fn entries_toml(uid: u32) -> String {
     out
 }
 
-fn node_toml(plan: &NodePlan, workload: &Path, admin_socket: &Path, base: u16, uid: u32) -> String {
+fn node_toml(
+    plan: &NodePlan,
+    workload: &Path,
+    admin_socket: &Path,
+    policy: &Path,
+    base: u16,
+    uid: u32,
+) -> String {
     let port = |offset: u16| base + plan.offset + offset;
     let peer_inbound = base + (10 - plan.offset) + 8;
     let (agent, peer) = (plan.agent, plan.peer_agent);
@@ -200,9 +218,11 @@ fn node_toml(plan: &NodePlan, workload: &Path, admin_socket: &Path, base: u16, u
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[inbound]\nlisten = \"127.0.0.1:{inbound}\"\n\n\
          [[agent]]\nname = \"{agent}\"\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{agent}\"\n\
          selectors = [\"systemd:id:deputy-dev-{agent}.service\"]\noutbound = \"127.0.0.1:{outbound}\"\n\
-         upstream = \"http://127.0.0.1:{upstream}\"\nuids = [{uid}]\noriginate = [\"user:*\"]\n\n\
+         upstream = \"http://127.0.0.1:{upstream}\"\nuids = [{uid}]\n\n\
          [[service]]\nname = \"{peer}\"\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{peer}\"\n\
-         address = \"127.0.0.1:{peer_inbound}\"\n",
+         address = \"127.0.0.1:{peer_inbound}\"\n\n\
+         [policy]\ndir = \"{policy}\"\nwatch_interval = \"1s\"\n",
+        policy = policy.display(),
         workload = workload.display(),
         admin = admin_socket.display(),
         admin_port = port(0),
@@ -212,7 +232,7 @@ fn node_toml(plan: &NodePlan, workload: &Path, admin_socket: &Path, base: u16, u
     )
 }
 
-fn print_summary(dir: &Path, workload: &Path, base: u16, uid: u32) {
+fn print_summary(dir: &Path, workload: &Path, policy: &Path, base: u16, uid: u32) {
     println!("Deputy dev mesh is up (trust domain {TRUST_DOMAIN}). Ctrl-C stops it.\n");
     println!("  state and logs  {}", dir.display());
     println!(
@@ -247,6 +267,15 @@ fn print_summary(dir: &Path, workload: &Path, base: u16, uid: u32) {
     println!(
         "  curl -s -x http://127.0.0.1:{} -H 'Deputy-Principal: user:alice@example.org' \\\n    \
          -H 'Deputy-Scope: tickets:read' -H 'Deputy-Budget: 3' http://beta/tickets",
+        base + 1
+    );
+    println!(
+        "\nEvery call is decided by the policy in {} (edit data.json; both nodes reload it).",
+        policy.display()
+    );
+    println!("An irreversible action needs approval, so it is refused with the decision's id:");
+    println!(
+        "  curl -s -x http://127.0.0.1:{} -X DELETE http://beta/tickets/9",
         base + 1
     );
     println!("\nMore:");
