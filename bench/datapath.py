@@ -158,21 +158,59 @@ def setup(work, procs, deputy, deputyd):
     setups["haproxy pair"] = {"port": front, "pids": [h1.pid, h2.pid], "host": "beta"}
 
     # deputyd pair: alpha's outbound on node1 -> mTLS -> node2's inbound -> beta.
+    outbound, pids = deputyd_pair(work, procs, deputyd, backend, uid, "plain",
+                                  agent_extra='originate = ["user:*"]\n')
+    setups["deputyd pair"] = {"port": outbound, "pids": pids, "host": "beta"}
+    # The same pair carrying a delegation chain on every call. One task: alpha's deputyd reuses
+    # its link and node2 verifies it from cache. A new task per call: a link signed by node1 and
+    # verified cold by node2 on every request (the worst case).
+    task = ["Deputy-Principal: user:alice@example.org", "Deputy-Scope: tickets:read, users:read"]
+    setups["deputyd pair + chain (one task)"] = {"port": outbound, "pids": pids, "host": "beta",
+                                                  "headers": task + ["Deputy-Task: bench-task"], "chain": True}
+    setups["deputyd pair + chain (new task per call)"] = {"port": outbound, "pids": pids,
+                                                          "host": "beta", "headers": task, "chain": True}
+    # A second pair deciding every call with the shipped policy (its modules as shipped, data for
+    # alpha and beta), at both ends: the policy's cost per request.
+    policy = work / "policy"
+    policy.mkdir()
+    for module in (ROOT / "policies" / "authz").glob("*.rego"):
+        if not module.name.endswith("_test.rego"):
+            shutil.copy(module, policy / module.name)
+    (policy / "data.json").write_text(json.dumps({
+        "services": {"beta": {"callers": ["spiffe://example.org/agent/alpha"]}},
+        "originate": {"alpha": ["user:*"]},
+        "limits": {"max_depth": 8, "max_depth_by_service": {}},
+        "business_hours": {"days": [], "start": 0, "end": 0},
+        "customers": {}, "mcp": {"tools": {}, "irreversible_tools": []}}))
+    outbound, pids = deputyd_pair(work, procs, deputyd, backend, uid, "policy",
+                                  node_extra=f'[policy]\ndir = "{policy}"\n')
+    setups["deputyd pair + policy (rego, both ends)"] = {"port": outbound, "pids": pids, "host": "beta",
+                                                          "chain": True}
+    setups["deputyd pair + policy + chain (one task)"] = {
+        "port": outbound, "pids": pids, "host": "beta", "chain": True,
+        "headers": task + ["Deputy-Task: bench-task"]}
+    return setups
+
+
+def deputyd_pair(work, procs, deputyd, backend, uid, name, agent_extra="", node_extra=""):
+    """Starts node1 (alpha's outbound) and node2 (beta's inbound); returns alpha's outbound port
+    and both pids once a call goes through."""
     inbound, outbound = free_port(), free_port()
     identity = (f'trust_domain = "example.org"\n[identity]\nworkload_api = "unix://{work / "workload.sock"}"\n'
                 f'delegated_identity_api = "unix://{work / "admin.sock"}"\n[admin]\nlisten = "127.0.0.1:0"\n')
-    (work / "node2.toml").write_text(
+    (work / f"{name}-node2.toml").write_text(
         identity + f'[inbound]\nlisten = "127.0.0.1:{inbound}"\n[[agent]]\nname = "beta"\n'
         f'spiffe_id = "spiffe://example.org/agent/beta"\nselectors = ["systemd:id:beta.service"]\n'
-        f'upstream = "http://127.0.0.1:{backend}"\n')
-    (work / "node1.toml").write_text(
+        f'upstream = "http://127.0.0.1:{backend}"\n' + node_extra)
+    (work / f"{name}-node1.toml").write_text(
         identity + f'[[agent]]\nname = "alpha"\nspiffe_id = "spiffe://example.org/agent/alpha"\n'
         f'selectors = ["systemd:id:alpha.service"]\noutbound = "127.0.0.1:{outbound}"\nuids = [{uid}]\n'
-        'originate = ["user:*"]\n'
-        f'[[service]]\nname = "beta"\nspiffe_id = "spiffe://example.org/agent/beta"\naddress = "127.0.0.1:{inbound}"\n')
+        + agent_extra +
+        f'[[service]]\nname = "beta"\nspiffe_id = "spiffe://example.org/agent/beta"\naddress = "127.0.0.1:{inbound}"\n'
+        + node_extra)
     env = dict(os.environ, RUST_LOG="warn")
-    d2 = procs.start("node2", [deputyd, "--config", work / "node2.toml"], env=env)
-    d1 = procs.start("node1", [deputyd, "--config", work / "node1.toml"], env=env)
+    d2 = procs.start(f"{name}-node2", [deputyd, "--config", work / f"{name}-node2.toml"], env=env)
+    d1 = procs.start(f"{name}-node1", [deputyd, "--config", work / f"{name}-node1.toml"], env=env)
     wait_port(inbound)
     wait_port(outbound)
     # Ready when a call goes through (both SVIDs fetched).
@@ -186,16 +224,9 @@ def setup(work, procs, deputy, deputyd):
         except subprocess.CalledProcessError:
             pass
         time.sleep(0.2)
-    setups["deputyd pair"] = {"port": outbound, "pids": [d1.pid, d2.pid], "host": "beta"}
-    # The same pair carrying a delegation chain on every call. One task: alpha's deputyd reuses
-    # its link and node2 verifies it from cache. A new task per call: a link signed by node1 and
-    # verified cold by node2 on every request (the worst case).
-    task = ["Deputy-Principal: user:alice@example.org", "Deputy-Scope: tickets:read, users:read"]
-    setups["deputyd pair + chain (one task)"] = {"port": outbound, "pids": [d1.pid, d2.pid], "host": "beta",
-                                                  "headers": task + ["Deputy-Task: bench-task"], "chain": True}
-    setups["deputyd pair + chain (new task per call)"] = {"port": outbound, "pids": [d1.pid, d2.pid],
-                                                          "host": "beta", "headers": task, "chain": True}
-    return setups
+    else:
+        raise RuntimeError(f"the {name} deputyd pair never carried a call; see {work}")
+    return outbound, [d1.pid, d2.pid]
 
 
 def header_args(headers):

@@ -1,0 +1,84 @@
+//! Decisions per second, and p50/p99 latency, per engine, with a realistic input (a support
+//! agent reading its own team's customer inside a task: the case
+//! `policies/cases/support-reads-own-team-customer.json`, which runs every rule of the shipped
+//! policy).
+//!
+//! - `rego`: the shipped policy, as deputyd serves it (`Policy::decide`: input to JSON, size
+//!   check, evaluation, strict reading, decision log event and metrics).
+//! - `wasm`: the wasm engine's floor. No `opa` CLI exists here to compile the shipped policy,
+//!   so the module is the OPA-ABI stand-in that answers with its data (no policy logic): the
+//!   time is opa-wasm and wasmtime's per-evaluation cost (pooled instance, input written into
+//!   the module's memory, result set read back). A compiled policy adds its rules on top.
+//!
+//! Run: `cargo bench -p deputy-policy --bench decisions`
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group};
+use deputy_policy::{Policy, PolicyInput, PolicySource};
+use deputy_tests::opa_abi::{Answer, DECISION_ONLY, bundle, module};
+
+fn input() -> PolicyInput {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../policies/cases/support-reads-own-team-customer.json");
+    let case: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("case")).expect("json");
+    serde_json::from_value(case["input"].clone()).expect("input")
+}
+
+fn policies(dir: &Path) -> Vec<(&'static str, Policy)> {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/authz");
+    let rego = Policy::load(PolicySource::RegoDir(shipped)).expect("rego");
+    let wasm = module("{}", DECISION_ONLY, Answer::Data);
+    let data = br#"{"allow": true, "reasons": ["allowed: no rule denies this call"]}"#;
+    let path = bundle(dir, "b.tar.gz", &[("/policy.wasm", &wasm), ("/data.json", data)]);
+    let wasm = Policy::load(PolicySource::WasmBundle(path)).expect("wasm");
+    vec![("rego (shipped policy)", rego), ("wasm (ABI floor)", wasm)]
+}
+
+fn throughput(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = input();
+    let mut group = c.benchmark_group("decide");
+    for (name, policy) in policies(dir.path()) {
+        assert!(policy.decide(&input).decision.allow, "{name}");
+        group.bench_function(name, |b| b.iter(|| black_box(policy.decide(black_box(&input)))));
+    }
+    group.finish();
+}
+
+/// p50 and p99 over single decisions (Criterion reports means of batches).
+fn latency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = input();
+    for (name, policy) in policies(dir.path()) {
+        for _ in 0..2_000 {
+            black_box(policy.decide(&input));
+        }
+        let mut times: Vec<Duration> = (0..20_000)
+            .map(|_| {
+                let started = Instant::now();
+                black_box(policy.decide(black_box(&input)));
+                started.elapsed()
+            })
+            .collect();
+        times.sort_unstable();
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        println!(
+            "latency {name:<24} p50 {:>8.1} µs   p99 {:>8.1} µs   ({} decisions)",
+            at(0.50).as_secs_f64() * 1e6,
+            at(0.99).as_secs_f64() * 1e6,
+            times.len()
+        );
+    }
+}
+
+criterion_group!(benches, throughput);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    latency();
+}
