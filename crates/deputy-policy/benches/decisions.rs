@@ -33,7 +33,11 @@ fn policies(dir: &Path) -> Vec<(&'static str, Policy)> {
     let rego = Policy::load(PolicySource::RegoDir(shipped)).expect("rego");
     let wasm = module("{}", DECISION_ONLY, Answer::Data);
     let data = br#"{"allow": true, "reasons": ["allowed: no rule denies this call"]}"#;
-    let path = bundle(dir, "b.tar.gz", &[("/policy.wasm", &wasm), ("/data.json", data)]);
+    let path = bundle(
+        dir,
+        "b.tar.gz",
+        &[("/policy.wasm", &wasm), ("/data.json", data)],
+    );
     let wasm = Policy::load(PolicySource::WasmBundle(path)).expect("wasm");
     vec![("rego (shipped policy)", rego), ("wasm (ABI floor)", wasm)]
 }
@@ -44,7 +48,9 @@ fn throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("decide");
     for (name, policy) in policies(dir.path()) {
         assert!(policy.decide(&input).decision.allow, "{name}");
-        group.bench_function(name, |b| b.iter(|| black_box(policy.decide(black_box(&input)))));
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(policy.decide(black_box(&input))))
+        });
     }
     group.finish();
 }
