@@ -239,6 +239,15 @@ selectors = ["unix:uid:1001"]
         let wasm = problems(&format!(
             "{NODE}[policy]\ndir = \"/p\"\nengine = \"wasm\"\n"
         ));
-        assert!(wasm[0].contains("not available in this build"), "{wasm:?}");
+        assert!(wasm[0].contains("set `bundle`"), "{wasm:?}");
+        let config = Config::parse(
+            &format!("{NODE}[policy]\nengine = \"wasm\"\nbundle = \"/b.tar.gz\"\n"),
+            "test.toml",
+        )
+        .expect("a wasm bundle config loads");
+        assert_eq!(
+            config.policy.expect("policy").source,
+            deputy_policy::PolicySource::WasmBundle("/b.tar.gz".into())
+        );
     }
 }
