@@ -20,6 +20,30 @@ const MAX_DEPTH: usize = 128;
 /// Longest key or watched value captured, in bytes; anything longer cannot be a key we watch.
 const MAX_CAPTURE: usize = 512;
 
+/// How many first bytes tell a body's encoding (RFC 4627, section 3).
+const HEAD_BYTES: usize = 4;
+
+/// The encoding of JSON text in UTF-16 or UTF-32, told from its first bytes (with or without a
+/// byte-order mark); `None` for UTF-8 or anything that is not JSON.
+fn wide_json(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(&[0xFE, 0xFF]) || head.starts_with(&[0xFF, 0xFE]) {
+        return Some("UTF-16 or UTF-32 (a byte-order mark)");
+    }
+    if head.starts_with(&[0, 0, 0xFE, 0xFF]) {
+        return Some("UTF-32 (a byte-order mark)");
+    }
+    let json = |b: u8| matches!(b, b'{' | b'[' | b'"' | b' ' | b'\t' | b'\n' | b'\r');
+    match head {
+        [0, 0, 0, x, ..] if json(*x) => Some("UTF-32BE"),
+        [0, x, 0, y, ..] if json(*x) && json(*y) => Some("UTF-16BE"),
+        [x, 0, 0, 0, ..] if json(*x) => Some("UTF-32LE"),
+        [x, 0, y, 0, ..] if json(*x) && json(*y) => Some("UTF-16LE"),
+        [0, x] | [0, x, _] if json(*x) => Some("UTF-16BE"),
+        [x, 0] | [x, 0, _] if json(*x) => Some("UTF-16LE"),
+        _ => None,
+    }
+}
+
 /// Why a body is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -83,6 +107,9 @@ pub struct Inspector {
     /// What the decision was made on, once it was.
     decided: Option<Option<Mcp>>,
     refused: Option<BodyRefused>,
+    /// The first bytes, held until the body's encoding is known.
+    head: Vec<u8>,
+    head_done: bool,
 }
 
 impl Inspector {
@@ -97,12 +124,42 @@ impl Inspector {
             return Err(refused.clone());
         }
         for &byte in chunk {
-            if let Err(refused) = self.byte(byte) {
+            let fed = if self.head_done {
+                self.byte(byte)
+            } else {
+                self.head.push(byte);
+                if self.head.len() < HEAD_BYTES {
+                    continue;
+                }
+                self.release_head()
+            };
+            if let Err(refused) = fed {
                 self.refused = Some(refused.clone());
                 return Err(refused);
             }
         }
         Ok(())
+    }
+
+    /// Checks the first bytes' encoding, then parses them. JSON in UTF-16 or UTF-32 (or with
+    /// their byte-order marks) is refused: Deputy reads UTF-8, while some servers (Python's
+    /// `json.loads` of bytes, for one) detect and decode the other encodings, and would then
+    /// read a call Deputy never saw. A UTF-8 byte-order mark is skipped for the same reason.
+    fn release_head(&mut self) -> Result<(), BodyRefused> {
+        self.head_done = true;
+        let head = std::mem::take(&mut self.head);
+        if let Some(encoding) = wide_json(&head) {
+            return Err(BodyRefused(format!(
+                "the body looks like JSON in {encoding}; Deputy reads request bodies as UTF-8 \
+                 only, so send UTF-8 JSON"
+            )));
+        }
+        let start = if head.starts_with(&[0xEF, 0xBB, 0xBF]) {
+            3
+        } else {
+            0
+        };
+        head[start..].iter().try_for_each(|&b| self.byte(b))
     }
 
     /// What is known now.
@@ -134,6 +191,20 @@ impl Inspector {
     /// Fixes what is known now as what the decision is made on, and returns it as the policy's
     /// `mcp`. From here on, a JSON-RPC member that would change it is a refusal.
     pub fn decide(&mut self) -> Option<Mcp> {
+        if !self.head_done {
+            // Fewer than four bytes came before the bound: their encoding cannot be told, so a
+            // zero byte among them is refused like wide JSON.
+            let early = if self.head.contains(&0) {
+                Err(BodyRefused(
+                    "the body's first bytes came too slowly to tell their encoding".into(),
+                ))
+            } else {
+                self.release_head()
+            };
+            if let Err(refused) = early {
+                self.refused = Some(refused);
+            }
+        }
         let mcp = match self.seen() {
             Seen::Call(mcp) => Some(mcp),
             // The bound came first: a `tools/call` whose tool was not reached is shown without
@@ -148,6 +219,11 @@ impl Inspector {
     /// The body has ended. A JSON-RPC body that ends inside its object is refused: it is not
     /// what was decided on, and no server could act on it.
     pub fn finish(&mut self) -> Result<(), BodyRefused> {
+        if !self.head_done
+            && let Err(refused) = self.release_head()
+        {
+            self.refused = Some(refused);
+        }
         if let Some(refused) = &self.refused {
             return Err(refused.clone());
         }
@@ -160,6 +236,15 @@ impl Inspector {
     }
 
     fn byte(&mut self, byte: u8) -> Result<(), BodyRefused> {
+        if byte < 0x20
+            && !matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
+            && matches!(self.first, Some(b'{' | b'['))
+            && !self.done
+        {
+            return Err(BodyRefused(format!(
+                "the JSON body holds the control byte 0x{byte:02x}; send UTF-8 JSON"
+            )));
+        }
         if self.in_string {
             return self.string_byte(byte);
         }
@@ -474,6 +559,36 @@ mod tests {
         inspector
             .finish()
             .expect("not JSON-RPC: the server judges it");
+    }
+
+    #[test]
+    fn json_in_other_encodings_is_refused_and_a_utf8_bom_is_read_through() {
+        let text = r#"{"method":"tools/call","params":{"name":"drop_database"}}"#;
+        let utf16le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let utf16be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
+        let utf32be: Vec<u8> = text
+            .chars()
+            .flat_map(|c| u32::from(c).to_be_bytes())
+            .collect();
+        for body in [utf16le, utf16be, utf32be] {
+            let mut inspector = Inspector::new();
+            assert!(inspector.feed(&body).is_err(), "{body:02x?}");
+        }
+        let mut bom = vec![0xEF, 0xBB, 0xBF];
+        bom.extend_from_slice(text.as_bytes());
+        assert_eq!(fed(&bom).seen(), call("tools/call", Some("drop_database")));
+        // A control byte inside JSON is not JSON a strict parser accepts.
+        let mut inspector = Inspector::new();
+        assert!(inspector.feed(b"{\"method\":\"tools/\x00call\"}").is_err());
+        // Binary bodies (a gRPC frame starts with a zero byte) are not JSON and pass.
+        assert_eq!(fed(&[0, 0, 0, 0, 0x1a, 1, 2]).seen(), Seen::NotJsonRpc);
+        // Too short to tell at the decision: a zero byte is refused, anything else is read.
+        let mut inspector = fed(&[0]);
+        inspector.decide();
+        assert!(inspector.finish().is_err());
+        let mut inspector = fed(b"{");
+        assert_eq!(inspector.decide(), None);
+        assert!(inspector.feed(br#""method":"x"}"#).is_err(), "late method");
     }
 
     #[test]

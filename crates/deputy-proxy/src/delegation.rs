@@ -73,7 +73,6 @@ pub(crate) struct OutboundCall<'a> {
     pub(crate) contexts: &'a ContextStore,
     pub(crate) material: &'a TlsMaterial,
     pub(crate) service: &'a Service,
-    pub(crate) headers: &'a HeaderMap,
     pub(crate) now: SystemTime,
     /// A policy decides which agents may start tasks (the `originate` patterns do not apply).
     pub(crate) origination_by_policy: bool,
@@ -199,12 +198,11 @@ impl TaskPlan {
 /// Works out the task of an outbound call: a new one when the agent names a principal
 /// (`Deputy-Principal`), the received one when it sends a handle (`Deputy-Context`), none
 /// otherwise. Nothing is signed or spent yet.
-pub(crate) fn plan(call: &OutboundCall<'_>) -> Result<TaskPlan, Refusal> {
+pub(crate) fn plan(call: &OutboundCall<'_>, headers: &HeaderMap) -> Result<TaskPlan, Refusal> {
     let OutboundCall {
         agent,
         contexts,
         service,
-        headers,
         now,
         origination_by_policy,
         ..

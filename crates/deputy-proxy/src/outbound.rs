@@ -186,7 +186,6 @@ async fn forward(
             &service.name,
         );
     };
-    let headers = request.headers().clone();
     let call = OutboundCall {
         agent: &outbound.agent,
         signers: &outbound.signers,
@@ -194,11 +193,10 @@ async fn forward(
         contexts: &outbound.contexts,
         material: &material,
         service: &service,
-        headers: &headers,
         now: std::time::SystemTime::now(),
         origination_by_policy: outbound.policy.is_some(),
     };
-    let plan = match delegation::plan(&call) {
+    let plan = match delegation::plan(&call, request.headers()) {
         Ok(plan) => plan,
         Err((kind, detail)) => return refuse(kind, detail, &service.name),
     };
