@@ -188,6 +188,17 @@ async fn the_policy_decides_both_ends_of_every_call() {
     let (status, body) = call(&alpha, Method::GET, "/customers/c-1001", &reader, b"").await;
     assert_eq!(status, StatusCode::OK, "own team's customer: {body}");
 
+    // A path the service would decode to another one is refused before the policy judges it.
+    let (status, body) = call(&alpha, Method::POST, "/%70ayments/refund", &[], b"").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("canonical"),
+        "{body}"
+    );
+
     // An irreversible action needs approval, which is a refusal until approvals exist.
     let (status, body) = call(&alpha, Method::DELETE, "/tickets/9", &[], b"").await;
     assert_denied(
@@ -259,6 +270,12 @@ async fn mcp_calls_are_judged_by_tool_and_a_body_cannot_smuggle_another_call() {
     // Two `method`s: parsers disagree on which counts, so neither is trusted.
     let twice = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list","method":"tools/call","params":{"name":"drop_database"}}"#;
     let (status, body) = call(&alpha, Method::POST, "/mcp", &JSON, twice).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["type"], "urn:deputy:problem:body-refused", "{body}");
+
+    // A compressed JSON body cannot be read for the policy, so it is refused, not waved through.
+    let gzipped = [JSON[0], ("content-encoding", "gzip")];
+    let (status, body) = call(&alpha, Method::POST, "/mcp", &gzipped, b"\x1f\x8b\x08\x00").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["type"], "urn:deputy:problem:body-refused", "{body}");
 

@@ -14,6 +14,8 @@ use crate::LoadError;
 const MAX_BUNDLE_BYTES: u64 = 64 * 1024 * 1024;
 /// Largest total of the files inside a bundle (uncompressed): a gzip bomb stops here.
 const MAX_UNPACKED_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest data document in a bundle (as for the `rego` engine's data.json).
+const MAX_DATA_BYTES: u64 = 16 * 1024 * 1024;
 /// Most entries read from a bundle.
 const MAX_ENTRIES: usize = 10_000;
 
@@ -69,7 +71,9 @@ pub fn read(path: &Path) -> Result<Bundle, LoadError> {
         ));
     }
     let gz = flate2::read::GzDecoder::new(&bytes[..]);
-    let mut archive = tar::Archive::new(gz.take(MAX_UNPACKED_BYTES));
+    // One byte over the bound is read to notice the bound: an archive cut there would otherwise
+    // look complete, with its later data documents silently missing.
+    let mut archive = tar::Archive::new(gz.take(MAX_UNPACKED_BYTES + 1));
     let mut wasm = None;
     let mut data = serde_json::Value::Object(Default::default());
     let entries = archive
@@ -91,13 +95,23 @@ pub fn read(path: &Path) -> Result<Bundle, LoadError> {
             .trim_start_matches("./")
             .trim_start_matches('/')
             .to_owned();
+        let is_data = name == "data.json" || name.ends_with("/data.json");
+        if is_data && entry.size() > MAX_DATA_BYTES {
+            return Err(corrupt(
+                path,
+                format!(
+                    "{name} is {} bytes, more than the {MAX_DATA_BYTES} allowed",
+                    entry.size()
+                ),
+            ));
+        }
         let mut content = Vec::new();
         entry
             .read_to_end(&mut content)
             .map_err(|e| corrupt(path, format!("{name} cannot be read ({e})")))?;
         if name == "policy.wasm" {
             wasm = Some(content);
-        } else if name == "data.json" || name.ends_with("/data.json") {
+        } else if is_data {
             let document: serde_json::Value = serde_json::from_slice(&content)
                 .map_err(|e| corrupt(path, format!("{name} is not JSON ({e})")))?;
             let at: Vec<&str> = name
@@ -108,6 +122,12 @@ pub fn read(path: &Path) -> Result<Bundle, LoadError> {
             merge_at(&mut data, &at, document)
                 .map_err(|reason| corrupt(path, format!("{name}: {reason}")))?;
         }
+    }
+    if archive.into_inner().limit() == 0 {
+        return Err(corrupt(
+            path,
+            format!("it unpacks to more than {MAX_UNPACKED_BYTES} bytes"),
+        ));
     }
     let wasm = wasm.ok_or_else(|| LoadError::Bundle {
         path: path.display().to_string(),

@@ -285,7 +285,9 @@ impl Policy {
                 != *self.loaded_from.lock().unwrap_or_else(|p| p.into_inner());
             if changed {
                 // A failed reload is logged and kept for /status; the last good policy serves.
-                let _ = self.reload();
+                // Loading compiles (and, for wasm, runs module code): not on an async worker.
+                let policy = self.clone();
+                let _ = tokio::task::spawn_blocking(move || policy.reload()).await;
             }
         }
     }

@@ -20,6 +20,47 @@ const MAX_DEPTH: usize = 128;
 /// Longest key or watched value captured, in bytes; anything longer cannot be a key we watch.
 const MAX_CAPTURE: usize = 512;
 
+/// The JSON-RPC member a key is read as by a server matching keys without regard to case (with
+/// the Unicode folds `ſ` = `s` and `K` = `k`, as Go's encoding/json does), when it is not that
+/// member exactly.
+fn folds_to_member(key: &str) -> Option<&'static str> {
+    let folded: String = key
+        .chars()
+        .map(|c| match c {
+            '\u{17F}' => 's',
+            '\u{212A}' => 'k',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    ["jsonrpc", "method", "params", "name", "id"]
+        .into_iter()
+        .find(|member| folded == *member && key != *member)
+}
+
+/// Bytes that may stand outside strings in strict JSON: structure, whitespace, numbers and the
+/// letters of `true`, `false` and `null`. Anything else (an unquoted key, a single quote, a
+/// comment, `NaN`) is a lenient parser's JSON, which could read a call Deputy did not.
+fn strict_outside_strings(byte: u8) -> bool {
+    matches!(
+        byte,
+        b'{' | b'}' | b'[' | b']' | b':' | b',' | b'"' | b' ' | b'\t' | b'\n' | b'\r' | b'0'
+            ..=b'9'
+                | b'-'
+                | b'+'
+                | b'.'
+                | b'e'
+                | b'E'
+                | b't'
+                | b'r'
+                | b'u'
+                | b'f'
+                | b'a'
+                | b'l'
+                | b's'
+                | b'n'
+    )
+}
+
 /// How many first bytes tell a body's encoding (RFC 4627, section 3).
 const HEAD_BYTES: usize = 4;
 
@@ -193,8 +234,8 @@ impl Inspector {
     pub fn decide(&mut self) -> Option<Mcp> {
         if !self.head_done {
             // Fewer than four bytes came before the bound: their encoding cannot be told, so a
-            // zero byte among them is refused like wide JSON.
-            let early = if self.head.contains(&0) {
+            // zero or non-ASCII byte among them (a split byte-order mark) is refused.
+            let early = if self.head.iter().any(|&b| b == 0 || !b.is_ascii()) {
                 Err(BodyRefused(
                     "the body's first bytes came too slowly to tell their encoding".into(),
                 ))
@@ -247,6 +288,21 @@ impl Inspector {
         }
         if self.in_string {
             return self.string_byte(byte);
+        }
+        if !self.done && matches!(self.first, Some(b'{' | b'[')) && !strict_outside_strings(byte) {
+            return Err(BodyRefused(format!(
+                "the JSON body is not strict JSON (it has {:?} outside a string); send JSON with \
+                 quoted keys and no comments",
+                char::from(byte)
+            )));
+        }
+        if !self.done
+            && matches!(self.stack.last(), Some(Frame::Object { key_next: true }))
+            && !matches!(byte, b'"' | b'}' | b' ' | b'\t' | b'\n' | b'\r')
+        {
+            return Err(BodyRefused(
+                "the JSON body has an object key that is not a string".into(),
+            ));
         }
         if byte.is_ascii_whitespace() || self.done {
             // After the top-level value nothing is watched: a server reading one JSON value
@@ -353,6 +409,10 @@ impl Inspector {
 
     fn string_ends(&mut self) -> Result<(), BodyRefused> {
         let kind = self.capture.take().unwrap_or(Capture::Ignored);
+        // A key just ended (watched or not): its value comes next.
+        if let Some(Frame::Object { key_next }) = self.stack.last_mut() {
+            *key_next = false;
+        }
         if kind == Capture::Ignored {
             return Ok(());
         }
@@ -398,6 +458,14 @@ impl Inspector {
     }
 
     fn watch_key(&mut self, depth: usize, key: &str) -> Result<(), BodyRefused> {
+        let watched_here =
+            depth == 1 || (depth == 2 && (self.in_params || self.first == Some(b'[')));
+        if watched_here && let Some(meant) = folds_to_member(key) {
+            return Err(BodyRefused(format!(
+                "the JSON-RPC body has a key {key:?}, which servers that match keys without \
+                 regard to case (Go's encoding/json) read as `{meant}`; write `{meant}` exactly"
+            )));
+        }
         if self.first == Some(b'[') {
             if depth == 2 && (key == "jsonrpc" || key == "method") {
                 return Err(BodyRefused(
@@ -445,6 +513,11 @@ impl Inspector {
         } else {
             &mut self.tool
         };
+        if slot.is_some() {
+            return Err(BodyRefused(
+                "the JSON-RPC body gives its method or tool twice; Deputy refuses it".into(),
+            ));
+        }
         *slot = Some(value);
         Ok(())
     }
@@ -589,6 +662,34 @@ mod tests {
         let mut inspector = fed(b"{");
         assert_eq!(inspector.decide(), None);
         assert!(inspector.feed(br#""method":"x"}"#).is_err(), "late method");
+    }
+
+    #[test]
+    fn keys_a_server_reads_without_regard_to_case_and_lenient_json_are_refused() {
+        for body in [
+            &br#"{"method":"tools/call","params":{"name":"search","NAME":"drop_database"}}"#[..],
+            br#"{"method":"tools/list","Method":"tools/call"}"#,
+            "{\"METHOD\":\"tools/call\",\"param\u{17F}\":{\"name\":\"x\"}}".as_bytes(),
+            br#"[{"JSONRPC":"2.0"}]"#,
+            br#"{method:"tools/call",params:{name:"drop_database"}}"#,
+            br#"{'method':'tools/call'}"#,
+            br#"{"method":"tools/list" /* ,"method":"tools/call" */}"#,
+            br#"{"id": NaN, "method": "tools/list"}"#,
+        ] {
+            let mut inspector = Inspector::new();
+            assert!(
+                inspector.feed(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Case matters only for the members Deputy reads; other keys and values are free.
+        let fine = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"Name":"N","METHOD":true,"v":[1.5e3,-2,null,false]}}}"#;
+        assert_eq!(fed(fine).seen(), call("tools/call", Some("x")));
+        // A byte-order mark split across the decision point is refused.
+        let mut inspector = fed(&[0xEF, 0xBB]);
+        inspector.decide();
+        assert!(inspector.feed(br#"\xBF{"method":"tools/call"}"#).is_err());
     }
 
     #[test]

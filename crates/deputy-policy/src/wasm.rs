@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opa_wasm::wasmtime::{self, Engine as WasmEngine, Linker, Memory, Module, Store};
+use opa_wasm::wasmtime::{
+    self, Engine as WasmEngine, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder,
+};
 use opa_wasm::{DefaultContext, Runtime};
 
 use crate::bundle::Bundle;
@@ -22,7 +24,8 @@ use crate::decision::ENTRYPOINT;
 use crate::{Engine, EvalError, LoadError};
 
 /// The builtins deputyd provides to wasm policies: those opa-wasm implements (with the features
-/// Deputy enables). Builtins the OPA compiler builds into the module itself (string, set,
+/// Deputy enables), except `opa.runtime`, which would hand a policy deputyd's environment
+/// variables (and through its reasons, the callers). Builtins the OPA compiler builds into the module itself (string, set,
 /// object, comparison and most others) are not imported and need nothing here.
 pub const SUPPORTED_BUILTINS: &[&str] = &[
     "base64url.encode_no_pad",
@@ -37,7 +40,6 @@ pub const SUPPORTED_BUILTINS: &[&str] = &[
     "hex.encode",
     "indexof_n",
     "json.patch",
-    "opa.runtime",
     "semver.compare",
     "semver.is_valid",
     "sprintf",
@@ -75,7 +77,7 @@ pub(crate) fn set_time_limit(limit: Duration) {
 }
 
 struct Instance {
-    store: Store<()>,
+    store: Store<StoreLimits>,
     policy: opa_wasm::Policy<DefaultContext>,
 }
 
@@ -121,6 +123,10 @@ impl WasmPolicy {
         let module = Module::new(&engine, &bundle.wasm).map_err(|e| {
             LoadError::Compile(format!("policy.wasm is not a valid wasm module: {e}"))
         })?;
+        // The ticker runs before any of the module's code: loading is bounded too.
+        let ticking = Arc::new(AtomicBool::new(true));
+        start_ticker(engine.clone(), ticking.clone());
+        let ticker = TickerGuard(Some(ticking.clone()));
         let builtins = futures::executor::block_on(imported_builtins(&engine, &module))?;
         let unsupported: Vec<&str> = builtins
             .iter()
@@ -135,8 +141,7 @@ impl WasmPolicy {
                 SUPPORTED_BUILTINS.join(", ")
             )));
         }
-        let ticking = Arc::new(AtomicBool::new(true));
-        start_ticker(engine.clone(), ticking.clone());
+        ticker.disarm();
         let policy = Self {
             engine,
             module,
@@ -170,7 +175,7 @@ impl WasmPolicy {
     }
 
     fn instantiate(&self) -> Result<Instance, LoadError> {
-        let mut store = Store::new(&self.engine, ());
+        let mut store = new_store(&self.engine);
         // Loading runs OPA code too (the data is parsed inside the module): bound it as well.
         store.set_epoch_deadline(deadline_ticks());
         store.epoch_deadline_trap();
@@ -190,6 +195,37 @@ impl WasmPolicy {
             pool.push(instance);
         }
     }
+}
+
+/// Stops a ticker when a load fails half-way (once loaded, the policy's own drop stops it).
+struct TickerGuard(Option<Arc<AtomicBool>>);
+
+impl TickerGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TickerGuard {
+    fn drop(&mut self) {
+        if let Some(ticking) = self.0.take() {
+            ticking.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Most memory one instance may grow to: OPA modules import a memory without a maximum.
+pub const MAX_INSTANCE_MEMORY: usize = 256 * 1024 * 1024;
+
+/// A store whose memory is capped.
+fn new_store(engine: &WasmEngine) -> Store<StoreLimits> {
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(MAX_INSTANCE_MEMORY)
+        .instances(2)
+        .build();
+    let mut store = Store::new(engine, limits);
+    store.limiter(|limits| limits);
+    store
 }
 
 fn deadline_ticks() -> u64 {
@@ -223,7 +259,7 @@ async fn imported_builtins(engine: &WasmEngine, module: &Module) -> Result<Vec<S
             "policy.wasm is not an OPA policy module ({what}); build it with `opa build -t wasm`"
         ))
     };
-    let mut store = Store::new(engine, ());
+    let mut store = new_store(engine);
     store.set_epoch_deadline(deadline_ticks());
     store.epoch_deadline_trap();
     let memory_type = module

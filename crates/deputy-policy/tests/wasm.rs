@@ -92,6 +92,8 @@ fn builtins_the_engine_lacks_are_refused_at_load_by_name() {
         (r#"{"sprintf":0,"glob.match":1}"#, "glob.match"),
         (r#"{"io.jwt.decode_verify":0}"#, "io.jwt.decode_verify"),
         (r#"{"no.such.builtin":0}"#, "no.such.builtin"),
+        // It would hand the policy deputyd's environment variables.
+        (r#"{"opa.runtime":0}"#, "opa.runtime"),
     ] {
         let wasm = module(builtins, DECISION_ONLY, Answer::Data);
         let path = bundle(dir.path(), "b.tar.gz", &[("/policy.wasm", &wasm)]);
@@ -152,6 +154,14 @@ fn bad_bundles_are_refused_with_what_is_wrong() {
         &[("/policy.wasm", &wasm), ("/data.json", b"{not json")],
     );
     assert!(load_error(&bad_data).contains("data.json is not JSON"));
+
+    let huge = vec![b' '; 17 * 1024 * 1024];
+    let big_data = bundle(
+        dir.path(),
+        "big.tar.gz",
+        &[("/policy.wasm", &wasm), ("/data.json", &huge)],
+    );
+    assert!(load_error(&big_data).contains("more than the 16777216 allowed"));
 
     let missing = dir.path().join("absent.tar.gz");
     assert!(matches!(

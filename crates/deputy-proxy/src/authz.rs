@@ -139,6 +139,18 @@ pub(crate) fn input(
     }
 }
 
+/// Asks the policy. An evaluation may run up to the configured time limit, so it does not hold
+/// an async worker meanwhile: the worker's other tasks move to another worker while it runs.
+pub(crate) fn decide(config: &PolicyConfig, input: &PolicyInput) -> DecisionRecord {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(|| config.policy.decide(input))
+    } else {
+        config.policy.decide(input)
+    }
+}
+
 /// The refusal a decision calls for, if any.
 pub(crate) fn refusal(record: &DecisionRecord, request_id: &str) -> Option<Problem> {
     if record.decision.allow {
@@ -165,8 +177,10 @@ pub(crate) fn refusal(record: &DecisionRecord, request_id: &str) -> Option<Probl
 /// policy's `mcp`, and the body to forward (what was read, then the rest, still inspected).
 pub(crate) async fn peek(
     config: &PolicyConfig,
+    headers: &HeaderMap,
     mut body: Body,
 ) -> Result<(Option<Mcp>, Body), String> {
+    readable_body(headers)?;
     let mut inspector = Inspector::new();
     let mut held = VecDeque::new();
     let mut size = 0usize;
@@ -200,6 +214,89 @@ pub(crate) async fn peek(
         inspector,
     };
     Ok((mcp, rest.boxed_unsync()))
+}
+
+/// Refuses a path the server could route differently from the one the policy judges: dot
+/// segments, empty segments, backslashes, and percent-encodings that servers decode before
+/// routing (unreserved characters, `/` and `\`). The policy then sees the path the server acts on.
+pub(crate) fn canonical_path(path: &str) -> Result<(), String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "the request path {path:?} {why}; send it in canonical form, so that the path the \
+             policy judges is the path the service acts on"
+        ))
+    };
+    if path.contains('\\') {
+        return refuse("holds a backslash");
+    }
+    if path.split('/').skip(1).any(|s| s == "." || s == "..") {
+        return refuse("holds a dot segment");
+    }
+    if path.contains("//") {
+        return refuse("holds an empty segment (`//`)");
+    }
+    let bytes = path.as_bytes();
+    for (i, _) in path.match_indices('%') {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            None => return refuse("holds a malformed percent-encoding"),
+            Some(b) if b.is_ascii_alphanumeric() || b"-._~/\\".contains(&b) => {
+                return refuse("percent-encodes a character that needs no encoding");
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a body a JSON server would read differently from the bytes deputyd inspects: a
+/// compressed one, or one declared in a charset other than UTF-8 (servers decode by the
+/// declared charset; MCP SDKs and body parsers do). Bodies declared as something other than
+/// JSON are left alone.
+fn readable_body(headers: &HeaderMap) -> Result<(), String> {
+    let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
+    let content_type = types.next();
+    if types.next().is_some() {
+        return Err("the request has more than one Content-Type; send one".into());
+    }
+    let content_type = match content_type.map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(text)) => Some(text.to_ascii_lowercase()),
+        Some(Err(_)) => return Err("the Content-Type is not visible ASCII".into()),
+    };
+    let json = content_type.as_deref().is_none_or(|t| {
+        let media = t.split(';').next().unwrap_or_default().trim();
+        media == "application/json" || media.ends_with("+json")
+    });
+    if !json {
+        return Ok(());
+    }
+    for encoding in headers.get_all(http::header::CONTENT_ENCODING) {
+        let encoding = encoding.to_str().unwrap_or("?").trim();
+        if !encoding.eq_ignore_ascii_case("identity") {
+            return Err(format!(
+                "a JSON body with Content-Encoding {encoding:?} cannot be inspected for the \
+                 policy; send it uncompressed"
+            ));
+        }
+    }
+    if let Some(charset) = content_type.as_deref().and_then(|t| {
+        t.split(';')
+            .skip(1)
+            .filter_map(|p| p.trim().strip_prefix("charset="))
+            .map(|c| c.trim_matches('"').to_owned())
+            .next()
+    }) && charset != "utf-8"
+    {
+        return Err(format!(
+            "a JSON body in charset {charset:?} is refused; Deputy reads JSON as UTF-8, so send \
+             charset=utf-8 (or no charset)"
+        ));
+    }
+    Ok(())
 }
 
 /// A body whose first frames were read for the decision, inspected to its end.
@@ -264,5 +361,83 @@ impl HttpBody for Inspecting {
             hint.set_upper(upper + held);
         }
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readable_body;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, http::HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn only_canonical_paths_are_judged() {
+        for ok in [
+            "/",
+            "/customers/c-1/orders",
+            "/a%20b",
+            "/q%3F",
+            "/tickets/9",
+        ] {
+            assert!(super::canonical_path(ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "/%70ayments/refund",
+            "/customers/%2e%2e/admin",
+            "/a%2Fb",
+            "/a/../payments",
+            "/./payments",
+            "//payments",
+            "/a\\b",
+            "/bad%zz",
+            "/trailing%2",
+        ] {
+            assert!(super::canonical_path(refused).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn json_bodies_must_be_plain_utf8_and_other_bodies_are_left_alone() {
+        for ok in [
+            &[][..],
+            &[("content-type", "application/json")],
+            &[("content-type", "application/json; charset=UTF-8")],
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "identity"),
+            ],
+            &[
+                ("content-type", "application/octet-stream"),
+                ("content-encoding", "gzip"),
+            ],
+            &[("content-type", "text/plain; charset=latin1")],
+        ] {
+            assert!(readable_body(&headers(ok)).is_ok(), "{ok:?}");
+        }
+        for refused in [
+            &[("content-encoding", "gzip")][..],
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "br"),
+            ],
+            &[
+                ("content-type", "application/vnd.api+json"),
+                ("content-encoding", "deflate"),
+            ],
+            &[("content-type", "application/json; charset=utf-7")],
+            &[("content-type", "application/json; charset=\"utf-16\"")],
+            &[
+                ("content-type", "text/plain"),
+                ("content-type", "application/json"),
+            ],
+        ] {
+            assert!(readable_body(&headers(refused)).is_err(), "{refused:?}");
+        }
     }
 }

@@ -280,7 +280,9 @@ async fn admit(
     };
     if let Some(policy) = &inbound.policy {
         let (parts, body) = request.into_parts();
-        let (mcp, body) = authz::peek(policy, body)
+        authz::canonical_path(asked.path())
+            .map_err(|e| Problem::new(ProblemKind::BadRequest, e, request_id))?;
+        let (mcp, body) = authz::peek(policy, &parts.headers, body)
             .await
             .map_err(|e| Problem::new(ProblemKind::BodyRefused, e, request_id))?;
         let input = authz::input(
@@ -300,7 +302,7 @@ async fn admit(
             },
             now,
         );
-        let record = policy.policy.decide(&input);
+        let record = authz::decide(policy, &input);
         if let Some(problem) = authz::refusal(&record, request_id) {
             tracing::info!(agent = %agent.name, %peer, decision_id = %record.id,
                 "inbound call denied by policy");

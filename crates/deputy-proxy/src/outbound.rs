@@ -284,7 +284,9 @@ async fn decide(
     request_id: &str,
 ) -> Result<(Request<Body>, Option<Vec<String>>), Problem> {
     let (parts, body) = request.into_parts();
-    let (mcp, body) = authz::peek(policy, body)
+    authz::canonical_path(parts.uri.path())
+        .map_err(|e| Problem::new(ProblemKind::BadRequest, e, request_id))?;
+    let (mcp, body) = authz::peek(policy, &parts.headers, body)
         .await
         .map_err(|e| Problem::new(ProblemKind::BodyRefused, e, request_id))?;
     let input = authz::input(
@@ -304,7 +306,7 @@ async fn decide(
         },
         call.now,
     );
-    let record = policy.policy.decide(&input);
+    let record = authz::decide(policy, &input);
     if let Some(problem) = authz::refusal(&record, request_id) {
         return Err(problem);
     }

@@ -131,8 +131,10 @@ impl Daemon {
     /// good one keeps serving.
     pub fn reload_policy(&self) {
         if let Some(policy) = &self.policy {
-            // Errors are logged and shown on /status by the policy itself.
-            let _ = policy.reload();
+            // Errors are logged and shown on /status by the policy itself. Off the signal loop:
+            // a slow load must not keep SIGTERM waiting.
+            let policy = policy.clone();
+            tokio::task::spawn_blocking(move || policy.reload());
         }
     }
 
