@@ -287,6 +287,14 @@ pub(crate) fn sign(
         TaskPlan::Originate { scopes, .. } => Some(scopes.as_slice()),
         TaskPlan::Continue { scopes, .. } => scopes.as_deref(),
     };
+    if narrowed.as_ref().is_some_and(Vec::is_empty) {
+        return Err((
+            ProblemKind::PolicyDenied,
+            "the policy's scope obligation is empty, which would delegate nothing; fix the \
+             policy's `scope` (or deny the call)"
+                .into(),
+        ));
+    }
     if let (Some(narrowed), Some(requested)) = (&narrowed, requested)
         && let Some(wider) = deputy_delegation::scope::first_uncovered(requested, narrowed)
     {

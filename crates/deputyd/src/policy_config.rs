@@ -130,6 +130,13 @@ impl RawPolicy {
                 self.eval_timeout
             ));
         }
+        if self.peek_bytes > 16 * 1024 * 1024 || self.peek_wait > Duration::from_secs(30) {
+            problems.push(format!(
+                "policy.peek_bytes = {} and peek_wait = {:?} must be at most 16 MiB and 30s: \
+                 every request may hold that much for that long",
+                self.peek_bytes, self.peek_wait
+            ));
+        }
         if self.watch_interval.is_zero() || self.peek_wait.is_zero() || self.peek_bytes == 0 {
             problems
                 .push("policy.watch_interval, peek_wait and peek_bytes must be above zero".into());
