@@ -10,6 +10,7 @@
 
 pub mod bundle;
 pub mod decision;
+mod idle;
 pub mod input;
 pub mod mcp;
 pub mod rego;
@@ -135,10 +136,6 @@ impl std::fmt::Display for PolicySource {
 impl PolicySource {
     /// Loads it into an engine.
     pub fn load_engine(&self) -> Result<Arc<dyn Engine>, LoadError> {
-        self.load()
-    }
-
-    fn load(&self) -> Result<Arc<dyn Engine>, LoadError> {
         match self {
             Self::RegoDir(dir) => Ok(Arc::new(RegoPolicy::load(dir)?)),
             Self::WasmBundle(path) => Ok(Arc::new(WasmPolicy::load(path)?)),
@@ -183,7 +180,7 @@ impl Policy {
     /// a policy it can enforce).
     pub fn load(source: PolicySource) -> Result<Self, LoadError> {
         let loaded_from = Mutex::new(sources::fingerprint(source.watched()));
-        let engine = source.load();
+        let engine = source.load_engine();
         metrics::counter!(LOADS, "result" => if engine.is_ok() { "ok" } else { "error" })
             .increment(1);
         Ok(Self {
@@ -199,7 +196,7 @@ impl Policy {
     pub fn reload(&self) -> Result<String, LoadError> {
         *self.loaded_from.lock().unwrap_or_else(|p| p.into_inner()) =
             sources::fingerprint(self.source.watched());
-        match self.source.load() {
+        match self.source.load_engine() {
             Ok(engine) => {
                 let revision = engine.revision().to_owned();
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = engine;
@@ -248,7 +245,7 @@ impl Policy {
         let engine = self.engine();
         let started = Instant::now();
         let value = serde_json::to_value(input).unwrap_or(serde_json::Value::Null);
-        let size = value.to_string().len();
+        let size = serialized_len(&value);
         let decision = if size > MAX_INPUT_BYTES {
             Decision::deny(format!(
                 "the policy input is {size} bytes, more than the {MAX_INPUT_BYTES} allowed; \
@@ -290,6 +287,26 @@ impl Policy {
                 let _ = tokio::task::spawn_blocking(move || policy.reload()).await;
             }
         }
+    }
+}
+
+/// The length of `value` as JSON, counted without building the text.
+fn serialized_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail; a value that could not be written counts as too large.
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
     }
 }
 

@@ -6,7 +6,7 @@
 //! CI checks the decisions against OPA's own engine.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use regorus::languages::rego::compiler::Compiler;
@@ -15,6 +15,7 @@ use regorus::rvm::{Program, RegoVM};
 use regorus::utils::limits::{ExecutionTimerConfig, set_fallback_execution_timer_config};
 
 use crate::decision::ENTRYPOINT_REF;
+use crate::idle::Idle;
 use crate::sources::PolicySources;
 use crate::{Engine, EvalError, LoadError};
 
@@ -24,8 +25,8 @@ pub struct RegoPolicy {
     /// The entrypoint as a register-VM program, when the VM compiler takes the policy.
     program: Option<Arc<Program>>,
     data: regorus::Value,
-    /// Idle VMs with the program and data loaded (a VM is used by one evaluation at a time).
-    vms: Mutex<Vec<RegoVM>>,
+    /// Idle VMs with the program and data loaded.
+    vms: Idle<RegoVM>,
     revision: String,
     modules: Vec<String>,
 }
@@ -39,9 +40,6 @@ impl std::fmt::Debug for RegoPolicy {
             .finish_non_exhaustive()
     }
 }
-
-/// Most idle VMs kept.
-const MAX_POOLED_VMS: usize = 16;
 
 /// Instructions one VM run may execute; the time limit is the bound that matters, this only
 /// keeps the VM's own default (25,000) from failing large policies.
@@ -112,13 +110,13 @@ impl RegoPolicy {
             compiled,
             program,
             data: regorus::Value::from(sources.data.clone()),
-            vms: Mutex::new(Vec::new()),
+            vms: Idle::default(),
             revision: sources.revision.clone(),
             modules: sources.modules.iter().map(|(p, _)| p.clone()).collect(),
         };
         // A VM now: data the VM refuses fails the load, not the first call.
         if let Some(vm) = policy.new_vm()? {
-            policy.give_back(vm);
+            policy.vms.give_back(vm);
         }
         Ok(policy)
     }
@@ -148,22 +146,14 @@ impl RegoPolicy {
         Ok(Some(vm))
     }
 
-    fn give_back(&self, vm: RegoVM) {
-        let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
-        if vms.len() < MAX_POOLED_VMS {
-            vms.push(vm);
-        }
-    }
-
-    /// Evaluates on a pooled VM; `None` when the policy runs on the interpreter.
-    fn evaluate_on_vm(&self, input: regorus::Value) -> Option<Result<regorus::Value, String>> {
-        let pooled = self.vms.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut vm = match pooled {
+    /// Evaluates on a pooled VM (the policy has a VM program).
+    fn evaluate_on_vm(&self, input: regorus::Value) -> Result<regorus::Value, String> {
+        let mut vm = match self.vms.take() {
             Some(vm) => vm,
             None => match self.new_vm() {
                 Ok(Some(vm)) => vm,
-                Ok(None) => return None,
-                Err(e) => return Some(Err(e.to_string())),
+                Ok(None) => return Err("the policy has no VM program".into()),
+                Err(e) => return Err(e.to_string()),
             },
         };
         vm.set_input(input);
@@ -174,9 +164,9 @@ impl RegoPolicy {
             .map_err(|e| e.to_string());
         if result.is_ok() {
             // A VM that failed part-way is not reused.
-            self.give_back(vm);
+            self.vms.give_back(vm);
         }
-        Some(result)
+        result
     }
 }
 
@@ -201,12 +191,12 @@ impl Engine for RegoPolicy {
 
     fn evaluate(&self, input: &serde_json::Value) -> Result<Option<serde_json::Value>, EvalError> {
         let input = regorus::Value::from(input.clone());
-        let result = match self.evaluate_on_vm(input.clone()) {
-            Some(result) => result,
-            None => self
-                .compiled
+        let result = if self.program.is_some() {
+            self.evaluate_on_vm(input)
+        } else {
+            self.compiled
                 .eval_with_input(input)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string())
         };
         let value = result.map_err(|message| {
             if message.contains("execution exceeded")

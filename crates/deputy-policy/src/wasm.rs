@@ -10,8 +10,8 @@
 //! - Evaluation is bounded by wasmtime epochs: a ticker advances the engine's epoch every
 //!   [`TICK`], and each evaluation may run for the configured limit in ticks.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opa_wasm::wasmtime::{
@@ -21,6 +21,7 @@ use opa_wasm::{DefaultContext, Runtime};
 
 use crate::bundle::Bundle;
 use crate::decision::ENTRYPOINT;
+use crate::idle::Idle;
 use crate::{Engine, EvalError, LoadError};
 
 /// The builtins deputyd provides to wasm policies: those opa-wasm implements (with the features
@@ -63,9 +64,6 @@ pub const SUPPORTED_BUILTINS: &[&str] = &[
 /// How often the epoch advances.
 pub const TICK: Duration = Duration::from_millis(5);
 
-/// Most idle instances kept.
-const MAX_POOLED: usize = 16;
-
 /// How long one wasm evaluation may run; set with [`crate::set_time_limit`].
 static TIME_LIMIT_MS: AtomicU64 = AtomicU64::new(1_000);
 
@@ -88,7 +86,7 @@ pub struct WasmPolicy {
     data: serde_json::Value,
     revision: String,
     builtins: Vec<String>,
-    pool: Mutex<Vec<Instance>>,
+    pool: Idle<Instance>,
     ticking: Arc<AtomicBool>,
 }
 
@@ -148,7 +146,7 @@ impl WasmPolicy {
             data: bundle.data,
             revision: bundle.revision,
             builtins,
-            pool: Mutex::new(Vec::new()),
+            pool: Idle::default(),
             ticking,
         };
         // One instance now: a module that cannot be instantiated, or lacks the entrypoint,
@@ -165,7 +163,7 @@ impl WasmPolicy {
                 ),
             });
         }
-        policy.give_back(instance);
+        policy.pool.give_back(instance);
         Ok(policy)
     }
 
@@ -187,13 +185,6 @@ impl WasmPolicy {
             LoadError::Compile(format!("the wasm policy cannot be instantiated: {e:#}"))
         })?;
         Ok(Instance { store, policy })
-    }
-
-    fn give_back(&self, instance: Instance) {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < MAX_POOLED {
-            pool.push(instance);
-        }
     }
 }
 
@@ -319,7 +310,7 @@ impl Engine for WasmPolicy {
     }
 
     fn evaluate(&self, input: &serde_json::Value) -> Result<Option<serde_json::Value>, EvalError> {
-        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let pooled = self.pool.take();
         let mut instance = match pooled {
             Some(instance) => instance,
             None => self
@@ -351,7 +342,7 @@ impl Engine for WasmPolicy {
                 });
             }
         };
-        self.give_back(instance);
+        self.pool.give_back(instance);
         // OPA's result set: `[]` when undefined, else `[{"result": value}]`.
         match value {
             serde_json::Value::Array(results) => match results.into_iter().next() {

@@ -72,7 +72,7 @@ pub(crate) struct RequestFacts<'a> {
 }
 
 /// Builds the version-1 input document.
-pub(crate) fn input(
+fn input(
     config: &PolicyConfig,
     parties: &Parties<'_>,
     task: Option<TaskFacts>,
@@ -139,9 +139,41 @@ pub(crate) fn input(
     }
 }
 
+/// Judges `request` at either end: a canonical path, the MCP call read from the body, the
+/// decision. Returns the request to forward (its body still inspected) and the decision, or the
+/// refusal. `asked` is the request target as the caller sent it.
+pub(crate) async fn judge(
+    config: &PolicyConfig,
+    parties: &Parties<'_>,
+    task: Option<TaskFacts>,
+    request: http::Request<Body>,
+    asked: &Uri,
+    now: SystemTime,
+    request_id: &str,
+) -> Result<(http::Request<Body>, DecisionRecord), Problem> {
+    let (parts, body) = request.into_parts();
+    canonical_path(asked.path())
+        .map_err(|e| Problem::new(ProblemKind::BadRequest, e, request_id))?;
+    let (mcp, body) = peek(config, &parts.headers, body)
+        .await
+        .map_err(|e| Problem::new(ProblemKind::BodyRefused, e, request_id))?;
+    let request_facts = RequestFacts {
+        method: &parts.method,
+        uri: asked,
+        headers: &parts.headers,
+        mcp,
+    };
+    let input = input(config, parties, task, request_facts, now);
+    let record = decide(config, &input);
+    if let Some(problem) = refusal(&record, request_id) {
+        return Err(problem);
+    }
+    Ok((http::Request::from_parts(parts, body), record))
+}
+
 /// Asks the policy. An evaluation may run up to the configured time limit, so it does not hold
 /// an async worker meanwhile: the worker's other tasks move to another worker while it runs.
-pub(crate) fn decide(config: &PolicyConfig, input: &PolicyInput) -> DecisionRecord {
+fn decide(config: &PolicyConfig, input: &PolicyInput) -> DecisionRecord {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi_thread {
@@ -152,7 +184,7 @@ pub(crate) fn decide(config: &PolicyConfig, input: &PolicyInput) -> DecisionReco
 }
 
 /// The refusal a decision calls for, if any.
-pub(crate) fn refusal(record: &DecisionRecord, request_id: &str) -> Option<Problem> {
+fn refusal(record: &DecisionRecord, request_id: &str) -> Option<Problem> {
     if record.decision.allow {
         return None;
     }
@@ -175,7 +207,7 @@ pub(crate) fn refusal(record: &DecisionRecord, request_id: &str) -> Option<Probl
 /// Reads the start of `body` until the MCP call in it is known (or it is not JSON-RPC), the
 /// body ends, `peek_bytes` have arrived or `peek_wait` has passed; returns what was read as the
 /// policy's `mcp`, and the body to forward (what was read, then the rest, still inspected).
-pub(crate) async fn peek(
+async fn peek(
     config: &PolicyConfig,
     headers: &HeaderMap,
     mut body: Body,
@@ -219,7 +251,7 @@ pub(crate) async fn peek(
 /// Refuses a path the server could route differently from the one the policy judges: dot
 /// segments, empty segments, backslashes, and percent-encodings that servers decode before
 /// routing (unreserved characters, `/` and `\`). The policy then sees the path the server acts on.
-pub(crate) fn canonical_path(path: &str) -> Result<(), String> {
+fn canonical_path(path: &str) -> Result<(), String> {
     let refuse = |why: &str| {
         Err(format!(
             "the request path {path:?} {why}; send it in canonical form, so that the path the \

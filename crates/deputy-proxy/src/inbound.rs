@@ -279,36 +279,24 @@ async fn admit(
         ),
     };
     if let Some(policy) = &inbound.policy {
-        let (parts, body) = request.into_parts();
-        authz::canonical_path(asked.path())
-            .map_err(|e| Problem::new(ProblemKind::BadRequest, e, request_id))?;
-        let (mcp, body) = authz::peek(policy, &parts.headers, body)
-            .await
-            .map_err(|e| Problem::new(ProblemKind::BodyRefused, e, request_id))?;
-        let input = authz::input(
-            policy,
-            &authz::Parties {
-                direction: Direction::Inbound,
-                agent: (&agent.name, &agent.spiffe_id),
-                peer: Some(peer),
-                service: None,
-            },
-            verified.as_ref().map(crate::delegation::inbound_task),
-            authz::RequestFacts {
-                method: &parts.method,
-                uri: asked,
-                headers: &parts.headers,
-                mcp,
-            },
-            now,
-        );
-        let record = authz::decide(policy, &input);
-        if let Some(problem) = authz::refusal(&record, request_id) {
-            tracing::info!(agent = %agent.name, %peer, decision_id = %record.id,
-                "inbound call denied by policy");
-            return Err(problem);
-        }
-        request = Request::from_parts(parts, body);
+        let parties = authz::Parties {
+            direction: Direction::Inbound,
+            agent: (&agent.name, &agent.spiffe_id),
+            peer: Some(peer),
+            service: None,
+        };
+        let task = verified.as_ref().map(crate::delegation::inbound_task);
+        let judged = authz::judge(policy, &parties, task, request, asked, now, request_id).await;
+        request = match judged {
+            Ok((request, _)) => request,
+            Err(problem) => {
+                if let Some(decision_id) = &problem.decision_id {
+                    tracing::info!(agent = %agent.name, %peer, %decision_id,
+                        "inbound call denied by policy");
+                }
+                return Err(problem);
+            }
+        };
     }
     if let Some(verified) = verified {
         let facts =

@@ -283,34 +283,24 @@ async fn decide(
     request: Request<Body>,
     request_id: &str,
 ) -> Result<(Request<Body>, Option<Vec<String>>), Problem> {
-    let (parts, body) = request.into_parts();
-    authz::canonical_path(parts.uri.path())
-        .map_err(|e| Problem::new(ProblemKind::BadRequest, e, request_id))?;
-    let (mcp, body) = authz::peek(policy, &parts.headers, body)
-        .await
-        .map_err(|e| Problem::new(ProblemKind::BodyRefused, e, request_id))?;
-    let input = authz::input(
+    let asked = request.uri().clone();
+    let parties = authz::Parties {
+        direction: Direction::Outbound,
+        agent: (&call.agent.name, &call.agent.spiffe_id),
+        peer: None,
+        service: Some(call.service),
+    };
+    let (request, record) = authz::judge(
         policy,
-        &authz::Parties {
-            direction: Direction::Outbound,
-            agent: (&call.agent.name, &call.agent.spiffe_id),
-            peer: None,
-            service: Some(call.service),
-        },
+        &parties,
         plan.facts(),
-        authz::RequestFacts {
-            method: &parts.method,
-            uri: &parts.uri,
-            headers: &parts.headers,
-            mcp,
-        },
+        request,
+        &asked,
         call.now,
-    );
-    let record = authz::decide(policy, &input);
-    if let Some(problem) = authz::refusal(&record, request_id) {
-        return Err(problem);
-    }
-    Ok((Request::from_parts(parts, body), record.decision.scope))
+        request_id,
+    )
+    .await?;
+    Ok((request, record.decision.scope))
 }
 
 /// The HTTP server of both listeners: HTTP/1.1 and HTTP/2, with a bound on how long a client may
