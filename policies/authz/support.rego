@@ -1,24 +1,30 @@
 # Support agents and customer data (paths /customers/<id>/...): read only, in business hours,
 # only their own team's customers, and only with read scopes.
+#
+# The rules below judge only support agents' customer calls, so they are gathered in one set
+# behind that one check: a rule definition costs the engine about a microsecond even when its
+# first condition fails, and every call is judged at both ends.
 package deputy.authz
 
 import rego.v1
 
-customer_call if startswith(input.request.path, "/customers/")
-
-support_actor if actor.attributes.kind == "support"
-
-customer_id := split(input.request.path, "/")[2]
-
-deny contains "support agents only read customer data (GET or HEAD)" if {
-	customer_call
-	support_actor
-	not input.request.method in {"GET", "HEAD"}
+support_customer_call if {
+	startswith(input.request.path, "/customers/")
+	actor.attributes.kind == "support"
 }
 
 deny contains msg if {
-	customer_call
-	support_actor
+	support_customer_call
+	some msg in support_denials
+}
+
+customer_id := split(input.request.path, "/")[2]
+
+support_denials contains "support agents only read customer data (GET or HEAD)" if {
+	not input.request.method in {"GET", "HEAD"}
+}
+
+support_denials contains msg if {
 	not business_hours
 	msg := sprintf("support agents read customer data only in business hours (%s, %d:00-%d:00 %s); it is %s %d:00", [
 		concat(", ", data.business_hours.days), data.business_hours.start, data.business_hours.end,
@@ -32,23 +38,17 @@ business_hours if {
 	input.time.hour < data.business_hours.end
 }
 
-deny contains msg if {
-	customer_call
-	support_actor
+support_denials contains msg if {
 	data.customers[customer_id].team != actor.attributes.team
 	msg := sprintf("customer %s belongs to team %s, not to the agent's team %s", [customer_id, data.customers[customer_id].team, object.get(actor.attributes, "team", "(none)")])
 }
 
-deny contains msg if {
-	customer_call
-	support_actor
+support_denials contains msg if {
 	not data.customers[customer_id]
 	msg := sprintf("no customer %s is known to the policy (data.customers)", [customer_id])
 }
 
-deny contains "support agents read customer data only within a task with read scopes" if {
-	customer_call
-	support_actor
+support_denials contains "support agents read customer data only within a task with read scopes" if {
 	not read_only_scopes
 }
 

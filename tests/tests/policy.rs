@@ -361,6 +361,48 @@ async fn a_broken_policy_keeps_the_last_good_one_serving() {
     assert_denied(status, &body, "policy-denied", "may not call beta");
 }
 
+/// A rule about a query parameter holds however the parameter is spelled or repeated: the
+/// policy sees names decoded as the server decodes them, and every value of a repeated name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_rules_hold_for_repeated_and_encoded_parameters() {
+    let (mesh, _dir, node1_policy) = policed_mesh();
+    let alpha = mesh.node1.outbound_of("alpha");
+    let revision = || {
+        let (_, text) = deputy_tests::http_get(&mesh.node1.admin, "/status").expect("status");
+        serde_json::from_str::<serde_json::Value>(&text).expect("json")["policy"]["revision"]
+            .clone()
+    };
+    let before = revision();
+    std::fs::write(
+        node1_policy.join("query.rego"),
+        "package deputy.authz\nimport rego.v1\n\
+         deny contains sprintf(\"customer %s is off limits\", [c]) if {\n\
+         \tsome c in input.request.query.customer\n\tc == \"c-2002\"\n}\n",
+    )
+    .expect("write");
+    deputy_tests::eventually("the query rule serves", Duration::from_secs(10), || {
+        (revision() != before).then_some(())
+    });
+    let (status, _) = call(&alpha, Method::GET, "/?customer=c-1001", &[], b"").await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/?customer=c-2002",
+        // Go and Flask act on the first value, other servers on the last: both are judged.
+        "/?customer=c-2002&customer=c-1001",
+        "/?customer=c-1001&customer=c-2002",
+        "/?%63ustomer=c-2002",
+        "/?customer=c%2D2002",
+    ] {
+        let (status, body) = call(&alpha, Method::GET, path, &[], b"").await;
+        assert_denied(
+            status,
+            &body,
+            "policy-denied",
+            "customer c-2002 is off limits",
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deputyd_enforces_a_compiled_wasm_bundle() {
     use deputy_tests::opa_abi::{Answer, DECISION_ONLY, bundle, module};

@@ -9,6 +9,9 @@ pub const ENTRYPOINT: &str = "deputy/authz/decision";
 /// The entrypoint as a Rego reference.
 pub const ENTRYPOINT_REF: &str = "data.deputy.authz.decision";
 
+/// The keys of a decision object; any other key denies.
+pub const DECISION_KEYS: &[&str] = &["allow", "reasons", "approval", "scope"];
+
 /// An approval obligation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Approval {
@@ -59,6 +62,15 @@ impl Decision {
                 kind_of(value)
             ));
         };
+        // A key Deputy does not read is most likely a misspelled obligation (`aproval`): left
+        // unread, the call would go through without what the policy asked for.
+        if let Some(unknown) = object.keys().find(|k| !DECISION_KEYS.contains(&k.as_str())) {
+            return Self::deny(format!(
+                "the policy's decision has the key `{unknown}`, which Deputy does not read (it \
+                 reads {}); a misspelled obligation would be dropped, so the call is denied",
+                DECISION_KEYS.join(", ")
+            ));
+        }
         let Some(allow) = object.get("allow").and_then(serde_json::Value::as_bool) else {
             return Self::deny(format!(
                 "the policy's decision has no boolean `allow` (got {}); denied",
@@ -81,6 +93,16 @@ impl Decision {
         };
         let approval = match object.get("approval") {
             None | Some(serde_json::Value::Null) => None,
+            Some(a)
+                if a.as_object()
+                    .is_some_and(|a| a.keys().any(|k| k != "required" && k != "reason")) =>
+            {
+                return Self::deny(
+                    "the policy's `approval` has a key other than `required` and `reason`; \
+                     denied"
+                        .to_owned(),
+                );
+            }
             Some(a) => match (a.get("required").and_then(|r| r.as_bool()), a.get("reason")) {
                 (Some(required), reason) => Some(Approval {
                     required,
@@ -179,6 +201,9 @@ mod tests {
             json!({"allow": true, "scope": "tickets:read"}),
             json!({"allow": true, "scope": [1]}),
             json!({"allow": true, "approval": {"reason": "x"}}),
+            json!({"allow": true, "aproval": {"required": true, "reason": "x"}}),
+            json!({"allow": true, "approval": {"required": false, "reasno": "x"}}),
+            json!({"allow": true, "scopes": ["tickets:read"]}),
         ] {
             let d = read(bad.clone());
             assert!(!d.allow, "{bad} must deny");

@@ -135,9 +135,10 @@ pub struct RequestInfo {
     pub method: String,
     /// The path, without the query.
     pub path: String,
-    /// The query parameters (the last value wins for repeated names).
+    /// The query parameters, decoded as servers decode them, each name with every value it
+    /// was given, in order (a server may act on any of them: Go and Flask read the first).
     #[serde(default)]
-    pub query: BTreeMap<String, String>,
+    pub query: BTreeMap<String, Vec<String>>,
     /// Allowlisted headers, lower-case names; secret-bearing ones redacted.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -241,18 +242,19 @@ pub fn policy_headers<'a>(
         .collect()
 }
 
-/// Query parameters of `query` (`a=1&b=2`), percent-decoding left to the policy (values are as
-/// sent).
-pub fn query_params(query: Option<&str>) -> BTreeMap<String, String> {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| match pair.split_once('=') {
-            Some((k, v)) => (k.to_owned(), v.to_owned()),
-            None => (pair.to_owned(), String::new()),
-        })
-        .collect()
+/// Query parameters of `query` (`a=1&b=2&a=3`), decoded as
+/// `application/x-www-form-urlencoded` (`+` is a space, percent-escapes decoded, invalid UTF-8
+/// shown as U+FFFD), as the servers behind Deputy read them: a policy that matches `customer`
+/// also matches `%63ustomer`. Every value of a repeated name is kept, in order.
+pub fn query_params(query: Option<&str>) -> BTreeMap<String, Vec<String>> {
+    let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        params
+            .entry(name.into_owned())
+            .or_default()
+            .push(value.into_owned());
+    }
+    params
 }
 
 /// The MCP call in a whole body (the data path reads it while the body streams, with
@@ -323,10 +325,21 @@ mod tests {
     }
 
     #[test]
-    fn query_parameters_keep_their_raw_values() {
-        let q = query_params(Some("a=1&b=x%20y&flag"));
-        assert_eq!(q["a"], "1");
-        assert_eq!(q["b"], "x%20y");
-        assert_eq!(q["flag"], "");
+    fn query_parameters_are_decoded_and_repeats_keep_every_value() {
+        let q = query_params(Some("a=1&b=x%20y+z&flag&%63ustomer=c-2&a=evil"));
+        assert_eq!(
+            q["a"],
+            ["1", "evil"],
+            "a repeated name keeps both values, in order"
+        );
+        assert_eq!(q["b"], ["x y z"]);
+        assert_eq!(q["flag"], [""]);
+        assert_eq!(
+            q["customer"],
+            ["c-2"],
+            "names are decoded as the server decodes them"
+        );
+        assert!(query_params(None).is_empty());
+        assert_eq!(query_params(Some("k=%FF"))["k"], ["\u{fffd}"]);
     }
 }

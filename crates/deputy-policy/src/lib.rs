@@ -14,12 +14,15 @@ mod idle;
 pub mod input;
 pub mod mcp;
 pub mod rego;
+mod rego_value;
 pub mod sources;
 pub mod wasm;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
 
 pub use decision::{Approval, Decision, ENTRYPOINT, ENTRYPOINT_REF};
 pub use input::{Direction, INPUT_VERSION, PolicyInput};
@@ -111,8 +114,27 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
     /// The revision of the content it was built from.
     fn revision(&self) -> &str;
+    /// Evaluates the entrypoint for `input`, the input document as JSON text (the form both
+    /// engines read, so the serving path serializes the input once); `None` when undefined.
+    fn evaluate_json(&self, input: &RawValue) -> Result<Option<serde_json::Value>, EvalError>;
+
+    /// Evaluates the entrypoint for the serving path's typed `input`, whose JSON text is
+    /// `text`; an engine that reads values rather than text builds its value from `input`.
+    fn evaluate_input(
+        &self,
+        input: &PolicyInput,
+        text: &RawValue,
+    ) -> Result<Option<serde_json::Value>, EvalError> {
+        let _ = input;
+        self.evaluate_json(text)
+    }
+
     /// Evaluates the entrypoint for `input`; `None` when it is undefined.
-    fn evaluate(&self, input: &serde_json::Value) -> Result<Option<serde_json::Value>, EvalError>;
+    fn evaluate(&self, input: &serde_json::Value) -> Result<Option<serde_json::Value>, EvalError> {
+        let text = serde_json::value::to_raw_value(input)
+            .map_err(|e| EvalError::Failed(format!("the input is not JSON: {e}")))?;
+        self.evaluate_json(&text)
+    }
 }
 
 /// Where a policy comes from.
@@ -244,18 +266,19 @@ impl Policy {
     pub fn decide(&self, input: &PolicyInput) -> DecisionRecord {
         let engine = self.engine();
         let started = Instant::now();
-        let value = serde_json::to_value(input).unwrap_or(serde_json::Value::Null);
-        let size = serialized_len(&value);
-        let decision = if size > MAX_INPUT_BYTES {
-            Decision::deny(format!(
-                "the policy input is {size} bytes, more than the {MAX_INPUT_BYTES} allowed; \
-                 the request carries too much for policy to judge"
-            ))
-        } else {
-            match engine.evaluate(&value) {
+        // Serialized once: its length is the size check, the engine reads it, the log shows it.
+        let text = serde_json::value::to_raw_value(input);
+        let decision = match &text {
+            Err(e) => Decision::deny(format!("the policy input cannot be written as JSON: {e}")),
+            Ok(text) if text.get().len() > MAX_INPUT_BYTES => Decision::deny(format!(
+                "the policy input is {} bytes, more than the {MAX_INPUT_BYTES} allowed; \
+                 the request carries too much for policy to judge",
+                text.get().len()
+            )),
+            Ok(text) => match engine.evaluate_input(input, text) {
                 Ok(result) => Decision::from_result(result.as_ref()),
                 Err(e) => Decision::deny(e.to_string()),
-            }
+            },
         };
         let record = DecisionRecord {
             id: uuid::Uuid::now_v7().to_string(),
@@ -264,7 +287,8 @@ impl Policy {
             revision: engine.revision().to_owned(),
             took: started.elapsed(),
         };
-        log_decision(&record, input, &value);
+        let shown = text.as_deref().map_or("null", RawValue::get);
+        log_decision(&record, input.direction, shown);
         record
     }
 
@@ -290,28 +314,8 @@ impl Policy {
     }
 }
 
-/// The length of `value` as JSON, counted without building the text.
-fn serialized_len(value: &serde_json::Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing to a counter cannot fail; a value that could not be written counts as too large.
-    match serde_json::to_writer(&mut count, value) {
-        Ok(()) => count.0,
-        Err(_) => usize::MAX,
-    }
-}
-
-fn log_decision(record: &DecisionRecord, input: &PolicyInput, value: &serde_json::Value) {
-    let direction = match input.direction {
+fn log_decision(record: &DecisionRecord, direction: Direction, input: &str) {
+    let direction = match direction {
         Direction::Outbound => "outbound",
         Direction::Inbound => "inbound",
     };
@@ -332,7 +336,7 @@ fn log_decision(record: &DecisionRecord, input: &PolicyInput, value: &serde_json
         allow = record.decision.allow,
         reasons = %serde_json::to_string(&record.decision.reasons).unwrap_or_default(),
         result = %serde_json::to_string(&record.decision).unwrap_or_default(),
-        input = %value,
+        input,
         "policy decision"
     );
 }

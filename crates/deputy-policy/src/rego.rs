@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::{Program, RegoVM};
+use serde_json::value::RawValue;
 
 use regorus::utils::limits::{ExecutionTimerConfig, set_fallback_execution_timer_config};
 
 use crate::decision::ENTRYPOINT_REF;
 use crate::idle::Idle;
 use crate::sources::PolicySources;
-use crate::{Engine, EvalError, LoadError};
+use crate::{Engine, EvalError, LoadError, PolicyInput, rego_value};
 
 /// A compiled Rego policy.
 pub struct RegoPolicy {
@@ -168,29 +169,12 @@ impl RegoPolicy {
         }
         result
     }
-}
 
-fn classify(message: String, packages: &[String]) -> LoadError {
-    if message.contains("not a valid rule path") || message.contains("decision") {
-        LoadError::MissingEntrypoint {
-            found: format!("{} ({message})", packages.join(", ")),
-        }
-    } else {
-        LoadError::Compile(message)
-    }
-}
-
-impl Engine for RegoPolicy {
-    fn kind(&self) -> &'static str {
-        "rego"
-    }
-
-    fn revision(&self) -> &str {
-        &self.revision
-    }
-
-    fn evaluate(&self, input: &serde_json::Value) -> Result<Option<serde_json::Value>, EvalError> {
-        let input = regorus::Value::from(input.clone());
+    /// Evaluates the entrypoint for `input` on the VM, or the interpreter.
+    fn evaluate_value(
+        &self,
+        input: regorus::Value,
+    ) -> Result<Option<serde_json::Value>, EvalError> {
         let result = if self.program.is_some() {
             self.evaluate_on_vm(input)
         } else {
@@ -214,6 +198,42 @@ impl Engine for RegoPolicy {
         serde_json::to_value(&value)
             .map(Some)
             .map_err(|e| EvalError::Failed(format!("the result is not JSON: {e}")))
+    }
+}
+
+fn classify(message: String, packages: &[String]) -> LoadError {
+    if message.contains("not a valid rule path") || message.contains("decision") {
+        LoadError::MissingEntrypoint {
+            found: format!("{} ({message})", packages.join(", ")),
+        }
+    } else {
+        LoadError::Compile(message)
+    }
+}
+
+impl Engine for RegoPolicy {
+    fn kind(&self) -> &'static str {
+        "rego"
+    }
+
+    fn revision(&self) -> &str {
+        &self.revision
+    }
+
+    fn evaluate_json(&self, input: &RawValue) -> Result<Option<serde_json::Value>, EvalError> {
+        let input = regorus::Value::from_json_str(input.get())
+            .map_err(|e| EvalError::Failed(format!("the input is not JSON: {e}")))?;
+        self.evaluate_value(input)
+    }
+
+    fn evaluate_input(
+        &self,
+        input: &PolicyInput,
+        _: &RawValue,
+    ) -> Result<Option<serde_json::Value>, EvalError> {
+        let input = rego_value::to_value(input)
+            .map_err(|e| EvalError::Failed(format!("the input has no Rego form: {e}")))?;
+        self.evaluate_value(input)
     }
 }
 

@@ -19,6 +19,8 @@ use opa_wasm::wasmtime::{
 };
 use opa_wasm::{DefaultContext, Runtime};
 
+use serde_json::value::RawValue;
+
 use crate::bundle::Bundle;
 use crate::decision::ENTRYPOINT;
 use crate::idle::Idle;
@@ -309,7 +311,7 @@ impl Engine for WasmPolicy {
         &self.revision
     }
 
-    fn evaluate(&self, input: &serde_json::Value) -> Result<Option<serde_json::Value>, EvalError> {
+    fn evaluate_json(&self, input: &RawValue) -> Result<Option<serde_json::Value>, EvalError> {
         let pooled = self.pool.take();
         let mut instance = match pooled {
             Some(instance) => instance,
@@ -322,7 +324,7 @@ impl Engine for WasmPolicy {
         let evaluated = futures::executor::block_on(policy.evaluate::<_, serde_json::Value, _>(
             &mut *store,
             ENTRYPOINT,
-            input,
+            &input,
         ));
         let value = match evaluated {
             Ok(value) => value,
