@@ -287,11 +287,13 @@ async fn mcp_calls_are_judged_by_tool_and_a_body_cannot_smuggle_another_call() {
     );
     let (status, body) = call(&alpha, Method::POST, "/mcp", &JSON, padded.as_bytes()).await;
     assert_ne!(status, StatusCode::OK, "{body}");
-    let node1_log = mesh.node1.process.output.text();
-    assert!(
-        node1_log.contains("request body refused after the policy decision"),
-        "the stream was not cut: {body}\n{node1_log}"
-    );
+    // The caller can hear of the cut before node1's log line reaches this test's reader.
+    deputy_tests::eventually("node1 logs the cut", Duration::from_secs(5), || {
+        let node1_log = mesh.node1.process.output.text();
+        node1_log
+            .contains("request body refused after the policy decision")
+            .then_some(())
+    });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !beta_log.text().contains("ran drop_database"),
@@ -359,6 +361,54 @@ async fn a_broken_policy_keeps_the_last_good_one_serving() {
     );
     let (status, body) = call(&alpha, Method::GET, "/", &[], b"").await;
     assert_denied(status, &body, "policy-denied", "may not call beta");
+}
+
+/// SIGHUP re-reads the configured attributes: an agent moved to another team is judged as a
+/// member of that team from then on; a configuration file that no longer loads changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_puts_changed_attributes_in_force() {
+    let (mesh, _dir, _) = policed_mesh();
+    let alpha = mesh.node1.outbound_of("alpha");
+    let reader = [
+        ("deputy-principal", "user:alice@example.org"),
+        ("deputy-scope", "customers:read"),
+    ];
+    let (status, body) = call(&alpha, Method::GET, "/customers/c-2002", &reader, b"").await;
+    assert_denied(status, &body, "policy-denied", "belongs to team us");
+
+    let config = mesh.dir.path().join("node2.toml");
+    let text = std::fs::read_to_string(&config).expect("node2 config");
+    assert!(text.contains("team = \"eu\""), "{text}");
+    std::fs::write(&config, text.replace("team = \"eu\"", "team = \"us\"")).expect("write");
+    let reread = |count: usize| {
+        deputy_tests::eventually("the settings are re-read", Duration::from_secs(10), || {
+            let log = mesh.node2.process.output.text();
+            (log.matches("policy attributes and time zone re-read")
+                .count()
+                >= count)
+                .then_some(())
+        })
+    };
+    mesh.node2.process.signal(nix::sys::signal::Signal::SIGHUP);
+    reread(1);
+    let (status, body) = call(&alpha, Method::GET, "/customers/c-2002", &reader, b"").await;
+    assert_eq!(status, StatusCode::OK, "alpha is in team us now: {body}");
+    let (status, body) = call(&alpha, Method::GET, "/customers/c-1001", &reader, b"").await;
+    assert_denied(status, &body, "policy-denied", "belongs to team eu");
+
+    std::fs::write(&config, "this is not [toml").expect("write");
+    mesh.node2.process.signal(nix::sys::signal::Signal::SIGHUP);
+    deputy_tests::eventually("the bad file is reported", Duration::from_secs(10), || {
+        let log = mesh.node2.process.output.text();
+        log.contains("the configuration file does not load")
+            .then_some(())
+    });
+    let (status, body) = call(&alpha, Method::GET, "/customers/c-2002", &reader, b"").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the settings in force are kept: {body}"
+    );
 }
 
 /// A rule about a query parameter holds however the parameter is spelled or repeated: the

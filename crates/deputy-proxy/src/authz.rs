@@ -79,8 +79,9 @@ fn input(
     request: RequestFacts<'_>,
     now: SystemTime,
 ) -> PolicyInput {
+    let facts = config.facts.current();
     let attributes = |id: &SpiffeId| {
-        config
+        facts
             .attributes
             .get(&id.to_string())
             .cloned()
@@ -135,7 +136,7 @@ fn input(
             ),
             mcp: request.mcp,
         },
-        time: TimeInfo::at(unix, config.time_zone),
+        time: TimeInfo::at(unix, facts.time_zone),
     }
 }
 
@@ -374,7 +375,10 @@ impl HttpBody for Inspecting {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.held.is_empty() && self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+        // Not the inner body's answer: a sender that trusts it stops polling after the last
+        // frame, and the inspector would never hear the end (an unfinished object, a short
+        // head). The end is the poll that returns `None`.
+        self.held.is_empty() && self.inner.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

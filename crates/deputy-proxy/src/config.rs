@@ -99,14 +99,42 @@ pub struct ProxyConfig {
 pub struct PolicyConfig {
     /// The serving policy (reloaded in place).
     pub policy: std::sync::Arc<deputy_policy::Policy>,
-    /// Attributes of SPIFFE IDs (agents, peers, services), by SPIFFE ID.
-    pub attributes: std::collections::HashMap<String, deputy_policy::input::Attributes>,
-    /// The zone `time.weekday` and `time.hour` are given in.
-    pub time_zone: chrono_tz::Tz,
+    /// What the input says of identities and time (replaced in place on SIGHUP).
+    pub facts: std::sync::Arc<FactsCell>,
     /// Most request body bytes held back to read an MCP call before deciding.
     pub peek_bytes: usize,
     /// Longest wait for those bytes; then the policy decides on what has arrived.
     pub peek_wait: Duration,
+}
+
+/// Configured facts a policy input carries.
+#[derive(Debug, Clone)]
+pub struct PolicyFacts {
+    /// Attributes of SPIFFE IDs (agents, peers, services), by SPIFFE ID.
+    pub attributes: std::collections::HashMap<String, deputy_policy::input::Attributes>,
+    /// The zone `time.weekday` and `time.hour` are given in.
+    pub time_zone: chrono_tz::Tz,
+}
+
+/// The facts in force, replaced whole: a decision sees the old set or the new, never a mix.
+#[derive(Debug)]
+pub struct FactsCell(std::sync::RwLock<std::sync::Arc<PolicyFacts>>);
+
+impl FactsCell {
+    /// A cell holding `facts`.
+    pub fn new(facts: PolicyFacts) -> Self {
+        Self(std::sync::RwLock::new(std::sync::Arc::new(facts)))
+    }
+
+    /// The facts in force now.
+    pub fn current(&self) -> std::sync::Arc<PolicyFacts> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `facts` in force for the decisions that follow.
+    pub fn replace(&self, facts: PolicyFacts) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(facts);
+    }
 }
 
 /// How chains are verified and how many received chains are kept.

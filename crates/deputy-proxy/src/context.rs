@@ -173,6 +173,17 @@ impl ContextStore {
         Ok((handle, context))
     }
 
+    /// Calls `agent` has left under the last link of `chain`: what the context of that link
+    /// has not spent when the link was received before, else the link's whole budget.
+    pub(crate) fn remaining_for(&self, agent: &str, chain: &VerifiedChain) -> Option<u64> {
+        let granted = chain.last().budget?.calls;
+        let link = chain.hashes.last()?.clone();
+        let inner = self.lock();
+        let handle = inner.by_link.get(&(agent.to_owned(), link)).cloned();
+        let known = handle.and_then(|h| inner.by_handle.peek(&h).map(|c| c.remaining()));
+        known.unwrap_or(Some(granted))
+    }
+
     /// The context `handle` names, if `agent` may act under it at `now`.
     pub(crate) fn lookup(
         &self,
@@ -285,6 +296,35 @@ mod tests {
         // not mix them up) gets its own context.
         let (other, _) = store.issue("c", chain("h1", 100, Some(2)), 0).expect("c");
         assert_ne!(first, other);
+    }
+
+    #[test]
+    fn the_budget_a_policy_sees_is_what_the_agent_has_not_spent() {
+        let store = ContextStore::new(8);
+        let received = chain("h1", 100, Some(3));
+        assert_eq!(
+            store.remaining_for("b", &received),
+            Some(3),
+            "a new link: all of it"
+        );
+        let (_, context) = store.issue("b", received.clone(), 0).expect("issue");
+        context.spend().expect("spend");
+        context.spend().expect("spend");
+        assert_eq!(
+            store.remaining_for("b", &received),
+            Some(1),
+            "received again"
+        );
+        assert_eq!(
+            store.remaining_for("c", &received),
+            Some(3),
+            "another agent's count"
+        );
+        assert_eq!(
+            store.remaining_for("b", &chain("h2", 100, None)),
+            None,
+            "no budget"
+        );
     }
 
     #[test]

@@ -499,14 +499,19 @@ pub(crate) fn verify_inbound(
         })
 }
 
-/// The task of a verified inbound chain, as the policy sees it.
-pub(crate) fn inbound_task(verified: &VerifiedChain) -> TaskFacts {
+/// The task of a verified inbound chain, as the policy sees it: `budget_left` is what `agent`
+/// still has under the received link (the link may have been received, and spent on, before).
+pub(crate) fn inbound_task(
+    inbound: &Inbound,
+    agent: &InboundAgent,
+    verified: &VerifiedChain,
+) -> TaskFacts {
     TaskFacts {
         principal: verified.principal().to_owned(),
         id: verified.task().to_owned(),
         new: false,
         scope: verified.last().scope.clone(),
-        budget_left: verified.last().budget.map(|b| b.calls),
+        budget_left: inbound.contexts.remaining_for(&agent.name, verified),
         chain: crate::authz::chain_of(&verified.links),
     }
 }

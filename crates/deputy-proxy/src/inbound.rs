@@ -285,7 +285,9 @@ async fn admit(
             peer: Some(peer),
             service: None,
         };
-        let task = verified.as_ref().map(crate::delegation::inbound_task);
+        let task = verified
+            .as_ref()
+            .map(|v| crate::delegation::inbound_task(inbound, agent, v));
         let judged = authz::judge(policy, &parties, task, request, asked, now, request_id).await;
         request = match judged {
             Ok((request, _)) => request,

@@ -37,7 +37,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    Delegation, ListenAddr, LocalAgent, PolicyConfig, ProxyConfig, Service, Timeouts,
+    Delegation, FactsCell, ListenAddr, LocalAgent, PolicyConfig, PolicyFacts, ProxyConfig, Service,
+    Timeouts,
 };
 
 /// Largest HTTP/2 frame between nodes: 64 KiB, so that a streamed chunk crosses as one frame

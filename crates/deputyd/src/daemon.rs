@@ -11,17 +11,27 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminState, router};
 use crate::config::Config;
+use crate::policy_config::PolicySettings;
 use crate::systemd;
 
 /// A running deputyd.
 #[derive(Debug)]
 pub struct Daemon {
     identities: Arc<IdentityManager>,
-    policy: Option<Arc<deputy_policy::Policy>>,
+    policy: Option<ServingPolicy>,
     proxy: Option<deputy_proxy::Proxy>,
     admin_addr: SocketAddr,
     cancel: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
+}
+
+/// The policy deputyd serves, and what of its settings SIGHUP may change.
+#[derive(Debug)]
+struct ServingPolicy {
+    policy: Arc<deputy_policy::Policy>,
+    facts: Arc<deputy_proxy::FactsCell>,
+    /// The settings it started with.
+    settings: PolicySettings,
 }
 
 /// The process-wide Prometheus recorder (the `metrics` facade allows one per process).
@@ -72,8 +82,13 @@ impl Daemon {
                 })?;
                 tracing::info!(source = %settings.source, engine = policy.engine_kind(),
                     revision = %policy.revision(), "policy loaded");
+                let facts = enforcement.facts.clone();
                 proxy_config.policy = Some(enforcement);
-                Some((policy, settings.watch_interval))
+                Some(ServingPolicy {
+                    policy,
+                    facts,
+                    settings: settings.clone(),
+                })
             }
         };
         let identities = Arc::new(IdentityManager::start(config.identity.clone()));
@@ -91,7 +106,7 @@ impl Daemon {
             identities: identities.clone(),
             metrics,
             trust_domain: config.trust_domain.to_string(),
-            policy: policy.as_ref().map(|(p, _)| p.clone()),
+            policy: policy.as_ref().map(|p| p.policy.clone()),
         });
         let stop = cancel.clone();
         tasks.spawn(async move {
@@ -101,15 +116,21 @@ impl Daemon {
             }
         });
         tasks.spawn(report_to_systemd(identities.clone(), cancel.clone()));
-        if let Some((policy, interval)) = &policy {
+        if let Some(serving) = &policy {
             let stop = cancel.clone();
-            tasks.spawn(policy.clone().watch(*interval, stop.cancelled_owned()));
+            let interval = serving.settings.watch_interval;
+            tasks.spawn(
+                serving
+                    .policy
+                    .clone()
+                    .watch(interval, stop.cancelled_owned()),
+            );
         }
 
         tracing::info!(admin = %admin_addr, agents = config.identity.agents.len(), "deputyd started");
         Ok(Self {
             identities,
-            policy: policy.map(|(p, _)| p),
+            policy,
             proxy: Some(proxy),
             admin_addr,
             cancel,
@@ -127,15 +148,41 @@ impl Daemon {
         &self.identities
     }
 
-    /// Loads the policy again (SIGHUP); a policy that fails to load is reported and the last
-    /// good one keeps serving.
-    pub fn reload_policy(&self) {
-        if let Some(policy) = &self.policy {
-            // Errors are logged and shown on /status by the policy itself. Off the signal loop:
-            // a slow load must not keep SIGTERM waiting.
-            let policy = policy.clone();
-            tokio::task::spawn_blocking(move || policy.reload());
+    /// SIGHUP: loads the policy files again and puts in force the `[policy]` attributes, time
+    /// zone and evaluation time limit of `settings` (the configuration file as it reads now;
+    /// `None` when it no longer loads, which keeps the settings in force). A policy that fails
+    /// to load is reported and the last good one keeps serving. The source, engine, peek bounds
+    /// and watch interval take effect on restart.
+    pub fn reload_policy(&self, settings: Option<&PolicySettings>) {
+        let Some(serving) = &self.policy else {
+            if settings.is_some() {
+                tracing::warn!("the configuration now has [policy]; restart deputyd to enforce it");
+            }
+            return;
+        };
+        match settings {
+            Some(settings) => {
+                if settings.source != serving.settings.source {
+                    tracing::warn!(serving = %serving.settings.source, configured = %settings.source,
+                        "the policy source changed; restart deputyd to switch to it");
+                }
+                serving.facts.replace(settings.facts());
+                deputy_policy::set_time_limit(settings.eval_timeout);
+                tracing::info!(
+                    attributes = settings.attributes.len(),
+                    time_zone = %settings.time_zone,
+                    "policy attributes and time zone re-read"
+                );
+            }
+            None => tracing::warn!(
+                "the policy settings in force are kept (attributes, time zone); only the policy \
+                 files are reloaded"
+            ),
         }
+        // Errors are logged and shown on /status by the policy itself. Off the signal loop: a
+        // slow load must not keep SIGTERM waiting.
+        let policy = serving.policy.clone();
+        tokio::task::spawn_blocking(move || policy.reload());
     }
 
     /// Stops serving and waits for the background tasks.
@@ -229,8 +276,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 break;
             }
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the policy");
-                daemon.reload_policy();
+                tracing::info!("SIGHUP: reloading the policy and its settings");
+                match Config::load(&args.config) {
+                    Ok(config) => daemon.reload_policy(config.policy.as_ref()),
+                    Err(e) => {
+                        tracing::error!(config = %args.config.display(), error = %e,
+                            "SIGHUP: the configuration file does not load; fix it and send \
+                             SIGHUP again");
+                        daemon.reload_policy(None);
+                    }
+                }
             }
         }
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use deputy_policy::input::Attributes;
 use deputy_policy::{Policy, PolicySource};
-use deputy_proxy::PolicyConfig;
+use deputy_proxy::{FactsCell, PolicyConfig, PolicyFacts};
 use serde::Deserialize;
 
 /// `[policy]` as written.
@@ -174,14 +174,21 @@ impl RawPolicy {
 }
 
 impl PolicySettings {
+    /// The facts the input carries: attributes and time zone.
+    pub fn facts(&self) -> PolicyFacts {
+        PolicyFacts {
+            attributes: self.attributes.clone(),
+            time_zone: self.time_zone,
+        }
+    }
+
     /// Loads the policy: deputyd does not start on a policy it cannot enforce.
     pub fn load(&self) -> Result<(Arc<Policy>, PolicyConfig), deputy_policy::LoadError> {
         deputy_policy::set_time_limit(self.eval_timeout);
         let policy = Arc::new(Policy::load(self.source.clone())?);
         let config = PolicyConfig {
             policy: policy.clone(),
-            attributes: self.attributes.clone(),
-            time_zone: self.time_zone,
+            facts: Arc::new(FactsCell::new(self.facts())),
             peek_bytes: self.peek_bytes,
             peek_wait: self.peek_wait,
         };
