@@ -134,6 +134,13 @@ test_a_wildcard_scope_narrows_to_what_the_service_accepts if {
 	d.scope == ["tickets:read", "tickets:write"]
 }
 
+test_a_service_accepting_a_wildcard_receives_the_task_scopes_it_covers if {
+	d := data.deputy.authz.decision with input as tickets_call(["tickets:read", "users:read", "tickets:write:all"])
+		with data.services.tickets.scopes as ["tickets:*"]
+	d.allow
+	d.scope == ["tickets:read"]
+}
+
 test_a_task_with_no_accepted_scope_may_not_call_the_service if {
 	d := data.deputy.authz.decision with input as tickets_call(["users:read"])
 	not d.allow

@@ -1,7 +1,8 @@
 //! Decisions per second, and p50/p99 latency, per engine, with a realistic input (a support
 //! agent reading its own team's customer inside a task: the case
 //! `policies/cases/support-reads-own-team-customer.json`, which runs every rule of the shipped
-//! policy).
+//! policy), and the shipped policy's most expensive case: a task starting with a wildcard scope
+//! the service's accepted scopes are narrowed from (`tickets-scope-narrowed.json`).
 //!
 //! - `rego`: the shipped policy, as deputyd serves it (`Policy::decide`: input to JSON, size
 //!   check, evaluation, strict reading, decision log event and metrics).
@@ -22,8 +23,12 @@ use deputy_policy::{Engine as _, Policy, PolicyInput, PolicySource, RegoPolicy};
 use deputy_tests::opa_abi::{Answer, DECISION_ONLY, bundle, module};
 
 fn input() -> PolicyInput {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../policies/cases/support-reads-own-team-customer.json");
+    case_input("support-reads-own-team-customer")
+}
+
+fn case_input(name: &str) -> PolicyInput {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../policies/cases/{name}.json"));
     let case: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("case")).expect("json");
     serde_json::from_value(case["input"].clone()).expect("input")
@@ -61,6 +66,13 @@ fn cases(dir: &Path) -> Vec<(&'static str, Decide)> {
         ));
     }
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/authz");
+    let policy = Policy::load(PolicySource::RegoDir(shipped.clone())).expect("rego");
+    let narrowing = case_input("tickets-scope-narrowed");
+    assert!(policy.decide(&narrowing).decision.scope.is_some());
+    cases.push((
+        "rego (wildcard narrowing)",
+        Box::new(move || policy.decide(black_box(&narrowing)).decision.allow),
+    ));
     let engine = RegoPolicy::load(&shipped).expect("rego");
     let text = serde_json::value::to_raw_value(&input).expect("json");
     cases.push((
