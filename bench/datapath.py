@@ -36,7 +36,12 @@ def log(message):
 
 
 def ensure_peers():
-    missing = [pkg for tool, pkg in PEERS.items() if shutil.which(tool) is None]
+    ensure_tools(PEERS)
+
+
+def ensure_tools(tools):
+    """Installs the Debian packages of `tools` (program -> package) that are missing."""
+    missing = [pkg for tool, pkg in tools.items() if shutil.which(tool) is None]
     if not missing:
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):

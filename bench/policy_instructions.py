@@ -8,7 +8,7 @@ input serialized once, rego evaluated on regorus's VM, decision read strictly, d
 event) with 0 and with N decisions, and prints the difference divided by N.
 
 Usage: python3 bench/policy_instructions.py [--count N] [--policy DIR] [CASE ...]
-       (CASE: a name in policies/cases/; default: every case)
+       (CASE: a name in policies/cases/; default: every case; installs valgrind if root)
 """
 
 import argparse
@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from datapath import ensure_tools  # noqa: E402
 
 
 def instructions(binary, policy, case, count):
@@ -42,6 +44,7 @@ def main():
     parser.add_argument("--policy", type=Path, default=ROOT / "policies" / "authz")
     parser.add_argument("cases", nargs="*")
     args = parser.parse_args()
+    ensure_tools({"valgrind": "valgrind"})
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "deputy-policy", "--example", "decide_loop"],
                    cwd=ROOT, check=True)
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
