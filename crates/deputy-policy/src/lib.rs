@@ -19,6 +19,7 @@ pub mod sources;
 pub mod wasm;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -186,10 +187,20 @@ pub struct DecisionRecord {
     pub took: Duration,
 }
 
+/// A decision that takes longer than this is slow: the caller's async worker should not run the
+/// decisions that follow (see [`Policy::runs_slow`]).
+pub const SLOW_DECISION: Duration = Duration::from_millis(1);
+
+/// How long a policy counts as slow after a slow decision.
+pub const SLOW_SPELL: Duration = Duration::from_secs(10);
+
 /// The serving policy.
 #[derive(Debug)]
 pub struct Policy {
     source: PolicySource,
+    /// Until when (milliseconds since `epoch`) the policy counts as slow.
+    slow_until_ms: AtomicU64,
+    epoch: Instant,
     current: RwLock<Arc<dyn Engine>>,
     last_error: Mutex<Option<String>>,
     /// The source's files as they were just before the last load attempt: a change made while
@@ -205,12 +216,35 @@ impl Policy {
         let engine = source.load_engine();
         metrics::counter!(LOADS, "result" => if engine.is_ok() { "ok" } else { "error" })
             .increment(1);
-        Ok(Self {
+        let policy = Self {
             source,
+            slow_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             current: RwLock::new(engine?),
             last_error: Mutex::new(None),
             loaded_from,
-        })
+        };
+        Ok(policy)
+    }
+
+    /// Whether a decision was reported slow ([`Policy::mark_slow`]) within the last
+    /// [`SLOW_SPELL`]. Async callers run decisions on their worker while the policy is fast
+    /// (moving a worker's tasks to another thread costs more than most decisions) and where
+    /// blocking is allowed while it is slow: an input that makes the policy run to its time
+    /// limit holds a worker at most once per spell.
+    pub fn runs_slow(&self) -> bool {
+        self.millis_now() < self.slow_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Reports a decision that used more than [`SLOW_DECISION`] of its thread's CPU (the caller
+    /// measures: time spent waiting for a core on a busy node does not make a policy slow).
+    pub fn mark_slow(&self) {
+        let until = self.millis_now() + SLOW_SPELL.as_millis() as u64;
+        self.slow_until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    fn millis_now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Loads the source again. On failure the previous policy keeps serving and the error is
@@ -339,4 +373,39 @@ fn log_decision(record: &DecisionRecord, direction: Direction, input: &str) {
         input,
         "policy decision"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy_with(rego: &str) -> (tempfile::TempDir, Policy) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("p.rego"), rego).expect("write");
+        let policy = Policy::load(PolicySource::RegoDir(dir.path().into())).expect("loads");
+        (dir, policy)
+    }
+
+    fn input() -> PolicyInput {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../policies/cases/support-reads-own-team-customer.json");
+        let case: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).expect("case")).expect("json");
+        serde_json::from_value(case["input"].clone()).expect("input")
+    }
+
+    #[test]
+    fn a_policy_counts_as_slow_for_a_spell_after_a_slow_decision() {
+        let (_dir, policy) =
+            policy_with("package deputy.authz\nimport rego.v1\ndecision := {\"allow\": true}\n");
+        assert!(!policy.runs_slow());
+        assert!(policy.decide(&input()).decision.allow);
+        assert!(!policy.runs_slow(), "deciding does not make it slow");
+        policy.mark_slow();
+        assert!(policy.runs_slow());
+        policy
+            .slow_until_ms
+            .store(policy.millis_now(), Ordering::Relaxed);
+        assert!(!policy.runs_slow(), "the spell ends");
+    }
 }

@@ -172,16 +172,32 @@ pub(crate) async fn judge(
     Ok((http::Request::from_parts(parts, body), record))
 }
 
-/// Asks the policy. An evaluation may run up to the configured time limit, so it does not hold
-/// an async worker meanwhile: the worker's other tasks move to another worker while it runs.
+/// Asks the policy. An evaluation may run up to the configured time limit. While the policy
+/// has been slow lately it runs with the worker's other tasks moved to another thread; else on
+/// the worker, as a fast decision costs less than that move (which wakes threads: on the data
+/// path benchmark it was most of the CPU policy added).
 fn decide(config: &PolicyConfig, input: &PolicyInput) -> DecisionRecord {
     let multi_thread = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread {
-        tokio::task::block_in_place(|| config.policy.decide(input))
+    if multi_thread && config.policy.runs_slow() {
+        tokio::task::block_in_place(|| decide_timed(&config.policy, input))
     } else {
-        config.policy.decide(input)
+        decide_timed(&config.policy, input)
     }
+}
+
+/// Decides, and reports the policy slow when the decision used more than
+/// [`SLOW_DECISION`](deputy_policy::SLOW_DECISION) of this thread's CPU.
+fn decide_timed(policy: &deputy_policy::Policy, input: &PolicyInput) -> DecisionRecord {
+    let cpu = || nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).ok();
+    let before = cpu();
+    let record = policy.decide(input);
+    if let (Some(before), Some(after)) = (before, cpu())
+        && std::time::Duration::from(after - before) > deputy_policy::SLOW_DECISION
+    {
+        policy.mark_slow();
+    }
+    record
 }
 
 /// The refusal a decision calls for, if any.
