@@ -1,18 +1,17 @@
 #!/usr/bin/env python3
-"""Conformance: Deputy's `rego` engine (regorus) against OPA's own engine.
+"""Conformance: Deputy's engines against OPA itself.
 
 Every decision case under policies/cases, and a few hundred variants of each (one field changed
 at a time: time of day, weekday, method, path, chain depth, scopes, principal, MCP tool, the
-actor's attributes...), is decided twice: by OPA's evaluation engine (v1.20.2, from the PyPI
-package opa-golib-python-bindings) and by `deputy policy eval --inputs` (regorus). Any
-disagreement in the entrypoint's raw value fails the run, and every case must also match its
-recorded expectation. The policy's own `test_*` rules run under OPA too.
+actor's attributes...), is decided three times: by OPA (`opa eval`, v1.22.3, built from its Go
+module by scripts/peers), by Deputy's `rego` engine (regorus, `deputy policy eval --inputs
+--dir`) and by Deputy's `wasm` engine on the policy compiled with `opa build -t wasm -e
+deputy/authz/decision` (`deputy policy eval --inputs --bundle`). Any disagreement in the
+entrypoint's raw value fails the run, and every case must also match its recorded expectation.
+The policy's own `test_*` rules run under `opa test`.
 
-The wasm engine leg needs `opa build -t wasm`, so it runs only when an `opa` CLI is on PATH
-(then every input is also decided by `deputy policy eval --bundle`); otherwise it says it was
-skipped and why.
-
-Usage: opa_conformance.py --deputy PATH/TO/deputy [--policy policies/authz] [--cases policies/cases]
+Usage: opa_conformance.py --deputy PATH/TO/deputy [--opa PATH/TO/opa] [--policy policies/authz]
+       [--cases policies/cases]
 """
 
 import argparse
@@ -24,69 +23,64 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 ENTRYPOINT = "deputy/authz/decision"
-WHEEL_VERSION = "0.4.4"
+OPA_VERSION = "1.22.3"
 
 
-def cache_dir() -> Path:
+def default_opa() -> str:
+    """The OPA that scripts/peers builds (the same place the tests look)."""
+    if os.environ.get("DEPUTY_PEERS_BIN"):
+        return os.path.join(os.environ["DEPUTY_PEERS_BIN"], "opa")
     base = os.environ.get("DEPUTY_CACHE") or os.path.join(Path.home(), ".cache", "deputy")
-    return Path(base) / f"opa-golib-python-bindings-{WHEEL_VERSION}"
+    return os.path.join(base, "peers", "bin", "opa")
 
 
-def fetch_oracle() -> Path:
-    """Downloads the pinned wheel once (hash-checked by pip) and unpacks it into the cache."""
-    target = cache_dir()
-    if (target / "opa_bindings" / "libopabridge.so").is_file():
-        return target
-    with tempfile.TemporaryDirectory() as download:
-        # The wheel declares Python >= 3.14 but its ctypes code runs on 3.11: download it for
-        # 3.14 and load it from a plain directory instead of installing it.
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-               "--python-version", "3.14", "--only-binary=:all:", "--require-hashes",
-               "-r", str(HERE / "requirements.txt"), "-d", download]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            sys.exit(f"error: cannot download OPA's engine from PyPI ({' '.join(cmd)}):\n"
-                     f"{result.stderr.strip()}\nThe conformance check needs PyPI once; later "
-                     f"runs use {target}.")
-        wheels = list(Path(download).glob("*.whl"))
-        staging = Path(tempfile.mkdtemp(dir=target.parent if target.parent.exists() else None))
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            wheel.extractall(staging)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    return target
-
-
-def opa_engine(policy_dir: Path, with_tests: bool):
-    from opa_bindings.engine import OpaEngine  # noqa: E402 (path set up by fetch_oracle)
-
-    engine = OpaEngine()
-    for path in sorted(policy_dir.glob("*.rego")):
-        if path.name.endswith("_test.rego") and not with_tests:
-            continue
-        engine.add_policy(path.name, path.read_text())
-    data = policy_dir / "data.json"
-    if data.is_file():
-        engine.add_data(json.loads(data.read_text()))
-    return engine
-
-
-def opa_decide(engine, document):
-    from opa_bindings.engine import OpaError, OpaUndefinedError
-
+def check_opa(opa: str):
     try:
-        return {"raw": engine.eval_document(ENTRYPOINT.replace("/", "."), document), "error": None}
-    except OpaUndefinedError:
-        return {"raw": None, "error": None}
-    except OpaError as e:
-        return {"raw": None, "error": str(e)}
+        version = subprocess.run([opa, "version"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        sys.exit(f"error: cannot run OPA at {opa} ({e}); build it with ./scripts/peers "
+                 f"(the README's test command does)")
+    if f"Version: {OPA_VERSION}" not in version.stdout:
+        sys.exit(f"error: {opa} is not OPA {OPA_VERSION}:\n{version.stdout}")
+
+
+def policy_copy(policy_dir: Path, work: Path) -> Path:
+    """The policy as deputyd serves it: its modules and data, without the tests."""
+    sources = work / "policy"
+    shutil.copytree(policy_dir, sources, ignore=shutil.ignore_patterns("*_test.rego"))
+    return sources
+
+
+def opa_decide_all(opa: str, sources: Path, documents):
+    """Every document decided by `opa eval` in one process: each input is given with `with
+    input as`, which OPA evaluates as if it were the input. If one input makes the query fail
+    (an evaluation error), the inputs are decided one by one so that the error is told apart."""
+    with tempfile.TemporaryDirectory() as work:
+        inputs = Path(work) / "inputs.json"
+        inputs.write_text(json.dumps({"deputy_conformance_inputs": documents}))
+        query = ("x := {i: d | some i; doc := data.deputy_conformance_inputs[i]; "
+                 f"d := data.{ENTRYPOINT.replace('/', '.')} with input as doc}}")
+        result = subprocess.run([opa, "eval", "--format", "json", "-d", str(sources), "-d",
+                                 str(inputs), query], capture_output=True, text=True)
+        if result.returncode == 0:
+            decided = json.loads(result.stdout)["result"][0]["bindings"]["x"]
+            return [{"raw": decided.get(str(i)), "error": None} for i in range(len(documents))]
+    return [opa_decide_one(opa, sources, doc) for doc in documents]
+
+
+def opa_decide_one(opa: str, sources: Path, document):
+    result = subprocess.run([opa, "eval", "--format", "json", "--stdin-input", "-d",
+                             str(sources), f"data.{ENTRYPOINT.replace('/', '.')}"],
+                            input=json.dumps(document), capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"raw": None, "error": (result.stdout + result.stderr).strip()}
+    rows = json.loads(result.stdout).get("result") or []
+    return {"raw": rows[0]["expressions"][0]["value"] if rows else None, "error": None}
 
 
 # ---- variants: one field changed at a time, then a few seeded random combinations ----
@@ -214,7 +208,7 @@ def variants(cases, random_count):
         yield f"{case['name']} / random #{n}", doc
 
 
-def regorus_decide(deputy: str, policy: Path, documents, flag="--dir"):
+def deputy_decide(deputy: str, policy: Path, documents, flag="--dir"):
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as lines:
         for doc in documents:
             lines.write(json.dumps(doc) + "\n")
@@ -228,46 +222,31 @@ def regorus_decide(deputy: str, policy: Path, documents, flag="--dir"):
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def run_opa_tests(policy_dir: Path):
-    engine = opa_engine(policy_dir, with_tests=True)
-    failures, count = [], 0
-    for path in sorted(policy_dir.glob("*_test.rego")):
-        text = path.read_text()
-        package = next(l.split()[1] for l in text.splitlines() if l.startswith("package "))
-        names = sorted({l.split()[0].split("(")[0] for l in text.splitlines()
-                        if l.startswith("test_")})
-        for name in names:
-            count += 1
-            try:
-                rows = engine.eval_query(f"data.{package}.{name} == true")
-            except Exception as e:  # an error is a failure with its message
-                rows, name = [], f"{name} ({e})"
-            if not rows:
-                failures.append(f"data.{package}.{name}")
-    return count, failures
+def run_opa_tests(opa: str, policy_dir: Path):
+    """`opa test` on the policy: how many tests ran, and the names of those that failed."""
+    result = subprocess.run([opa, "test", "--format", "json", str(policy_dir)],
+                            capture_output=True, text=True)
+    try:
+        results = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        sys.exit(f"error: opa test did not run:\n{result.stdout}{result.stderr}")
+    failed = [f"{r['package']}.{r['name']}" + (f" ({r['error']})" if r.get("error") else "")
+              for r in results if r.get("fail") or r.get("error")]
+    return len(results), failed
 
 
-def wasm_leg(deputy: str, policy_dir: Path, named, opa):
+def wasm_leg(deputy: str, opa: str, sources: Path, named, reference):
     """Compiles the policy with `opa build -t wasm` and decides every input with Deputy's wasm
-    engine; returns the disagreements with OPA's own engine."""
-    opa_cli = shutil.which("opa")
-    if opa_cli is None:
-        print("wasm engine: SKIPPED: no `opa` CLI on PATH to compile the policy with "
-              "`opa build -t wasm -e deputy/authz/decision` (it cannot be installed on this "
-              "machine); the wasm engine's own tests use modules that speak OPA's wasm ABI")
-        return []
+    engine; returns the disagreements with OPA."""
     with tempfile.TemporaryDirectory() as work:
-        sources = Path(work) / "policy"
-        shutil.copytree(policy_dir, sources,
-                        ignore=shutil.ignore_patterns("*_test.rego"))
         bundle = Path(work) / "bundle.tar.gz"
-        built = subprocess.run([opa_cli, "build", "-t", "wasm", "-e", ENTRYPOINT, "-o",
+        built = subprocess.run([opa, "build", "-t", "wasm", "-e", ENTRYPOINT, "-o",
                                 str(bundle), "."], cwd=sources, capture_output=True, text=True)
         if built.returncode != 0:
             sys.exit(f"error: opa build -t wasm failed:\n{built.stderr}")
-        ours = regorus_decide(deputy, bundle, [doc for _, doc in named], flag="--bundle")
-    disagreements = [(name, doc, theirs, mine)
-                     for (name, doc), theirs, mine in zip(named, opa, ours, strict=True)
+        ours = deputy_decide(deputy, bundle, [doc for _, doc in named], flag="--bundle")
+    disagreements = [(f"wasm: {name}", doc, theirs, mine)
+                     for (name, doc), theirs, mine in zip(named, reference, ours, strict=True)
                      if theirs["error"] or mine["error"] or theirs["raw"] != mine["raw"]]
     print(f"wasm engine: {len(named) - len(disagreements)} of {len(named)} inputs decided as "
           f"OPA decides them")
@@ -277,45 +256,47 @@ def wasm_leg(deputy: str, policy_dir: Path, named, opa):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deputy", required=True, help="the deputy CLI binary")
+    parser.add_argument("--opa", default=default_opa(),
+                        help="OPA's CLI (default: the one scripts/peers builds)")
     parser.add_argument("--policy", default=str(ROOT / "policies" / "authz"))
     parser.add_argument("--cases", default=str(ROOT / "policies" / "cases"))
     parser.add_argument("--random", type=int, default=300,
                         help="how many seeded random multi-field variants to add")
     args = parser.parse_args()
     policy_dir = Path(args.policy)
+    check_opa(args.opa)
 
-    sys.path.insert(0, str(fetch_oracle()))
     cases = [json.loads(p.read_text()) for p in sorted(Path(args.cases).glob("*.json"))]
     if not cases:
         sys.exit(f"error: no decision cases in {args.cases}")
 
     named = list(variants(cases, args.random))
-    engine = opa_engine(policy_dir, with_tests=False)
-    opa = [opa_decide(engine, doc) for _, doc in named]
-    ours = regorus_decide(args.deputy, policy_dir, [doc for _, doc in named])
+    with tempfile.TemporaryDirectory() as work:
+        sources = policy_copy(policy_dir, Path(work))
+        opa = opa_decide_all(args.opa, sources, [doc for _, doc in named])
+        ours = deputy_decide(args.deputy, policy_dir, [doc for _, doc in named])
+        disagreements = [(f"rego: {name}", doc, theirs, mine)
+                         for (name, doc), theirs, mine in zip(named, opa, ours, strict=True)
+                         if theirs["error"] or mine["error"] or theirs["raw"] != mine["raw"]]
+        print(f"rego engine: {len(named) - len(disagreements)} of {len(named)} inputs decided "
+              f"as OPA decides them")
+        disagreements += wasm_leg(args.deputy, args.opa, sources, named, opa)
 
-    disagreements = []
-    for (name, doc), theirs, mine in zip(named, opa, ours, strict=True):
-        if theirs["error"] or mine["error"]:
-            disagreements.append((name, doc, theirs, mine))
-        elif theirs["raw"] != mine["raw"]:
-            disagreements.append((name, doc, theirs, mine))
     expected = {c["name"]: c["expect"] for c in cases}
     mismatched = [(name, opa_result["raw"], expected[name])
                   for (name, _), opa_result in zip(named, opa)
                   if name in expected and opa_result["raw"] != expected[name]]
-
     allowed = sum(1 for r in opa if isinstance(r["raw"], dict) and r["raw"].get("allow") is True)
     print(f"decisions: {len(named)} inputs ({len(cases)} cases and their variants), "
-          f"{allowed} allowed, {len(named) - allowed} denied, decided by OPA v1.20.2 and regorus")
+          f"{allowed} allowed, {len(named) - allowed} denied, decided by OPA {OPA_VERSION}, "
+          f"regorus and the wasm engine")
     for name, got, want in mismatched:
         print(f"CASE {name}: OPA decided {json.dumps(got)}, the case expects {json.dumps(want)}")
 
-    tests, failed_tests = run_opa_tests(policy_dir)
-    print(f"rego tests under OPA: {tests - len(failed_tests)} of {tests} passed")
+    tests, failed_tests = run_opa_tests(args.opa, policy_dir)
+    print(f"opa test: {tests - len(failed_tests)} of {tests} passed")
     for name in failed_tests:
         print(f"FAIL {name}")
-    disagreements += wasm_leg(args.deputy, policy_dir, named, opa)
     for name, doc, theirs, mine in disagreements[:10]:
         print(f"DISAGREE {name}\n  input: {json.dumps(doc)}\n  opa:     {json.dumps(theirs)}\n"
               f"  deputy: {json.dumps(mine)}")
@@ -324,7 +305,7 @@ def main():
         print(f"conformance FAILED: {len(disagreements)} disagreements, {len(mismatched)} cases "
               f"off their expectation, {len(failed_tests)} failed tests")
         sys.exit(1)
-    print("conformance ok: the engines agree on every input")
+    print("conformance ok: OPA and both of Deputy's engines agree on every input")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@
 
 pub mod client;
 pub mod mesh;
+pub mod opa;
 pub mod opa_abi;
+pub mod peers;
+pub mod spire;
 pub mod tls_client;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -54,6 +57,16 @@ impl Output {
     /// Everything so far.
     pub fn text(&self) -> String {
         self.0.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Waits until the process writes more (or `timeout` passes).
+    pub fn wait_changed(&self, timeout: Duration) {
+        let (text, changed) = &*self.0;
+        let guard = text.lock().unwrap_or_else(|p| p.into_inner());
+        let before = guard.len();
+        let _ = changed
+            .wait_timeout_while(guard, timeout, |t| t.len() == before)
+            .unwrap_or_else(|p| p.into_inner());
     }
 
     /// Waits until the output contains `needle`; returns the line that holds it.
@@ -266,21 +279,31 @@ impl NodeProcess {
 
     /// `/status`, parsed.
     pub fn status(&self) -> serde_json::Value {
-        let (code, body) = http_get(&self.admin, "/status").expect("GET /status");
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).expect("status is JSON")
+        status_of(&self.admin)
     }
 
     /// The status of one identity by name (`deputyd` or an agent's name).
     pub fn identity(&self, name: &str) -> serde_json::Value {
-        self.status()["identities"]
-            .as_array()
-            .expect("identities")
-            .iter()
-            .find(|i| i["name"] == name)
-            .unwrap_or_else(|| panic!("no identity {name}"))
-            .clone()
+        identity_of(&self.admin, name)
     }
+}
+
+/// `/status` of the deputyd whose admin listener is `admin`, parsed.
+pub fn status_of(admin: &str) -> serde_json::Value {
+    let (code, body) = http_get(admin, "/status").expect("GET /status");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("status is JSON")
+}
+
+/// The status of one identity by name (`deputyd` or an agent's name) at `admin`.
+pub fn identity_of(admin: &str, name: &str) -> serde_json::Value {
+    status_of(admin)["identities"]
+        .as_array()
+        .expect("identities")
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no identity {name}"))
+        .clone()
 }
 
 /// Writes an entries file registering deputyd (by uid, also as delegate) and agents by their

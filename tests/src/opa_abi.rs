@@ -1,42 +1,27 @@
-//! Stand-ins for compiled OPA policies where no `opa` CLI exists: modules that speak OPA's wasm
-//! ABI (opa_abi.wat), and bundles laid out as `opa build -t wasm` writes them.
+//! Stand-ins for what no policy `opa build` compiles can be: a module that never returns
+//! (opa_abi.wat; Rego always terminates) or one of an older ABI; and bundles laid out as
+//! `opa build -t wasm` writes them, for contents OPA would refuse to write.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-/// What the module's `eval` answers.
+/// What the module's `opa_eval` does.
 #[derive(Debug, Clone, Copy)]
 pub enum Answer {
-    /// The data document (so a bundle's `data.json` is the decision).
-    Data,
-    /// The input document.
-    Input,
+    /// Answers an empty result set: the decision is undefined.
+    Undefined,
     /// Nothing: it never returns.
     Never,
 }
 
-/// `entrypoints()` of a module built with `-e deputy/authz/decision`.
-pub const DECISION_ONLY: &str = r#"{"deputy/authz/decision":0}"#;
-
-/// `text` as a WAT string holding `[length: i32][bytes]`.
-fn length_prefixed(text: &str) -> String {
-    let len = u32::try_from(text.len()).expect("short").to_le_bytes();
-    len.iter()
-        .chain(text.as_bytes())
-        .map(|b| format!("\\{b:02x}"))
-        .collect()
-}
-
-/// A module importing `builtins` (a JSON object of name to id), with `entrypoints`.
-pub fn module(builtins: &str, entrypoints: &str, answer: Answer) -> Vec<u8> {
+/// A module declaring ABI 1.`minor`, with the entrypoint `deputy/authz/decision`.
+pub fn module(minor: u32, answer: Answer) -> Vec<u8> {
     let eval = match answer {
-        Answer::Data => "(call $answer (local.get $ctx) (i32.const 4))",
-        Answer::Input => "(call $answer (local.get $ctx) (i32.const 0))",
-        Answer::Never => "(loop $forever (br $forever))",
+        Answer::Undefined => "(i32.const 3300)",
+        Answer::Never => "(loop $forever (br $forever)) (i32.const 0)",
     };
     let text = include_str!("opa_abi.wat")
-        .replace("__BUILTINS__", &length_prefixed(builtins))
-        .replace("__ENTRYPOINTS__", &length_prefixed(entrypoints))
+        .replace("__MINOR__", &minor.to_string())
         .replace("__EVAL__", eval);
     wat::parse_str(&text).expect("the fixture compiles")
 }

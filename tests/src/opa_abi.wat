@@ -1,19 +1,18 @@
-;; A hand-written module that speaks OPA's wasm ABI (version 1.1: the exports opa-wasm calls
-;; and `opa build -t wasm` emits), standing in for a compiled policy where no `opa` CLI exists.
-;; Values are kept as their JSON text: [length: i32][bytes]. The tests fill in:
-;;   __BUILTINS__     the `builtins()` object (name -> id) as a length-prefixed WAT string
-;;   __ENTRYPOINTS__  the `entrypoints()` object (name -> id), the same way
-;;   __EVAL__         the body of `eval`: `(call $answer (local.get $ctx) (i32.const 4))` answers
-;;                    with `data`, offset 0 with `input`; a `(loop ...)` never ends.
+;; A hand-written module that speaks OPA's wasm ABI (1.2: the exports `opa build -t wasm`
+;; emits and deputyd calls), for what no real policy can do: run forever (Rego always
+;; terminates), or declare an older ABI. Values are kept as their JSON text: [length: i32][bytes].
+;; The tests fill in:
+;;   __MINOR__  the ABI minor version it declares
+;;   __EVAL__   the body of `opa_eval`: `(i32.const 3300)` answers `[]` (undefined); a
+;;              `(loop ...)` never ends.
 (module
   (import "env" "memory" (memory 2))
   (global $heap (mut i32) (i32.const 65536))
   (global (export "opa_wasm_abi_version") i32 (i32.const 1))
-  (global (export "opa_wasm_abi_minor_version") i32 (i32.const 1))
-  (data (i32.const 1024) "__BUILTINS__")
-  (data (i32.const 2048) "__ENTRYPOINTS__")
-  (data (i32.const 3072) "\0b\00\00\00[{\"result\":")
-  (data (i32.const 3200) "\02\00\00\00}]")
+  (global (export "opa_wasm_abi_minor_version") i32 (i32.const __MINOR__))
+  (data (i32.const 1024) "\02\00\00\00{}")
+  (data (i32.const 2048) "\1b\00\00\00{\"deputy/authz/decision\":0}")
+  (data (i32.const 3300) "[]\00")
 
   (func $malloc (export "opa_malloc") (param $n i32) (result i32)
     (local $p i32)
@@ -42,14 +41,14 @@
         (br $next)))
     (local.get $i))
 
-  (func (export "opa_json_parse") (param $s i32) (param $n i32) (result i32)
+  (func $parse (export "opa_json_parse") (param $s i32) (param $n i32) (result i32)
     (local $v i32)
     (local.set $n (call $strlen (local.get $s) (local.get $n)))
     (local.set $v (call $malloc (i32.add (local.get $n) (i32.const 4))))
     (i32.store (local.get $v) (local.get $n))
     (memory.copy (i32.add (local.get $v) (i32.const 4)) (local.get $s) (local.get $n))
     (local.get $v))
-  (func (export "opa_json_dump") (param $v i32) (result i32)
+  (func $dump (export "opa_json_dump") (param $v i32) (result i32)
     (local $n i32) (local $s i32)
     (local.set $n (i32.load (local.get $v)))
     (local.set $s (call $malloc (i32.add (local.get $n) (i32.const 1))))
@@ -60,34 +59,12 @@
   (func (export "builtins") (result i32) (i32.const 1024))
   (func (export "entrypoints") (result i32) (i32.const 2048))
 
-  ;; One context at 4000: input at +0, data at +4, result at +8.
-  (func (export "opa_eval_ctx_new") (result i32) (i32.const 4000))
-  (func (export "opa_eval_ctx_set_input") (param i32 i32)
-    (i32.store (local.get 0) (local.get 1)))
-  (func (export "opa_eval_ctx_set_data") (param i32 i32)
-    (i32.store offset=4 (local.get 0) (local.get 1)))
-  (func (export "opa_eval_ctx_set_entrypoint") (param i32 i32))
-  (func (export "opa_eval_ctx_get_result") (param i32) (result i32)
-    (i32.load offset=8 (local.get 0)))
+  (func (export "opa_value_parse") (param i32 i32) (result i32)
+    (call $parse (local.get 0) (local.get 1)))
+  (func (export "opa_value_dump") (param i32) (result i32) (call $dump (local.get 0)))
 
-  ;; Appends value $v's bytes at $at; returns the address after them.
-  (func $append (param $at i32) (param $v i32) (result i32)
-    (memory.copy (local.get $at) (i32.add (local.get $v) (i32.const 4)) (i32.load (local.get $v)))
-    (i32.add (local.get $at) (i32.load (local.get $v))))
-
-  ;; The result set [{"result": <the value at ctx+offset>}].
-  (func $answer (param $ctx i32) (param $offset i32)
-    (local $value i32) (local $n i32) (local $out i32) (local $at i32)
-    (local.set $value (i32.load (i32.add (local.get $ctx) (local.get $offset))))
-    (local.set $n (i32.add (i32.load (local.get $value)) (i32.const 13)))
-    (local.set $out (call $malloc (i32.add (local.get $n) (i32.const 4))))
-    (i32.store (local.get $out) (local.get $n))
-    (local.set $at (call $append (i32.add (local.get $out) (i32.const 4)) (i32.const 3072)))
-    (local.set $at (call $append (local.get $at) (local.get $value)))
-    (drop (call $append (local.get $at) (i32.const 3200)))
-    (i32.store offset=8 (local.get $ctx) (local.get $out)))
-
-  (func (export "eval") (param $ctx i32) (result i32)
-    __EVAL__
-    (i32.const 0))
+  (func (export "opa_eval") (param $reserved i32) (param $entrypoint i32) (param $data i32)
+    (param $input i32) (param $len i32) (param $heap_ptr i32) (param $format i32) (result i32)
+    (global.set $heap (local.get $heap_ptr))
+    __EVAL__)
 )

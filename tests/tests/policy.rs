@@ -53,6 +53,11 @@ fn mesh_data(originate: serde_json::Value) -> serde_json::Value {
 /// A mesh whose nodes enforce the shipped policy. node2 knows alpha as a support agent of team
 /// eu; node1 knows nothing about it (so only node2's inbound check applies support rules).
 fn policed_mesh() -> (Mesh, tempfile::TempDir, PathBuf) {
+    policed_mesh_on(false)
+}
+
+/// [`policed_mesh`], on the Rego sources or (`wasm`) on bundles `opa build -t wasm` compiled.
+fn policed_mesh_on(wasm: bool) -> (Mesh, tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let node1 = policy_dir(
         dir.path(),
@@ -61,9 +66,19 @@ fn policed_mesh() -> (Mesh, tempfile::TempDir, PathBuf) {
     );
     let node2 = policy_dir(dir.path(), "node2", &mesh_data(serde_json::json!({})));
     let section = |dir: &Path, extra: &str| {
+        let source = if wasm {
+            let name = format!(
+                "{}.tar.gz",
+                dir.file_name().expect("name").to_string_lossy()
+            );
+            let bundle =
+                deputy_tests::opa::build_wasm(dir.parent().expect("parent"), &name, &[dir], &[]);
+            format!("engine = \"wasm\"\nbundle = \"{}\"", bundle.display())
+        } else {
+            format!("dir = \"{}\"", dir.display())
+        };
         format!(
-            "[policy]\ndir = \"{}\"\ntime_zone = \"Europe/Paris\"\nwatch_interval = \"200ms\"\n{extra}",
-            dir.display()
+            "[policy]\n{source}\ntime_zone = \"Europe/Paris\"\nwatch_interval = \"200ms\"\n{extra}"
         )
     };
     let node1_policy = section(&node1, "");
@@ -454,27 +469,36 @@ async fn query_rules_hold_for_repeated_and_encoded_parameters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deputyd_enforces_a_compiled_wasm_bundle() {
-    use deputy_tests::opa_abi::{Answer, DECISION_ONLY, bundle, module};
-    let dir = tempfile::tempdir().expect("tempdir");
-    // A module that speaks OPA's wasm ABI and answers with its bundle's data.json: the data is
-    // the decision, so this shows the bundle's data reaching the engine inside deputyd.
-    let wasm = module(r#"{"sprintf":0}"#, DECISION_ONLY, Answer::Data);
-    let data = br#"{"allow": false, "reasons": ["the wasm bundle said no"]}"#;
-    let path = bundle(
-        dir.path(),
-        "bundle.tar.gz",
-        &[("/policy.wasm", &wasm), ("/data.json", data)],
-    );
-    let section = format!(
-        "[policy]\nengine = \"wasm\"\nbundle = \"{}\"\n",
-        path.display()
-    );
-    let mesh = Mesh::start_with("1h", Some((&section, &section)));
+async fn deputyd_enforces_the_shipped_policy_compiled_by_opa() {
+    let (mesh, _dir, _) = policed_mesh_on(true);
     let alpha = mesh.node1.outbound_of("alpha");
-    let (status, body) = call(&alpha, Method::GET, "/", &[], b"").await;
-    assert_denied(status, &body, "policy-denied", "the wasm bundle said no");
-    let (_, text) = deputy_tests::http_get(&mesh.node1.admin, "/status").expect("status");
-    let status: serde_json::Value = serde_json::from_str(&text).expect("json");
-    assert_eq!(status["policy"]["engine"], "wasm", "{status}");
+    let alice = task("user:alice@example.org");
+    let (status, body) = call(&alpha, Method::GET, "/", &with_task(&alice), b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["deputy_headers"]["deputy-scope"], "tickets:read",
+        "{body}"
+    );
+
+    // Reasons are the policy's own sprintf text, as OPA formats it (%q included).
+    let batch = task("service:batch");
+    let (status, body) = call(&alpha, Method::GET, "/", &with_task(&batch), b"").await;
+    assert_denied(
+        status,
+        &body,
+        "policy-denied",
+        r#"agent alpha may not start tasks for service:batch (see data.originate["alpha"])"#,
+    );
+    let (status, body) = call(&alpha, Method::GET, "/customers/c-2002", &[], b"").await;
+    assert_denied(
+        status,
+        &body,
+        "policy-denied",
+        "customer c-2002 belongs to team us, not to the agent's team eu",
+    );
+    for node in [&mesh.node1, &mesh.node2] {
+        let (_, text) = deputy_tests::http_get(&node.admin, "/status").expect("status");
+        let status: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(status["policy"]["engine"], "wasm", "{status}");
+    }
 }

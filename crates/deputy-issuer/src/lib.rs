@@ -12,6 +12,7 @@
 
 pub mod attest;
 pub mod authority;
+mod authority_filter;
 pub mod delegated_api;
 pub mod entries;
 pub mod proto;

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use spiffe::TrustDomain;
 use tokio::net::UnixListener;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::authority::{Authority, AuthorityError};
+use crate::authority_filter::filtered;
 use crate::delegated_api::DelegatedIdentityApi;
 use crate::entries::{EntriesError, Registry};
 use crate::proto::spire::api::agent::delegatedidentity::v1::delegated_identity_server::DelegatedIdentityServer;
@@ -89,7 +89,7 @@ impl RunningIssuer {
                 issuer.clone(),
             )))
             .serve_with_incoming_shutdown(
-                UnixListenerStream::new(workload_listener),
+                filtered(workload_listener),
                 cancel.clone().cancelled_owned(),
             );
         tasks.spawn(async move {
@@ -103,7 +103,7 @@ impl RunningIssuer {
                 issuer.clone(),
             )))
             .serve_with_incoming_shutdown(
-                UnixListenerStream::new(admin_listener),
+                filtered(admin_listener),
                 cancel.clone().cancelled_owned(),
             );
         tasks.spawn(async move {

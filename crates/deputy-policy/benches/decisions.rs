@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 use deputy_policy::{Engine as _, Policy, PolicyInput, PolicySource, RegoPolicy};
-use deputy_tests::opa_abi::{Answer, DECISION_ONLY, bundle, module};
+use deputy_tests::opa::shipped_bundle;
 
 fn input() -> PolicyInput {
     case_input("support-reads-own-team-customer")
@@ -37,15 +37,12 @@ fn case_input(name: &str) -> PolicyInput {
 fn policies(dir: &Path) -> Vec<(&'static str, Policy)> {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/authz");
     let rego = Policy::load(PolicySource::RegoDir(shipped)).expect("rego");
-    let wasm = module("{}", DECISION_ONLY, Answer::Data);
-    let data = br#"{"allow": true, "reasons": ["allowed: no rule denies this call"]}"#;
-    let path = bundle(
-        dir,
-        "b.tar.gz",
-        &[("/policy.wasm", &wasm), ("/data.json", data)],
-    );
-    let wasm = Policy::load(PolicySource::WasmBundle(path)).expect("wasm");
-    vec![("rego (shipped policy)", rego), ("wasm (ABI floor)", wasm)]
+    let wasm =
+        Policy::load(PolicySource::WasmBundle(shipped_bundle(dir, "b.tar.gz"))).expect("wasm");
+    vec![
+        ("rego (shipped policy)", rego),
+        ("wasm (shipped policy, opa build)", wasm),
+    ]
 }
 
 /// What is timed: each entry is one decision.

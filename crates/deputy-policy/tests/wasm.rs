@@ -1,12 +1,15 @@
-//! The wasm engine, with modules that speak OPA's wasm ABI (`deputy_tests::opa_abi`): data and
-//! input reach the module, the result set is read, and every kind of bad bundle is refused
-//! at load with what is wrong. (The shipped policy compiled by `opa build` is compared with the
-//! other engines by policies/conformance when an `opa` CLI is on PATH.)
+//! The wasm engine on policies compiled by the real `opa build -t wasm` (OPA v1.22.3 from
+//! `scripts/peers`): data and input reach the module, builtins behave as in OPA, and every kind
+//! of bad bundle is refused at load with what is wrong. Only a module that never returns and one
+//! of an older ABI are hand-written (`deputy_tests::opa_abi`): no Rego compiles to either. The
+//! shipped policy is compared with OPA on 1,223 inputs by policies/conformance.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use deputy_tests::opa_abi::{Answer, DECISION_ONLY, bundle, module};
+use deputy_tests::opa::{build_wasm, capabilities_with, shipped_bundle, sources, wasm_of};
+use deputy_tests::opa_abi::{Answer, bundle, module};
+use serde_json::json;
 
 use deputy_policy::{Engine as _, EvalError, LoadError, Policy, PolicySource, WasmPolicy};
 
@@ -26,110 +29,204 @@ fn input() -> deputy_policy::PolicyInput {
     serde_json::from_value(case["input"].clone()).expect("input")
 }
 
+/// `rego` compiled as `package deputy.authz` with `data` files.
+fn compiled(
+    dir: &Path,
+    name: &str,
+    rego: &str,
+    data: &[(&str, serde_json::Value)],
+) -> std::path::PathBuf {
+    let text = format!("package deputy.authz\n\n{rego}\n");
+    let src = sources(dir, &format!("{name}-src"), &[("policy.rego", &text)], data);
+    build_wasm(dir, &format!("{name}.tar.gz"), &[&src], &[])
+}
+
 #[test]
-fn a_bundle_decides_with_its_own_data() {
+fn a_bundle_decides_with_its_own_data_at_its_paths() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wasm = module("{}", DECISION_ONLY, Answer::Data);
-    let data = br#"{"allow": true, "reasons": ["the bundle's data.json decided"]}"#;
-    let path = bundle(
+    let path = compiled(
         dir.path(),
-        "bundle.tar.gz",
+        "data",
+        "decision := {\"allow\": data.answer.allow, \"reasons\": [data.reasons.why]}",
         &[
-            ("/policy.wasm", &wasm),
-            ("/data.json", data),
-            ("/.manifest", b"{}"),
+            ("data.json", json!({"answer": {"allow": true}})),
+            (
+                "reasons/data.json",
+                json!({"why": "the bundle's data decided"}),
+            ),
         ],
     );
     let policy = Policy::load(PolicySource::WasmBundle(path)).expect("loads");
     let record = policy.decide(&input());
     assert!(record.decision.allow, "{:?}", record.decision);
-    assert_eq!(record.decision.reasons, ["the bundle's data.json decided"]);
+    assert_eq!(record.decision.reasons, ["the bundle's data decided"]);
     assert_eq!(record.engine, "wasm");
     assert!(
         record.revision.starts_with("sha256:"),
         "{}",
         record.revision
     );
+}
 
-    // Data documents below the root land at their path, as OPA places them.
-    let nested = bundle(
-        dir.path(),
-        "nested.tar.gz",
-        &[
-            ("/policy.wasm", &wasm),
-            ("/data.json", br#"{"allow": false}"#),
-            ("/reasons/data.json", br#"{"why": "nested"}"#),
-        ],
-    );
-    let value = WasmPolicy::load(&nested)
-        .expect("loads")
-        .evaluate(&serde_json::json!({}))
-        .expect("evaluates");
-    assert_eq!(
-        value,
-        Some(serde_json::json!({"allow": false, "reasons": {"why": "nested"}}))
-    );
+#[test]
+fn the_shipped_policy_compiled_by_opa_decides_its_cases() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = WasmPolicy::load(&shipped_bundle(dir.path(), "b.tar.gz"))
+        .expect("the shipped policy loads as wasm");
+    let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies/cases");
+    let mut decided = 0;
+    for entry in std::fs::read_dir(cases).expect("cases") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+        let case: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let decision = policy
+            .evaluate(&case["input"])
+            .expect("evaluates")
+            .expect("defined");
+        // Every field the case records (allow, reasons, approval, scope) as the policy gave it.
+        for (field, expected) in case["expect"].as_object().expect("expect") {
+            assert_eq!(
+                &decision[field], expected,
+                "{}: {field} in {decision}",
+                case["name"]
+            );
+        }
+        decided += 1;
+    }
+    assert!(decided >= 10, "{decided} cases");
 }
 
 #[test]
 fn the_input_reaches_the_module_and_instances_are_reused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wasm = module("{}", DECISION_ONLY, Answer::Input);
-    let path = bundle(dir.path(), "b.tar.gz", &[("/policy.wasm", &wasm)]);
+    let path = compiled(dir.path(), "input", "decision := input", &[]);
     let policy = WasmPolicy::load(&path).expect("loads");
+    // Up to 4 MB: past the module's first pages, so the memory grows for the input.
     for n in 0..50 {
-        let input = serde_json::json!({"n": n, "padding": "x".repeat(n * 1000)});
+        let input = json!({"n": n, "padding": "x".repeat(n * n * 1700)});
         let value = policy.evaluate(&input).expect("evaluates");
         assert_eq!(value.as_ref(), Some(&input));
     }
 }
 
 #[test]
+fn builtins_answer_as_in_opa() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rego = r#"
+scopes := {"read:tickets", "write:tickets"}
+
+decision := {
+    "set": sprintf("%v", [scopes]),
+    "array": sprintf("%v and %d and %q", [["a", 1], 7, "q"]),
+    "same_now": time.now_ns() == time.now_ns(),
+    "date": time.date(0),
+    "undefined_on_error": object.get({}, "x", "fallback"),
+    "bad_duration": [d | d := time.parse_duration_ns("ten minutes")],
+}
+"#;
+    let path = compiled(dir.path(), "builtins", rego, &[]);
+    let policy = WasmPolicy::load(&path).expect("loads");
+    assert!(
+        policy.builtins().iter().any(|b| b == "sprintf"),
+        "{:?}",
+        policy.builtins()
+    );
+    let value = policy
+        .evaluate(&json!({}))
+        .expect("evaluates")
+        .expect("defined");
+    // What `opa eval` answers for the same rules.
+    assert_eq!(value["set"], r#"{"read:tickets", "write:tickets"}"#);
+    assert_eq!(value["array"], r#"["a", 1] and 7 and "q""#);
+    assert_eq!(value["same_now"], true);
+    assert_eq!(value["date"], json!([1970, 1, 1]));
+    assert_eq!(value["undefined_on_error"], "fallback");
+    // A builtin's error leaves its expression undefined, as OPA without --strict-builtin-errors.
+    assert_eq!(value["bad_duration"], json!([]));
+}
+
+#[test]
 fn builtins_the_engine_lacks_are_refused_at_load_by_name() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // glob.match is one opa-wasm links as a stub that fails only when called.
-    for (builtins, missing) in [
-        (r#"{"sprintf":0,"glob.match":1}"#, "glob.match"),
-        (r#"{"io.jwt.decode_verify":0}"#, "io.jwt.decode_verify"),
-        (r#"{"no.such.builtin":0}"#, "no.such.builtin"),
-        // It would hand the policy deputyd's environment variables.
-        (r#"{"opa.runtime":0}"#, "opa.runtime"),
-    ] {
-        let wasm = module(builtins, DECISION_ONLY, Answer::Data);
-        let path = bundle(dir.path(), "b.tar.gz", &[("/policy.wasm", &wasm)]);
-        let error = load_error(&path);
-        let needs = error.split("provide: ").nth(1).expect("names them");
-        assert!(needs.starts_with(missing), "{error}");
-        assert!(!needs.split(';').next().expect("list").contains("sprintf"));
-    }
-    let wasm = module(
-        r#"{"sprintf":0,"time.now_ns":1}"#,
-        DECISION_ONLY,
-        Answer::Data,
+    // It would hand the policy deputyd's environment variables.
+    let runtime = compiled(dir.path(), "runtime", "decision := opa.runtime()", &[]);
+    let error = load_error(&runtime);
+    assert!(error.contains("does not provide: opa.runtime;"), "{error}");
+
+    // A builtin of a custom OPA build, declared through OPA's capabilities.
+    let caps = capabilities_with(dir.path(), "no.such.builtin");
+    let src = sources(
+        dir.path(),
+        "custom-src",
+        &[(
+            "p.rego",
+            "package deputy.authz\n\ndecision := no.such.builtin(\"x\")\n",
+        )],
+        &[],
     );
-    let path = bundle(dir.path(), "ok.tar.gz", &[("/policy.wasm", &wasm)]);
-    let policy = WasmPolicy::load(&path).expect("supported builtins load");
-    assert_eq!(policy.builtins(), ["sprintf", "time.now_ns"]);
+    let custom = build_wasm(
+        dir.path(),
+        "custom.tar.gz",
+        &[&src],
+        &["--capabilities", caps.to_str().expect("utf-8")],
+    );
+    let error = load_error(&custom);
+    assert!(
+        error.contains("does not provide: no.such.builtin;"),
+        "{error}"
+    );
+    assert!(error.contains("engine = \"rego\""), "{error}");
+}
+
+#[test]
+fn a_policy_that_fails_denies_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Two values for one complete rule: OPA's conflict error, raised inside the module.
+    let rego =
+        "decision := {\"allow\": true} if input.a\n\ndecision := {\"allow\": false} if input.b";
+    let path = compiled(dir.path(), "conflict", rego, &[]);
+    let policy = WasmPolicy::load(&path).expect("loads");
+    let error = policy
+        .evaluate(&json!({"a": true, "b": true}))
+        .expect_err("a conflict is an error");
+    assert!(matches!(error, EvalError::Failed(_)), "{error:?}");
+    assert!(error.to_string().contains("aborted"), "{error}");
+    // The next evaluation gets a sound instance.
+    assert_eq!(
+        policy.evaluate(&json!({"a": true})).expect("evaluates"),
+        Some(json!({"allow": true}))
+    );
 }
 
 #[test]
 fn bad_bundles_are_refused_with_what_is_wrong() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let no_wasm = bundle(
+    // `opa build` without -t wasm: Rego only.
+    let src = sources(
         dir.path(),
-        "rego-only.tar.gz",
-        &[
-            ("/data.json", b"{}"),
-            ("/authz.rego", b"package deputy.authz"),
-        ],
+        "rego-src",
+        &[(
+            "p.rego",
+            "package deputy.authz\n\ndecision := 1\n\nother := 2\n",
+        )],
+        &[],
     );
-    assert!(load_error(&no_wasm).contains("holds no policy.wasm"));
+    let rego_only = dir.path().join("rego-only.tar.gz");
+    let built = std::process::Command::new(deputy_tests::peers::peer("opa"))
+        .arg("build")
+        .arg("-o")
+        .arg(&rego_only)
+        .arg(&src)
+        .status()
+        .expect("opa build");
+    assert!(built.success());
+    assert!(load_error(&rego_only).contains("holds no policy.wasm"));
 
     let corrupt = dir.path().join("corrupt.tar.gz");
     std::fs::write(&corrupt, b"this is not a bundle").expect("write");
+    let error = load_error(&corrupt);
     assert!(
-        load_error(&corrupt).contains("not a gzip-compressed tar archive")
-            || load_error(&corrupt).contains("damaged")
+        error.contains("not a gzip-compressed tar archive") || error.contains("damaged"),
+        "{error}"
     );
 
     let not_wasm = bundle(
@@ -139,15 +236,24 @@ fn bad_bundles_are_refused_with_what_is_wrong() {
     );
     assert!(load_error(&not_wasm).contains("not a valid wasm module"));
 
-    let wasm = module("{}", r#"{"other/rule":0}"#, Answer::Data);
-    let wrong = bundle(dir.path(), "e.tar.gz", &[("/policy.wasm", &wasm)]);
-    let error = load_error(&wrong);
+    let other = build_wasm(
+        dir.path(),
+        "e.tar.gz",
+        &[&src],
+        &["-e", "deputy/authz/other"],
+    );
+    let error = load_error(&other);
     assert!(
-        error.contains("other/rule") && error.contains("-e deputy/authz/decision"),
+        error.contains("deputy/authz/other") && error.contains("-e deputy/authz/decision"),
         "{error}"
     );
 
-    let wasm = module("{}", DECISION_ONLY, Answer::Data);
+    let wasm = wasm_of(&compiled(
+        dir.path(),
+        "good",
+        "decision := data.answer",
+        &[],
+    ));
     let bad_data = bundle(
         dir.path(),
         "d.tar.gz",
@@ -163,6 +269,17 @@ fn bad_bundles_are_refused_with_what_is_wrong() {
     );
     assert!(load_error(&big_data).contains("more than the 16777216 allowed"));
 
+    let old = bundle(
+        dir.path(),
+        "old.tar.gz",
+        &[("/policy.wasm", &module(1, Answer::Undefined))],
+    );
+    let error = load_error(&old);
+    assert!(
+        error.contains("ABI 1.1") && error.contains("1.2 or later"),
+        "{error}"
+    );
+
     let missing = dir.path().join("absent.tar.gz");
     assert!(matches!(
         WasmPolicy::load(&missing),
@@ -174,9 +291,12 @@ fn bad_bundles_are_refused_with_what_is_wrong() {
 fn a_module_that_never_returns_is_interrupted_and_denies() {
     deputy_policy::set_time_limit(Duration::from_millis(200));
     let dir = tempfile::tempdir().expect("tempdir");
-    let wasm = module("{}", DECISION_ONLY, Answer::Never);
-    let path = bundle(dir.path(), "b.tar.gz", &[("/policy.wasm", &wasm)]);
-    let policy = Policy::load(PolicySource::WasmBundle(path)).expect("loads");
+    let path = bundle(
+        dir.path(),
+        "b.tar.gz",
+        &[("/policy.wasm", &module(2, Answer::Never))],
+    );
+    let policy = Policy::load(PolicySource::WasmBundle(path.clone())).expect("loads");
     let started = Instant::now();
     let record = policy.decide(&input());
     assert!(
@@ -190,9 +310,9 @@ fn a_module_that_never_returns_is_interrupted_and_denies() {
         "{:?}",
         record.decision
     );
-    let engine = WasmPolicy::load(&dir.path().join("b.tar.gz")).expect("loads");
+    let engine = WasmPolicy::load(&path).expect("loads");
     assert!(matches!(
-        engine.evaluate(&serde_json::json!({})),
+        engine.evaluate(&json!({})),
         Err(EvalError::TimedOut(_))
     ));
 }
@@ -200,15 +320,7 @@ fn a_module_that_never_returns_is_interrupted_and_denies() {
 #[test]
 fn a_broken_bundle_never_replaces_a_good_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wasm = module("{}", DECISION_ONLY, Answer::Data);
-    let path = bundle(
-        dir.path(),
-        "bundle.tar.gz",
-        &[
-            ("/policy.wasm", &wasm),
-            ("/data.json", br#"{"allow": true}"#),
-        ],
-    );
+    let path = compiled(dir.path(), "bundle", "decision := {\"allow\": true}", &[]);
     let policy = Policy::load(PolicySource::WasmBundle(path.clone())).expect("loads");
     let revision = policy.revision();
     std::fs::write(&path, b"truncated").expect("write");

@@ -1,0 +1,374 @@
+//! deputyd against a real SPIRE deployment (spire-server and one spire-agent per node, built by
+//! scripts/peers), registered with the scripts in spire/: its own SVID from the Workload API,
+//! each agent's from the Delegated Identity API, a call between two nodes on SPIRE-issued
+//! SVIDs, rotation without a restart, and a SPIRE agent that goes away and comes back.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use deputy_tests::client::{self, Protocol};
+use deputy_tests::mesh::{Node, demo_agent};
+use deputy_tests::peers::peer;
+use deputy_tests::spire::{SpireAgent, SpireServer};
+use deputy_tests::{Process, binary, eventually, http_get, identity_of, my_uid, run};
+
+const TD: &str = "example.org";
+
+/// Two nodes on SPIRE: node1 fronts alpha (outbound), node2 fronts beta (a demo agent, inbound).
+struct SpireMesh {
+    server: SpireServer,
+    agents: [SpireAgent; 2],
+    node1: Node,
+    node2: Node,
+    _beta: Process,
+    _dir: tempfile::TempDir,
+}
+
+/// Runs one of the registration scripts in spire/ against `server`, as an operator would.
+fn register(server: &SpireServer, script: &str, args: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../spire")
+        .join(script);
+    let (status, output) = run(Command::new(path)
+        .args(args)
+        .arg("--socket-path")
+        .arg(server.socket())
+        .env("SPIRE_SERVER", peer("spire-server")));
+    assert!(status.success(), "{script} {args:?} failed:\n{output}");
+    output
+}
+
+fn identity_config(agent: &SpireAgent) -> String {
+    format!(
+        "trust_domain = \"{TD}\"\n[identity]\nworkload_api = \"unix://{}\"\n\
+         delegated_identity_api = \"unix://{}\"\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nrequest = \"10s\"\n",
+        agent.workload_socket().display(),
+        agent.admin_socket().display()
+    )
+}
+
+impl SpireMesh {
+    /// Starts SPIRE, registers deputyd on both nodes and the two agents (alpha's SVIDs living
+    /// `alpha_ttl`), then both deputyd processes, and waits until both are ready.
+    fn start(alpha_ttl: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = SpireServer::start(&dir.path().join("spire"), TD);
+        let uid = my_uid().to_string();
+        let agents = ["node1", "node2"].map(|node| {
+            let deputyd = format!("spiffe://{TD}/deputyd/{node}");
+            let output = register(
+                &server,
+                "register-deputyd.sh",
+                &[
+                    "--spiffe-id",
+                    &deputyd,
+                    "--uid",
+                    &uid,
+                    "--parent-id",
+                    &server.node_id(node),
+                ],
+            );
+            assert!(output.contains("authorized_delegates"), "{output}");
+            SpireAgent::start(&server, node, &[&deputyd])
+        });
+        for (name, node, ttl) in [("alpha", "node1", alpha_ttl), ("beta", "node2", "1h")] {
+            let output = register(
+                &server,
+                "register-agent.sh",
+                &[
+                    "--spiffe-id",
+                    &format!("spiffe://{TD}/agent/{name}"),
+                    "--systemd-unit",
+                    &format!("{name}.service"),
+                    "--parent-id",
+                    &server.node_id(node),
+                    "--x509-ttl",
+                    ttl,
+                ],
+            );
+            assert!(
+                output.contains(&format!("systemd:id:{name}.service")),
+                "{output}"
+            );
+        }
+
+        let (beta, beta_addr) = demo_agent("beta", None);
+        let agent = |name: &str, extra: &str| {
+            format!(
+                "[[agent]]\nname = \"{name}\"\nspiffe_id = \"spiffe://{TD}/agent/{name}\"\n\
+                 selectors = [\"systemd:id:{name}.service\"]\n{extra}\n"
+            )
+        };
+        let start_node = |name: &str, config: String| {
+            let path = dir.path().join(format!("{name}.toml"));
+            std::fs::write(&path, config).expect("node config");
+            Node::start(&path)
+        };
+        let node2 = start_node(
+            "node2",
+            format!(
+                "{}[inbound]\nlisten = \"127.0.0.1:0\"\n{}",
+                identity_config(&agents[1]),
+                agent("beta", &format!("upstream = \"http://{beta_addr}\""))
+            ),
+        );
+        let node2_inbound = node2.inbound.clone().expect("node2 inbound");
+        let node1 = start_node(
+            "node1",
+            format!(
+                "{}{}[[service]]\nname = \"beta\"\nspiffe_id = \"spiffe://{TD}/agent/beta\"\naddress = \"{node2_inbound}\"\n",
+                identity_config(&agents[0]),
+                agent(
+                    "alpha",
+                    &format!("outbound = \"127.0.0.1:0\"\nuids = [{uid}]")
+                )
+            ),
+        );
+        // Entries reach an agent within its sync interval (5 s by default).
+        node1.wait_ready();
+        node2.wait_ready();
+        Self {
+            server,
+            agents,
+            node1,
+            node2,
+            _beta: beta,
+            _dir: dir,
+        }
+    }
+}
+
+/// Waits until every identity at `admin` satisfies `holds`; returns that status.
+async fn until_identities(
+    admin: &str,
+    what: &'static str,
+    timeout: Duration,
+    holds: fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let admin = admin.to_owned();
+    tokio::task::spawn_blocking(move || {
+        eventually(what, timeout, || {
+            let (_, body) = http_get(&admin, "/status")?;
+            let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+            status["identities"]
+                .as_array()?
+                .iter()
+                .all(holds)
+                .then_some(status)
+        })
+    })
+    .await
+    .expect("status")
+}
+
+/// alpha calls beta through both nodes; returns the caller beta saw.
+async fn call_beta(mesh: &SpireMesh) -> String {
+    let outbound = mesh.node1.outbound_of("alpha");
+    let response = client::send(
+        &outbound,
+        Protocol::Http1,
+        client::get("beta", "/hello", Protocol::Http1),
+    )
+    .await
+    .expect("the call is answered");
+    let code = response.status();
+    let body = client::json(response).await;
+    assert_eq!(code, 200, "{body}");
+    body["caller"].as_str().expect("caller").to_owned()
+}
+
+fn cli(args: &[&str], socket: &Path) -> String {
+    let (status, output) = run(Command::new(binary("deputy"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket));
+    assert!(status.success(), "deputy {args:?} failed:\n{output}");
+    output
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deputyd_takes_every_identity_from_spire_and_carries_calls_on_them() {
+    let mesh = tokio::task::spawn_blocking(|| SpireMesh::start("1h"))
+        .await
+        .expect("start");
+    let public = mesh.agents[0].workload_socket();
+
+    // deputyd's own SVID from the Workload API, each agent's from the Delegated Identity API.
+    let own = identity_of(&mesh.node1.admin, "deputyd");
+    assert_eq!(own["spiffe_id"], format!("spiffe://{TD}/deputyd/node1"));
+    assert_eq!(own["state"], "available", "{own}");
+    assert!(
+        own["source"]
+            .as_str()
+            .expect("source")
+            .contains(public.to_str().expect("utf-8"))
+    );
+    let alpha = identity_of(&mesh.node1.admin, "alpha");
+    assert_eq!(alpha["state"], "available", "{alpha}");
+    let source = alpha["source"].as_str().expect("source");
+    assert!(source.starts_with("delegated_identity_api"), "{source}");
+    assert!(
+        source.contains(mesh.agents[0].admin_socket().to_str().expect("utf-8")),
+        "{source}"
+    );
+    assert_eq!(
+        identity_of(&mesh.node2.admin, "beta")["spiffe_id"],
+        format!("spiffe://{TD}/agent/beta")
+    );
+
+    // The SVID deputyd holds is the one the SPIRE agent serves for its entry.
+    let fetched = cli(&["svid", "fetch"], &public);
+    assert!(
+        fetched.contains(&format!("spiffe://{TD}/deputyd/node1")),
+        "{fetched}"
+    );
+    let serial = own["serial"].as_str().expect("serial");
+    assert!(
+        fetched.contains(serial),
+        "deputyd holds {serial}; SPIRE serves:\n{fetched}"
+    );
+    let spire_fetch = run(Command::new(peer("spire-agent"))
+        .args(["api", "fetch", "x509", "-socketPath"])
+        .arg(&public))
+    .1;
+    assert!(
+        spire_fetch.contains(&format!("spiffe://{TD}/deputyd/node1")),
+        "{spire_fetch}"
+    );
+
+    // JWT-SVIDs from the real agent, validated by it.
+    let token = cli(&["jwt", "fetch", "--audience", "vault"], &public);
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "a compact JWS: {token}");
+    let valid = cli(&["jwt", "validate", token, "--audience", "vault"], &public);
+    assert!(
+        valid.contains(&format!("spiffe://{TD}/deputyd/node1")),
+        "{valid}"
+    );
+    let (status, refused) = run(Command::new(binary("deputy"))
+        .args([
+            "jwt",
+            "validate",
+            token,
+            "--audience",
+            "someone-else",
+            "--socket",
+        ])
+        .arg(&public));
+    assert!(!status.success(), "another audience is refused: {refused}");
+
+    // A call between the nodes, each side presenting its SPIRE-issued SVID.
+    assert_eq!(call_beta(&mesh).await, format!("spiffe://{TD}/agent/alpha"));
+    let handshakes = mesh.node2.metrics();
+    assert!(
+        handshakes.contains("deputy_tls_handshakes_total{direction=\"inbound\"}"),
+        "{handshakes}"
+    );
+
+    // The test process, with deputyd's uid, is given deputyd's entry only: alpha's entry is
+    // selected by a systemd unit, which this agent's unix attestor never reports.
+    assert!(!fetched.contains("agent/alpha"), "{fetched}");
+    assert!(mesh.server.cli(&["entry", "show"]).contains("agent/alpha"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_and_a_spire_agent_outage_need_no_restart() {
+    let mut mesh = tokio::task::spawn_blocking(|| SpireMesh::start("20s"))
+        .await
+        .expect("start");
+    let node1_pid = mesh.node1.process.pid();
+
+    // alpha's 20 s SVIDs rotate at half-life and reach deputyd while it runs.
+    let first = identity_of(&mesh.node1.admin, "alpha")["serial"].clone();
+    let rotated = tokio::task::spawn_blocking({
+        let admin = mesh.node1.admin.clone();
+        move || {
+            eventually(
+                "alpha's SVID rotates twice",
+                Duration::from_secs(90),
+                || {
+                    let (_, body) = http_get(&admin, "/status")?;
+                    let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+                    let alpha = status["identities"]
+                        .as_array()?
+                        .iter()
+                        .find(|i| i["name"] == "alpha")?
+                        .clone();
+                    (alpha["rotations"].as_u64()? >= 2).then_some(alpha)
+                },
+            )
+        }
+    })
+    .await
+    .expect("rotation");
+    assert_ne!(rotated["serial"], first);
+    assert_eq!(rotated["state"], "available");
+    assert_eq!(
+        mesh.node1.process.pid(),
+        node1_pid,
+        "the same deputyd process"
+    );
+    assert_eq!(call_beta(&mesh).await, format!("spiffe://{TD}/agent/alpha"));
+
+    // node2's SPIRE agent goes away: deputyd keeps serving on the SVIDs it holds and says so.
+    mesh.agents[1].stop();
+    let unavailable = until_identities(
+        &mesh.node2.admin,
+        "node2 reports its source unavailable",
+        Duration::from_secs(30),
+        |i| {
+            // The first error is the stream breaking; reconnecting then cannot connect.
+            i["state"] == "source_unavailable"
+                && i["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("cannot connect"))
+        },
+    )
+    .await;
+    let beta = unavailable["identities"]
+        .as_array()
+        .expect("identities")
+        .iter()
+        .find(|i| i["name"] == "beta")
+        .expect("beta")
+        .clone();
+    let error = beta["last_error"].as_str().expect("an error is reported");
+    assert!(error.contains("is the SPIRE agent"), "{error}");
+    assert!(
+        beta["expires_in_seconds"].as_i64().expect("expiry") > 600,
+        "{beta}"
+    );
+    assert_eq!(
+        http_get(&mesh.node2.admin, "/readyz").expect("readyz").0,
+        200
+    );
+    assert_eq!(call_beta(&mesh).await, format!("spiffe://{TD}/agent/alpha"));
+
+    // It comes back: deputyd reconnects by itself.
+    mesh.agents[1].restart();
+    until_identities(
+        &mesh.node2.admin,
+        "node2 reconnects to its SPIRE agent",
+        Duration::from_secs(60),
+        |i| i["state"] == "available" && i["last_error"].is_null(),
+    )
+    .await;
+    assert_eq!(call_beta(&mesh).await, format!("spiffe://{TD}/agent/alpha"));
+}
+
+#[test]
+fn the_shipped_spire_configurations_are_valid() {
+    let spire = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spire");
+    for (program, file) in [
+        ("spire-server", "server.conf"),
+        ("spire-agent", "agent.conf"),
+    ] {
+        let (status, output) = run(Command::new(peer(program))
+            .args(["validate", "-config"])
+            .arg(spire.join(file)));
+        assert!(status.success(), "{program} validate {file}:\n{output}");
+        assert!(output.contains("is valid"), "{output}");
+    }
+}
