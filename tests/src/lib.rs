@@ -198,13 +198,29 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
     }
 }
 
-/// A loopback port free right now, for a process that must be told its address before another
-/// starts (the port is released when this returns; tests bind it again at once).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+/// A loopback address no other process of the suite uses, for a process that must be told its
+/// address before another starts (two nodes that call each other).
+///
+/// Not a port the kernel picked and released: another socket (a client's ephemeral source port
+/// included) may take such a port before the process binds it, and the test fails. This one is
+/// outside the kernel's ephemeral range (ports 20000 to 29999), on an address of 127.0.0.0/8 made
+/// from this test process's id, with a counter for the addresses one process asks for.
+pub fn unique_loopback_addr() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        n < 10_000,
+        "more unique loopback addresses than one test process needs"
+    );
+    let pid = std::process::id();
+    format!(
+        "127.{}.{}.{}:{}",
+        (pid >> 16) & 0xff,
+        (pid >> 8) & 0xff,
+        // Not .0: some code reads x.y.z.0 as a network address.
+        (pid & 0xff).max(1),
+        20_000 + n
+    )
 }
 
 /// The effective uid of the tests, which the issuer attests them and their children as.

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{IssuerProcess, Process, binary, free_port, my_uid};
+use crate::{IssuerProcess, Process, binary, my_uid, unique_loopback_addr};
 
 /// The running mesh.
 #[derive(Debug)]
@@ -139,8 +139,8 @@ impl Mesh {
         std::fs::write(dir.path().join("entries.toml"), entries).expect("entries");
         let issuer = IssuerProcess::start(dir.path());
         // Each node must know where the other listens before it starts.
-        let node1_inbound = format!("127.0.0.1:{}", free_port());
-        let beta_outbound = format!("127.0.0.1:{}", free_port());
+        let node1_inbound = unique_loopback_addr();
+        let beta_outbound = unique_loopback_addr();
         let (beta_process, beta_addr) = demo_agent("beta", Some(&beta_outbound));
         let (delta_process, delta_addr) = demo_agent("delta", None);
         let (carol_process, carol_addr) = demo_agent("carol", None);
