@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Side-by-side data-path benchmark on loopback: direct, stunnel pair, haproxy pair, deputyd pair.
+"""Side-by-side data-path benchmark on loopback: direct, stunnel, haproxy, ghostunnel and deputyd pairs.
 
 Every pair carries plain HTTP from a client, across one TLS 1.3 hop with the same P-256
 certificates (SVIDs minted by `deputy issuer`), to the same upstream (`deputy demo-agent`).
+ghostunnel (v1.8.4, built by scripts/peers) takes its SVIDs from the issuer's Workload API itself
+and checks the peer's SPIFFE ID, as deputyd does.
 
     python3 bench/datapath.py            # builds release binaries, installs the peers if root
     python3 bench/datapath.py --quick    # shorter runs, for a smoke check
 
-Peers come from Debian packages (stunnel4, haproxy, wrk, nghttp2-client for h2load). Results are
+Peers come from Debian packages (stunnel4, haproxy, wrk, nghttp2-client for h2load) and from
+scripts/peers (ghostunnel; opa, which compiles the policy for the wasm pair). Results are
 printed as Markdown; BENCHMARKS.md records a run. Ratios within one run are what to compare: the
 machine is shared and absolute numbers drift.
 """
@@ -29,6 +32,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = {"stunnel": "stunnel4", "haproxy": "haproxy", "wrk": "wrk", "h2load": "nghttp2-client"}
+PEER_BIN = Path(os.environ.get("DEPUTY_CACHE", Path.home() / ".cache" / "deputy")) / "peers" / "bin"
+
+
+def go_peer(name):
+    path = PEER_BIN / name
+    if not path.exists():
+        sys.exit(f"{path} is missing: build the peers first with ./scripts/peers")
+    return str(path)
 
 
 def log(message):
@@ -162,6 +173,20 @@ def setup(work, procs, deputy, deputyd):
     wait_port(back)
     setups["haproxy pair"] = {"port": front, "pids": [h1.pid, h2.pid], "host": "beta"}
 
+    # ghostunnel pair: SVIDs from the Workload API, the peer's SPIFFE ID checked at both ends.
+    front, back = free_port(), free_port()
+    api = f"unix://{work / 'workload.sock'}"
+    node_id = "spiffe://example.org/bench/node"
+    g2 = procs.start("ghostunnel-server", [go_peer("ghostunnel"), "server", "--use-workload-api-addr", api,
+                                           "--listen", f"127.0.0.1:{back}", "--target", f"127.0.0.1:{backend}",
+                                           "--allow-uri", node_id])
+    g1 = procs.start("ghostunnel-client", [go_peer("ghostunnel"), "client", "--use-workload-api-addr", api,
+                                           "--listen", f"127.0.0.1:{front}", "--target", f"127.0.0.1:{back}",
+                                           "--verify-uri", node_id])
+    wait_port(front)
+    wait_port(back)
+    setups["ghostunnel pair"] = {"port": front, "pids": [g1.pid, g2.pid], "host": "beta"}
+
     # deputyd pair: alpha's outbound on node1 -> mTLS -> node2's inbound -> beta.
     outbound, pids = deputyd_pair(work, procs, deputyd, backend, uid, "plain",
                                   agent_extra='originate = ["user:*"]\n')
@@ -194,6 +219,14 @@ def setup(work, procs, deputy, deputyd):
     setups["deputyd pair + policy + chain (one task)"] = {
         "port": outbound, "pids": pids, "host": "beta", "chain": True,
         "headers": task + ["Deputy-Task: bench-task"]}
+    # The same policy compiled by `opa build -t wasm`, on the wasm engine.
+    bundle = work / "policy.tar.gz"
+    subprocess.run([go_peer("opa"), "build", "-t", "wasm", "-e", "deputy/authz/decision", "-o", bundle, policy],
+                   check=True)
+    outbound, pids = deputyd_pair(work, procs, deputyd, backend, uid, "wasm",
+                                  node_extra=f'[policy]\nengine = "wasm"\nbundle = "{bundle}"\n')
+    setups["deputyd pair + policy (wasm, both ends)"] = {"port": outbound, "pids": pids, "host": "beta",
+                                                          "chain": True}
     return setups
 
 
