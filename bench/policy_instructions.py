@@ -7,7 +7,10 @@ For each decision case it runs `examples/decide_loop.rs` (`Policy::decide`, as d
 input serialized once, rego evaluated on regorus's VM, decision read strictly, decision log
 event) with 0 and with N decisions, and prints the difference divided by N.
 
-Usage: python3 bench/policy_instructions.py [--count N] [--policy DIR] [CASE ...]
+With --wasm, the policy is compiled first by `opa build -t wasm` (the OPA scripts/peers builds)
+and decided by the wasm engine.
+
+Usage: python3 bench/policy_instructions.py [--count N] [--policy DIR] [--wasm] [CASE ...]
        (CASE: a name in policies/cases/; default: every case; installs valgrind if root)
 """
 
@@ -42,8 +45,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--policy", type=Path, default=ROOT / "policies" / "authz")
+    parser.add_argument("--wasm", action="store_true", help="compile with opa build -t wasm first")
     parser.add_argument("cases", nargs="*")
     args = parser.parse_args()
+    if args.wasm:
+        from datapath import go_peer  # noqa: E402
+        import tempfile
+        bundle = Path(tempfile.mkdtemp(prefix="deputy-instructions-")) / "policy.tar.gz"
+        subprocess.run([go_peer("opa"), "build", "-t", "wasm", "-e", "deputy/authz/decision",
+                        "-o", str(bundle), str(args.policy)], check=True)
+        args.policy = bundle
     ensure_tools({"valgrind": "valgrind"})
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "deputy-policy", "--example", "decide_loop"],
                    cwd=ROOT, check=True)
