@@ -32,12 +32,18 @@ const MAX_FRAME: usize = 16_384;
 /// Largest header block (all its fragments) the filter holds; Workload API calls send a few
 /// hundred bytes, and hyper's server refuses header lists over 16 KiB anyway.
 const MAX_BLOCK: usize = 64 * 1024;
+/// Largest decoded header list the filter writes again, counted as HPACK counts it (name, value
+/// and 32 bytes per field): hyper's server limit. Without it, a 64 KiB block of one-byte
+/// references to a 4 KiB table entry would decode to a quarter of a gigabyte.
+const MAX_HEADER_LIST: usize = 16 * 1024;
 /// The HPACK table size h2 advertises (the protocol default; tonic does not change it), so the
 /// most a client's table may hold.
 const HPACK_TABLE: usize = 4096;
 
 const FRAME_HEADERS: u8 = 0x1;
 const FRAME_CONTINUATION: u8 = 0x9;
+/// Only servers push; h2 refuses one from a client, and the filter does not forward it.
+const FRAME_PUSH_PROMISE: u8 = 0x5;
 const FLAG_END_STREAM: u8 = 0x1;
 const FLAG_END_HEADERS: u8 = 0x4;
 const FLAG_PADDED: u8 = 0x8;
@@ -63,6 +69,12 @@ pub(crate) enum FilterError {
     /// interrupted one.
     #[error("CONTINUATION frames out of sequence")]
     BadContinuation,
+    /// The decoded header list was larger than the server takes.
+    #[error("a header list decodes to more than {MAX_HEADER_LIST} bytes")]
+    HeaderListTooLarge,
+    /// A client sent PUSH_PROMISE, which only servers may send.
+    #[error("a client sent PUSH_PROMISE")]
+    PushPromise,
     /// The header block could not be decompressed.
     #[error("the header block is not valid HPACK: {0}")]
     Hpack(String),
@@ -155,6 +167,7 @@ impl AuthorityRewriter {
                 (_, Some(_)) | (FRAME_CONTINUATION, None) => {
                     return Err(FilterError::BadContinuation);
                 }
+                (FRAME_PUSH_PROMISE, None) => return Err(FilterError::PushPromise),
                 (FRAME_HEADERS, None) => self.block = Some(open_block(flags, stream_id, payload)?),
                 (_, None) => out.extend_from_slice(frame),
             }
@@ -174,10 +187,21 @@ impl AuthorityRewriter {
 
     /// Decodes a whole block with the client's table and writes it again, authority fixed.
     fn reencode(&mut self, block: OpenBlock, out: &mut Vec<u8>) -> Result<(), FilterError> {
-        let mut headers = self
-            .decoder
-            .decode(&block.fragment)
-            .map_err(|e| FilterError::Hpack(e.to_string()))?;
+        let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut size = 0usize;
+        self.decoder
+            .decode_with_cb(&block.fragment, |name, value| {
+                // Counted for every field, kept only while within the limit: the decoder must
+                // still walk the whole block to keep its table in step with the client's.
+                size = size.saturating_add(name.len() + value.len() + 32);
+                if size <= MAX_HEADER_LIST {
+                    headers.push((name.into_owned(), value.into_owned()));
+                }
+            })
+            .map_err(|e| FilterError::Hpack(format!("{e:?}")))?;
+        if size > MAX_HEADER_LIST {
+            return Err(FilterError::HeaderListTooLarge);
+        }
         for (name, value) in &mut headers {
             if name.as_slice() == b":authority" && !is_valid_authority(value) {
                 *value = REPLACEMENT.to_vec();
@@ -563,5 +587,26 @@ mod tests {
             rewrite(&bad_hpack, 100),
             Err(FilterError::Hpack(_))
         ));
+    }
+
+    #[test]
+    fn a_header_list_that_decodes_past_the_limit_closes_the_connection() {
+        // One 4 KiB value added to the client's table, then ten thousand one-byte references to
+        // it: 14 KB on the wire, 40 MB decoded.
+        let mut block = vec![0x7A, 0x7F, 0xA1, 0x1E];
+        block.extend(std::iter::repeat_n(b'a', 4000));
+        block.extend(std::iter::repeat_n(0xBE, 10_000));
+        let mut bomb = PREFACE.to_vec();
+        bomb.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &block));
+        assert_eq!(rewrite(&bomb, 1000), Err(FilterError::HeaderListTooLarge));
+
+        let mut push = PREFACE.to_vec();
+        push.extend(frame(
+            FRAME_PUSH_PROMISE,
+            FLAG_END_HEADERS,
+            1,
+            &[0, 0, 0, 2, 0x82],
+        ));
+        assert_eq!(rewrite(&push, 100), Err(FilterError::PushPromise));
     }
 }

@@ -198,6 +198,22 @@ fn a_policy_that_fails_denies_and_says_why() {
 }
 
 #[test]
+fn a_deeply_nested_value_for_a_builtin_is_an_error_not_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A policy that parses attacker text and formats it: the nesting reaches the host.
+    let rego = "decision := {\"allow\": false, \"reasons\": [sprintf(\"%v\", [json.unmarshal(input.meta)])]}";
+    let path = compiled(dir.path(), "deep", rego, &[]);
+    let policy = WasmPolicy::load(&path).expect("loads");
+    let deep = format!("{}{}", "[".repeat(5_000), "]".repeat(5_000));
+    assert!(policy.evaluate(&json!({"meta": deep})).is_err());
+    let shallow = policy
+        .evaluate(&json!({"meta": "[[1]]"}))
+        .expect("evaluates")
+        .expect("defined");
+    assert_eq!(shallow["reasons"], json!(["[[1]]"]));
+}
+
+#[test]
 fn bad_bundles_are_refused_with_what_is_wrong() {
     let dir = tempfile::tempdir().expect("tempdir");
     // `opa build` without -t wasm: Rego only.

@@ -5,6 +5,8 @@
 //! after it, and for every evaluation writes the input there and lets `opa_eval` reset the heap
 //! to just past the input, so nothing an evaluation allocates outlives it.
 
+use std::time::{Duration, Instant};
+
 use regorus::Value;
 use wasmtime::{
     AsContext, Caller, Engine as WasmEngine, Extern, Instance as WasmInstance, Linker, Memory,
@@ -25,6 +27,8 @@ pub(crate) struct Host {
     calls: Option<Calls>,
     /// Why the module called `opa_abort`, for the error.
     aborted: Option<String>,
+    /// When the running evaluation must end, for the builtins (host code epochs do not reach).
+    deadline: Option<Instant>,
 }
 
 /// `opa_eval(reserved, entrypoint, data, input, input_len, heap_ptr, format)`.
@@ -100,6 +104,7 @@ impl Instance {
             exports: None,
             calls: None,
             aborted: None,
+            deadline: None,
         };
         let mut store = Store::new(engine, host);
         store.limiter(|host| &mut host.limits);
@@ -155,8 +160,10 @@ impl Instance {
         entrypoint: u32,
         input: &[u8],
         deadline: u64,
+        time_limit: Duration,
     ) -> Result<Vec<u8>, AbiError> {
         self.store.set_epoch_deadline(deadline);
+        self.store.data_mut().deadline = Some(Instant::now() + time_limit);
         if let Some(calls) = self.store.data_mut().calls.as_mut() {
             calls.start_evaluation();
         }
@@ -178,6 +185,11 @@ impl Instance {
         let args = (0, entrypoint, self.data, at, len, at + len, 0);
         let result = self.call(|e| &e.eval, args)?;
         Ok(read_text(&self.store, self.memory, result)?.to_vec())
+    }
+
+    /// Bytes of linear memory the instance holds now (it never shrinks).
+    pub(crate) fn memory_size(&self) -> usize {
+        self.memory.data_size(&self.store)
     }
 
     fn call<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
@@ -358,6 +370,14 @@ fn text_in_caller(caller: &mut Caller<'_, Host>, at: i32) -> String {
 /// written back the same way; 0 means undefined.
 fn builtin(caller: &mut Caller<'_, Host>, id: i32, args: &[i32]) -> wasmtime::Result<i32> {
     let host = caller.data();
+    // Epochs interrupt only the module's own code; a builtin runs on the host. One called past
+    // the deadline ends the evaluation as the epoch would have.
+    if host
+        .deadline
+        .is_some_and(|deadline| Instant::now() > deadline)
+    {
+        return Err(wasmtime::Error::new(wasmtime::Trap::Interrupt));
+    }
     let (Some(exports), Some(memory)) = (host.exports.clone(), host.memory) else {
         return Err(wasmtime::Error::msg(
             "a builtin was called before the module was loaded",
@@ -380,7 +400,7 @@ fn builtin(caller: &mut Caller<'_, Host>, id: i32, args: &[i32]) -> wasmtime::Re
             wasmtime::Error::msg("a builtin was called before they were resolved")
         })?;
     let value: Value = calls.call(id, values).map_err(wasmtime::Error::msg)?;
-    let Some(text) = value_text::write(&value) else {
+    let Some(text) = value_text::write(&value).map_err(wasmtime::Error::msg)? else {
         return Ok(0);
     };
     let len = i32::try_from(text.len()).map_err(wasmtime::Error::msg)?;
@@ -389,5 +409,13 @@ fn builtin(caller: &mut Caller<'_, Host>, id: i32, args: &[i32]) -> wasmtime::Re
     memory.write(&mut *caller, start, text.as_bytes())?;
     // Not freed: the parsed value may point into the text, and the heap is reset after the
     // evaluation anyway.
-    exports.value_parse.call(&mut *caller, (at, len))
+    let parsed = exports.value_parse.call(&mut *caller, (at, len))?;
+    if parsed == 0 {
+        // 0 would read as undefined and could turn a `not` around: a defined result the
+        // module cannot read is an error.
+        return Err(wasmtime::Error::msg(
+            "the module could not read a builtin's result back",
+        ));
+    }
+    Ok(parsed)
 }

@@ -91,6 +91,9 @@ pub(crate) struct Calls {
 pub(crate) enum CallError {
     #[error("the module called builtin id {0}, which it never declared")]
     Unknown(u32),
+    /// A resource limit inside the builtin: never undefined, or `not f(x)` would hold.
+    #[error("builtin {name}: {error}")]
+    Limit { name: &'static str, error: String },
 }
 
 impl Calls {
@@ -145,6 +148,13 @@ impl Calls {
         let params = &self.params[..args.len().min(self.params.len())];
         let value = match (resolved.function.0)(&self.span, params, &args, false) {
             Ok(value) => value,
+            // regorus's own VM makes the same exception in non-strict mode.
+            Err(e) if e.downcast_ref::<regorus::LimitError>().is_some() => {
+                return Err(CallError::Limit {
+                    name: resolved.name,
+                    error: e.to_string(),
+                });
+            }
             Err(e) => {
                 tracing::debug!(builtin = resolved.name, error = %e, "builtin error: undefined");
                 Value::Undefined

@@ -31,6 +31,10 @@ use crate::{Engine, EvalError, LoadError};
 use abi::{AbiError, Instance};
 use builtins::Builtins;
 
+/// Most linear memory an idle instance may keep: the pool holds several, and memory a big
+/// evaluation grew is never returned.
+const MAX_POOLED_MEMORY: usize = 32 * 1024 * 1024;
+
 /// How often the epoch advances.
 pub const TICK: Duration = Duration::from_millis(5);
 
@@ -229,14 +233,19 @@ impl Engine for WasmPolicy {
     }
 
     fn evaluate_json(&self, input: &RawValue) -> Result<Option<serde_json::Value>, EvalError> {
+        let limit = Duration::from_millis(TIME_LIMIT_MS.load(Ordering::Relaxed));
         let mut instance = match self.pool.take() {
             Some(instance) => instance,
             None => self
                 .instantiate()
                 .map_err(|e| EvalError::Failed(e.to_string()))?,
         };
-        let evaluated =
-            instance.evaluate(self.entrypoint, input.get().as_bytes(), deadline_ticks());
+        let evaluated = instance.evaluate(
+            self.entrypoint,
+            input.get().as_bytes(),
+            deadline_ticks(),
+            limit,
+        );
         let text = match evaluated {
             Ok(text) => text,
             // A trapped instance is not given back: its memory may be half-written.
@@ -249,7 +258,10 @@ impl Engine for WasmPolicy {
             Err(AbiError::Trap(trap)) => return Err(EvalError::Failed(format!("{trap:#}"))),
             Err(other) => return Err(EvalError::Failed(other.to_string())),
         };
-        self.pool.give_back(instance);
+        // An instance keeps the memory it grew to; one that grew far is not kept idle.
+        if instance.memory_size() <= MAX_POOLED_MEMORY {
+            self.pool.give_back(instance);
+        }
         // OPA's result set: `[]` when undefined, else `[{"result": value}]`.
         let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
             EvalError::Failed(format!(

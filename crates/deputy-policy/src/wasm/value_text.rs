@@ -9,6 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use regorus::Value;
 
+/// How deeply values may nest, as serde_json allows: parsing and writing recurse on the host's
+/// own stack, which wasmtime's limits do not guard, and a policy may build a deep value from
+/// attacker text (`json.unmarshal` of a header) before handing it to a builtin.
+pub(crate) const MAX_DEPTH: usize = 128;
+
 /// Why a text is not an OPA value.
 #[derive(Debug, thiserror::Error)]
 #[error("the module wrote an unreadable value at byte {at}: {what}")]
@@ -17,9 +22,18 @@ pub(crate) struct ParseError {
     what: &'static str,
 }
 
+/// A value too deep to hand back to the module.
+#[derive(Debug, thiserror::Error)]
+#[error("a builtin's result nests deeper than {MAX_DEPTH} levels")]
+pub(crate) struct TooDeep;
+
 /// `text` as a value.
 pub(crate) fn parse(text: &str) -> Result<Value, ParseError> {
-    let mut parser = Parser { text, at: 0 };
+    let mut parser = Parser {
+        text,
+        at: 0,
+        depth: 0,
+    };
     let value = parser.value()?;
     parser.skip_space();
     if parser.at != text.len() {
@@ -29,12 +43,33 @@ pub(crate) fn parse(text: &str) -> Result<Value, ParseError> {
 }
 
 /// `value` as text `opa_value_parse` reads back; `None` for undefined (anywhere inside too).
-pub(crate) fn write(value: &Value) -> Option<String> {
+pub(crate) fn write(value: &Value) -> Result<Option<String>, TooDeep> {
     let mut out = String::new();
-    write_into(value, &mut out).then_some(out)
+    let mut depth = 0;
+    let defined = write_into(value, &mut out, &mut depth);
+    if depth > MAX_DEPTH {
+        return Err(TooDeep);
+    }
+    Ok(defined.then_some(out))
 }
 
-fn write_into(value: &Value, out: &mut String) -> bool {
+/// Writes `value`; false when it is undefined, or nests past [`MAX_DEPTH`] (then `depth` says
+/// so).
+fn write_into(value: &Value, out: &mut String, depth: &mut usize) -> bool {
+    if matches!(value, Value::Array(_) | Value::Set(_) | Value::Object(_)) {
+        *depth += 1;
+        if *depth > MAX_DEPTH {
+            return false;
+        }
+    }
+    let written = write_item(value, out, depth);
+    if written && matches!(value, Value::Array(_) | Value::Set(_) | Value::Object(_)) {
+        *depth -= 1;
+    }
+    written
+}
+
+fn write_item(value: &Value, out: &mut String, depth: &mut usize) -> bool {
     match value {
         Value::Undefined => return false,
         Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {
@@ -43,20 +78,20 @@ fn write_into(value: &Value, out: &mut String) -> bool {
                 Err(_) => return false,
             }
         }
-        Value::Array(items) => return write_sequence(items.iter(), ('[', ']'), out),
+        Value::Array(items) => return write_sequence(items.iter(), ('[', ']'), out, depth),
         Value::Set(items) if items.is_empty() => out.push_str("set()"),
-        Value::Set(items) => return write_sequence(items.iter(), ('{', '}'), out),
+        Value::Set(items) => return write_sequence(items.iter(), ('{', '}'), out, depth),
         Value::Object(fields) => {
             out.push('{');
             for (i, (key, item)) in fields.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                if !write_into(key, out) {
+                if !write_into(key, out, depth) {
                     return false;
                 }
                 out.push(':');
-                if !write_into(item, out) {
+                if !write_into(item, out, depth) {
                     return false;
                 }
             }
@@ -71,13 +106,14 @@ fn write_sequence<'v>(
     items: impl Iterator<Item = &'v Value>,
     (open, close): (char, char),
     out: &mut String,
+    depth: &mut usize,
 ) -> bool {
     out.push(open);
     for (i, item) in items.enumerate() {
         if i > 0 {
             out.push(',');
         }
-        if !write_into(item, out) {
+        if !write_into(item, out, depth) {
             return false;
         }
     }
@@ -88,6 +124,7 @@ fn write_sequence<'v>(
 struct Parser<'a> {
     text: &'a str,
     at: usize,
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -135,11 +172,24 @@ impl Parser<'_> {
             Some(b'f') => self.keyword("false", Value::Bool(false)),
             Some(b's') => self.keyword("set()", Value::from(BTreeSet::new())),
             Some(b'"') => self.string(),
-            Some(b'[') => self.array(),
-            Some(b'{') => self.object_or_set(),
+            Some(b'[' | b'{') if self.depth >= MAX_DEPTH => {
+                Err(self.error("values nested deeper than 128 levels"))
+            }
+            Some(b'[') => self.nested(Self::array),
+            Some(b'{') => self.nested(Self::object_or_set),
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(_) => Err(self.error("an unexpected character")),
         }
+    }
+
+    fn nested(
+        &mut self,
+        parse: fn(&mut Self) -> Result<Value, ParseError>,
+    ) -> Result<Value, ParseError> {
+        self.depth += 1;
+        let value = parse(self);
+        self.depth -= 1;
+        value
     }
 
     fn string(&mut self) -> Result<Value, ParseError> {
@@ -242,7 +292,7 @@ mod tests {
             "{[1, 2], {3}}",
         ] {
             let value = parse(text).expect(text);
-            let written = write(&value).expect("defined");
+            let written = write(&value).expect("shallow").expect("defined");
             assert_eq!(
                 parse(&written).expect(&written),
                 value,
@@ -259,6 +309,26 @@ mod tests {
         for text in ["", "[1,", "{\"a\" 1}", "nul", "\"open", "1 2", "{1, 2: 3}"] {
             assert!(parse(text).is_err(), "{text:?} parsed");
         }
-        assert_eq!(write(&Value::from(vec![Value::Undefined])), None);
+        assert_eq!(
+            write(&Value::from(vec![Value::Undefined])).expect("shallow"),
+            None
+        );
+        // Deep values are refused both ways, not followed down the host's stack.
+        let deep = "[".repeat(100_000);
+        assert!(parse(&deep).is_err());
+        let mut value = Value::from(Vec::<Value>::new());
+        for _ in 0..MAX_DEPTH {
+            value = Value::from(vec![value]);
+        }
+        assert!(write(&value).is_err());
+        assert!(
+            parse(
+                &"[".repeat(MAX_DEPTH)
+                    .chars()
+                    .chain("]".repeat(MAX_DEPTH).chars())
+                    .collect::<String>()
+            )
+            .is_ok()
+        );
     }
 }
