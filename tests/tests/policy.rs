@@ -144,19 +144,26 @@ fn assert_denied(status: StatusCode, body: &serde_json::Value, kind: &str, reaso
     id
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_policy_decides_both_ends_of_every_call() {
-    let (mesh, _dir, _) = policed_mesh();
-    let alpha = mesh.node1.outbound_of("alpha");
-
-    // Allowed at both ends; the policy narrows the task's scopes to what beta accepts.
+/// A task for alice is allowed at both ends, and the policy narrows its scopes to what beta
+/// accepts; returns what beta saw.
+async fn alice_is_allowed_with_narrowed_scopes(alpha: &str) -> serde_json::Value {
     let alice = task("user:alice@example.org");
-    let (status, body) = call(&alpha, Method::GET, "/", &with_task(&alice), b"").await;
+    let (status, body) = call(alpha, Method::GET, "/", &with_task(&alice), b"").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["deputy_headers"]["deputy-scope"], "tickets:read",
         "{body}"
     );
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_decides_both_ends_of_every_call() {
+    let (mesh, _dir, _) = policed_mesh();
+    let alpha = mesh.node1.outbound_of("alpha");
+
+    let alice = task("user:alice@example.org");
+    let body = alice_is_allowed_with_narrowed_scopes(&alpha).await;
     assert_eq!(
         body["deputy_headers"]["deputy-principal"],
         "user:alice@example.org"
@@ -476,13 +483,7 @@ async fn query_rules_hold_for_repeated_and_encoded_parameters() {
 async fn deputyd_enforces_the_shipped_policy_compiled_by_opa() {
     let (mesh, _dir, _) = policed_mesh_on(true);
     let alpha = mesh.node1.outbound_of("alpha");
-    let alice = task("user:alice@example.org");
-    let (status, body) = call(&alpha, Method::GET, "/", &with_task(&alice), b"").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(
-        body["deputy_headers"]["deputy-scope"], "tickets:read",
-        "{body}"
-    );
+    alice_is_allowed_with_narrowed_scopes(&alpha).await;
 
     // Reasons are the policy's own sprintf text, as OPA formats it (%q included).
     let batch = task("service:batch");

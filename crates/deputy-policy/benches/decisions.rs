@@ -6,10 +6,8 @@
 //!
 //! - `rego`: the shipped policy, as deputyd serves it (`Policy::decide`: input to JSON, size
 //!   check, evaluation, strict reading, decision log event and metrics).
-//! - `wasm`: the wasm engine's floor. No `opa` CLI exists here to compile the shipped policy,
-//!   so the module is the OPA-ABI stand-in that answers with its data (no policy logic): the
-//!   time is opa-wasm and wasmtime's per-evaluation cost (pooled instance, input written into
-//!   the module's memory, result set read back). A compiled policy adds its rules on top.
+//! - `wasm`: the same shipped policy compiled by `opa build -t wasm` (the OPA `scripts/peers`
+//!   builds), decided the same way by the wasm engine.
 //!
 //! Run: `cargo bench -p deputy-policy --bench decisions`
 

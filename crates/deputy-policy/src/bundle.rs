@@ -1,9 +1,8 @@
 //! OPA bundles: the `bundle.tar.gz` that `opa build -t wasm -e deputy/authz/decision` writes.
 //!
 //! A bundle holds `/policy.wasm`, the data documents (`/data.json` at the root, and
-//! `/a/b/data.json` for `data.a.b`), a `/.manifest` and the Rego sources. opa-wasm's own loader
-//! reads only `policy.wasm`; here the data is read too, because a policy without its data
-//! decides differently.
+//! `/a/b/data.json` for `data.a.b`), a `/.manifest` and the Rego sources. Both `policy.wasm` and
+//! the data are read: a policy without its data decides differently.
 
 use std::io::Read as _;
 use std::path::Path;

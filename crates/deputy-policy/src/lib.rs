@@ -3,7 +3,7 @@
 //! - [`input`]: the input document (version 1) a policy sees.
 //! - [`decision`]: the decision object, read strictly (anything malformed denies).
 //! - [`rego`]: the `rego` engine (regorus over `.rego` sources and `data.json`).
-//! - [`wasm`]: the `wasm` engine (opa-wasm over a [`bundle`] built by `opa build -t wasm`).
+//! - [`wasm`]: the `wasm` engine (a [`bundle`] built by `opa build -t wasm`, on wasmtime).
 //! - [`mcp`]: the MCP call read from a request body while it streams.
 //! - [`Policy`]: the serving policy: loads, reloads (keeping the last good one when a new one
 //!   fails), decides, and writes every decision to the decision log.
@@ -143,7 +143,7 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
 pub enum PolicySource {
     /// A directory of `.rego` files and `data.json`, evaluated with regorus.
     RegoDir(PathBuf),
-    /// A `bundle.tar.gz` with `policy.wasm` and data, evaluated with opa-wasm.
+    /// A `bundle.tar.gz` with `policy.wasm` and data, evaluated by the wasm engine.
     WasmBundle(PathBuf),
 }
 

@@ -45,80 +45,64 @@ pub(crate) fn parse(text: &str) -> Result<Value, ParseError> {
 /// `value` as text `opa_value_parse` reads back; `None` for undefined (anywhere inside too).
 pub(crate) fn write(value: &Value) -> Result<Option<String>, TooDeep> {
     let mut out = String::new();
-    let mut depth = 0;
-    let defined = write_into(value, &mut out, &mut depth);
-    if depth > MAX_DEPTH {
+    Ok(write_into(value, &mut out, 0)?.then_some(out))
+}
+
+/// Writes `value`, found at nesting `depth`; `Ok(false)` when it is undefined.
+fn write_into(value: &Value, out: &mut String, depth: usize) -> Result<bool, TooDeep> {
+    let inner = depth + 1;
+    if inner > MAX_DEPTH && matches!(value, Value::Array(_) | Value::Set(_) | Value::Object(_)) {
         return Err(TooDeep);
     }
-    Ok(defined.then_some(out))
-}
-
-/// Writes `value`; false when it is undefined, or nests past [`MAX_DEPTH`] (then `depth` says
-/// so).
-fn write_into(value: &Value, out: &mut String, depth: &mut usize) -> bool {
-    if matches!(value, Value::Array(_) | Value::Set(_) | Value::Object(_)) {
-        *depth += 1;
-        if *depth > MAX_DEPTH {
-            return false;
-        }
-    }
-    let written = write_item(value, out, depth);
-    if written && matches!(value, Value::Array(_) | Value::Set(_) | Value::Object(_)) {
-        *depth -= 1;
-    }
-    written
-}
-
-fn write_item(value: &Value, out: &mut String, depth: &mut usize) -> bool {
     match value {
-        Value::Undefined => return false,
+        Value::Undefined => return Ok(false),
         Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {
             match serde_json::to_string(value) {
                 Ok(text) => out.push_str(&text),
-                Err(_) => return false,
+                Err(_) => return Ok(false),
             }
         }
-        Value::Array(items) => return write_sequence(items.iter(), ('[', ']'), out, depth),
+        Value::Array(items) => return write_sequence(items.iter(), ('[', ']'), out, inner),
         Value::Set(items) if items.is_empty() => out.push_str("set()"),
-        Value::Set(items) => return write_sequence(items.iter(), ('{', '}'), out, depth),
+        Value::Set(items) => return write_sequence(items.iter(), ('{', '}'), out, inner),
         Value::Object(fields) => {
             out.push('{');
             for (i, (key, item)) in fields.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                if !write_into(key, out, depth) {
-                    return false;
+                if !write_into(key, out, inner)? {
+                    return Ok(false);
                 }
                 out.push(':');
-                if !write_into(item, out, depth) {
-                    return false;
+                if !write_into(item, out, inner)? {
+                    return Ok(false);
                 }
             }
             out.push('}');
         }
     }
-    true
+    Ok(true)
 }
 
-/// The elements of an array or set between `brackets`.
+/// The elements of an array or set between `brackets`, found at nesting `depth`.
 fn write_sequence<'v>(
     items: impl Iterator<Item = &'v Value>,
     (open, close): (char, char),
     out: &mut String,
-    depth: &mut usize,
-) -> bool {
+    depth: usize,
+) -> Result<bool, TooDeep> {
     out.push(open);
     for (i, item) in items.enumerate() {
         if i > 0 {
             out.push(',');
         }
-        if !write_into(item, out, depth) {
-            return false;
+        if !write_into(item, out, depth)? {
+            return Ok(false);
         }
     }
     out.push(close);
-    true
+    Ok(true)
 }
 
 struct Parser<'a> {
