@@ -126,8 +126,8 @@ def setup(work, procs, deputy, deputyd):
     uid = os.geteuid()
     (work / "entries.toml").write_text(
         f'[[entry]]\nspiffe_id = "spiffe://example.org/bench/node"\nselectors = ["unix:uid:{uid}"]\n\n'
-        '[[entry]]\nspiffe_id = "spiffe://example.org/agent/alpha"\nselectors = ["systemd:id:alpha.service"]\n\n'
-        '[[entry]]\nspiffe_id = "spiffe://example.org/agent/beta"\nselectors = ["systemd:id:beta.service"]\n\n'
+        '[[entry]]\nspiffe_id = "spiffe://example.org/agent/alpha"\nselectors = ["deputy:agent:alpha"]\n\n'
+        '[[entry]]\nspiffe_id = "spiffe://example.org/agent/beta"\nselectors = ["deputy:agent:beta"]\n\n'
         f'[[delegate]]\nselectors = ["unix:uid:{uid}"]\n'
     )
     procs.start("issuer", [deputy, "issuer", "--trust-domain", "example.org", "--ephemeral",
@@ -208,7 +208,7 @@ def setup(work, procs, deputy, deputyd):
             shutil.copy(module, policy / module.name)
     (policy / "data.json").write_text(json.dumps({
         "services": {"beta": {"callers": ["spiffe://example.org/agent/alpha"]}},
-        "originate": {"alpha": ["user:*"]},
+        "originate": {"spiffe://example.org/agent/alpha": ["user:*"]},
         "limits": {"max_depth": 8, "max_depth_by_service": {}},
         "business_hours": {"days": [], "start": 0, "end": 0},
         "customers": {}, "mcp": {"tools": {}, "irreversible_tools": []}}))
@@ -236,13 +236,17 @@ def deputyd_pair(work, procs, deputyd, backend, uid, name, agent_extra="", node_
     inbound, outbound = free_port(), free_port()
     identity = (f'trust_domain = "example.org"\n[identity]\nworkload_api = "unix://{work / "workload.sock"}"\n'
                 f'delegated_identity_api = "unix://{work / "admin.sock"}"\n[admin]\nlisten = "127.0.0.1:0"\n')
+    # Without a policy, node2 serves alpha's calls (and its tasks) because it is told to.
+    admission = "" if "[policy]" in node_extra else (
+        'allow_peers = ["spiffe://example.org/agent/alpha"]\n'
+        '[[originate]]\nspiffe_id = "spiffe://example.org/agent/alpha"\nprincipals = ["user:*"]\n')
     (work / f"{name}-node2.toml").write_text(
-        identity + f'[inbound]\nlisten = "127.0.0.1:{inbound}"\n[[agent]]\nname = "beta"\n'
-        f'spiffe_id = "spiffe://example.org/agent/beta"\nselectors = ["systemd:id:beta.service"]\n'
+        identity + f'[inbound]\nlisten = "127.0.0.1:{inbound}"\n{admission}[[agent]]\nname = "beta"\n'
+        f'spiffe_id = "spiffe://example.org/agent/beta"\n'
         f'upstream = "http://127.0.0.1:{backend}"\n' + node_extra)
     (work / f"{name}-node1.toml").write_text(
         identity + f'[[agent]]\nname = "alpha"\nspiffe_id = "spiffe://example.org/agent/alpha"\n'
-        f'selectors = ["systemd:id:alpha.service"]\noutbound = "127.0.0.1:{outbound}"\nuids = [{uid}]\n'
+        f'outbound = "127.0.0.1:{outbound}"\nuids = [{uid}]\n'
         + agent_extra +
         f'[[service]]\nname = "beta"\nspiffe_id = "spiffe://example.org/agent/beta"\naddress = "127.0.0.1:{inbound}"\n'
         + node_extra)

@@ -8,40 +8,43 @@ prog=${0##*/}
 usage() {
     cat <<EOF
 Usage:
-  $prog --spiffe-id ID (--uid UID | --user NAME | --systemd-unit UNIT) [options]
-  $prog --deputyd --spiffe-id ID (--uid UID | --user NAME) [options]
+  $prog --spiffe-id ID --agent NAME [options]
+  $prog --deputyd --spiffe-id ID (--uid UID | --user NAME | --systemd-unit UNIT) [options]
 
-Registers a workload with SPIRE: runs
-  spire-server entry create -parentID PARENT -spiffeID ID -selector unix:uid:UID
-(or -selector systemd:id:UNIT). Given both --uid/--user and --systemd-unit, the entry
-requires both selectors.
+Registers an agent fronted by deputyd with SPIRE: runs
+  spire-server entry create -parentID PARENT -spiffeID ID -selector deputy:agent:NAME
+
+No workload attestor emits a deputy:agent selector, so the SPIRE agent's Workload API never
+serves this entry to any process, not even one running as the agent's uid: only deputyd
+presents the selector, through the Delegated Identity API. The agent itself never holds its
+SVID or key; it calls through deputyd's outbound listener, which attests it by uid.
+
+With --deputyd it registers deputyd itself, by the uid (or unit) of its service user, so that
+its SPIFFE ID can go in authorized_delegates in the SPIRE agent's config.
 
   --spiffe-id ID       the SPIFFE ID to grant, e.g. spiffe://example.org/agent/triage;
                        the same as the agent's spiffe_id in deputyd.toml
-  --uid UID            select the workload by uid: unix:uid:UID
-  --user NAME          the same, with the uid of NAME on this host (id -u NAME)
-  --systemd-unit UNIT  select the workload by systemd unit: systemd:id:UNIT
+  --agent NAME         the agent's name in deputyd.toml ([[agent]] name): deputy:agent:NAME
+  --uid UID            (--deputyd only) select deputyd by uid: unix:uid:UID
+  --user NAME          (--deputyd only) the same, with the uid of NAME on this host
+  --systemd-unit UNIT  (--deputyd only) select deputyd by unit: systemd:id:UNIT
   --parent-id ID       SPIFFE ID of the SPIRE agent (or node alias) of the node the workload
                        runs on (see spire-server agent list); default \$SPIRE_PARENT_ID
   --x509-ttl TTL       X.509-SVID lifetime, e.g. 3600, 90s, 30m, 1h; default: the server's
   --jwt-ttl TTL        JWT-SVID lifetime, likewise
   --socket-path PATH   the SPIRE server's admin socket; default \$SPIRE_SERVER_SOCKET or
                        /run/spire/server/private/api.sock (server.conf's socket_path)
-  --deputyd            register deputyd itself, by the uid of its service user, so that its
-                       SPIFFE ID can go in authorized_delegates in the SPIRE agent's config
+  --deputyd            register deputyd itself instead of an agent
   --dry-run            print the command instead of running it
   -h, --help           show this help
-
-The selectors must be the ones the agent's [[agent]] selectors in deputyd.toml name: deputyd
-asks SPIRE for each agent's SVIDs by those selectors on the Delegated Identity API.
 
 Environment: SPIRE_SERVER is the spire-server program to run (default: spire-server).
 
 Examples:
-  $prog --spiffe-id spiffe://example.org/agent/triage --uid 1001 \\
+  $prog --spiffe-id spiffe://example.org/agent/triage --agent triage \\
       --parent-id spiffe://example.org/spire/agent/join_token/TOKEN --x509-ttl 1h
   export SPIRE_PARENT_ID=spiffe://example.org/spire/agent/join_token/TOKEN
-  $prog --spiffe-id spiffe://example.org/agent/triage --systemd-unit triage.service --dry-run
+  $prog --spiffe-id spiffe://example.org/agent/triage --agent triage --dry-run
   $prog --deputyd --spiffe-id spiffe://example.org/deputyd/node-1 --uid 998
 EOF
 }
@@ -108,7 +111,7 @@ ttl_seconds() {
     printf '%s\n' "$total"
 }
 
-spiffe_id="" uid="" user="" unit="" parent_id=${SPIRE_PARENT_ID:-} x509_ttl="" jwt_ttl=""
+spiffe_id="" agent="" uid="" user="" unit="" parent_id=${SPIRE_PARENT_ID:-} x509_ttl="" jwt_ttl=""
 socket_path=${SPIRE_SERVER_SOCKET:-/run/spire/server/private/api.sock}
 deputyd=false dry_run=false
 
@@ -121,7 +124,7 @@ while (($# > 0)); do
         --*=*) set -- "${opt%%=*}" "${opt#*=}" "${@:2}"; opt=$1 ;;
     esac
     case $opt in
-        --spiffe-id | --uid | --user | --systemd-unit | --parent-id | --x509-ttl | --jwt-ttl | --socket-path)
+        --spiffe-id | --agent | --uid | --user | --systemd-unit | --parent-id | --x509-ttl | --jwt-ttl | --socket-path)
             if (($# < 2)) || [[ -z $2 ]]; then fail "$opt needs a value"; fi
             value=$2
             shift 2
@@ -130,6 +133,7 @@ while (($# > 0)); do
     esac
     case $opt in
         --spiffe-id) spiffe_id=$value ;;
+        --agent) agent=$value ;;
         --uid) uid=$value ;;
         --user) user=$value ;;
         --systemd-unit) unit=$value ;;
@@ -170,16 +174,22 @@ if [[ -n $unit ]]; then
         fail "--systemd-unit '$unit' must be a unit name ending in .service (or .scope), such as triage.service"
 fi
 
-if $deputyd; then
-    [[ -n $uid ]] ||
-        fail "--deputyd registers deputyd by the uid of its service user: give --uid or --user"
-elif [[ -z $uid && -z $unit ]]; then
-    fail "give --uid UID, --user NAME or --systemd-unit UNIT: the selectors that describe the agent"
-fi
-
 selectors=()
-[[ -z $uid ]] || selectors+=("unix:uid:$uid")
-[[ -z $unit ]] || selectors+=("systemd:id:$unit")
+if $deputyd; then
+    [[ -z $agent ]] || fail "--agent names an agent; --deputyd registers deputyd itself: give one of them"
+    [[ -n $uid || -n $unit ]] ||
+        fail "--deputyd registers deputyd by its service user: give --uid, --user or --systemd-unit"
+    [[ -z $uid ]] || selectors+=("unix:uid:$uid")
+    [[ -z $unit ]] || selectors+=("systemd:id:$unit")
+else
+    if [[ -n $uid || -n $unit ]]; then
+        fail "an agent is not registered by uid or unit: a process with those could fetch the agent's SVID and key from the Workload API and go around deputyd; give --agent NAME (the selector deputy:agent:NAME, which only deputyd presents)"
+    fi
+    [[ -n $agent ]] || fail "--agent NAME is required: the agent's name in deputyd.toml"
+    [[ $agent =~ ^[a-z0-9][a-z0-9_-]*$ ]] ||
+        fail "--agent '$agent' must be the agent's name in deputyd.toml: lower-case letters, digits, '-' and '_'"
+    selectors+=("deputy:agent:$agent")
+fi
 
 cmd=("${SPIRE_SERVER:-spire-server}" entry create
     -socketPath "$socket_path"
@@ -205,7 +215,7 @@ next_steps() {
     if $deputyd; then
         printf 'Next: add "%s" to authorized_delegates in the SPIRE agent'\''s agent.conf on that node, then restart the agent.\n' "$spiffe_id"
     else
-        printf 'Next: in deputyd.toml on that node, the [[agent]] for it needs\n  spiffe_id = "%s"\n  selectors = [%s]\n' "$spiffe_id" "$quoted"
+        printf 'Next: in deputyd.toml on that node, the [[agent]] for it needs\n  name = "%s"\n  spiffe_id = "%s"\n(deputyd presents %s for it on the Delegated Identity API)\n' "$agent" "$spiffe_id" "$quoted"
     fi
 }
 

@@ -18,7 +18,7 @@ crm_call := {
 	"agent": support_eu,
 	"service": {"name": "crm", "spiffe_id": "spiffe://example.org/agent/crm", "attributes": {}},
 	"principal": "user:alice@example.org",
-	"task": {"id": "t-1", "new": false, "scope": ["customers:read"]},
+	"task": {"id": "t-1", "new": false, "scope": ["customers:read"], "origin": {"agent": "spiffe://example.org/agent/frontdoor", "principal": "user:alice@example.org"}},
 	"chain": [{"iss": "spiffe://example.org/agent/frontdoor", "aud": "spiffe://example.org/agent/support-eu", "scope": ["customers:read"], "iat": 1795683500, "exp": 1795684100}],
 	"request": {"method": "GET", "path": "/customers/c-1001/orders", "query": {}, "headers": {}},
 	"time": monday_10,
@@ -76,9 +76,33 @@ test_depth_is_limited_per_service if {
 }
 
 test_origination_follows_data_originate if {
-	start := object.union(crm_call, {"task": {"id": "t-2", "new": true, "scope": ["customers:read"]}, "chain": []})
+	origin := {"agent": support_eu.spiffe_id, "principal": "user:alice@example.org"}
+	start := object.union(crm_call, {"task": {"id": "t-2", "new": true, "scope": ["customers:read"], "origin": origin}, "chain": []})
 	data.deputy.authz.decision.allow with input as start
-	not data.deputy.authz.decision.allow with input as object.union(start, {"principal": "service:batch"})
+	batch := {"principal": "service:batch", "task": {"origin": {"principal": "service:batch"}}}
+	not data.deputy.authz.decision.allow with input as object.union(start, batch)
+}
+
+test_origination_is_judged_again_on_every_hop if {
+	# A first link that support-eu signed for service:batch, arriving at crm's deputyd.
+	forged := object.union(crm_call, {
+		"direction": "inbound",
+		"agent": {"spiffe_id": "spiffe://example.org/agent/crm", "name": "crm", "attributes": {}},
+		"peer": {"spiffe_id": support_eu.spiffe_id, "trust_domain": "example.org", "attributes": {}},
+		"principal": "service:batch",
+		"task": {"origin": {"agent": support_eu.spiffe_id, "principal": "service:batch"}},
+	})
+	d := data.deputy.authz.decision with input as forged
+	not d.allow
+	some r in d.reasons
+	contains(r, "may not start tasks for service:batch")
+}
+
+test_a_task_without_an_origin_is_denied if {
+	d := data.deputy.authz.decision with input as json.remove(crm_call, ["task/origin"])
+	not d.allow
+	some r in d.reasons
+	contains(r, "names no origin")
 }
 
 tickets_mcp(tool) := triage_mcp({"method": "tools/call", "tool": tool})

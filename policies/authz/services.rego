@@ -13,11 +13,18 @@ caller_allowed(id, service) if id in data.services[service].callers
 
 caller_allowed(_, service) if "*" in data.services[service].callers
 
+# Who may start tasks for whom (data.originate, by SPIFFE ID), judged at both ends of every call
+# of a task: outbound where the agent starts it, and on every hop after that against the chain's
+# first link, so that an agent that signs a first link itself is refused where the call arrives.
 deny contains msg if {
-	input.direction == "outbound"
-	input.task.new
-	not may_originate(input.agent.name, input.principal)
-	msg := sprintf("agent %s may not start tasks for %s (see data.originate[%q])", [input.agent.name, input.principal, input.agent.name])
+	origin := input.task.origin
+	not may_originate(origin.agent, origin.principal)
+	msg := sprintf("%s may not start tasks for %s (see data.originate[%q])", [origin.agent, origin.principal, origin.agent])
+}
+
+deny contains "the input's task names no origin (input.task.origin); upgrade deputyd" if {
+	input.task
+	not input.task.origin
 }
 
 may_originate(agent, principal) if {

@@ -35,6 +35,60 @@ pub async fn send(
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
+    send_on(tcp, protocol, request).await
+}
+
+/// Sends one request as a process of user `uid` would: over a connection whose socket `uid`
+/// owns, which is what an outbound listener attests. Needs root, as the suite does.
+pub async fn send_as(
+    uid: u32,
+    addr: &str,
+    protocol: Protocol,
+    request: Request<Body>,
+) -> Result<Response<Incoming>, String> {
+    let addr = addr.to_owned();
+    let std = tokio::task::spawn_blocking(move || connect_as(uid, &addr))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    std.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::from_std(std).map_err(|e| e.to_string())?;
+    send_on(tcp, protocol, request).await
+}
+
+/// Connects from a socket owned by `uid`. Linux credentials belong to a thread, and the raw
+/// `setresuid` system call (unlike libc's wrapper, which applies it to every thread) changes
+/// only the calling one: a scoped thread takes `uid` as its effective uid, creates and connects
+/// the socket (which records its creator's uid), and ends, taking the credentials with it.
+fn connect_as(uid: u32, addr: &str) -> std::io::Result<std::net::TcpStream> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                set_thread_euid(uid)?;
+                std::net::TcpStream::connect(addr)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
+    })
+}
+
+#[allow(unsafe_code)]
+fn set_thread_euid(uid: u32) -> std::io::Result<()> {
+    let keep = nix::libc::uid_t::MAX; // -1: leave the real and saved uids as they are
+    // SAFETY: setresuid takes three integers and touches no memory of this process.
+    let rc = unsafe { nix::libc::syscall(nix::libc::SYS_setresuid, keep, uid, keep) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+async fn send_on(
+    tcp: tokio::net::TcpStream,
+    protocol: Protocol,
+    request: Request<Body>,
+) -> Result<Response<Incoming>, String> {
     let io = TokioIo::new(tcp);
     match protocol {
         Protocol::Http1 => {

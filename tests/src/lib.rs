@@ -322,8 +322,29 @@ pub fn identity_of(admin: &str, name: &str) -> serde_json::Value {
         .clone()
 }
 
-/// Writes an entries file registering deputyd (by uid, also as delegate) and agents by their
-/// systemd units, each agent with `agent_ttl`.
+/// A command that runs the `deputy` CLI as another user (`uid`), as an agent process would:
+/// the binary is copied into `dir`, which is opened so that `uid` can reach it and the sockets
+/// in it (the build directory is usually private to its owner). Needs root, as the suite does.
+pub fn deputy_as(uid: u32, dir: &Path) -> Command {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::process::CommandExt as _;
+    assert_eq!(
+        my_uid(),
+        0,
+        "running a process as uid {uid} needs root; run the suite as ./scripts/test does"
+    );
+    let copy = dir.join("deputy-as-agent");
+    std::fs::copy(binary("deputy"), &copy).expect("copy the deputy binary");
+    for path in [dir, copy.as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let mut command = Command::new(copy);
+    command.uid(uid).gid(uid);
+    command
+}
+
+/// Writes an entries file registering deputyd (by uid, also as delegate) and agents under
+/// `deputy:agent:NAME` (delegated-only), each agent with `agent_ttl`.
 pub fn write_entries(dir: &Path, agents: &[&str], agent_ttl: &str, node_ttl: &str) {
     let uid = my_uid();
     let mut text = format!(
@@ -331,7 +352,7 @@ pub fn write_entries(dir: &Path, agents: &[&str], agent_ttl: &str, node_ttl: &st
     );
     for agent in agents {
         text.push_str(&format!(
-            "[[entry]]\nspiffe_id = \"spiffe://example.org/agent/{agent}\"\nselectors = [\"systemd:id:{agent}.service\"]\nx509_ttl = \"{agent_ttl}\"\n\n"
+            "[[entry]]\nspiffe_id = \"spiffe://example.org/agent/{agent}\"\nselectors = [\"deputy:agent:{agent}\"]\nx509_ttl = \"{agent_ttl}\"\n\n"
         ));
     }
     text.push_str(&format!("[[delegate]]\nselectors = [\"unix:uid:{uid}\"]\n"));
@@ -350,7 +371,7 @@ pub fn write_node_config(dir: &Path, agents: &[&str]) -> PathBuf {
     );
     for agent in agents {
         text.push_str(&format!(
-            "[[agent]]\nname = \"{agent}\"\nspiffe_id = \"spiffe://example.org/agent/{agent}\"\nselectors = [\"systemd:id:{agent}.service\"]\n"
+            "[[agent]]\nname = \"{agent}\"\nspiffe_id = \"spiffe://example.org/agent/{agent}\"\n"
         ));
     }
     let path = dir.join("deputyd.toml");

@@ -114,6 +114,11 @@ pub fn demo_agent(name: &str, outbound: Option<&str>) -> (Process, String) {
     (process, addr)
 }
 
+/// The uid delta's processes run as (every agent of a node has a uid of its own).
+pub fn delta_uid() -> u32 {
+    my_uid() + 4444
+}
+
 impl Mesh {
     /// Starts everything, with agent SVIDs living `agent_ttl`, and waits until both nodes are
     /// ready.
@@ -133,7 +138,7 @@ impl Mesh {
         for agent in ["alpha", "beta", "gamma", "delta", "omega", "carol"] {
             entries.push_str(&format!(
                 "[[entry]]\nspiffe_id = \"spiffe://example.org/agent/{agent}\"\n\
-                 selectors = [\"systemd:id:{agent}.service\"]\nx509_ttl = \"{agent_ttl}\"\n\n"
+                 selectors = [\"deputy:agent:{agent}\"]\nx509_ttl = \"{agent_ttl}\"\n\n"
             ));
         }
         std::fs::write(dir.path().join("entries.toml"), entries).expect("entries");
@@ -155,25 +160,36 @@ impl Mesh {
         let agent = |name: &str, extra: &str| {
             format!(
                 "[[agent]]\nname = \"{name}\"\nspiffe_id = \"spiffe://example.org/agent/{name}\"\n\
-                 selectors = [\"systemd:id:{name}.service\"]\n{extra}\n"
+                 {extra}\n"
+            )
+        };
+        // Without a policy, a node serves the peers and the tasks it is told to.
+        let (allow_peers, originate_alpha) = if policy.is_some() {
+            ("", "")
+        } else {
+            (
+                "allow_peers = [\"spiffe://example.org/agent/*\"]\n",
+                "[[originate]]\nspiffe_id = \"spiffe://example.org/agent/alpha\"\n\
+                 principals = [\"user:*\"]\n",
             )
         };
         let node2_config = dir.path().join("node2.toml");
         std::fs::write(
             &node2_config,
             format!(
-                "{identity}[inbound]\nlisten = \"127.0.0.1:0\"\n{}{}\
+                "{identity}[inbound]\nlisten = \"127.0.0.1:0\"\n{allow_peers}{originate_alpha}{}{}\
                  [[service]]\nname = \"carol\"\nspiffe_id = \"spiffe://example.org/agent/carol\"\naddress = \"{node1_inbound}\"\n{}",
                 agent(
                     "beta",
                     &format!(
-                        "upstream = \"http://{beta_addr}\"\noutbound = \"{beta_outbound}\"\nuids = [{uid}]"
+                        "upstream = \"http://{beta_addr}\"\noutbound = \"{beta_outbound}\"\nuids = [{uid}]\nmcp = true"
                     )
                 ),
                 agent(
                     "delta",
                     &format!(
-                        "upstream = \"http://{delta_addr}\"\noutbound = \"127.0.0.1:0\"\nuids = [{uid}]"
+                        "upstream = \"http://{delta_addr}\"\noutbound = \"127.0.0.1:0\"\nuids = [{}]",
+                        delta_uid()
                     )
                 ),
                 policy.map_or("", |p| p.1),
@@ -193,16 +209,17 @@ impl Mesh {
         std::fs::write(
             &node1_config,
             format!(
-                "{identity}[inbound]\nlisten = \"{node1_inbound}\"\n{}{}{}{}\
-                 [[service]]\nname = \"beta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n\
+                "{identity}[inbound]\nlisten = \"{node1_inbound}\"\n{allow_peers}{}{}{}{}\
+                 [[service]]\nname = \"beta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\nmcp = true\n\
                  [[service]]\nname = \"delta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n{}",
                 agent("alpha", &format!("outbound = \"127.0.0.1:0\"\nuids = [{uid}]\n{originate}")),
                 agent("gamma", &format!("outbound = \"127.0.0.1:0\"\nuids = [{}]", uid + 4242)),
                 agent(
                     "omega",
                     &format!(
-                        "outbound = \"unix://{}\"\nuids = [{uid}]",
-                        dir.path().join("omega.sock").display()
+                        "outbound = \"unix://{}\"\nuids = [{}]",
+                        dir.path().join("omega.sock").display(),
+                        uid + 4343
                     )
                 ),
                 agent("carol", &format!("upstream = \"http://{carol_addr}\"")),

@@ -473,3 +473,28 @@ fn policy_check_eval_and_test_work_on_the_shipped_policy() {
     assert!(!status.success());
     assert!(text.contains("cannot be used with"), "{text}");
 }
+
+#[test]
+fn an_agent_process_cannot_fetch_its_svid_from_the_shipped_entries() {
+    // The review's reproduction: the shipped entries loaded, `deputy svid fetch` run as the
+    // uid triage runs as (1001 in examples/deputyd.toml). The entries are delegated-only, so
+    // nothing is served; deputyd's user still gets triage's SVID on the Delegated Identity API.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/entries.toml");
+    let uid = deputy_tests::my_uid();
+    let entries = std::fs::read_to_string(shipped)
+        .expect("shipped entries")
+        .replace("unix:user:deputy", &format!("unix:uid:{uid}"));
+    std::fs::write(dir.path().join("entries.toml"), entries).expect("write");
+    let issuer = IssuerProcess::start(dir.path());
+    let (status, text) = run(deputy_tests::deputy_as(1001, dir.path())
+        .args(["svid", "fetch", "--socket"])
+        .arg(issuer.workload_socket()));
+    assert!(!status.success(), "uid 1001 was served:\n{text}");
+    assert!(text.contains("no identity issued"), "{text}");
+    assert!(!text.contains("agent/triage"), "{text}");
+    assert!(
+        text.contains("deputy:agent:NAME"),
+        "the refusal says why: {text}"
+    );
+}

@@ -2,7 +2,7 @@
 //! `Deputy-Context` handles their deputyd gives them, verified at every hop.
 
 use deputy_tests::client::{self, Protocol};
-use deputy_tests::mesh::Mesh;
+use deputy_tests::mesh::{Mesh, delta_uid};
 use http::StatusCode;
 
 const ALPHA: &str = "spiffe://example.org/agent/alpha";
@@ -16,6 +16,17 @@ async fn call(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, serde_json::Value) {
+    call_as(deputy_tests::my_uid(), outbound, service, path, headers).await
+}
+
+/// [`call`], from a process of user `uid`.
+async fn call_as(
+    uid: u32,
+    outbound: &str,
+    service: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, serde_json::Value) {
     let mut request = client::get(service, path, Protocol::Http1);
     for (name, value) in headers {
         request.headers_mut().insert(
@@ -23,7 +34,7 @@ async fn call(
             value.parse().expect("value"),
         );
     }
-    let response = client::send(outbound, Protocol::Http1, request)
+    let response = client::send_as(uid, outbound, Protocol::Http1, request)
         .await
         .expect("call");
     (response.status(), client::json(response).await)
@@ -140,7 +151,14 @@ async fn a_context_works_only_for_its_agent_and_only_within_its_budget() {
     );
 
     // Another agent of the same node holding beta's handle gets nowhere.
-    let (status, body) = call(&delta, "carol", "/", &[("deputy-context", &handle)]).await;
+    let (status, body) = call_as(
+        delta_uid(),
+        &delta,
+        "carol",
+        "/",
+        &[("deputy-context", &handle)],
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["type"], "urn:deputy:problem:context-refused");
     assert!(

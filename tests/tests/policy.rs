@@ -62,9 +62,13 @@ fn policed_mesh_on(wasm: bool) -> (Mesh, tempfile::TempDir, PathBuf) {
     let node1 = policy_dir(
         dir.path(),
         "node1",
-        &mesh_data(serde_json::json!({"alpha": ["user:*"]})),
+        &mesh_data(serde_json::json!({ALPHA: ["user:*"]})),
     );
-    let node2 = policy_dir(dir.path(), "node2", &mesh_data(serde_json::json!({})));
+    let node2 = policy_dir(
+        dir.path(),
+        "node2",
+        &mesh_data(serde_json::json!({ALPHA: ["user:*"]})),
+    );
     let section = |dir: &Path, extra: &str| {
         let source = if wasm {
             let name = format!(
@@ -269,6 +273,14 @@ fn rpc(tool: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// `bytes`, gzip-compressed.
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("compress");
+    encoder.finish().expect("compress")
+}
+
 const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,11 +311,30 @@ async fn mcp_calls_are_judged_by_tool_and_a_body_cannot_smuggle_another_call() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["type"], "urn:deputy:problem:body-refused", "{body}");
 
-    // A compressed JSON body cannot be read for the policy, so it is refused, not waved through.
-    let gzipped = [JSON[0], ("content-encoding", "gzip")];
-    let (status, body) = call(&alpha, Method::POST, "/mcp", &gzipped, b"\x1f\x8b\x08\x00").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert_eq!(body["type"], "urn:deputy:problem:body-refused", "{body}");
+    // A compressed body cannot be read for the policy, so it is refused, not waved through:
+    // declared as JSON, or as text beta might decompress and parse as JSON-RPC all the same.
+    let gzipped = gzip(&rpc("drop_database"));
+    for declared in ["application/json", "text/plain"] {
+        let headers = [("content-type", declared), ("content-encoding", "gzip")];
+        let (status, body) = call(&alpha, Method::POST, "/mcp", &headers, &gzipped).await;
+        assert_eq!(
+            status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{declared}: {body}"
+        );
+        assert_eq!(
+            body["type"], "urn:deputy:problem:body-not-inspectable",
+            "{body}"
+        );
+        assert!(
+            body["detail"].as_str().expect("detail").contains("gzip"),
+            "{body}"
+        );
+    }
+    // Nor does JSON-RPC declared as text reach an MCP service.
+    let text = [("content-type", "text/plain")];
+    let (status, body) = call(&alpha, Method::POST, "/mcp", &text, &rpc("drop_database")).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{body}");
 
     // The call pushed past the peek bound by padding: decided without a method, and the stream
     // is cut when the method shows up, so beta never receives a whole request.
@@ -370,7 +401,7 @@ async fn a_broken_policy_keeps_the_last_good_one_serving() {
 
     // A good change is picked up by the watcher without a signal.
     std::fs::remove_file(node1_policy.join("broken.rego")).expect("remove");
-    let mut data = mesh_data(serde_json::json!({"alpha": ["user:*"]}));
+    let mut data = mesh_data(serde_json::json!({ALPHA: ["user:*"]}));
     data["services"]["beta"]["callers"] = serde_json::json!([]);
     std::fs::write(node1_policy.join("data.json"), data.to_string()).expect("write");
     let reloaded =
@@ -492,7 +523,7 @@ async fn deputyd_enforces_the_shipped_policy_compiled_by_opa() {
         status,
         &body,
         "policy-denied",
-        r#"agent alpha may not start tasks for service:batch (see data.originate["alpha"])"#,
+        r#"spiffe://example.org/agent/alpha may not start tasks for service:batch (see data.originate["spiffe://example.org/agent/alpha"])"#,
     );
     let (status, body) = call(&alpha, Method::GET, "/customers/c-2002", &[], b"").await;
     assert_denied(

@@ -14,6 +14,8 @@ use deputy_tests::spire::{SpireAgent, SpireServer};
 use deputy_tests::{Process, binary, eventually, http_get, identity_of, my_uid, run};
 
 const TD: &str = "example.org";
+/// A uid alpha's processes run as, besides the test's own (which is deputyd's too).
+const AGENT_UID: u32 = 1001;
 
 /// Two nodes on SPIRE: node1 fronts alpha (outbound), node2 fronts beta (a demo agent, inbound).
 struct SpireMesh {
@@ -22,7 +24,7 @@ struct SpireMesh {
     node1: Node,
     node2: Node,
     _beta: Process,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// Runs one of the registration scripts in spire/ against `server`, as an operator would.
@@ -80,25 +82,22 @@ impl SpireMesh {
                 &[
                     "--spiffe-id",
                     &format!("spiffe://{TD}/agent/{name}"),
-                    "--systemd-unit",
-                    &format!("{name}.service"),
+                    "--agent",
+                    name,
                     "--parent-id",
                     &server.node_id(node),
                     "--x509-ttl",
                     ttl,
                 ],
             );
-            assert!(
-                output.contains(&format!("systemd:id:{name}.service")),
-                "{output}"
-            );
+            assert!(output.contains(&format!("deputy:agent:{name}")), "{output}");
         }
 
         let (beta, beta_addr) = demo_agent("beta", None);
         let agent = |name: &str, extra: &str| {
             format!(
                 "[[agent]]\nname = \"{name}\"\nspiffe_id = \"spiffe://{TD}/agent/{name}\"\n\
-                 selectors = [\"systemd:id:{name}.service\"]\n{extra}\n"
+                 {extra}\n"
             )
         };
         let start_node = |name: &str, config: String| {
@@ -109,7 +108,7 @@ impl SpireMesh {
         let node2 = start_node(
             "node2",
             format!(
-                "{}[inbound]\nlisten = \"127.0.0.1:0\"\n{}",
+                "{}[inbound]\nlisten = \"127.0.0.1:0\"\nallow_peers = [\"spiffe://{TD}/agent/alpha\"]\n{}",
                 identity_config(&agents[1]),
                 agent("beta", &format!("upstream = \"http://{beta_addr}\""))
             ),
@@ -122,7 +121,7 @@ impl SpireMesh {
                 identity_config(&agents[0]),
                 agent(
                     "alpha",
-                    &format!("outbound = \"127.0.0.1:0\"\nuids = [{uid}]")
+                    &format!("outbound = \"127.0.0.1:0\"\nuids = [{uid}, {AGENT_UID}]")
                 )
             ),
         );
@@ -135,7 +134,7 @@ impl SpireMesh {
             node1,
             node2,
             _beta: beta,
-            _dir: dir,
+            dir,
         }
     }
 }
@@ -267,10 +266,18 @@ async fn deputyd_takes_every_identity_from_spire_and_carries_calls_on_them() {
         "{handshakes}"
     );
 
-    // The test process, with deputyd's uid, is given deputyd's entry only: alpha's entry is
-    // selected by a systemd unit, which this agent's unix attestor never reports.
+    // alpha is registered under deputy:agent:alpha, which no workload attestor emits: the real
+    // SPIRE agent serves it to no process, neither to deputyd's uid (given deputyd's entry
+    // only) nor to a process of alpha's own uid, while deputyd holds alpha's SVID (above).
     assert!(!fetched.contains("agent/alpha"), "{fetched}");
-    assert!(mesh.server.cli(&["entry", "show"]).contains("agent/alpha"));
+    let entries = mesh.server.cli(&["entry", "show"]);
+    assert!(entries.contains("deputy:agent:alpha"), "{entries}");
+    let (status, refused) = run(deputy_tests::deputy_as(AGENT_UID, mesh.dir.path())
+        .args(["svid", "fetch", "--socket"])
+        .arg(&public));
+    assert!(!status.success(), "uid {AGENT_UID} was served:\n{refused}");
+    assert!(refused.contains("no identity issued"), "{refused}");
+    assert!(!refused.contains("agent/alpha"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,6 +12,8 @@
 //!   with a text naming the tool it ran (and logs `mcp: ran TOOL`), anything else with an
 //!   empty result.
 //! - `GET /bytes?n=N`: streams N bytes in 64 KiB chunks (for throughput measurements).
+//! - `GET /forge`: answers with `Deputy-*` response headers of its own (a context handle, a
+//!   principal), as a malicious agent would to mislead its caller; deputyd strips them.
 //! - `GET /relay?to=SERVICE&path=/p[&scope=a:b,c:d][&budget=N]` (with `--outbound`): continues
 //!   the task it was called for by calling `SERVICE` through its own deputyd, passing on the
 //!   `Deputy-Context` it received and the narrower scope or budget asked for; answers with the
@@ -93,6 +95,7 @@ async fn answer(agent: &Agent, request: Request<Incoming>) -> Result<Response<Bo
         ("POST", "/mcp") => mcp(&agent.name, request).await,
         ("GET", "/bytes") => bytes(query_number(&request, "n").unwrap_or(0)),
         ("GET", "/relay") => relay(agent, &request).await,
+        ("GET", "/forge") => forge(&agent.name, &request),
         _ => whoami(&agent.name, &request),
     };
     Ok(response)
@@ -205,6 +208,20 @@ fn whoami(name: &str, request: &Request<Incoming>) -> Response<Body> {
             "deputy_headers": deputy,
         }),
     )
+}
+
+fn forge(name: &str, request: &Request<Incoming>) -> Response<Body> {
+    let mut response = whoami(name, request);
+    for (header, value) in [
+        ("deputy-context", "dctx_forged"),
+        ("deputy-principal", "user:mallory@example.org"),
+        ("deputy-peer-id", "spiffe://example.org/agent/admin"),
+    ] {
+        response
+            .headers_mut()
+            .insert(header, header::HeaderValue::from_static(value));
+    }
+    response
 }
 
 fn events(count: u64) -> Response<Body> {

@@ -29,8 +29,11 @@ pub(crate) async fn connect(socket: &str) -> anyhow::Result<spiffe::WorkloadApiC
 pub(crate) fn explain(error: spiffe::WorkloadApiError) -> anyhow::Error {
     match error {
         spiffe::WorkloadApiError::NoIdentityIssued => anyhow::anyhow!(
-            "no identity issued: no registration entry matches this process (uid {}); register \
-             it (an [[entry]] in the issuer's entries file, or spire-server entry create)",
+            "no identity issued: no registration entry matches this process (uid {}), or the \
+             entries it matches are delegated-only; register it (an [[entry]] in the issuer's \
+             entries file, or spire-server entry create). An agent fronted by deputyd gets \
+             nothing here by design: only deputyd obtains its SVID (deputy:agent:NAME), and the \
+             agent calls through deputyd's outbound listener",
             nix::unistd::geteuid()
         ),
         other => other.into(),

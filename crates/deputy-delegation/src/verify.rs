@@ -82,6 +82,11 @@ impl VerifiedChain {
         &self.links[0].task
     }
 
+    /// The agent that started the task: the signer of the first link.
+    pub fn originator(&self) -> &str {
+        &self.links[0].iss
+    }
+
     /// The ordered SPIFFE IDs of the actors: every delegator, then the final delegate.
     pub fn actors(&self) -> Vec<&str> {
         self.links

@@ -19,7 +19,7 @@ use crate::proto::spire::api::agent::delegatedidentity::v1::{
     SubscribeToX509sviDsRequest, SubscribeToX509sviDsResponse, X509svidWithKey,
 };
 use crate::proto::spire::api::types;
-use crate::streaming::{ResponseStream, caller, entries_or_refuse, follow, internal, join};
+use crate::streaming::{Api, ResponseStream, caller, entries_or_refuse, follow, internal, join};
 use crate::svids::Issuer;
 use crate::workload_api::federated_bundles;
 
@@ -128,7 +128,7 @@ impl DelegatedIdentity for DelegatedIdentityApi {
         let (who, selectors) = workload(&request.selectors, request.pid)?;
         let stream = follow(self.issuer.clone(), move |issuer| {
             delegate.check(issuer)?;
-            let entries = entries_or_refuse(issuer, &who, &selectors)?;
+            let entries = entries_or_refuse(issuer, Api::DelegatedIdentity, &who, &selectors)?;
             let x509_svids = entries
                 .iter()
                 .map(|entry| {
@@ -180,7 +180,7 @@ impl DelegatedIdentity for DelegatedIdentityApi {
             return Err(Status::invalid_argument("audience must be specified"));
         }
         let (who, selectors) = workload(&request.selectors, request.pid)?;
-        let entries = entries_or_refuse(&self.issuer, &who, &selectors)?;
+        let entries = entries_or_refuse(&self.issuer, Api::DelegatedIdentity, &who, &selectors)?;
         let svids = entries
             .iter()
             .map(|entry| {

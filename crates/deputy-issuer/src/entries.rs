@@ -6,6 +6,11 @@
 //! selectors = ["unix:uid:1001"]
 //! x509_ttl = "1h"   # optional
 //! jwt_ttl = "5m"    # optional
+//! delegated_only = true  # optional: never served on the Workload API
+//!
+//! [[entry]]         # an agent fronted by deputyd: delegated-only by its selector type
+//! spiffe_id = "spiffe://example.org/agent/billing"
+//! selectors = ["deputy:agent:billing"]
 //!
 //! [[delegate]]      # who may use the Delegated Identity API
 //! selectors = ["unix:uid:0"]
@@ -16,7 +21,9 @@
 //! ```
 //!
 //! An entry matches a workload when every one of the entry's selectors is among the workload's
-//! selectors, as in SPIRE. Every problem in a file is reported at once, each with its line.
+//! selectors, as in SPIRE. A delegated-only entry (marked so, or with a `deputy:` selector, which
+//! no attestor emits) is served only to authorized delegates through the Delegated Identity API:
+//! an agent fronted by deputyd must never hold its own key. Every problem in a file is reported at once, each with its line.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -45,7 +52,12 @@ pub struct Entry {
     pub x509_ttl: Duration,
     /// Lifetime of its JWT-SVIDs.
     pub jwt_ttl: Duration,
+    /// Served only through the Delegated Identity API.
+    pub delegated_only: bool,
 }
+
+/// The selector type no attestor emits: only deputyd presents it, for the agents it fronts.
+pub const DEPUTY_SELECTOR_TYPE: &str = "deputy";
 
 /// A workload allowed to use the Delegated Identity API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +135,8 @@ struct RawEntry {
     x509_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     jwt_ttl: Option<Duration>,
+    #[serde(default)]
+    delegated_only: bool,
 }
 
 #[derive(Deserialize)]
@@ -197,11 +211,14 @@ impl Registry {
                 continue;
             }
             if let Some(selectors) = selectors {
+                let delegated_only = entry.delegated_only
+                    || selectors.iter().any(|s| s.kind == DEPUTY_SELECTOR_TYPE);
                 registry.entries.push(Entry {
                     spiffe_id,
                     selectors,
                     x509_ttl,
                     jwt_ttl,
+                    delegated_only,
                 });
             }
         }

@@ -44,17 +44,40 @@ pub(crate) fn no_entry(who: &str, selectors: &BTreeSet<Selector>) -> Status {
     ))
 }
 
-/// The registered entries for `selectors`, or the refusal that explains there are none.
+/// Which API a caller is on: the Workload API never serves delegated-only entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    Workload,
+    DelegatedIdentity,
+}
+
+/// The registered entries for `selectors` that `api` may serve, or the refusal that explains
+/// why there are none.
 pub(crate) fn entries_or_refuse(
     issuer: &Issuer,
+    api: Api,
     who: &str,
     selectors: &BTreeSet<Selector>,
 ) -> Result<Vec<Entry>, Status> {
-    let entries = issuer.entries_for(selectors);
-    if entries.is_empty() {
+    let mut entries = issuer.entries_for(selectors);
+    let withheld: Vec<String> = match api {
+        Api::DelegatedIdentity => Vec::new(),
+        Api::Workload => entries
+            .extract_if(.., |e| e.delegated_only)
+            .map(|e| e.spiffe_id.to_string())
+            .collect(),
+    };
+    if !entries.is_empty() {
+        Ok(entries)
+    } else if withheld.is_empty() {
         Err(no_entry(who, selectors))
     } else {
-        Ok(entries)
+        Err(Status::permission_denied(format!(
+            "no identity issued to this caller ({who}): {} is delegated-only, served only to an \
+             authorized delegate (deputyd) through the Delegated Identity API, so that the agent \
+             never holds its key; the agent calls through deputyd's outbound listener instead",
+            withheld.join(", ")
+        )))
     }
 }
 

@@ -18,7 +18,7 @@ use crate::proto::workload::{
     ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
     X509svid, X509svidRequest, X509svidResponse,
 };
-use crate::streaming::{ResponseStream, caller, entries_or_refuse, follow, internal};
+use crate::streaming::{Api, ResponseStream, caller, entries_or_refuse, follow, internal};
 use crate::svids::Issuer;
 
 /// The metadata key every Workload API call must carry.
@@ -81,7 +81,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         let (who, selectors) = admit(&request)?;
         tracing::debug!(caller = %who, "FetchX509SVID");
         let stream = follow(self.issuer.clone(), move |issuer| {
-            let entries = entries_or_refuse(issuer, &who, &selectors)?;
+            let entries = entries_or_refuse(issuer, Api::Workload, &who, &selectors)?;
             let bundle = issuer.authority().bundle_der().to_vec();
             let svids = entries
                 .iter()
@@ -111,7 +111,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let (who, selectors) = admit(&request)?;
         let stream = follow(self.issuer.clone(), move |issuer| {
-            entries_or_refuse(issuer, &who, &selectors)?;
+            entries_or_refuse(issuer, Api::Workload, &who, &selectors)?;
             let mut bundles = federated_bundles(issuer);
             bundles.insert(
                 trust_domain_key(issuer),
@@ -136,7 +136,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 "audience must be specified: name the service the JWT-SVID is for",
             ));
         }
-        let mut entries = entries_or_refuse(&self.issuer, &who, &selectors)?;
+        let mut entries = entries_or_refuse(&self.issuer, Api::Workload, &who, &selectors)?;
         if !request.spiffe_id.is_empty() {
             entries.retain(|e| e.spiffe_id.to_string() == request.spiffe_id);
             if entries.is_empty() {
@@ -170,7 +170,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let (who, selectors) = admit(&request)?;
         let stream = follow(self.issuer.clone(), move |issuer| {
-            entries_or_refuse(issuer, &who, &selectors)?;
+            entries_or_refuse(issuer, Api::Workload, &who, &selectors)?;
             Ok(JwtBundlesResponse {
                 bundles: HashMap::from([(trust_domain_key(issuer), issuer.authority().jwks())]),
             })

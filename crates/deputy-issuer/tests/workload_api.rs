@@ -259,3 +259,64 @@ async fn removing_an_entry_ends_the_open_stream() {
         "no more SVIDs after the entry is gone"
     );
 }
+
+#[tokio::test]
+async fn a_delegated_only_entry_is_never_served_on_the_workload_api() {
+    // This process matches triage's entry by uid, but the entry is delegated-only: the agent
+    // must not hold its own key. Its delegate still gets the SVID, by selectors.
+    let uid = my_uid();
+    let issuer = TestIssuer::start(&format!(
+        "[[entry]]\nspiffe_id = \"spiffe://example.org/agent/triage\"\n\
+         selectors = [\"unix:uid:{uid}\"]\ndelegated_only = true\n\n\
+         [[entry]]\nspiffe_id = \"spiffe://example.org/agent/billing\"\n\
+         selectors = [\"deputy:agent:billing\"]\n\n\
+         [[delegate]]\nselectors = [\"unix:uid:{uid}\"]\n"
+    ))
+    .await;
+    let channel = common::raw_channel(issuer.dir.path().join("workload.sock")).await;
+    let mut raw = SpiffeWorkloadApiClient::new(channel);
+    let mut request = tonic::Request::new(X509svidRequest::default());
+    request
+        .metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().expect("ascii"));
+    let status = raw.fetch_x509svid(request).await.expect_err("withheld");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    let message = status.message();
+    for expected in [
+        "spiffe://example.org/agent/triage is delegated-only",
+        "Delegated Identity API",
+        "outbound listener",
+    ] {
+        assert!(message.contains(expected), "{message}\nmissing: {expected}");
+    }
+    let client = WorkloadApiClient::connect_to(issuer.workload_endpoint())
+        .await
+        .expect("connect");
+    assert!(client.fetch_jwt_svid(&["vault"], None).await.is_err());
+
+    let delegated = spire_api::DelegatedIdentityClient::connect_to(issuer.admin_endpoint())
+        .await
+        .expect("connect");
+    for (kind, value, id) in [
+        (
+            "unix",
+            format!("uid:{uid}"),
+            "spiffe://example.org/agent/triage",
+        ),
+        (
+            "deputy",
+            "agent:billing".to_owned(),
+            "spiffe://example.org/agent/billing",
+        ),
+    ] {
+        let request = spire_api::DelegateAttestationRequest::for_selectors(vec![
+            spire_api::selectors::Selector::Generic((kind.into(), value)),
+        ])
+        .expect("selectors");
+        let svid = delegated
+            .fetch_x509_svid(request)
+            .await
+            .expect("served to the delegate");
+        assert_eq!(svid.spiffe_id().to_string(), id);
+    }
+}

@@ -109,6 +109,20 @@ pub struct Task {
     /// The scopes the next link would carry (outbound) or the last link carries (inbound).
     #[serde(default)]
     pub scope: Vec<String>,
+    /// Who started the task, for whom. Deputy always sends it with a task, so that a policy
+    /// judges origination at every hop, not only where the task starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// The start of a task: the agent that signed the first link, and the principal it named.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Origin {
+    /// The SPIFFE ID of the agent that started the task.
+    pub agent: String,
+    /// The principal it started the task for.
+    pub principal: String,
 }
 
 /// One link of the chain, as a policy sees it.

@@ -287,6 +287,7 @@ fn the_json_schema_declares_every_field_deputy_sends() {
             budget_left: None,
             new: false,
             scope: vec![],
+            origin: None,
         })
         .budget_left = Some(3);
     full.request.mcp = deputy_policy::input::mcp_from_body(

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use deputy_delegation::LinkClaims;
 use deputy_policy::input::{
-    Agent, ChainLink, Mcp, Peer, RequestInfo, ServiceRef, Task, TimeInfo, policy_headers,
+    Agent, ChainLink, Mcp, Origin, Peer, RequestInfo, ServiceRef, Task, TimeInfo, policy_headers,
     query_params,
 };
 use deputy_policy::mcp::Inspector;
@@ -34,6 +34,8 @@ pub(crate) struct TaskFacts {
     pub(crate) scope: Vec<String>,
     pub(crate) budget_left: Option<u64>,
     pub(crate) chain: Vec<ChainLink>,
+    /// The SPIFFE ID of the agent that started the task (signed the first link).
+    pub(crate) originator: String,
 }
 
 /// A link's claims as the policy sees them.
@@ -60,6 +62,8 @@ pub(crate) struct Parties<'a> {
     pub(crate) peer: Option<&'a SpiffeId>,
     /// The called service (outbound).
     pub(crate) service: Option<&'a crate::config::Service>,
+    /// The called side serves MCP: its calls are judged by tool.
+    pub(crate) mcp: bool,
 }
 
 /// The request line and headers the policy may see.
@@ -89,12 +93,16 @@ fn input(
     };
     let (principal, task, chain) = match task {
         Some(t) => (
-            Some(t.principal),
+            Some(t.principal.clone()),
             Some(Task {
                 id: t.id,
                 budget_left: t.budget_left,
                 new: t.new,
                 scope: t.scope,
+                origin: Some(Origin {
+                    agent: t.originator,
+                    principal: t.principal,
+                }),
             }),
             t.chain,
         ),
@@ -155,7 +163,9 @@ pub(crate) async fn judge(
     let (parts, body) = request.into_parts();
     canonical_path(asked.path())
         .map_err(|e| Problem::new(ProblemKind::BadRequest, e, request_id))?;
-    let (mcp, body) = peek(config, &parts.headers, body)
+    readable_body(&parts.headers, parties.mcp)
+        .map_err(|e| Problem::new(ProblemKind::BodyNotInspectable, e, request_id))?;
+    let (mcp, body) = peek(config, body)
         .await
         .map_err(|e| Problem::new(ProblemKind::BodyRefused, e, request_id))?;
     let request_facts = RequestFacts {
@@ -224,12 +234,7 @@ fn refusal(record: &DecisionRecord, request_id: &str) -> Option<Problem> {
 /// Reads the start of `body` until the MCP call in it is known (or it is not JSON-RPC), the
 /// body ends, `peek_bytes` have arrived or `peek_wait` has passed; returns what was read as the
 /// policy's `mcp`, and the body to forward (what was read, then the rest, still inspected).
-async fn peek(
-    config: &PolicyConfig,
-    headers: &HeaderMap,
-    mut body: Body,
-) -> Result<(Option<Mcp>, Body), String> {
-    readable_body(headers)?;
+async fn peek(config: &PolicyConfig, mut body: Body) -> Result<(Option<Mcp>, Body), String> {
     let mut inspector = Inspector::new();
     let mut held = VecDeque::new();
     let mut size = 0usize;
@@ -304,8 +309,10 @@ fn canonical_path(path: &str) -> Result<(), String> {
 /// Refuses a body a JSON server would read differently from the bytes deputyd inspects: a
 /// compressed one, or one declared in a charset other than UTF-8 (servers decode by the
 /// declared charset; MCP SDKs and body parsers do). Bodies declared as something other than
-/// JSON are left alone.
-fn readable_body(headers: &HeaderMap) -> Result<(), String> {
+/// JSON are left alone, except on the way to an MCP server (`mcp`): its calls are judged by
+/// tool, and a server may decompress, or parse as JSON-RPC, whatever it is sent, so any
+/// encoding but identity and any declared type but JSON would hide the call from the policy.
+fn readable_body(headers: &HeaderMap, mcp: bool) -> Result<(), String> {
     let mut types = headers.get_all(http::header::CONTENT_TYPE).iter();
     let content_type = types.next();
     if types.next().is_some() {
@@ -316,21 +323,35 @@ fn readable_body(headers: &HeaderMap) -> Result<(), String> {
         Some(Ok(text)) => Some(text.to_ascii_lowercase()),
         Some(Err(_)) => return Err("the Content-Type is not visible ASCII".into()),
     };
-    let json = content_type.as_deref().is_none_or(|t| {
-        let media = t.split(';').next().unwrap_or_default().trim();
-        media == "application/json" || media.ends_with("+json")
-    });
-    if !json {
+    let media = content_type
+        .as_deref()
+        .map(|t| t.split(';').next().unwrap_or_default().trim());
+    let json = media.is_none_or(|m| m == "application/json" || m.ends_with("+json"));
+    if !json && !mcp {
         return Ok(());
     }
-    for encoding in headers.get_all(http::header::CONTENT_ENCODING) {
-        let encoding = encoding.to_str().unwrap_or("?").trim();
-        if !encoding.eq_ignore_ascii_case("identity") {
-            return Err(format!(
-                "a JSON body with Content-Encoding {encoding:?} cannot be inspected for the \
-                 policy; send it uncompressed"
-            ));
-        }
+    let encoding = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .map(|e| e.to_str().unwrap_or("?").trim())
+        .find(|e| !e.eq_ignore_ascii_case("identity"));
+    let what = if mcp {
+        "a body sent to an MCP service (whose calls are judged by tool)"
+    } else {
+        "a JSON body"
+    };
+    if let Some(encoding) = encoding {
+        return Err(format!(
+            "{what} with Content-Encoding {encoding:?} cannot be inspected for the policy; send \
+             it uncompressed"
+        ));
+    }
+    if !json {
+        return Err(format!(
+            "{what} declared as {} could carry a JSON-RPC call the policy would not see; send \
+             the call as application/json",
+            media.unwrap_or_default()
+        ));
     }
     if let Some(charset) = content_type.as_deref().and_then(|t| {
         t.split(';')
@@ -470,7 +491,7 @@ mod tests {
             ],
             &[("content-type", "text/plain; charset=latin1")],
         ] {
-            assert!(readable_body(&headers(ok)).is_ok(), "{ok:?}");
+            assert!(readable_body(&headers(ok), false).is_ok(), "{ok:?}");
         }
         for refused in [
             &[("content-encoding", "gzip")][..],
@@ -489,7 +510,45 @@ mod tests {
                 ("content-type", "application/json"),
             ],
         ] {
-            assert!(readable_body(&headers(refused)).is_err(), "{refused:?}");
+            assert!(
+                readable_body(&headers(refused), false).is_err(),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bodies_for_an_mcp_service_must_be_plain_json_whatever_they_are_declared_as() {
+        for ok in [
+            &[][..],
+            &[("content-type", "application/json")],
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "identity"),
+            ],
+        ] {
+            assert!(readable_body(&headers(ok), true).is_ok(), "{ok:?}");
+        }
+        for (refused, says) in [
+            (
+                &[("content-type", "text/plain"), ("content-encoding", "gzip")][..],
+                "Content-Encoding \"gzip\"",
+            ),
+            (
+                &[
+                    ("content-type", "application/octet-stream"),
+                    ("content-encoding", "br"),
+                ],
+                "\"br\"",
+            ),
+            (&[("content-type", "text/plain")], "declared as text/plain"),
+            (
+                &[("content-type", "application/x-www-form-urlencoded")],
+                "application/json",
+            ),
+        ] {
+            let error = readable_body(&headers(refused), true).expect_err("refused");
+            assert!(error.contains(says), "{refused:?}: {error}");
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct LocalAgent {
     pub uids: Vec<u32>,
     /// Principals it may start tasks for: exact names or prefixes ending in `*` (`user:*`).
     pub originate: Vec<String>,
+    /// It serves MCP: calls to it are judged by tool, so their bodies must be readable JSON.
+    pub mcp: bool,
 }
 
 impl LocalAgent {
@@ -37,10 +39,7 @@ impl LocalAgent {
     pub fn may_originate(&self, principal: &str) -> bool {
         self.originate
             .iter()
-            .any(|pattern| match pattern.strip_suffix('*') {
-                Some(prefix) => principal.starts_with(prefix),
-                None => principal == pattern,
-            })
+            .any(|pattern| crate::admission::pattern_matches(pattern, principal))
     }
 }
 
@@ -53,6 +52,8 @@ pub struct Service {
     pub spiffe_id: SpiffeId,
     /// `host:port` of the deputyd that fronts it.
     pub address: String,
+    /// It serves MCP: calls to it are judged by tool, so their bodies must be readable JSON.
+    pub mcp: bool,
 }
 
 /// Timeouts of the data path.
@@ -89,9 +90,11 @@ pub struct ProxyConfig {
     pub timeouts: Timeouts,
     /// Delegation chains.
     pub delegation: Delegation,
-    /// The policy every call is decided by; `None`: any authenticated peer may call any local
-    /// agent, and agents start tasks per their `originate` patterns.
+    /// The policy every call is decided by; `None`: inbound calls are admitted by
+    /// `without_policy`, and agents start tasks per their `originate` patterns.
     pub policy: Option<PolicyConfig>,
+    /// How inbound calls are admitted when there is no policy (ignored with one).
+    pub without_policy: crate::admission::WithoutPolicy,
 }
 
 /// How the data path asks the policy.

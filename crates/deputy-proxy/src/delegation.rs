@@ -161,8 +161,8 @@ pub(crate) enum TaskPlan {
 }
 
 impl TaskPlan {
-    /// The task as the policy sees it.
-    pub(crate) fn facts(&self) -> Option<TaskFacts> {
+    /// The task as the policy sees it; `agent` is the calling agent's SPIFFE ID.
+    pub(crate) fn facts(&self, agent: &SpiffeId) -> Option<TaskFacts> {
         match self {
             Self::None => None,
             Self::Originate {
@@ -178,6 +178,7 @@ impl TaskPlan {
                 scope: scopes.clone(),
                 budget_left: *budget,
                 chain: Vec::new(),
+                originator: agent.to_string(),
             }),
             Self::Continue {
                 context, scopes, ..
@@ -190,6 +191,7 @@ impl TaskPlan {
                     .unwrap_or_else(|| context.chain.last().scope.clone()),
                 budget_left: context.remaining(),
                 chain: crate::authz::chain_of(&context.chain.links),
+                originator: context.chain.originator().to_owned(),
             }),
         }
     }
@@ -513,6 +515,7 @@ pub(crate) fn inbound_task(
         scope: verified.last().scope.clone(),
         budget_left: inbound.contexts.remaining_for(&agent.name, verified),
         chain: crate::authz::chain_of(&verified.links),
+        originator: verified.originator().to_owned(),
     }
 }
 

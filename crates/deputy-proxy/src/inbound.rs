@@ -38,6 +38,8 @@ pub(crate) struct InboundAgent {
     pub(crate) name: String,
     pub(crate) spiffe_id: SpiffeId,
     pub(crate) upstream: Option<http::Uri>,
+    /// It serves MCP (its calls are judged by tool).
+    pub(crate) mcp: bool,
 }
 
 /// What every inbound connection needs.
@@ -55,6 +57,8 @@ pub(crate) struct Inbound {
     pub(crate) contexts: Arc<crate::context::ContextStore>,
     /// The policy every inbound call is decided by, if one is configured.
     pub(crate) policy: Option<crate::config::PolicyConfig>,
+    /// How calls are admitted when no policy is configured.
+    pub(crate) without_policy: crate::admission::WithoutPolicy,
 }
 
 /// The answer to a client that speaks plain HTTP to the mTLS port.
@@ -265,6 +269,12 @@ async fn admit(
         tracing::warn!(agent = %agent.name, %peer, %detail, "delegation chain refused");
         Problem::new(kind, detail, request_id)
     };
+    if inbound.policy.is_none() {
+        inbound.without_policy.check_peer(peer).map_err(|refusal| {
+            tracing::warn!(agent = %agent.name, %peer, "inbound call refused: peer not allowed");
+            Problem::new(refusal.0, refusal.1, request_id)
+        })?;
+    }
     let verified = match chain {
         None => None,
         Some(Err(_)) => {
@@ -278,12 +288,21 @@ async fn admit(
                 .map_err(refused)?,
         ),
     };
+    if inbound.policy.is_none()
+        && let Some(verified) = &verified
+    {
+        inbound
+            .without_policy
+            .check_origin(verified)
+            .map_err(refused)?;
+    }
     if let Some(policy) = &inbound.policy {
         let parties = authz::Parties {
             direction: Direction::Inbound,
             agent: (&agent.name, &agent.spiffe_id),
             peer: Some(peer),
             service: None,
+            mcp: agent.mcp,
         };
         let task = verified
             .as_ref()

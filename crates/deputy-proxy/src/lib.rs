@@ -11,6 +11,7 @@
 //! - [`outbound`] and [`inbound`]: the two listeners; [`pool`]: pooled HTTP/2 connections.
 //! - [`problem`]: every refusal as RFC 9457 problem details.
 
+pub mod admission;
 pub mod attest;
 mod authz;
 pub mod body;
@@ -36,6 +37,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use admission::WithoutPolicy;
 pub use config::{
     Delegation, FactsCell, ListenAddr, LocalAgent, PolicyConfig, PolicyFacts, ProxyConfig, Service,
     Timeouts,
@@ -117,6 +119,7 @@ impl Proxy {
                                 name: a.name.clone(),
                                 spiffe_id: a.spiffe_id.clone(),
                                 upstream: a.upstream.clone(),
+                                mcp: a.mcp,
                             },
                         )
                     })
@@ -128,6 +131,7 @@ impl Proxy {
                 chains: deputy_delegation::ChainVerifier::new(config.delegation.verify),
                 contexts: contexts.clone(),
                 policy: config.policy.clone(),
+                without_policy: config.without_policy.clone(),
             });
             tasks.spawn(inbound::serve(inbound, listener, cancel.clone()));
         }
@@ -143,6 +147,7 @@ impl Proxy {
                         name: agent.name.clone(),
                         spiffe_id: agent.spiffe_id.clone(),
                         address: address.clone(),
+                        mcp: agent.mcp,
                     });
                 }
             }

@@ -253,6 +253,9 @@ async fn forward(
         Ok(Ok(response)) => {
             let mut response = response.map(stream);
             strip_hop_by_hop(response.headers_mut());
+            // What the agent hears from deputyd about its call comes from this deputyd only: a
+            // peer (or the agent behind it) must not hand it a context handle or forged facts.
+            strip_all_deputy_headers(response.headers_mut());
             if let Ok(id) = HeaderValue::from_str(request_id) {
                 response.headers_mut().insert("deputy-request-id", id);
             }
@@ -289,11 +292,12 @@ async fn decide(
         agent: (&call.agent.name, &call.agent.spiffe_id),
         peer: None,
         service: Some(call.service),
+        mcp: call.service.mcp,
     };
     let (request, record) = authz::judge(
         policy,
         &parties,
-        plan.facts(),
+        plan.facts(&call.agent.spiffe_id),
         request,
         &asked,
         call.now,

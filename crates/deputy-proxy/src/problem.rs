@@ -54,6 +54,10 @@ pub enum ProblemKind {
     ApprovalRequired,
     /// The request body is refused (a JSON-RPC body Deputy cannot judge safely).
     BodyRefused,
+    /// The request body is in an encoding or media type deputyd cannot inspect for the policy.
+    BodyNotInspectable,
+    /// Without a policy, the peer is not among those the operator allowed.
+    PeerNotAllowed,
 }
 
 impl ProblemKind {
@@ -80,6 +84,8 @@ impl ProblemKind {
             Self::PolicyDenied => "urn:deputy:problem:policy-denied",
             Self::ApprovalRequired => "urn:deputy:problem:approval-required",
             Self::BodyRefused => "urn:deputy:problem:body-refused",
+            Self::BodyNotInspectable => "urn:deputy:problem:body-not-inspectable",
+            Self::PeerNotAllowed => "urn:deputy:problem:peer-not-allowed",
         }
     }
 
@@ -106,6 +112,8 @@ impl ProblemKind {
             Self::PolicyDenied => "Denied by policy",
             Self::ApprovalRequired => "Approval required",
             Self::BodyRefused => "Request body refused",
+            Self::BodyNotInspectable => "Request body cannot be inspected",
+            Self::PeerNotAllowed => "Peer not allowed",
         }
     }
 
@@ -122,7 +130,9 @@ impl ProblemKind {
             | Self::BudgetEscalation
             | Self::ExtensionRefused
             | Self::PolicyDenied
+            | Self::PeerNotAllowed
             | Self::ApprovalRequired => StatusCode::FORBIDDEN,
+            Self::BodyNotInspectable => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::ChainTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoIdentity => StatusCode::SERVICE_UNAVAILABLE,

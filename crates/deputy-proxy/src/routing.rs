@@ -145,6 +145,7 @@ mod tests {
             name: "billing".into(),
             spiffe_id: "spiffe://example.org/agent/billing".parse().expect("id"),
             address: "127.0.0.1:15008".into(),
+            mcp: false,
         }])
     }
 

@@ -10,7 +10,6 @@
 //! [[agent]]
 //! name = "triage"
 //! spiffe_id = "spiffe://example.org/agent/triage"
-//! selectors = ["unix:uid:1001"]
 //! ```
 //!
 //! Parsing (serde, unknown keys refused) and validation (SPIFFE IDs, selectors, names) are
@@ -23,11 +22,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use deputy_delegation::VerifyOptions;
-use deputy_identity::{AgentIdentity, IdentityManagerConfig, Selector, parse_spiffe_id};
-use deputy_proxy::{Delegation, ListenAddr, LocalAgent, ProxyConfig, Service, Timeouts};
+use deputy_identity::{IdentityManagerConfig, parse_spiffe_id};
+use deputy_proxy::{Delegation, ProxyConfig, Service, Timeouts, WithoutPolicy};
 use serde::Deserialize;
 use spiffe::TrustDomain;
 
+use crate::agent_config::{Agents, RawAgent, validate_agents};
 use crate::policy_config::{PolicySettings, RawPolicy};
 
 /// A validated configuration.
@@ -95,12 +95,25 @@ struct RawConfig {
     agent: Vec<RawAgent>,
     #[serde(default)]
     service: Vec<RawService>,
+    #[serde(default)]
+    originate: Vec<RawOriginate>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInbound {
     listen: String,
+    /// Without `[policy]`: the peers whose calls are served.
+    #[serde(default)]
+    allow_peers: Vec<String>,
+}
+
+/// Without `[policy]`: an agent of another node that may start tasks, and for whom.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOriginate {
+    spiffe_id: String,
+    principals: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +166,8 @@ struct RawService {
     name: String,
     spiffe_id: String,
     address: String,
+    #[serde(default)]
+    mcp: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,22 +204,6 @@ impl Default for RawAdmin {
             listen: "127.0.0.1:15000".into(),
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAgent {
-    name: String,
-    spiffe_id: String,
-    selectors: Vec<String>,
-    #[serde(default)]
-    outbound: Option<String>,
-    #[serde(default)]
-    upstream: Option<String>,
-    #[serde(default)]
-    uids: Vec<u32>,
-    #[serde(default)]
-    originate: Vec<String>,
 }
 
 impl Config {
@@ -271,99 +270,10 @@ impl RawConfig {
             })
             .ok();
 
-        let mut names = HashSet::new();
-        let mut ids = HashSet::new();
-        let mut agents = Vec::new();
-        let mut local = Vec::new();
-        for (i, agent) in self.agent.iter().enumerate() {
-            let at = format!("agent[{i}] ({:?})", agent.name);
-            if agent.name.is_empty()
-                || !agent
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                problems.push(format!(
-                    "{at}: name must be non-empty letters, digits, '-' or '_'"
-                ));
-            }
-            if !names.insert(agent.name.clone()) {
-                problems.push(format!("{at}: another agent has the same name"));
-            }
-            let spiffe_id = match parse_spiffe_id(&agent.spiffe_id) {
-                Ok(id) => {
-                    if let Some(td) = &trust_domain
-                        && id.trust_domain() != td
-                    {
-                        problems.push(format!(
-                            "{at}: {id} is not in this node's trust domain {td}"
-                        ));
-                    }
-                    if !ids.insert(id.to_string()) {
-                        problems.push(format!("{at}: another agent has the SPIFFE ID {id}"));
-                    }
-                    Some(id)
-                }
-                Err(e) => {
-                    problems.push(format!("{at}: {e}"));
-                    None
-                }
-            };
-            if agent.selectors.is_empty() {
-                problems.push(format!(
-                    "{at}: selectors is empty; give the selectors SPIRE knows the agent by, such \
-                     as unix:uid:1001"
-                ));
-            }
-            let selectors: Vec<Selector> = agent
-                .selectors
-                .iter()
-                .filter_map(|s| {
-                    s.parse()
-                        .map_err(|e| problems.push(format!("{at}: {e}")))
-                        .ok()
-                })
-                .collect();
-            let outbound = agent.outbound.as_deref().and_then(|o| {
-                parse_outbound(o)
-                    .map_err(|e| problems.push(format!("{at}: outbound = {o:?}: {e}")))
-                    .ok()
-            });
-            for pattern in &agent.originate {
-                if pattern.is_empty() || pattern.chars().any(char::is_whitespace) {
-                    problems.push(format!(
-                        "{at}: originate pattern {pattern:?} must be a principal such as \
-                         user:alice@example.org or a prefix ending in * such as user:*"
-                    ));
-                }
-            }
-            if agent.outbound.is_some() && agent.uids.is_empty() {
-                problems.push(format!(
-                    "{at}: uids is empty, so no process could use its outbound listener; list \
-                     the uids the agent runs as"
-                ));
-            }
-            let upstream = agent.upstream.as_deref().and_then(|u| {
-                parse_upstream(u)
-                    .map_err(|e| problems.push(format!("{at}: upstream = {u:?}: {e}")))
-                    .ok()
-            });
-            if let Some(spiffe_id) = spiffe_id {
-                local.push(LocalAgent {
-                    name: agent.name.clone(),
-                    spiffe_id: spiffe_id.clone(),
-                    outbound,
-                    upstream,
-                    uids: agent.uids.clone(),
-                    originate: agent.originate.clone(),
-                });
-                agents.push(AgentIdentity {
-                    name: agent.name.clone(),
-                    spiffe_id,
-                    selectors,
-                });
-            }
-        }
+        let Agents {
+            identities: agents,
+            local,
+        } = validate_agents(&self.agent, trust_domain.as_ref(), &mut problems);
 
         let mut services = Vec::new();
         let mut service_names = HashSet::new();
@@ -401,6 +311,7 @@ impl RawConfig {
                         name: service.name.to_ascii_lowercase(),
                         spiffe_id: id,
                         address: service.address.clone(),
+                        mcp: service.mcp,
                     });
                 }
                 Err(e) => problems.push(format!("{at}: {e}")),
@@ -444,16 +355,18 @@ impl RawConfig {
 
         let policy_set = self.policy.is_some();
         let policy = self.policy.and_then(|p| p.validate(&mut problems));
-        if policy_set {
-            for agent in local.iter().filter(|a| !a.originate.is_empty()) {
-                problems.push(format!(
-                    "agent {}: `originate` does not apply when [policy] is set: which agents may \
-                     start tasks for whom is the policy's decision (data.originate in the shipped \
-                     policy); move the patterns there and remove `originate`",
-                    agent.name
-                ));
-            }
-        }
+        let allow_peers = self
+            .inbound
+            .as_ref()
+            .map(|i| i.allow_peers.clone())
+            .unwrap_or_default();
+        let without_policy = without_policy(
+            allow_peers,
+            &self.originate,
+            &local,
+            policy_set,
+            &mut problems,
+        );
 
         match (trust_domain, admin_listen) {
             (Some(trust_domain), Some(admin_listen)) if problems.is_empty() => Ok(Config {
@@ -485,6 +398,7 @@ impl RawConfig {
                         max_contexts: delegation.max_contexts,
                     },
                     policy: None,
+                    without_policy,
                 },
                 policy,
             }),
@@ -493,41 +407,87 @@ impl RawConfig {
     }
 }
 
-/// An outbound listener: loopback TCP (`127.0.0.1:15001`) or a unix socket
-/// (`unix:///run/deputy/triage.sock`). Never a public address: the listener takes plain HTTP
-/// and vouches for the caller.
-fn parse_outbound(text: &str) -> Result<ListenAddr, String> {
-    if let Some(path) = text.strip_prefix("unix://") {
-        if !path.starts_with('/') {
-            return Err("write an absolute socket path: unix:///run/deputy/agent.sock".into());
+/// The rules inbound calls are admitted by without `[policy]`; with one, their keys are refused
+/// (the policy decides those questions, and two sources of truth would disagree).
+fn without_policy(
+    allow_peers: Vec<String>,
+    originate: &[RawOriginate],
+    local: &[deputy_proxy::LocalAgent],
+    policy_set: bool,
+    problems: &mut Vec<String>,
+) -> WithoutPolicy {
+    let pattern_problem = |what: &str, pattern: &str| {
+        (pattern.is_empty() || pattern.chars().any(char::is_whitespace))
+            .then(|| format!("{what} pattern {pattern:?} must be a value or a prefix ending in *"))
+    };
+    for pattern in &allow_peers {
+        if !pattern.starts_with("spiffe://") {
+            problems.push(format!(
+                "inbound.allow_peers: {pattern:?} is not a SPIFFE ID pattern; write \
+                 spiffe://example.org/agent/NAME or a prefix such as spiffe://example.org/agent/*"
+            ));
         }
-        return Ok(ListenAddr::Unix(path.into()));
+        problems.extend(pattern_problem("inbound.allow_peers", pattern));
     }
-    let addr: SocketAddr = text
-        .parse()
-        .map_err(|e| format!("{e}; write 127.0.0.1:PORT or unix:///PATH"))?;
-    if !addr.ip().is_loopback() {
-        return Err(
-            "an outbound listener must be on loopback (127.0.0.1 or ::1) or a unix socket: it \
-             accepts plain HTTP from local agents"
-                .into(),
-        );
+    let mut rules: Vec<(String, Vec<String>)> = local
+        .iter()
+        .filter(|a| !a.originate.is_empty())
+        .map(|a| (a.spiffe_id.to_string(), a.originate.clone()))
+        .collect();
+    for (i, rule) in originate.iter().enumerate() {
+        let at = format!("originate[{i}] ({:?})", rule.spiffe_id);
+        match parse_spiffe_id(&rule.spiffe_id) {
+            Ok(id) if local.iter().any(|a| a.spiffe_id == id) => problems.push(format!(
+                "{at}: {id} is an agent of this node; list its principals in its [[agent]] \
+                 `originate` instead"
+            )),
+            Ok(id) if rules.iter().any(|(known, _)| *known == id.to_string()) => {
+                problems.push(format!("{at}: another [[originate]] names {id}"));
+            }
+            Ok(id) => rules.push((id.to_string(), rule.principals.clone())),
+            Err(e) => problems.push(format!("{at}: {e}")),
+        }
+        if rule.principals.is_empty() {
+            problems.push(format!(
+                "{at}: principals is empty; list the principals it may start tasks for, such as \
+                 user:*"
+            ));
+        }
+        for pattern in &rule.principals {
+            problems.extend(pattern_problem(&at, pattern));
+        }
     }
-    Ok(ListenAddr::Tcp(addr))
-}
-
-/// An agent's upstream: a plain `http://` URI.
-fn parse_upstream(text: &str) -> Result<http::Uri, String> {
-    let uri: http::Uri = text.parse().map_err(|e| format!("{e}"))?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err("write http://HOST:PORT, the agent's own plain HTTP listener".into());
+    if policy_set {
+        let moved = "which peers may call and which agents may start tasks for whom is the \
+                     policy's decision (data.services and data.originate in the shipped policy)";
+        for agent in local.iter().filter(|a| !a.originate.is_empty()) {
+            problems.push(format!(
+                "agent {}: `originate` does not apply when [policy] is set: {moved}; move the \
+                 patterns there and remove `originate`",
+                agent.name
+            ));
+        }
+        if !originate.is_empty() {
+            problems.push(format!(
+                "[[originate]] does not apply when [policy] is set: {moved}; move it there"
+            ));
+        }
+        if !allow_peers.is_empty() {
+            problems.push(format!(
+                "inbound.allow_peers does not apply when [policy] is set: {moved}; remove it"
+            ));
+        }
     }
-    Ok(uri)
+    WithoutPolicy {
+        allow_peers,
+        originate: rules,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use deputy_proxy::ListenAddr;
 
     const EXAMPLE: &str = r#"
 trust_domain = "example.org"
@@ -539,7 +499,6 @@ listen = "127.0.0.1:15000"
 [[agent]]
 name = "triage"
 spiffe_id = "spiffe://example.org/agent/triage"
-selectors = ["unix:uid:1001"]
 "#;
 
     #[test]
@@ -551,7 +510,6 @@ listen = "0.0.0.0:15008"
 [[agent]]
 name = "triage"
 spiffe_id = "spiffe://example.org/agent/triage"
-selectors = ["unix:uid:1001"]
 outbound = "0.0.0.0:15001"
 upstream = "https://127.0.0.1:8081"
 [delegation]
@@ -560,7 +518,6 @@ clock_skew = "1h"
 [[agent]]
 name = "ops"
 spiffe_id = "spiffe://example.org/agent/ops"
-selectors = ["unix:uid:1002"]
 outbound = "unix://relative.sock"
 [[service]]
 name = "triage"
@@ -599,7 +556,6 @@ max_contexts = 1000
 [[agent]]
 name = "triage"
 spiffe_id = "spiffe://example.org/agent/triage"
-selectors = ["unix:uid:1001"]
 outbound = "unix:///run/deputy/triage.sock"
 upstream = "http://127.0.0.1:8081"
 uids = [1001]

@@ -66,10 +66,17 @@ impl Daemon {
         let mut proxy_config = config.proxy.clone();
         let policy = match &config.policy {
             None => {
-                tracing::warn!(
-                    "no [policy]: any authenticated peer may call any agent of this node; \
-                     configure [policy] to decide every call"
-                );
+                let allowed = &config.proxy.without_policy.allow_peers;
+                if config.proxy.inbound.is_some() && allowed.is_empty() {
+                    tracing::warn!(
+                        "no [policy] and no [inbound] allow_peers: every inbound call will be \
+                         refused; configure [policy] to decide every call"
+                    );
+                } else if config.proxy.inbound.is_some() {
+                    tracing::warn!(allow_peers = ?allowed,
+                        "no [policy]: inbound calls are served from the allowed peers only, on \
+                         no other check; configure [policy] to decide every call");
+                }
                 None
             }
             Some(settings) => {

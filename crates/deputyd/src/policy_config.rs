@@ -205,7 +205,7 @@ trust_domain = "example.org"
 [[agent]]
 name = "triage"
 spiffe_id = "spiffe://example.org/agent/triage"
-selectors = ["unix:uid:1001"]
+uids = [1001]
 "#;
 
     fn problems(text: &str) -> Vec<String> {

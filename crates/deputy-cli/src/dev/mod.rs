@@ -186,15 +186,15 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 
 fn entries_toml(uid: u32) -> String {
     let mut out = format!(
-        "# Written by `deputy dev`. The nodes are attested by their uid; the agents by the\n\
-         # systemd units they would run as in production.\n\n\
+        "# Written by `deputy dev`. The nodes are attested by their uid; the agents are\n\
+         # delegated-only (deputy:agent:NAME): only deputyd obtains their SVIDs.\n\n\
          [[entry]]\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/deputyd/dev\"\nselectors = [\"unix:uid:{uid}\"]\n\n"
     );
     for plan in &NODES {
         let agent = plan.agent;
         out.push_str(&format!(
             "[[entry]]\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{agent}\"\n\
-             selectors = [\"systemd:id:deputy-dev-{agent}.service\"]\nx509_ttl = \"10m\"\n\n"
+             selectors = [\"deputy:agent:{agent}\"]\nx509_ttl = \"10m\"\n\n"
         ));
     }
     out.push_str(&format!("[[delegate]]\nselectors = [\"unix:uid:{uid}\"]\n"));
@@ -217,7 +217,7 @@ fn node_toml(
          workload_api = \"unix://{workload}\"\ndelegated_identity_api = \"unix://{admin}\"\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[inbound]\nlisten = \"127.0.0.1:{inbound}\"\n\n\
          [[agent]]\nname = \"{agent}\"\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{agent}\"\n\
-         selectors = [\"systemd:id:deputy-dev-{agent}.service\"]\noutbound = \"127.0.0.1:{outbound}\"\n\
+         outbound = \"127.0.0.1:{outbound}\"\n\
          upstream = \"http://127.0.0.1:{upstream}\"\nuids = [{uid}]\n\n\
          [[service]]\nname = \"{peer}\"\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{peer}\"\n\
          address = \"127.0.0.1:{peer_inbound}\"\n\n\

@@ -46,7 +46,7 @@ pub(crate) fn write(dir: &Path, trust_domain: &str) -> std::io::Result<PathBuf> 
                 "alpha": {"callers": [id("beta")]},
                 "beta": {"callers": [id("alpha")]},
             },
-            "originate": {"alpha": ["user:*"], "beta": ["user:*"]},
+            "originate": {id("alpha"): ["user:*"], id("beta"): ["user:*"]},
             "limits": {"max_depth": 8, "max_depth_by_service": {}},
             "business_hours": {
                 "days": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"],
