@@ -322,10 +322,17 @@ pub fn identity_of(admin: &str, name: &str) -> serde_json::Value {
         .clone()
 }
 
-/// A command that runs the `deputy` CLI as another user (`uid`), as an agent process would:
-/// the binary is copied into `dir`, which is opened so that `uid` can reach it and the sockets
-/// in it (the build directory is usually private to its owner). Needs root, as the suite does.
+/// A command that runs the `deputy` CLI as another user (`uid`), as an agent process would;
+/// see [`program_as`].
 pub fn deputy_as(uid: u32, dir: &Path) -> Command {
+    program_as(uid, dir, &binary("deputy"))
+}
+
+/// A command that runs `program` as another user (`uid`), as an agent process would: the
+/// program is copied into `dir`, which is opened so that `uid` can reach it and the sockets in
+/// it (the build and peer directories are usually private to their owner). Needs root, as the
+/// suite does.
+pub fn program_as(uid: u32, dir: &Path, program: &Path) -> Command {
     use std::os::unix::fs::PermissionsExt as _;
     use std::os::unix::process::CommandExt as _;
     assert_eq!(
@@ -333,8 +340,9 @@ pub fn deputy_as(uid: u32, dir: &Path) -> Command {
         0,
         "running a process as uid {uid} needs root; run the suite as ./scripts/test does"
     );
-    let copy = dir.join("deputy-as-agent");
-    std::fs::copy(binary("deputy"), &copy).expect("copy the deputy binary");
+    let name = program.file_name().expect("a program file");
+    let copy = dir.join(format!("{}-as-{uid}", name.to_string_lossy()));
+    std::fs::copy(program, &copy).expect("copy the program");
     for path in [dir, copy.as_path()] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }

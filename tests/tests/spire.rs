@@ -278,6 +278,15 @@ async fn deputyd_takes_every_identity_from_spire_and_carries_calls_on_them() {
     assert!(!status.success(), "uid {AGENT_UID} was served:\n{refused}");
     assert!(refused.contains("no identity issued"), "{refused}");
     assert!(!refused.contains("agent/alpha"), "{refused}");
+    let (status, refused) =
+        run(
+            deputy_tests::program_as(AGENT_UID, mesh.dir.path(), &peer("spire-agent"))
+                .args(["api", "fetch", "x509", "-socketPath"])
+                .arg(&public),
+        );
+    assert!(!status.success(), "uid {AGENT_UID} was served:\n{refused}");
+    assert!(refused.contains("no identity issued"), "{refused}");
+    assert!(!refused.contains("agent/alpha"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

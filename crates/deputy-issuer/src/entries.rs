@@ -171,7 +171,7 @@ impl Registry {
         let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
         let mut problems = Vec::new();
         let mut registry = Registry::default();
-        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut seen: HashMap<String, (usize, bool)> = HashMap::new();
 
         for raw_entry in &raw.entry {
             let entry = raw_entry.get_ref();
@@ -203,16 +203,41 @@ impl Registry {
                 }
             }
             let Some(spiffe_id) = spiffe_id else { continue };
-            if let Some(first) = seen.insert(spiffe_id.to_string(), line) {
+            let fronted = selectors
+                .as_ref()
+                .is_some_and(|s| s.iter().any(|s| s.kind == DEPUTY_SELECTOR_TYPE));
+            if let Some(selectors) = &selectors
+                && fronted
+                && let Some(other) = selectors.iter().find(|s| s.kind != DEPUTY_SELECTOR_TYPE)
+            {
                 problems.push(format!(
-                    "line {line}: duplicate entry for {spiffe_id}, first registered at line \
-                     {first}; keep one entry per SPIFFE ID"
+                    "line {line}: {spiffe_id} mixes {DEPUTY_SELECTOR_TYPE}: selectors with \
+                     {other}; deputyd presents only deputy:agent:NAME for an agent it fronts, so \
+                     this entry would match nothing; keep only the deputy: selector"
                 ));
+            }
+            if let Some((first, first_fronted)) =
+                seen.insert(spiffe_id.to_string(), (line, fronted))
+            {
+                if first_fronted != fronted {
+                    let workload_line = if fronted { first } else { line };
+                    problems.push(format!(
+                        "line {workload_line}: {spiffe_id} is registered both under deputy: \
+                         selectors (an agent only deputyd may hold the key of) and under \
+                         selectors a workload attestor emits, so any process those describe \
+                         could fetch the agent's SVID and key from the Workload API and go \
+                         around deputyd; remove the entry at line {workload_line}"
+                    ));
+                } else {
+                    problems.push(format!(
+                        "line {line}: duplicate entry for {spiffe_id}, first registered at line \
+                         {first}; keep one entry per SPIFFE ID"
+                    ));
+                }
                 continue;
             }
             if let Some(selectors) = selectors {
-                let delegated_only = entry.delegated_only
-                    || selectors.iter().any(|s| s.kind == DEPUTY_SELECTOR_TYPE);
+                let delegated_only = entry.delegated_only || fronted;
                 registry.entries.push(Entry {
                     spiffe_id,
                     selectors,
@@ -393,6 +418,47 @@ x509_ttl = "1s"
         ] {
             assert!(message.contains(expected), "{message}\nmissing: {expected}");
         }
+    }
+
+    #[test]
+    fn an_agent_registered_for_deputyd_and_for_the_workload_api_is_refused() {
+        let err = Registry::parse(
+            r#"[[entry]]
+spiffe_id = "spiffe://example.org/agent/triage"
+selectors = ["deputy:agent:triage"]
+
+[[entry]]
+spiffe_id = "spiffe://example.org/agent/triage"
+selectors = ["unix:uid:1001"]
+
+[[entry]]
+spiffe_id = "spiffe://example.org/agent/billing"
+selectors = ["unix:uid:1002"]
+
+[[entry]]
+spiffe_id = "spiffe://example.org/agent/billing"
+selectors = ["deputy:agent:billing"]
+
+[[entry]]
+spiffe_id = "spiffe://example.org/agent/ops"
+selectors = ["deputy:agent:ops", "unix:uid:1003"]
+"#,
+            "entries.toml",
+            Path::new("."),
+            &td(),
+        )
+        .expect_err("mixed");
+        let message = err.to_string();
+        for expected in [
+            "line 6: spiffe://example.org/agent/triage is registered both under deputy: selectors",
+            "remove the entry at line 6",
+            "line 10: spiffe://example.org/agent/billing is registered both",
+            "remove the entry at line 10",
+            "line 18: spiffe://example.org/agent/ops mixes deputy: selectors with unix:uid:1003",
+        ] {
+            assert!(message.contains(expected), "{message}\nmissing: {expected}");
+        }
+        assert!(!message.contains("duplicate entry"), "{message}");
     }
 
     #[test]

@@ -4,8 +4,10 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use deputy_issuer::proto::workload::X509svidRequest;
 use deputy_issuer::proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use deputy_issuer::proto::workload::{
+    JwtBundlesRequest, JwtsvidRequest, X509BundlesRequest, X509svidRequest,
+};
 use deputy_issuer::testing::{TestIssuer, my_uid};
 use futures::StreamExt as _;
 use spiffe::{JwtSource, JwtSvid, SpiffeId, TrustDomain, WorkloadApiClient, X509Source, X509Svid};
@@ -289,10 +291,35 @@ async fn a_delegated_only_entry_is_never_served_on_the_workload_api() {
     ] {
         assert!(message.contains(expected), "{message}\nmissing: {expected}");
     }
-    let client = WorkloadApiClient::connect_to(issuer.workload_endpoint())
+    // Every other Workload API call is refused the same way, a JWT-SVID asked for by ID too.
+    fn with_header<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("workload.spiffe.io", "true".parse().expect("ascii"));
+        request
+    }
+    let refusals = [
+        raw.fetch_jwtsvid(with_header(JwtsvidRequest {
+            audience: vec!["vault".into()],
+            spiffe_id: "spiffe://example.org/agent/triage".into(),
+        }))
         .await
-        .expect("connect");
-    assert!(client.fetch_jwt_svid(&["vault"], None).await.is_err());
+        .expect_err("no JWT-SVID"),
+        raw.fetch_x509_bundles(with_header(X509BundlesRequest {}))
+            .await
+            .expect_err("no X.509 bundles"),
+        raw.fetch_jwt_bundles(with_header(JwtBundlesRequest {}))
+            .await
+            .expect_err("no JWT bundles"),
+    ];
+    for status in refusals {
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains("triage is delegated-only"),
+            "{status:?}"
+        );
+    }
 
     let delegated = spire_api::DelegatedIdentityClient::connect_to(issuer.admin_endpoint())
         .await

@@ -39,12 +39,18 @@ pub(crate) struct RawAgent {
     originate: Vec<String>,
     #[serde(default)]
     mcp: bool,
+    /// Accepts `selectors` a workload attestor emits, knowing that any process they describe
+    /// can fetch the agent's SVID and key from the Workload API and go around deputyd.
+    #[serde(default)]
+    workload_api_may_serve_key: bool,
 }
 
 /// The validated agents: what the identity manager subscribes to, and what the data path serves.
 pub(crate) struct Agents {
     pub identities: Vec<AgentIdentity>,
     pub local: Vec<LocalAgent>,
+    /// Agents whose key the Workload API may serve (they opted in to attestable selectors).
+    pub keys_exposed: Vec<String>,
 }
 
 /// Validates every `[[agent]]`, adding one line per problem to `problems`.
@@ -59,6 +65,7 @@ pub(crate) fn validate_agents(
     let mut agents = Agents {
         identities: Vec::new(),
         local: Vec::new(),
+        keys_exposed: Vec::new(),
     };
     for (i, agent) in raw.iter().enumerate() {
         let at = format!("agent[{i}] ({:?})", agent.name);
@@ -86,6 +93,16 @@ pub(crate) fn validate_agents(
             }
         };
         let selectors = selectors_of(agent, &at, problems);
+        if agent.workload_api_may_serve_key {
+            if selectors.iter().all(|s| s.kind == AGENT_SELECTOR_TYPE) {
+                problems.push(format!(
+                    "{at}: {KEY_EXPOSURE_OPT_IN} is set, but the agent has no selector an \
+                     attestor emits, so nothing is exposed; remove {KEY_EXPOSURE_OPT_IN}"
+                ));
+            } else {
+                agents.keys_exposed.push(agent.name.clone());
+            }
+        }
         let outbound = agent.outbound.as_deref().and_then(|o| {
             parse_outbound(o)
                 .map_err(|e| problems.push(format!("{at}: outbound = {o:?}: {e}")))
@@ -163,8 +180,11 @@ fn check_name(name: &str, at: &str, problems: &mut Vec<String>) {
     }
 }
 
+/// The key of the per-agent opt-in to selectors an attestor emits.
+pub const KEY_EXPOSURE_OPT_IN: &str = "workload_api_may_serve_key";
+
 /// The selectors deputyd presents for the agent: `deputy:agent:NAME` unless given, and never
-/// one an attestor emits.
+/// one an attestor emits unless the agent opts in with [`KEY_EXPOSURE_OPT_IN`].
 fn selectors_of(agent: &RawAgent, at: &str, problems: &mut Vec<String>) -> Vec<Selector> {
     let Some(given) = &agent.selectors else {
         return vec![agent_selector(&agent.name)];
@@ -182,12 +202,13 @@ fn selectors_of(agent: &RawAgent, at: &str, problems: &mut Vec<String>) -> Vec<S
                 .parse()
                 .map_err(|e| problems.push(format!("{at}: {e}")))
                 .ok()?;
-            if selector.kind != AGENT_SELECTOR_TYPE {
+            if selector.kind != AGENT_SELECTOR_TYPE && !agent.workload_api_may_serve_key {
                 problems.push(format!(
                     "{at}: selector {selector} is one a workload attestor emits, so any process \
                      it describes could fetch the agent's SVID and key from the Workload API and \
                      go around deputyd; register the agent under deputy:agent:{} (remove \
-                     `selectors` to use it) and list the agent's uids in `uids`",
+                     `selectors` to use it) and list the agent's uids in `uids`, or, to accept \
+                     that exposure, set {KEY_EXPOSURE_OPT_IN} = true for this agent",
                     agent.name
                 ));
                 return None;
@@ -270,8 +291,29 @@ mod tests {
             "selector unix:uid:1001 is one a workload attestor emits",
             "uid 1001 is also listed for agent \"triage\"",
             "write \"billing\"",
+            "set workload_api_may_serve_key = true for this agent",
         ] {
             assert!(message.contains(expected), "{message}\nmissing: {expected}");
         }
+    }
+
+    #[test]
+    fn the_opt_in_keeps_attestable_selectors_and_is_reported() {
+        let (agents, problems) = validate(
+            "[[agent]]\nname = \"triage\"\nspiffe_id = \"spiffe://example.org/agent/triage\"\n\
+             selectors = [\"unix:uid:1001\"]\nworkload_api_may_serve_key = true\n\
+             [[agent]]\nname = \"billing\"\nspiffe_id = \"spiffe://example.org/agent/billing\"\n\
+             workload_api_may_serve_key = true\n",
+        );
+        assert_eq!(
+            agents.identities[0].selectors,
+            vec!["unix:uid:1001".parse::<Selector>().expect("selector")]
+        );
+        assert_eq!(agents.keys_exposed, vec!["triage".to_owned()]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("agent[1] (\"billing\"): workload_api_may_serve_key is set"),
+            "{problems:?}"
+        );
     }
 }

@@ -43,6 +43,9 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// The policy every call is decided by, if `[policy]` is set.
     pub policy: Option<PolicySettings>,
+    /// Agents registered under selectors an attestor emits, by their operator's choice
+    /// (`workload_api_may_serve_key`): processes they describe can hold the agent's key.
+    pub keys_exposed: Vec<String>,
 }
 
 /// A configuration that cannot be used.
@@ -273,6 +276,7 @@ impl RawConfig {
         let Agents {
             identities: agents,
             local,
+            keys_exposed,
         } = validate_agents(&self.agent, trust_domain.as_ref(), &mut problems);
 
         let mut services = Vec::new();
@@ -371,6 +375,7 @@ impl RawConfig {
         match (trust_domain, admin_listen) {
             (Some(trust_domain), Some(admin_listen)) if problems.is_empty() => Ok(Config {
                 trust_domain,
+                keys_exposed,
                 identity: IdentityManagerConfig {
                     workload_api: self.identity.workload_api,
                     delegated_identity_api: self.identity.delegated_identity_api,

@@ -64,6 +64,27 @@ impl Daemon {
             })?;
         let admin_addr = listener.local_addr()?;
         let mut proxy_config = config.proxy.clone();
+        for agent in &config.keys_exposed {
+            tracing::warn!(%agent,
+                "agent registered under selectors a workload attestor emits \
+                 (workload_api_may_serve_key): processes they describe can fetch its SVID and key \
+                 from the Workload API and call peers without deputyd; register it under \
+                 deputy:agent:NAME instead");
+        }
+        let own_uid = nix::unistd::geteuid().as_raw();
+        for agent in config
+            .proxy
+            .agents
+            .iter()
+            .filter(|a| a.uids.contains(&own_uid))
+        {
+            // Fine on a developer's machine (`deputy dev`), not in production: deputyd's uid
+            // is its identity source's authorized delegate.
+            tracing::warn!(agent = %agent.name, uid = own_uid,
+                "the agent's uids include deputyd's own: a process of that uid can reach the \
+                 Delegated Identity API as deputyd does and hold every agent's key; run agents \
+                 as users of their own");
+        }
         let policy = match &config.policy {
             None => {
                 let allowed = &config.proxy.without_policy.allow_peers;
@@ -260,11 +281,56 @@ pub struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// Validate the configuration file (and load its policy) and exit without starting:
+    /// status 0 and a summary when it would start, 1 and every problem when not.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// `deputyd --check`: everything start-up would refuse in the file, without binding, connecting
+/// or signalling anything.
+pub fn check(path: &std::path::Path) -> anyhow::Result<String> {
+    let config = Config::load(path)?;
+    let policy = match &config.policy {
+        None => "no [policy]".to_owned(),
+        Some(settings) => {
+            let (policy, _) = settings.load().with_context(|| {
+                format!(
+                    "config {}: the policy ({}) does not load",
+                    path.display(),
+                    settings.source
+                )
+            })?;
+            format!(
+                "policy {} ({} engine, revision {})",
+                settings.source,
+                policy.engine_kind(),
+                policy.revision()
+            )
+        }
+    };
+    let mut summary = format!(
+        "config {} is valid: {} agent(s), {} service(s), {policy}",
+        path.display(),
+        config.identity.agents.len(),
+        config.proxy.services.len(),
+    );
+    for agent in &config.keys_exposed {
+        summary.push_str(&format!(
+            "\nwarning: agent {agent} opted in to workload_api_may_serve_key: processes its \
+             selectors describe can hold its key"
+        ));
+    }
+    Ok(summary)
 }
 
 /// Runs deputyd until SIGTERM or an interrupt: the whole of `deputyd`'s `main`, shared with
 /// `deputy dev`, which starts its nodes from the same binary.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.check {
+        println!("{}", check(&args.config)?);
+        return Ok(());
+    }
     init_logging(args.log_json);
     let config = Config::load(&args.config)?;
     let daemon = Daemon::start(config).await?;
