@@ -34,6 +34,19 @@ fn the_shipped_example_config_passes_the_check() {
     let (status, text) = check(&example);
     assert!(status.success(), "{text}");
     assert!(text.contains("is valid: 2 agent(s)"), "{text}");
+
+    // The shipped unit validates the file before every reload, then signals.
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/systemd/deputyd.service"),
+    )
+    .expect("unit");
+    let reloads: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecReload="))
+        .collect();
+    assert_eq!(reloads.len(), 2, "{unit}");
+    assert!(reloads[0].contains("deputyd --check --config"), "{unit}");
+    assert!(reloads[1].contains("kill -HUP $MAINPID"), "{unit}");
 }
 
 #[test]
