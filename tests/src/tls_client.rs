@@ -182,3 +182,32 @@ pub fn signed(
     let cert = params.signed_by(&key, issuer).expect("sign");
     (cert.der().clone(), key)
 }
+
+/// A first link signed with `cert`'s key by hand, as a client holding an agent's SVID could sign
+/// one without any deputyd: "`cert`'s SPIFFE ID lets `delegate` act for `principal`".
+pub fn first_link(cert: &ClientCert, delegate: &str, principal: &str) -> String {
+    let signer = deputy_delegation::LinkSigner::new(&[cert.0.to_vec()], &cert.1.serialize_der())
+        .expect("a signer from the SVID");
+    let grant = deputy_delegation::Grant {
+        delegate: delegate.parse().expect("delegate SPIFFE ID"),
+        scopes: Some(vec!["tickets:read".into()]),
+        budget_calls: None,
+        ttl: Duration::from_secs(300),
+    };
+    deputy_delegation::originate(
+        &signer,
+        principal,
+        "task-signed-by-hand",
+        &grant,
+        std::time::SystemTime::now(),
+    )
+    .expect("sign")
+}
+
+/// A copy of `cert` (rcgen key pairs do not clone).
+pub fn copy_cert(cert: &ClientCert) -> ClientCert {
+    (
+        cert.0.clone(),
+        KeyPair::try_from(cert.1.serialize_der().as_slice()).expect("key"),
+    )
+}
