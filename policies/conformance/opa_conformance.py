@@ -104,6 +104,12 @@ IDS = ["spiffe://example.org/agent/triage", "spiffe://example.org/agent/support-
        "spiffe://example.org/agent/support-us", "spiffe://example.org/agent/billing",
        "spiffe://example.org/agent/crm", "spiffe://other.org/agent/x"]
 SERVICES = ["tickets", "crm", "payments", "tools", "unknown"]
+ORIGINS = [None, ("spiffe://example.org/agent/frontdoor", "user:alice@example.org"),
+           ("spiffe://example.org/agent/billing", "service:invoicing"),
+           ("spiffe://example.org/agent/billing", "user:alice@example.org"),
+           ("spiffe://example.org/agent/support-us", "user:bob@example.org"),
+           ("spiffe://other.org/agent/x", "user:alice@example.org"),
+           ("spiffe://example.org/agent/frontdoor", "")]
 
 
 def actor_key(doc):
@@ -177,6 +183,17 @@ def set_new_task(doc, new):
         doc["task"]["new"] = new
 
 
+def set_origin(doc, origin):
+    # Who started the task: what the receiving end judges origination by.
+    task = doc.get("task")
+    if task is None:
+        return
+    if origin is None:
+        task.pop("origin", None)
+    else:
+        task["origin"] = {"agent": origin[0], "principal": origin[1]}
+
+
 def drop(doc, field):
     # Fields the schema allows to be absent; the policy must fail closed without them.
     doc.pop(field, None)
@@ -187,6 +204,7 @@ MUTATIONS = [
     (set_principal, PRINCIPALS), (set_mcp, MCP), (set_attributes, ATTRIBUTES),
     (set_actor_id, IDS), (set_service, SERVICES), (set_depth, [0, 1, 2, 3, 4, 5, 8]),
     (set_new_task, [True, False]), (drop, ["peer", "service", "task"]),
+    (set_origin, ORIGINS),
 ]
 
 
