@@ -240,12 +240,13 @@ def deputyd_pair(work, procs, deputyd, backend, uid, name, agent_extra="", node_
     admission = "" if "[policy]" in node_extra else (
         'allow_peers = ["spiffe://example.org/agent/alpha"]\n'
         '[[originate]]\nspiffe_id = "spiffe://example.org/agent/alpha"\nprincipals = ["user:*"]\n')
+    state = lambda node: f'[state]\ndir = "{work / f"{name}-{node}-state"}"\n'
     (work / f"{name}-node2.toml").write_text(
-        identity + f'[inbound]\nlisten = "127.0.0.1:{inbound}"\n{admission}[[agent]]\nname = "beta"\n'
+        identity + state("node2") + f'[inbound]\nlisten = "127.0.0.1:{inbound}"\n{admission}[[agent]]\nname = "beta"\n'
         f'spiffe_id = "spiffe://example.org/agent/beta"\n'
         f'upstream = "http://127.0.0.1:{backend}"\n' + node_extra)
     (work / f"{name}-node1.toml").write_text(
-        identity + f'[[agent]]\nname = "alpha"\nspiffe_id = "spiffe://example.org/agent/alpha"\n'
+        identity + state("node1") + f'[[agent]]\nname = "alpha"\nspiffe_id = "spiffe://example.org/agent/alpha"\n'
         f'outbound = "127.0.0.1:{outbound}"\nuids = [{uid}]\n'
         + agent_extra +
         f'[[service]]\nname = "beta"\nspiffe_id = "spiffe://example.org/agent/beta"\naddress = "127.0.0.1:{inbound}"\n'

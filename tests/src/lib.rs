@@ -373,9 +373,10 @@ pub fn write_node_config(dir: &Path, agents: &[&str]) -> PathBuf {
     let mut text = format!(
         "trust_domain = \"example.org\"\n[identity]\nworkload_api = \"unix://{}\"\n\
          delegated_identity_api = \"unix://{}\"\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n",
+         [admin]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n",
         dir.join("workload.sock").display(),
-        dir.join("admin.sock").display()
+        dir.join("admin.sock").display(),
+        dir.join("state").display()
     );
     for agent in agents {
         text.push_str(&format!(

@@ -174,10 +174,12 @@ impl Mesh {
             )
         };
         let node2_config = dir.path().join("node2.toml");
+        let node2_state = dir.path().join("state-node2");
+        let node2_state = node2_state.display();
         std::fs::write(
             &node2_config,
             format!(
-                "{identity}[inbound]\nlisten = \"127.0.0.1:0\"\n{allow_peers}{originate_alpha}{}{}\
+                "{identity}[state]\ndir = \"{node2_state}\"\n[inbound]\nlisten = \"127.0.0.1:0\"\n{allow_peers}{originate_alpha}{}{}\
                  [[service]]\nname = \"carol\"\nspiffe_id = \"spiffe://example.org/agent/carol\"\naddress = \"{node1_inbound}\"\n{}",
                 agent(
                     "beta",
@@ -206,10 +208,12 @@ impl Mesh {
             "originate = [\"user:*\"]"
         };
         let node1_config = dir.path().join("node1.toml");
+        let node1_state = dir.path().join("state-node1");
+        let node1_state = node1_state.display();
         std::fs::write(
             &node1_config,
             format!(
-                "{identity}[inbound]\nlisten = \"{node1_inbound}\"\n{allow_peers}{}{}{}{}\
+                "{identity}[state]\ndir = \"{node1_state}\"\n[inbound]\nlisten = \"{node1_inbound}\"\n{allow_peers}{}{}{}{}\
                  [[service]]\nname = \"beta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\nmcp = true\n\
                  [[service]]\nname = \"delta\"\nspiffe_id = \"spiffe://example.org/agent/beta\"\naddress = \"{node2_inbound}\"\n{}",
                 agent("alpha", &format!("outbound = \"127.0.0.1:0\"\nuids = [{uid}]\n{originate}")),

@@ -184,14 +184,20 @@ pub fn signed(
 }
 
 /// A first link signed with `cert`'s key by hand, as a client holding an agent's SVID could sign
-/// one without any deputyd: "`cert`'s SPIFFE ID lets `delegate` act for `principal`".
-pub fn first_link(cert: &ClientCert, delegate: &str, principal: &str) -> String {
+/// one without any deputyd: "`cert`'s SPIFFE ID lets `delegate` act for `principal`", for
+/// `budget` calls if given.
+pub fn first_link(
+    cert: &ClientCert,
+    delegate: &str,
+    principal: &str,
+    budget: Option<u64>,
+) -> String {
     let signer = deputy_delegation::LinkSigner::new(&[cert.0.to_vec()], &cert.1.serialize_der())
         .expect("a signer from the SVID");
     let grant = deputy_delegation::Grant {
         delegate: delegate.parse().expect("delegate SPIFFE ID"),
         scopes: Some(vec!["tickets:read".into()]),
-        budget_calls: None,
+        budget_calls: budget,
         ttl: Duration::from_secs(300),
     };
     deputy_delegation::originate(

@@ -551,7 +551,7 @@ async fn a_hand_signed_first_link_is_judged_by_the_receiving_policy() {
         &real_ca(&mesh),
     );
     let call_for = |principal: &str| {
-        let link = first_link(&alpha, BETA, principal);
+        let link = first_link(&alpha, BETA, principal, None);
         let cert = copy_cert(&alpha);
         let inbound = inbound.clone();
         async move {

@@ -20,7 +20,7 @@ async fn call_signed(
     cert: &deputy_tests::tls_client::ClientCert,
     principal: &str,
 ) -> String {
-    let link = first_link(cert, BETA, principal);
+    let link = first_link(cert, BETA, principal, None);
     call_with_headers(
         inbound,
         "beta",
@@ -79,9 +79,14 @@ async fn without_policy_and_without_an_allow_list_no_peer_is_served() {
     let closed: String = config
         .lines()
         .filter(|l| !l.starts_with("allow_peers"))
-        .map(|l| match l.starts_with("outbound = ") {
-            true => "outbound = \"127.0.0.1:0\"\n".to_owned(),
-            false => format!("{l}\n"),
+        .map(|l| {
+            if l.starts_with("outbound = ") {
+                "outbound = \"127.0.0.1:0\"\n".to_owned()
+            } else if l.starts_with("dir = ") && l.contains("state-node2") {
+                l.replace("state-node2", "state-node2-closed") + "\n"
+            } else {
+                format!("{l}\n")
+            }
         })
         .collect();
     assert_ne!(closed, config, "the allow-list was in the file");

@@ -45,9 +45,13 @@ fn identity_config(agent: &SpireAgent) -> String {
     format!(
         "trust_domain = \"{TD}\"\n[identity]\nworkload_api = \"unix://{}\"\n\
          delegated_identity_api = \"unix://{}\"\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nrequest = \"10s\"\n",
+         [admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nrequest = \"10s\"\n[state]\ndir = \"{}\"\n",
         agent.workload_socket().display(),
-        agent.admin_socket().display()
+        agent.admin_socket().display(),
+        agent
+            .workload_socket()
+            .with_file_name("deputyd-state")
+            .display()
     )
 }
 

@@ -147,6 +147,8 @@ pub struct Delegation {
     pub verify: deputy_delegation::VerifyOptions,
     /// Most `Deputy-Context` handles held at once (each keeps its chain, a few KiB).
     pub max_contexts: usize,
+    /// Most unexpired budgeted links counted at once (past it, new budgeted chains get 503).
+    pub max_budgeted_links: usize,
 }
 
 impl Default for Delegation {
@@ -154,6 +156,7 @@ impl Default for Delegation {
         Self {
             verify: deputy_delegation::VerifyOptions::default(),
             max_contexts: 16_384,
+            max_budgeted_links: 65_536,
         }
     }
 }

@@ -5,21 +5,27 @@
 //! extends the kept chain with a link signed by the agent's SVID. The handle is bound to the
 //! agent it was issued to (another agent presenting it is refused) and dies with the chain.
 //!
-//! The store also counts the calls each agent makes under each link it received: the same link
-//! received twice maps to the same context, so its budget is shared, not renewed.
+//! The calls each agent makes under each link it received are counted in the node's budget
+//! ledger ([`deputy_state::BudgetLedger`]), by the link, not by the handle: the same link
+//! received twice maps to the same count, and neither an evicted context nor a restart of
+//! deputyd renews a budget.
 //!
 //! The store is bounded. When it is full, expired contexts go first, then the least recently
-//! used; an agent holding an evicted handle gets a clear refusal and must be called again.
+//! used; an agent holding an evicted handle gets a clear refusal and must be called again. The
+//! ledger is bounded too, but never forgets an unexpired count: past its bound a new budgeted
+//! chain is refused (503 `overloaded`).
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use deputy_delegation::VerifiedChain;
+use deputy_state::{BudgetLedger, LedgerError};
+
+use crate::problem::ProblemKind;
 
 /// Prefix of every handle, so that a handle in a log or a bug report is recognisable.
 const HANDLE_PREFIX: &str = "dctx_";
@@ -32,15 +38,16 @@ pub const CONTEXTS: &str = "deputy_contexts";
 /// Counter: live contexts evicted because the store was full.
 pub const CONTEXTS_EVICTED: &str = "deputy_contexts_evicted_total";
 
-/// A chain received by a local agent, and what it has spent under it.
+/// A chain received by a local agent; what it has spent under it is in the ledger.
 #[derive(Debug)]
 pub(crate) struct Context {
     /// The agent it was issued to (its name).
     pub(crate) agent: String,
     /// The verified chain, whose last link delegates to `agent`.
     pub(crate) chain: VerifiedChain,
-    /// Calls made under the last link so far.
-    spent: AtomicU64,
+    /// The last link's count in the ledger: the agent and the link's hash.
+    ledger_key: String,
+    budgets: Arc<BudgetLedger>,
 }
 
 impl Context {
@@ -52,29 +59,35 @@ impl Context {
     /// Calls left under the last link's budget, if it has one.
     pub(crate) fn remaining(&self) -> Option<u64> {
         let limit = self.chain.last().budget?.calls;
-        Some(limit.saturating_sub(self.spent.load(Ordering::Acquire)))
+        Some(limit.saturating_sub(self.budgets.spent(&self.ledger_key)))
     }
 
-    /// Counts one call. Returns what remains after it, or `Err(limit)` when nothing remained.
-    pub(crate) fn spend(&self) -> Result<Option<u64>, u64> {
+    /// Counts one call, durably, before it is made. Returns what remains after it.
+    pub(crate) fn spend(&self, now: i64) -> Result<Option<u64>, LedgerError> {
         let Some(limit) = self.chain.last().budget.map(|b| b.calls) else {
-            self.spent.fetch_add(1, Ordering::AcqRel);
             return Ok(None);
         };
-        self.spent
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |spent| {
-                (spent < limit).then_some(spent + 1)
-            })
-            .map(|spent| Some(limit - spent - 1))
-            .map_err(|_| limit)
+        self.budgets
+            .spend(&self.ledger_key, self.expires(), limit, now)
+            .map(Some)
     }
 
-    /// Gives back a call that was counted but never made.
+    /// Gives back a call that was counted but never left the node.
     pub(crate) fn refund(&self) {
-        let _ = self
-            .spent
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| s.checked_sub(1));
+        if self.chain.last().budget.is_none() {
+            return;
+        }
+        if let Err(e) = self.budgets.refund(&self.ledger_key) {
+            // Failing to give a call back errs on the side of the budget.
+            tracing::warn!(agent = %self.agent, error = %e, "a budget refund was not recorded");
+        }
     }
+}
+
+/// The ledger key of the last link of `chain` received by `agent`.
+fn ledger_key(agent: &str, chain: &VerifiedChain) -> String {
+    let link = chain.hashes.last().map_or("", String::as_str);
+    format!("{agent} {link}")
 }
 
 /// Why a handle cannot be used.
@@ -114,11 +127,12 @@ struct Inner {
 pub(crate) struct ContextStore {
     inner: Mutex<Inner>,
     random: SystemRandom,
+    budgets: Arc<BudgetLedger>,
 }
 
 impl ContextStore {
-    /// A store holding at most `capacity` contexts.
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// A store holding at most `capacity` contexts, counting budgets in `budgets`.
+    pub(crate) fn new(capacity: usize, budgets: Arc<BudgetLedger>) -> Self {
         let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         Self {
             inner: Mutex::new(Inner {
@@ -127,6 +141,7 @@ impl ContextStore {
                 swept_at: i64::MIN,
             }),
             random: SystemRandom::new(),
+            budgets,
         }
     }
 
@@ -135,13 +150,13 @@ impl ContextStore {
     }
 
     /// The handle for `chain`, received by `agent`: the existing one if this link was received
-    /// before, else a new one.
+    /// before, else a new one. A budgeted link the ledger has no room for is refused.
     pub(crate) fn issue(
         &self,
         agent: &str,
         chain: VerifiedChain,
         now: i64,
-    ) -> Result<(String, std::sync::Arc<Context>), String> {
+    ) -> Result<(String, std::sync::Arc<Context>), (ProblemKind, String)> {
         let link = chain.hashes[chain.hashes.len() - 1].clone();
         let key = (agent.to_owned(), link);
         let mut inner = self.lock();
@@ -150,10 +165,19 @@ impl ContextStore {
         {
             return Ok((handle, context.clone()));
         }
+        let ledger_key = ledger_key(agent, &chain);
+        if chain.last().budget.is_some() {
+            self.budgets
+                .admit(&ledger_key, chain.last().exp, now)
+                .map_err(budget_refusal)?;
+        }
         let mut bytes = [0u8; HANDLE_BYTES];
-        self.random
-            .fill(&mut bytes)
-            .map_err(|_| "the system random generator failed".to_owned())?;
+        self.random.fill(&mut bytes).map_err(|_| {
+            (
+                ProblemKind::ChainRejected,
+                "cannot issue a context: the system random generator failed".to_owned(),
+            )
+        })?;
         let handle = format!("{HANDLE_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
         if inner.by_handle.len() == inner.by_handle.cap().get() && inner.swept_at < now {
             inner.swept_at = now;
@@ -162,7 +186,8 @@ impl ContextStore {
         let context = std::sync::Arc::new(Context {
             agent: agent.to_owned(),
             chain,
-            spent: AtomicU64::new(0),
+            ledger_key,
+            budgets: self.budgets.clone(),
         });
         if let Some((_, evicted)) = inner.by_handle.push(handle.clone(), context.clone()) {
             forget_link(&mut inner, &evicted);
@@ -173,15 +198,11 @@ impl ContextStore {
         Ok((handle, context))
     }
 
-    /// Calls `agent` has left under the last link of `chain`: what the context of that link
-    /// has not spent when the link was received before, else the link's whole budget.
+    /// Calls `agent` has left under the last link of `chain`: its budget less what the ledger
+    /// counted under it (the link may have been received, and spent on, before).
     pub(crate) fn remaining_for(&self, agent: &str, chain: &VerifiedChain) -> Option<u64> {
         let granted = chain.last().budget?.calls;
-        let link = chain.hashes.last()?.clone();
-        let inner = self.lock();
-        let handle = inner.by_link.get(&(agent.to_owned(), link)).cloned();
-        let known = handle.and_then(|h| inner.by_handle.peek(&h).map(|c| c.remaining()));
-        known.unwrap_or(Some(granted))
+        Some(granted.saturating_sub(self.budgets.spent(&ledger_key(agent, chain))))
     }
 
     /// The context `handle` names, if `agent` may act under it at `now`.
@@ -213,6 +234,17 @@ impl ContextStore {
     }
 }
 
+/// The refusal of a call the ledger cannot count.
+pub(crate) fn budget_refusal(error: LedgerError) -> (ProblemKind, String) {
+    match error {
+        LedgerError::Exhausted { limit } => (
+            ProblemKind::BudgetExhausted,
+            format!("all {limit} call(s) its delegation allows are made"),
+        ),
+        other => (ProblemKind::Overloaded, other.to_string()),
+    }
+}
+
 fn forget_link(inner: &mut Inner, context: &Context) {
     let link = context.chain.hashes[context.chain.hashes.len() - 1].clone();
     inner.by_link.remove(&(context.agent.clone(), link));
@@ -238,6 +270,14 @@ mod tests {
 
     use super::*;
 
+    /// A store of `capacity` contexts over a ledger in a directory of its own (kept with it).
+    fn store_of(capacity: usize) -> (ContextStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = deputy_state::State::open(dir.path()).expect("state");
+        let ledger = BudgetLedger::open(&state, 64, 0).expect("ledger");
+        (ContextStore::new(capacity, Arc::new(ledger)), dir)
+    }
+
     fn chain(hash: &str, exp: i64, budget: Option<u64>) -> VerifiedChain {
         VerifiedChain {
             links: vec![LinkClaims {
@@ -259,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_handle_carries_at_least_128_random_bits_and_is_bound_to_its_agent() {
-        let store = ContextStore::new(8);
+        let (store, _dir) = store_of(8);
         let (a, _) = store.issue("b", chain("h1", 100, None), 0).expect("issue");
         let (b, _) = store.issue("b", chain("h2", 100, None), 0).expect("issue");
         assert_ne!(a, b);
@@ -282,14 +322,14 @@ mod tests {
 
     #[test]
     fn the_same_link_received_twice_shares_one_budget() {
-        let store = ContextStore::new(8);
+        let (store, _dir) = store_of(8);
         let (first, context) = store.issue("b", chain("h1", 100, Some(2)), 0).expect("a");
-        assert_eq!(context.spend(), Ok(Some(1)));
+        assert_eq!(context.spend(0), Ok(Some(1)));
         let (again, context) = store.issue("b", chain("h1", 100, Some(2)), 0).expect("b");
         assert_eq!(first, again);
         assert_eq!(context.remaining(), Some(1));
-        assert_eq!(context.spend(), Ok(Some(0)));
-        assert_eq!(context.spend(), Err(2));
+        assert_eq!(context.spend(0), Ok(Some(0)));
+        assert_eq!(context.spend(0), Err(LedgerError::Exhausted { limit: 2 }));
         context.refund();
         assert_eq!(context.remaining(), Some(1));
         // Another agent receiving the same link (it cannot verify for both, but the store must
@@ -300,7 +340,7 @@ mod tests {
 
     #[test]
     fn the_budget_a_policy_sees_is_what_the_agent_has_not_spent() {
-        let store = ContextStore::new(8);
+        let (store, _dir) = store_of(8);
         let received = chain("h1", 100, Some(3));
         assert_eq!(
             store.remaining_for("b", &received),
@@ -308,8 +348,8 @@ mod tests {
             "a new link: all of it"
         );
         let (_, context) = store.issue("b", received.clone(), 0).expect("issue");
-        context.spend().expect("spend");
-        context.spend().expect("spend");
+        context.spend(0).expect("spend");
+        context.spend(0).expect("spend");
         assert_eq!(
             store.remaining_for("b", &received),
             Some(1),
@@ -328,8 +368,23 @@ mod tests {
     }
 
     #[test]
+    fn an_evicted_context_does_not_renew_its_links_budget() {
+        let (store, _dir) = store_of(1);
+        let (_, context) = store.issue("b", chain("h1", 100, Some(1)), 0).expect("1");
+        assert_eq!(context.spend(0), Ok(Some(0)));
+        // A flood of other chains evicts the context...
+        store.issue("b", chain("h2", 100, None), 0).expect("2");
+        // ...and the link received again is as spent as it was.
+        let (_, again) = store
+            .issue("b", chain("h1", 100, Some(1)), 0)
+            .expect("again");
+        assert_eq!(again.remaining(), Some(0));
+        assert_eq!(again.spend(0), Err(LedgerError::Exhausted { limit: 1 }));
+    }
+
+    #[test]
     fn a_full_store_drops_expired_contexts_first_then_the_least_recently_used() {
-        let store = ContextStore::new(2);
+        let (store, _dir) = store_of(2);
         let (old, _) = store.issue("b", chain("h1", 10, None), 0).expect("1");
         let (live, _) = store.issue("b", chain("h2", 100, None), 0).expect("2");
         let (newer, _) = store.issue("b", chain("h3", 100, None), 50).expect("3");

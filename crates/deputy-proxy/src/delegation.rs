@@ -161,6 +161,14 @@ pub(crate) enum TaskPlan {
 }
 
 impl TaskPlan {
+    /// The received context the call continues, if it does.
+    pub(crate) fn context(&self) -> Option<&Arc<Context>> {
+        match self {
+            Self::Continue { context, .. } => Some(context),
+            Self::None | Self::Originate { .. } => None,
+        }
+    }
+
     /// The task as the policy sees it; `agent` is the calling agent's SPIFFE ID.
     pub(crate) fn facts(&self, agent: &SpiffeId) -> Option<TaskFacts> {
         match self {
@@ -396,8 +404,8 @@ fn continue_task(
         ..
     } = *call;
     let signer = signer_of(signers, material)?;
-    let remaining = context.spend().map_err(|limit| {
-        (
+    let remaining = context.spend(unix(now)).map_err(|error| match error {
+        deputy_state::LedgerError::Exhausted { limit } => (
             ProblemKind::BudgetExhausted,
             format!(
                 "agent {} has made all {limit} call(s) its delegation allows in task {}; \
@@ -405,7 +413,8 @@ fn continue_task(
                 agent.name,
                 context.chain.task()
             ),
-        )
+        ),
+        other => crate::context::budget_refusal(other),
     })?;
     let reuse_key = format!(
         "extend\n{}\n{}\n{handle}\n{scopes:?}\n{budget:?}",
@@ -533,15 +542,7 @@ pub(crate) fn inbound_facts(
         ("deputy-scope", verified.last().scope.join(", ")),
         ("deputy-chain-actors", verified.actors().join(", ")),
     ];
-    let (handle, context) = inbound
-        .contexts
-        .issue(&agent.name, verified, unix(now))
-        .map_err(|e| {
-            (
-                ProblemKind::ChainRejected,
-                format!("cannot issue a context: {e}"),
-            )
-        })?;
+    let (handle, context) = inbound.contexts.issue(&agent.name, verified, unix(now))?;
     facts.push((CONTEXT, handle));
     if let Some(remaining) = context.remaining() {
         facts.push(("deputy-budget", remaining.to_string()));

@@ -80,15 +80,20 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds every listener and starts serving.
+    /// Budgets are counted in `budgets`, which outlives the proxy (it is on disk).
     pub async fn start(
         config: ProxyConfig,
         identities: &IdentityManager,
+        budgets: Arc<deputy_state::BudgetLedger>,
     ) -> Result<Self, ProxyError> {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let bundles = identities.trust_bundles();
         let pool = Arc::new(pool::Pool::new(bundles.clone(), config.timeouts));
-        let contexts = Arc::new(context::ContextStore::new(config.delegation.max_contexts));
+        let contexts = Arc::new(context::ContextStore::new(
+            config.delegation.max_contexts,
+            budgets,
+        ));
 
         let mut materials = HashMap::new();
         for agent in &config.agents {

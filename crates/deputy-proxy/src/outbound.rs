@@ -210,10 +210,7 @@ async fn forward(
             Err(problem) => return (problem_response(&problem), service.name.clone()),
         },
     };
-    let chain = match delegation::sign(&call, plan, narrowed) {
-        Ok(chain) => chain,
-        Err((kind, detail)) => return refuse(kind, detail, &service.name),
-    };
+    // The connection first: a call that cannot leave the node must not spend its budget.
     let mut sender = match outbound
         .pool
         .sender(&outbound.agent.name, &service, &material)
@@ -221,6 +218,11 @@ async fn forward(
     {
         Ok(sender) => sender,
         Err(e) => return refuse(e.kind, e.detail, &service.name),
+    };
+    let spent_under = plan.context().cloned();
+    let chain = match delegation::sign(&call, plan, narrowed) {
+        Ok(chain) => chain,
+        Err((kind, detail)) => return refuse(kind, detail, &service.name),
     };
 
     let path = request
@@ -248,7 +250,19 @@ async fn forward(
         request.headers_mut().insert(DELEGATION, chain);
     }
 
-    let sent = tokio::time::timeout(outbound.timeouts.request, sender.send_request(request)).await;
+    let sent = tokio::time::timeout(outbound.timeouts.request, sender.try_send_request(request))
+        .await
+        .map(|sent| {
+            sent.map_err(|mut failed| {
+                // hyper hands back a request it never wrote: that call did not happen.
+                if failed.take_message().is_some()
+                    && let Some(context) = &spent_under
+                {
+                    context.refund();
+                }
+                failed.into_error()
+            })
+        });
     match sent {
         Ok(Ok(response)) => {
             let mut response = response.map(stream);

@@ -58,6 +58,9 @@ pub enum ProblemKind {
     BodyNotInspectable,
     /// Without a policy, the peer is not among those the operator allowed.
     PeerNotAllowed,
+    /// deputyd holds its bound of something it may not drop (budget counts), or cannot record
+    /// what a call must leave behind: the call is refused, not made uncounted.
+    Overloaded,
 }
 
 impl ProblemKind {
@@ -86,6 +89,7 @@ impl ProblemKind {
             Self::BodyRefused => "urn:deputy:problem:body-refused",
             Self::BodyNotInspectable => "urn:deputy:problem:body-not-inspectable",
             Self::PeerNotAllowed => "urn:deputy:problem:peer-not-allowed",
+            Self::Overloaded => "urn:deputy:problem:overloaded",
         }
     }
 
@@ -114,6 +118,7 @@ impl ProblemKind {
             Self::BodyRefused => "Request body refused",
             Self::BodyNotInspectable => "Request body cannot be inspected",
             Self::PeerNotAllowed => "Peer not allowed",
+            Self::Overloaded => "Overloaded",
         }
     }
 
@@ -135,7 +140,7 @@ impl ProblemKind {
             Self::BodyNotInspectable => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::ChainTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::NoIdentity => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoIdentity | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::PeerIdentityMismatch | Self::PeerNotTrusted | Self::UpstreamUnavailable => {
                 StatusCode::BAD_GATEWAY
             }

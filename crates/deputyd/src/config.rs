@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deputy_delegation::VerifyOptions;
@@ -46,6 +46,8 @@ pub struct Config {
     /// Agents registered under selectors an attestor emits, by their operator's choice
     /// (`workload_api_may_serve_key`): processes they describe can hold the agent's key.
     pub keys_exposed: Vec<String>,
+    /// Where deputyd keeps what must outlive a restart (budget counts).
+    pub state_dir: PathBuf,
 }
 
 /// A configuration that cannot be used.
@@ -92,6 +94,8 @@ struct RawConfig {
     timeouts: RawTimeouts,
     #[serde(default)]
     delegation: RawDelegation,
+    #[serde(default)]
+    state: RawState,
     #[serde(default)]
     policy: Option<RawPolicy>,
     #[serde(default)]
@@ -149,6 +153,7 @@ struct RawDelegation {
     #[serde(with = "humantime_serde")]
     clock_skew: Duration,
     max_contexts: usize,
+    max_budgeted_links: usize,
 }
 
 impl Default for RawDelegation {
@@ -159,8 +164,28 @@ impl Default for RawDelegation {
             max_header_bytes: d.verify.max_header_bytes,
             clock_skew: d.verify.skew,
             max_contexts: d.max_contexts,
+            max_budgeted_links: d.max_budgeted_links,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default = "default_state_dir")]
+    dir: PathBuf,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/deputy")
 }
 
 #[derive(Debug, Deserialize)]
@@ -344,10 +369,19 @@ impl RawConfig {
         if delegation.max_depth == 0
             || delegation.max_header_bytes == 0
             || delegation.max_contexts == 0
+            || delegation.max_budgeted_links == 0
         {
             problems.push(
-                "delegation.max_depth, max_header_bytes and max_contexts must be above zero".into(),
+                "delegation.max_depth, max_header_bytes, max_contexts and max_budgeted_links \
+                 must be above zero"
+                    .into(),
             );
+        }
+        if !self.state.dir.is_absolute() {
+            problems.push(format!(
+                "state.dir {:?} must be an absolute path, such as /var/lib/deputy",
+                self.state.dir
+            ));
         }
         if delegation.clock_skew > Duration::from_secs(300) {
             problems.push(format!(
@@ -375,6 +409,7 @@ impl RawConfig {
         match (trust_domain, admin_listen) {
             (Some(trust_domain), Some(admin_listen)) if problems.is_empty() => Ok(Config {
                 trust_domain,
+                state_dir: self.state.dir,
                 keys_exposed,
                 identity: IdentityManagerConfig {
                     workload_api: self.identity.workload_api,
@@ -401,6 +436,7 @@ impl RawConfig {
                             ..VerifyOptions::default()
                         },
                         max_contexts: delegation.max_contexts,
+                        max_budgeted_links: delegation.max_budgeted_links,
                     },
                     policy: None,
                     without_policy,
@@ -539,7 +575,7 @@ address = "10.0.0.7"
             "absolute socket path",
             "needs a port",
             "a local agent has this name",
-            "max_depth, max_header_bytes and max_contexts must be above zero",
+            "max_depth, max_header_bytes, max_contexts and max_budgeted_links",
             "fix the clocks",
         ] {
             assert!(message.contains(expected), "{message}\nmissing: {expected}");

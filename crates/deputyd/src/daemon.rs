@@ -120,7 +120,16 @@ impl Daemon {
             }
         };
         let identities = Arc::new(IdentityManager::start(config.identity.clone()));
-        let proxy = deputy_proxy::Proxy::start(proxy_config, &identities).await?;
+        let state = deputy_state::State::open(&config.state_dir)?;
+        let budgets = deputy_state::BudgetLedger::open(
+            &state,
+            config.proxy.delegation.max_budgeted_links,
+            unix_now(),
+        )?;
+        tracing::info!(state = %state.path().display(), budgeted_links = budgets.len(),
+            "state opened");
+        let proxy =
+            deputy_proxy::Proxy::start(proxy_config, &identities, Arc::new(budgets)).await?;
         if let Some(inbound) = proxy.inbound_addr() {
             tracing::info!(%inbound, "inbound mTLS listener bound");
         }
@@ -269,6 +278,12 @@ async fn report_to_systemd(identities: Arc<IdentityManager>, cancel: Cancellatio
             systemd::watchdog();
         }
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// deputyd's command line.

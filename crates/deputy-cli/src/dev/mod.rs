@@ -215,7 +215,8 @@ fn node_toml(
     format!(
         "# Written by `deputy dev`.\ntrust_domain = \"{TRUST_DOMAIN}\"\n\n[identity]\n\
          workload_api = \"unix://{workload}\"\ndelegated_identity_api = \"unix://{admin}\"\n\n\
-         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[inbound]\nlisten = \"127.0.0.1:{inbound}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[state]\ndir = \"{state}\"\n\n\
+         [inbound]\nlisten = \"127.0.0.1:{inbound}\"\n\n\
          [[agent]]\nname = \"{agent}\"\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{agent}\"\n\
          outbound = \"127.0.0.1:{outbound}\"\n\
          upstream = \"http://127.0.0.1:{upstream}\"\nuids = [{uid}]\n\n\
@@ -223,6 +224,10 @@ fn node_toml(
          address = \"127.0.0.1:{peer_inbound}\"\n\n\
          [policy]\ndir = \"{policy}\"\nwatch_interval = \"1s\"\n",
         policy = policy.display(),
+        // Beside the sockets, one per node (budget counts outlive a node's restart).
+        state = workload
+            .with_file_name(format!("state-{}", plan.node))
+            .display(),
         workload = workload.display(),
         admin = admin_socket.display(),
         admin_port = port(0),
