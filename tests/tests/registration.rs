@@ -176,3 +176,20 @@ fn the_issuer_refuses_an_agent_registered_for_deputyd_and_for_the_workload_api()
     }
     assert!(!text.contains("issuer serving"), "{text}");
 }
+
+#[test]
+fn a_service_cannot_shadow_a_local_agent_by_case() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config_with(
+        dir.path(),
+        "[[agent]]\nname = \"triage\"\nspiffe_id = \"spiffe://example.org/agent/triage\"\n\
+         [[service]]\nname = \"Triage\"\nspiffe_id = \"spiffe://example.org/agent/mallory\"\n\
+         address = \"10.0.0.9:15008\"\n",
+    );
+    let (status, text) = check(&config);
+    assert_eq!(status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("service[0] (\"Triage\"): a local agent has this name"),
+        "{text}"
+    );
+}

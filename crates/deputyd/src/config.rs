@@ -23,10 +23,11 @@ use std::time::Duration;
 
 use deputy_delegation::VerifyOptions;
 use deputy_identity::{IdentityManagerConfig, parse_spiffe_id};
-use deputy_proxy::{Delegation, ProxyConfig, Service, Timeouts, WithoutPolicy};
+use deputy_proxy::{Delegation, ProxyConfig, Service, Timeouts};
 use serde::Deserialize;
 use spiffe::TrustDomain;
 
+use crate::admission_config::{RawOriginate, without_policy};
 use crate::agent_config::{Agents, RawAgent, validate_agents};
 use crate::policy_config::{PolicySettings, RawPolicy};
 
@@ -113,14 +114,6 @@ struct RawInbound {
     /// Without `[policy]`: the peers whose calls are served.
     #[serde(default)]
     allow_peers: Vec<String>,
-}
-
-/// Without `[policy]`: an agent of another node that may start tasks, and for whom.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOriginate {
-    spiffe_id: String,
-    principals: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,8 +301,13 @@ impl RawConfig {
         let mut service_names = HashSet::new();
         for (i, service) in self.service.iter().enumerate() {
             let at = format!("service[{i}] ({:?})", service.name);
-            if !service_names.insert(service.name.clone()) {
-                problems.push(format!("{at}: another service has the same name"));
+            // Routes are case-insensitive (a Host header is): names are compared lower-cased,
+            // so that `Triage` cannot shadow the local agent `triage`.
+            let route = service.name.to_ascii_lowercase();
+            if !service_names.insert(route.clone()) {
+                problems.push(format!(
+                    "{at}: another service has the same name (names are case-insensitive)"
+                ));
             }
             if service.name.is_empty()
                 || rustls_pki_types::ServerName::try_from(service.name.as_str()).is_err()
@@ -327,7 +325,7 @@ impl RawConfig {
             }
             match parse_spiffe_id(&service.spiffe_id) {
                 Ok(id) => {
-                    if let Some(agent) = local.iter().find(|a| a.name == service.name)
+                    if let Some(agent) = local.iter().find(|a| a.name == route)
                         && agent.spiffe_id != id
                     {
                         problems.push(format!(
@@ -337,7 +335,7 @@ impl RawConfig {
                         ));
                     }
                     services.push(Service {
-                        name: service.name.to_ascii_lowercase(),
+                        name: route,
                         spiffe_id: id,
                         address: service.address.clone(),
                         mcp: service.mcp,
@@ -445,83 +443,6 @@ impl RawConfig {
             }),
             _ => Err(problems),
         }
-    }
-}
-
-/// The rules inbound calls are admitted by without `[policy]`; with one, their keys are refused
-/// (the policy decides those questions, and two sources of truth would disagree).
-fn without_policy(
-    allow_peers: Vec<String>,
-    originate: &[RawOriginate],
-    local: &[deputy_proxy::LocalAgent],
-    policy_set: bool,
-    problems: &mut Vec<String>,
-) -> WithoutPolicy {
-    let pattern_problem = |what: &str, pattern: &str| {
-        (pattern.is_empty() || pattern.chars().any(char::is_whitespace))
-            .then(|| format!("{what} pattern {pattern:?} must be a value or a prefix ending in *"))
-    };
-    for pattern in &allow_peers {
-        if !pattern.starts_with("spiffe://") {
-            problems.push(format!(
-                "inbound.allow_peers: {pattern:?} is not a SPIFFE ID pattern; write \
-                 spiffe://example.org/agent/NAME or a prefix such as spiffe://example.org/agent/*"
-            ));
-        }
-        problems.extend(pattern_problem("inbound.allow_peers", pattern));
-    }
-    let mut rules: Vec<(String, Vec<String>)> = local
-        .iter()
-        .filter(|a| !a.originate.is_empty())
-        .map(|a| (a.spiffe_id.to_string(), a.originate.clone()))
-        .collect();
-    for (i, rule) in originate.iter().enumerate() {
-        let at = format!("originate[{i}] ({:?})", rule.spiffe_id);
-        match parse_spiffe_id(&rule.spiffe_id) {
-            Ok(id) if local.iter().any(|a| a.spiffe_id == id) => problems.push(format!(
-                "{at}: {id} is an agent of this node; list its principals in its [[agent]] \
-                 `originate` instead"
-            )),
-            Ok(id) if rules.iter().any(|(known, _)| *known == id.to_string()) => {
-                problems.push(format!("{at}: another [[originate]] names {id}"));
-            }
-            Ok(id) => rules.push((id.to_string(), rule.principals.clone())),
-            Err(e) => problems.push(format!("{at}: {e}")),
-        }
-        if rule.principals.is_empty() {
-            problems.push(format!(
-                "{at}: principals is empty; list the principals it may start tasks for, such as \
-                 user:*"
-            ));
-        }
-        for pattern in &rule.principals {
-            problems.extend(pattern_problem(&at, pattern));
-        }
-    }
-    if policy_set {
-        let moved = "which peers may call and which agents may start tasks for whom is the \
-                     policy's decision (data.services and data.originate in the shipped policy)";
-        for agent in local.iter().filter(|a| !a.originate.is_empty()) {
-            problems.push(format!(
-                "agent {}: `originate` does not apply when [policy] is set: {moved}; move the \
-                 patterns there and remove `originate`",
-                agent.name
-            ));
-        }
-        if !originate.is_empty() {
-            problems.push(format!(
-                "[[originate]] does not apply when [policy] is set: {moved}; move it there"
-            ));
-        }
-        if !allow_peers.is_empty() {
-            problems.push(format!(
-                "inbound.allow_peers does not apply when [policy] is set: {moved}; remove it"
-            ));
-        }
-    }
-    WithoutPolicy {
-        allow_peers,
-        originate: rules,
     }
 }
 

@@ -1,12 +1,14 @@
 //! deputyd, the per-node Deputy daemon.
 //!
 //! - [`config`]: the TOML config, validated in one step that reports every problem at once;
-//!   [`agent_config`]: its `[[agent]]` sections; [`policy_config`]: its `[policy]` section.
+//!   [`agent_config`]: its `[[agent]]` sections; [`admission_config`]: what is served without
+//!   a policy; [`policy_config`]: its `[policy]` section.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/status` on the admin listener.
 //! - [`systemd`]: READY=1, STATUS= and watchdog pings when run by systemd.
 //! - [`daemon`]: the wiring, and the orderly shutdown on SIGTERM.
 
 pub mod admin;
+pub mod admission_config;
 pub mod agent_config;
 pub mod config;
 pub mod daemon;
