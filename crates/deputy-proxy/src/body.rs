@@ -28,9 +28,21 @@ pub fn full(bytes: Bytes) -> Body {
         .boxed_unsync()
 }
 
-/// A streamed body, passed on as it arrives.
+/// A streamed body, passed on as it arrives, without `Deputy-*` trailers.
 pub fn stream(incoming: hyper::body::Incoming) -> Body {
-    incoming.map_err(Into::into).boxed_unsync()
+    incoming
+        .map_frame(without_deputy_trailers)
+        .map_err(Into::into)
+        .boxed_unsync()
+}
+
+/// Trailers are headers too: what a peer or an agent sends in them must not pass for a fact
+/// deputyd vouches for (deputyd itself never sends trailers).
+fn without_deputy_trailers(mut frame: Frame<Bytes>) -> Frame<Bytes> {
+    if let Some(trailers) = frame.trailers_mut() {
+        crate::routing::strip_all_deputy_headers(trailers);
+    }
+    frame
 }
 
 /// A problem as an HTTP response with this body type.
@@ -176,5 +188,23 @@ impl AccessRecord {
                 request_id = %self.request_id,
             );
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deputy_trailers_are_dropped_and_others_kept() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("deputy-principal", "user:mallory".parse().expect("value"));
+        trailers.insert("grpc-status", "0".parse().expect("value"));
+        let frame = without_deputy_trailers(Frame::trailers(trailers));
+        let trailers = frame.into_trailers().expect("still trailers");
+        assert!(trailers.get("deputy-principal").is_none());
+        assert_eq!(trailers["grpc-status"], "0");
+        let data = without_deputy_trailers(Frame::data(Bytes::from_static(b"x")));
+        assert_eq!(data.into_data().expect("data"), Bytes::from_static(b"x"));
     }
 }
