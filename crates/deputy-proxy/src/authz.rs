@@ -353,18 +353,28 @@ fn readable_body(headers: &HeaderMap, mcp: bool) -> Result<(), String> {
             media.unwrap_or_default()
         ));
     }
-    if let Some(charset) = content_type.as_deref().and_then(|t| {
-        t.split(';')
-            .skip(1)
-            .filter_map(|p| p.trim().strip_prefix("charset="))
-            .map(|c| c.trim_matches('"').to_owned())
-            .next()
-    }) && charset != "utf-8"
-    {
-        return Err(format!(
-            "a JSON body in charset {charset:?} is refused; Deputy reads JSON as UTF-8, so send \
-             charset=utf-8 (or no charset)"
-        ));
+    // Exactly one way to read the parameters: unreadable ones, a charset other than UTF-8, or
+    // several charsets (servers differ on which wins) are refused.
+    let params = content_type
+        .as_deref()
+        .and_then(|t| t.find(';').map(|i| &t[i..]))
+        .unwrap_or_default();
+    let params = crate::media_type::parameters(params)
+        .map_err(|e| format!("{what} with Content-Type parameters deputyd cannot read: {e}"))?;
+    let charsets: Vec<&str> = params
+        .iter()
+        .filter(|(name, _)| name == "charset")
+        .map(|(_, value)| value.as_str())
+        .collect();
+    match charsets.as_slice() {
+        [] => {}
+        [one] if one.eq_ignore_ascii_case("utf-8") => {}
+        _ => {
+            return Err(format!(
+                "a JSON body in charset {charsets:?} is refused; Deputy reads JSON as UTF-8, so \
+                 send one charset=utf-8 (or none)"
+            ));
+        }
     }
     Ok(())
 }
@@ -513,6 +523,30 @@ mod tests {
             assert!(
                 readable_body(&headers(refused), false).is_err(),
                 "{refused:?}"
+            );
+        }
+        // The charset written so that servers read it differently from a naive split.
+        for content_type in [
+            "application/json; charset =utf-7",
+            "application/json; charset=utf-8; charset=utf-7",
+            "application/json; a=\"x;charset=utf-8\"; charset=utf-7",
+            "application/json; charset=\"utf-7\"",
+        ] {
+            let error = readable_body(&headers(&[("content-type", content_type)]), true)
+                .expect_err(content_type);
+            assert!(
+                error.contains("charset") || error.contains("cannot read"),
+                "{content_type}: {error}"
+            );
+        }
+        for content_type in [
+            "application/json; charset=UTF-8",
+            "application/json; charset=\"utf-8\"",
+            "application/json;charset=utf-8",
+        ] {
+            assert!(
+                readable_body(&headers(&[("content-type", content_type)]), true).is_ok(),
+                "{content_type}"
             );
         }
     }

@@ -67,9 +67,7 @@ impl Context {
         let Some(limit) = self.chain.last().budget.map(|b| b.calls) else {
             return Ok(None);
         };
-        self.budgets
-            .spend(&self.ledger_key, self.expires(), limit, now)
-            .map(Some)
+        self.budgets.spend(&self.ledger_key, limit, now).map(Some)
     }
 
     /// Gives back a call that was counted but never left the node.
@@ -84,11 +82,17 @@ impl Context {
     }
 }
 
-/// The ledger key of the last link of `chain` received by `agent`.
-fn ledger_key(agent: &str, chain: &VerifiedChain) -> String {
-    let link = chain.hashes.last().map_or("", String::as_str);
-    format!("{agent} {link}")
+/// The ledger key of the last link of `chain`: its hash, which covers its `jti`, its `aud`
+/// (the one agent that may spend under it) and the chain it extends. Not the agent's name,
+/// which a configuration may change.
+fn ledger_key(chain: &VerifiedChain) -> String {
+    chain.hashes.last().cloned().unwrap_or_default()
 }
+
+/// Longest a received budgeted link may live: its count is kept (on disk) until it expires, so
+/// a link signed to live for years would hold a place in the ledger for years. deputyd signs
+/// links for 10 minutes.
+pub(crate) const MAX_BUDGETED_LINK_LIFETIME: i64 = 3600;
 
 /// Why a handle cannot be used.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -165,8 +169,19 @@ impl ContextStore {
         {
             return Ok((handle, context.clone()));
         }
-        let ledger_key = ledger_key(agent, &chain);
+        let ledger_key = ledger_key(&chain);
         if chain.last().budget.is_some() {
+            if chain.last().exp - now > MAX_BUDGETED_LINK_LIFETIME {
+                return Err((
+                    ProblemKind::ChainRejected,
+                    format!(
+                        "a budgeted link may live at most {MAX_BUDGETED_LINK_LIFETIME} s from \
+                         now (its count is kept until it expires); this one lives {} s; sign \
+                         budgeted links for less",
+                        chain.last().exp - now
+                    ),
+                ));
+            }
             self.budgets
                 .admit(&ledger_key, chain.last().exp, now)
                 .map_err(budget_refusal)?;
@@ -200,9 +215,9 @@ impl ContextStore {
 
     /// Calls `agent` has left under the last link of `chain`: its budget less what the ledger
     /// counted under it (the link may have been received, and spent on, before).
-    pub(crate) fn remaining_for(&self, agent: &str, chain: &VerifiedChain) -> Option<u64> {
+    pub(crate) fn remaining_for(&self, chain: &VerifiedChain) -> Option<u64> {
         let granted = chain.last().budget?.calls;
-        Some(granted.saturating_sub(self.budgets.spent(&ledger_key(agent, chain))))
+        Some(granted.saturating_sub(self.budgets.spent(&ledger_key(chain))))
     }
 
     /// The context `handle` names, if `agent` may act under it at `now`.
@@ -240,6 +255,10 @@ pub(crate) fn budget_refusal(error: LedgerError) -> (ProblemKind, String) {
         LedgerError::Exhausted { limit } => (
             ProblemKind::BudgetExhausted,
             format!("all {limit} call(s) its delegation allows are made"),
+        ),
+        LedgerError::Expired => (
+            ProblemKind::ContextRefused,
+            ContextError::Expired.to_string(),
         ),
         other => (ProblemKind::Overloaded, other.to_string()),
     }
@@ -343,28 +362,35 @@ mod tests {
         let (store, _dir) = store_of(8);
         let received = chain("h1", 100, Some(3));
         assert_eq!(
-            store.remaining_for("b", &received),
+            store.remaining_for(&received),
             Some(3),
             "a new link: all of it"
         );
         let (_, context) = store.issue("b", received.clone(), 0).expect("issue");
         context.spend(0).expect("spend");
         context.spend(0).expect("spend");
+        assert_eq!(store.remaining_for(&received), Some(1), "received again");
         assert_eq!(
-            store.remaining_for("b", &received),
+            store.remaining_for(&received),
             Some(1),
-            "received again"
+            "the count is the link's, whoever holds it"
         );
         assert_eq!(
-            store.remaining_for("c", &received),
-            Some(3),
-            "another agent's count"
-        );
-        assert_eq!(
-            store.remaining_for("b", &chain("h2", 100, None)),
+            store.remaining_for(&chain("h2", 100, None)),
             None,
             "no budget"
         );
+    }
+
+    #[test]
+    fn a_budgeted_link_that_would_hold_its_count_too_long_is_refused() {
+        let (store, _dir) = store_of(8);
+        let long = chain("h1", 10 + MAX_BUDGETED_LINK_LIFETIME + 1, Some(1));
+        let (kind, detail) = store.issue("b", long, 10).expect_err("too long");
+        assert_eq!(kind, ProblemKind::ChainRejected);
+        assert!(detail.contains("may live at most"), "{detail}");
+        let unbudgeted = chain("h2", 10 + MAX_BUDGETED_LINK_LIFETIME + 1, None);
+        assert!(store.issue("b", unbudgeted, 10).is_ok());
     }
 
     #[test]

@@ -404,18 +404,30 @@ fn continue_task(
         ..
     } = *call;
     let signer = signer_of(signers, material)?;
-    let remaining = context.spend(unix(now)).map_err(|error| match error {
-        deputy_state::LedgerError::Exhausted { limit } => (
-            ProblemKind::BudgetExhausted,
-            format!(
-                "agent {} has made all {limit} call(s) its delegation allows in task {}; \
+    // More budget than this call would leave is refused before anything is spent.
+    if let (Some(asked), Some(left)) = (budget, context.remaining())
+        && asked > left.saturating_sub(1)
+    {
+        return Err(extension_refusal(ExtendError::BudgetEscalation {
+            requested: asked,
+            remaining: left.saturating_sub(1),
+        }));
+    }
+    // Read now, not when the request arrived: the link may have expired while it waited.
+    let remaining = context
+        .spend(unix(SystemTime::now()))
+        .map_err(|error| match error {
+            deputy_state::LedgerError::Exhausted { limit } => (
+                ProblemKind::BudgetExhausted,
+                format!(
+                    "agent {} has made all {limit} call(s) its delegation allows in task {}; \
                  the delegator must grant a new budget",
-                agent.name,
-                context.chain.task()
+                    agent.name,
+                    context.chain.task()
+                ),
             ),
-        ),
-        other => crate::context::budget_refusal(other),
-    })?;
+            other => crate::context::budget_refusal(other),
+        })?;
     let reuse_key = format!(
         "extend\n{}\n{}\n{handle}\n{scopes:?}\n{budget:?}",
         material.serial, service.spiffe_id
@@ -510,19 +522,15 @@ pub(crate) fn verify_inbound(
         })
 }
 
-/// The task of a verified inbound chain, as the policy sees it: `budget_left` is what `agent`
-/// still has under the received link (the link may have been received, and spent on, before).
-pub(crate) fn inbound_task(
-    inbound: &Inbound,
-    agent: &InboundAgent,
-    verified: &VerifiedChain,
-) -> TaskFacts {
+/// The task of a verified inbound chain, as the policy sees it: `budget_left` is what is left
+/// under the received link (the link may have been received, and spent on, before).
+pub(crate) fn inbound_task(inbound: &Inbound, verified: &VerifiedChain) -> TaskFacts {
     TaskFacts {
         principal: verified.principal().to_owned(),
         id: verified.task().to_owned(),
         new: false,
         scope: verified.last().scope.clone(),
-        budget_left: inbound.contexts.remaining_for(&agent.name, verified),
+        budget_left: inbound.contexts.remaining_for(verified),
         chain: crate::authz::chain_of(&verified.links),
         originator: verified.originator().to_owned(),
     }

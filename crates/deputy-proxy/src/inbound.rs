@@ -306,7 +306,7 @@ async fn admit(
         };
         let task = verified
             .as_ref()
-            .map(|v| crate::delegation::inbound_task(inbound, agent, v));
+            .map(|v| crate::delegation::inbound_task(inbound, v));
         let judged = authz::judge(policy, &parties, task, request, asked, now, request_id).await;
         request = match judged {
             Ok((request, _)) => request,

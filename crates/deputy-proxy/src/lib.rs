@@ -19,6 +19,7 @@ pub mod config;
 pub mod context;
 mod delegation;
 pub mod inbound;
+mod media_type;
 pub mod metrics;
 pub mod outbound;
 pub mod pool;

@@ -38,6 +38,9 @@ pub enum LedgerError {
         /// The bound.
         capacity: usize,
     },
+    /// The link has expired (or was never admitted): nothing more is spent under it.
+    #[error("the link has expired; nothing more can be spent under it")]
+    Expired,
     /// The durable write failed, so the call is not made.
     #[error("the budget could not be recorded durably ({0}); the call is not made")]
     Store(String),
@@ -118,11 +121,19 @@ impl BudgetLedger {
             .map(|count| count.spent)
     }
 
-    /// Counts one call under `link` (whose budget is `limit` calls), durably, and returns the
-    /// calls left after it.
-    pub fn spend(&self, link: &str, exp: i64, limit: u64, now: i64) -> Result<u64, LedgerError> {
+    /// Counts one call under the admitted `link` (whose budget is `limit` calls), durably, and
+    /// returns the calls left after it.
+    /// `now` is read by the caller just before the call leaves: a link that expired while the
+    /// call waited spends nothing more. Only an admitted link can be spent under: one swept
+    /// after it expired is never counted again from zero.
+    pub fn spend(&self, link: &str, limit: u64, now: i64) -> Result<u64, LedgerError> {
         let mut inner = self.lock();
-        let count = *self.slot(&mut inner, link, exp, now)?;
+        let Some(count) = inner.links.get(link).copied() else {
+            return Err(LedgerError::Expired);
+        };
+        if count.exp <= now {
+            return Err(LedgerError::Expired);
+        }
         if count.spent >= limit {
             return Err(LedgerError::Exhausted { limit });
         }
@@ -261,10 +272,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = open(dir.path(), 8, 100);
         assert_eq!(ledger.admit(LINK, 200, 100), Ok(0));
-        assert_eq!(ledger.spend(LINK, 200, 2, 100), Ok(1));
-        assert_eq!(ledger.spend(LINK, 200, 2, 100), Ok(0));
+        assert_eq!(ledger.spend(LINK, 2, 100), Ok(1));
+        assert_eq!(ledger.spend(LINK, 2, 100), Ok(0));
         assert_eq!(
-            ledger.spend(LINK, 200, 2, 100),
+            ledger.spend(LINK, 2, 100),
             Err(LedgerError::Exhausted { limit: 2 })
         );
         // Admitting the same link again restores nothing.
@@ -274,7 +285,7 @@ mod tests {
         let reopened = open(dir.path(), 8, 150);
         assert_eq!(reopened.spent(LINK), 2);
         assert_eq!(
-            reopened.spend(LINK, 200, 2, 150),
+            reopened.spend(LINK, 2, 150),
             Err(LedgerError::Exhausted { limit: 2 })
         );
     }
@@ -283,19 +294,22 @@ mod tests {
     fn a_refund_gives_back_one_call_durably() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = open(dir.path(), 8, 100);
-        assert_eq!(ledger.spend(LINK, 200, 1, 100), Ok(0));
+        ledger.admit(LINK, 200, 100).expect("admit");
+        assert_eq!(ledger.spend(LINK, 1, 100), Ok(0));
         ledger.refund(LINK).expect("refund");
         ledger.refund(LINK).expect("nothing more to give back");
         assert_eq!(ledger.spent(LINK), 0);
         drop(ledger);
-        assert_eq!(open(dir.path(), 8, 100).spend(LINK, 200, 1, 100), Ok(0));
+        let reopened = open(dir.path(), 8, 100);
+        assert_eq!(reopened.spent(LINK), 0, "the refund reached the disk");
     }
 
     #[test]
     fn a_full_ledger_refuses_new_links_and_keeps_every_unexpired_count() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = open(dir.path(), 2, 100);
-        assert_eq!(ledger.spend("a", 1000, 1, 100), Ok(0));
+        ledger.admit("a", 1000, 100).expect("admit");
+        assert_eq!(ledger.spend("a", 1, 100), Ok(0));
         assert_eq!(ledger.admit("b", 1000, 100), Ok(0));
         assert_eq!(
             ledger.admit("c", 1000, 101),
@@ -303,7 +317,7 @@ mod tests {
         );
         // A known link is still served when full.
         assert_eq!(
-            ledger.spend("a", 1000, 1, 101),
+            ledger.spend("a", 1, 101),
             Err(LedgerError::Exhausted { limit: 1 })
         );
         assert_eq!(ledger.spent("a"), 1);
@@ -323,17 +337,33 @@ mod tests {
     fn expired_links_are_dropped_when_room_is_needed_and_on_open() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = open(dir.path(), 1, 100);
-        assert_eq!(ledger.spend("old", 110, 5, 100), Ok(4));
+        ledger.admit("old", 110, 100).expect("admit");
+        assert_eq!(ledger.spend("old", 5, 100), Ok(4));
         assert_eq!(
             ledger.admit("new", 1000, 105),
             Err(LedgerError::Full { capacity: 1 })
         );
         assert_eq!(ledger.admit("new", 1000, 111), Ok(0), "old expired at 110");
         assert_eq!(ledger.spent("old"), 0);
-        assert_eq!(ledger.spend("new", 1000, 5, 111), Ok(4));
+        assert_eq!(
+            ledger.spend("old", 5, 111),
+            Err(LedgerError::Expired),
+            "a swept link is never counted again from zero"
+        );
+        assert_eq!(ledger.spend("new", 5, 111), Ok(4));
         drop(ledger);
         let reopened = open(dir.path(), 1, 2000);
         assert!(reopened.is_empty(), "everything expired by 2000");
+    }
+
+    #[test]
+    fn nothing_is_spent_under_a_link_that_expired_while_the_call_waited() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(dir.path(), 8, 100);
+        ledger.admit(LINK, 200, 100).expect("admit");
+        assert_eq!(ledger.spend(LINK, 5, 199), Ok(4));
+        assert_eq!(ledger.spend(LINK, 5, 200), Err(LedgerError::Expired));
+        assert_eq!(ledger.spent(LINK), 1);
     }
 
     #[test]
