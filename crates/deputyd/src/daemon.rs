@@ -348,11 +348,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     init_logging(args.log_json);
     let config = Config::load(&args.config)?;
-    let daemon = Daemon::start(config).await?;
+    // Before anything starts: READY=1 may be sent while start-up finishes, and a SIGTERM from
+    // then on must stop deputyd in order (STOPPING=1, streams drained), not kill it.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot install the SIGHUP handler")?;
+    let daemon = Daemon::start(config).await?;
     loop {
         tokio::select! {
             _ = term.recv() => {
