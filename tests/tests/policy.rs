@@ -579,3 +579,136 @@ async fn a_hand_signed_first_link_is_judged_by_the_receiving_policy() {
         "{answer}"
     );
 }
+
+/// Every `policy decision` line in `log`.
+fn decision_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("policy decision"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_records_hold_no_secret_and_join_both_ends() {
+    let (mesh, _dir, _) = policed_mesh();
+    let alpha = mesh.node1.outbound_of("alpha");
+    let alice = task("user:alice@example.org");
+    let secrets = [
+        ("authorization", "Bearer s3cr3t-bearer"),
+        ("cookie", "session=s3cr3t-cookie"),
+        ("mcp-session-id", "s3cr3t-session"),
+    ];
+    let headers: Vec<(&str, &str)> = with_task(&alice).into_iter().chain(secrets).collect();
+
+    // Allowed at both ends, with a secret in a query value and in headers.
+    let (status, body) = call(
+        &alpha,
+        Method::GET,
+        "/tickets?api_key=s3cr3t-query",
+        &headers,
+        b"",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let allowed_id = body["deputy_headers"]["deputy-request-id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("beta hears the request id: {body}"))
+        .to_owned();
+    // Refused at node2 (another team's customer), with the same secrets.
+    let (status, refused) = call(
+        &alpha,
+        Method::GET,
+        "/customers/c-2002?api_key=s3cr3t-query",
+        &headers,
+        b"",
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    let refused_id = refused["request_id"]
+        .as_str()
+        .expect("request id")
+        .to_owned();
+    // MCP calls whose tool arguments hold a secret, one allowed and one refused.
+    let mcp_headers: Vec<(&str, &str)> = headers.iter().copied().chain(JSON).collect();
+    let tool_call = |tool: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"q":"s3cr3t-argument"}}}}}}"#
+        )
+        .into_bytes()
+    };
+    let (status, body) = call(
+        &alpha,
+        Method::POST,
+        "/mcp",
+        &mcp_headers,
+        &tool_call("search_tickets"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(
+        &alpha,
+        Method::POST,
+        "/mcp",
+        &mcp_headers,
+        &tool_call("refund"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // The last decision each node made: node1 refused refund itself; node2 judged search_tickets.
+    for (name, node, last) in [
+        ("node1", &mesh.node1, "mcp_tool=\"refund\""),
+        ("node2", &mesh.node2, "mcp_tool=\"search_tickets\""),
+    ] {
+        node.process.output.wait_for(last, Duration::from_secs(10));
+        let log = node.process.output.text();
+        assert!(!log.contains("s3cr3t"), "{name} logged a secret:\n{log}");
+        let lines = decision_lines(&log);
+        assert!(lines.len() >= 3, "{name}: {lines:#?}");
+        for line in &lines {
+            for field in [
+                "record_version=1",
+                "decision_id=",
+                "request_id=",
+                "time=",
+                "direction=",
+                "node=",
+                "agent=",
+                "principal=",
+                "task=",
+                "actors=",
+                "method=",
+                "path=",
+                "allow=",
+                "reasons=",
+                "obligations=",
+                "engine=\"rego\"",
+                "revision=",
+                "eval_us=",
+            ] {
+                assert!(line.contains(field), "{name}: no {field} in {line}");
+            }
+        }
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&allowed_id) && l.contains("path=/tickets?api_key")),
+            "{name}: no record of {allowed_id} with the query's name: {lines:#?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains(&refused_id)),
+            "{name}: no record of the refused {refused_id}: {lines:#?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("mcp_method=\"tools/call\"")
+                && l.contains("mcp_tool=\"search_tickets\"")),
+            "{name}: {lines:#?}"
+        );
+        // The access line of the allowed call carries its request id and decision id.
+        assert!(
+            log.lines().any(|l| l.contains("deputy::access")
+                && l.contains(&allowed_id)
+                && l.contains("decision_id=")),
+            "{name}: no access line joined to {allowed_id}"
+        );
+    }
+}

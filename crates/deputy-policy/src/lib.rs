@@ -13,6 +13,7 @@ pub mod decision;
 mod idle;
 pub mod input;
 pub mod mcp;
+pub mod record;
 pub mod rego;
 mod rego_value;
 pub mod sources;
@@ -296,7 +297,8 @@ impl Policy {
             .clone()
     }
 
-    /// Decides `input` and logs the decision.
+    /// Decides `input` and counts the decision in the metrics; the caller writes its record
+    /// ([`record::log_decision`]), which needs what only the caller knows (the request id).
     pub fn decide(&self, input: &PolicyInput) -> DecisionRecord {
         let engine = self.engine();
         let started = Instant::now();
@@ -321,8 +323,7 @@ impl Policy {
             revision: engine.revision().to_owned(),
             took: started.elapsed(),
         };
-        let shown = text.as_deref().map_or("null", RawValue::get);
-        log_decision(&record, input.direction, shown);
+        count_decision(&record, input.direction);
         record
     }
 
@@ -348,7 +349,7 @@ impl Policy {
     }
 }
 
-fn log_decision(record: &DecisionRecord, direction: Direction, input: &str) {
+fn count_decision(record: &DecisionRecord, direction: Direction) {
     let direction = match direction {
         Direction::Outbound => "outbound",
         Direction::Inbound => "inbound",
@@ -358,21 +359,6 @@ fn log_decision(record: &DecisionRecord, direction: Direction, input: &str) {
     .increment(1);
     metrics::histogram!(DECISION_DURATION, "engine" => record.engine)
         .record(record.took.as_secs_f64());
-    // The input holds no secret: headers are allowlisted and credentials redacted when it is
-    // built, and the chain appears as claims only.
-    tracing::info!(
-        target: DECISION_LOG_TARGET,
-        decision_id = %record.id,
-        direction,
-        engine = record.engine,
-        revision = %record.revision,
-        duration_us = record.took.as_micros() as u64,
-        allow = record.decision.allow,
-        reasons = %serde_json::to_string(&record.decision.reasons).unwrap_or_default(),
-        result = %serde_json::to_string(&record.decision).unwrap_or_default(),
-        input,
-        "policy decision"
-    );
 }
 
 #[cfg(test)]

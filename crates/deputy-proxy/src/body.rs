@@ -160,8 +160,10 @@ pub struct AccessRecord {
     pub status: u16,
     /// When the request arrived.
     pub started: std::time::Instant,
-    /// deputyd's id of the request.
+    /// The request's id, the same at both ends and for the agent (`Deputy-Request-Id`).
     pub request_id: String,
+    /// The id of the policy decision this end made on it, if any.
+    pub decision_id: Option<String>,
     /// Request body bytes received so far.
     pub request_bytes: Arc<AtomicU64>,
 }
@@ -186,6 +188,7 @@ impl AccessRecord {
                 complete,
                 duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
                 request_id = %self.request_id,
+                decision_id = self.decision_id.as_deref(),
             );
         })
     }

@@ -108,6 +108,8 @@ pub struct PolicyConfig {
     pub peek_bytes: usize,
     /// Longest wait for those bytes; then the policy decides on what has arrived.
     pub peek_wait: Duration,
+    /// Log each decision's whole input as well as its record (debugging; may hold secrets).
+    pub log_inputs: bool,
 }
 
 /// Configured facts a policy input carries.

@@ -193,7 +193,9 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let request_id = uuid::Uuid::now_v7().to_string();
+    // One id per call, at both ends: the calling deputyd's, when the peer sent a well-formed one.
+    let request_id = crate::routing::peer_request_id(request.headers())
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let request_bytes = Arc::new(AtomicU64::new(0));
@@ -217,8 +219,20 @@ async fn handle(
             Ok(uri) => {
                 let asked = std::mem::replace(request.uri_mut(), uri);
                 match admit(inbound, agent, peer, request, &asked, &request_id).await {
-                    Ok(request) => deliver(inbound, agent, request, &request_id).await,
-                    Err(problem) => problem_response(&problem),
+                    Ok(request) => {
+                        let decision_id = request
+                            .extensions()
+                            .get::<authz::DecisionId>()
+                            .map(|d| d.0.clone());
+                        let mut response = deliver(inbound, agent, request, &request_id).await;
+                        authz::DecisionId::mark(&mut response, decision_id);
+                        response
+                    }
+                    Err(problem) => {
+                        let mut response = problem_response(&problem);
+                        authz::DecisionId::mark(&mut response, problem.decision_id.clone());
+                        response
+                    }
                 }
             }
         },
@@ -234,6 +248,7 @@ async fn handle(
         path,
         status,
         started,
+        decision_id: authz::DecisionId::of(&response),
         request_id,
         request_bytes,
     };
@@ -263,6 +278,9 @@ async fn admit(
     headers.remove(header::HOST);
     if let Ok(value) = HeaderValue::from_str(&peer.to_string()) {
         headers.insert(PEER_ID, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert(crate::routing::REQUEST_ID, value);
     }
     let now = std::time::SystemTime::now();
     let refused = |(kind, detail): Refusal| {

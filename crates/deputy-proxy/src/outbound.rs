@@ -22,7 +22,7 @@ use crate::delegation::{self, OutboundCall};
 use crate::metrics;
 use crate::pool::Pool;
 use crate::problem::{Problem, ProblemKind};
-use crate::routing::{DELEGATION, Routes, strip_all_deputy_headers, strip_hop_by_hop};
+use crate::routing::{DELEGATION, REQUEST_ID, Routes, strip_all_deputy_headers, strip_hop_by_hop};
 use crate::tls::Material;
 use deputy_policy::Direction;
 
@@ -150,6 +150,7 @@ async fn handle(
         path,
         status,
         started,
+        decision_id: crate::authz::DecisionId::of(&response),
         request_id,
         request_bytes,
     };
@@ -207,9 +208,17 @@ async fn forward(
                 request = allowed;
                 narrowed
             }
-            Err(problem) => return (problem_response(&problem), service.name.clone()),
+            Err(problem) => {
+                let mut response = problem_response(&problem);
+                crate::authz::DecisionId::mark(&mut response, problem.decision_id.clone());
+                return (response, service.name.clone());
+            }
         },
     };
+    let decision_id = request
+        .extensions()
+        .get::<crate::authz::DecisionId>()
+        .map(|d| d.0.clone());
     // The connection first: a call that cannot leave the node must not spend its budget.
     let mut sender = match outbound
         .pool
@@ -249,6 +258,10 @@ async fn forward(
     if let Some(chain) = chain.and_then(|c| HeaderValue::from_str(&c).ok()) {
         request.headers_mut().insert(DELEGATION, chain);
     }
+    // The join key of both ends' logs: the receiving deputyd takes it as its request's id.
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        request.headers_mut().insert(REQUEST_ID, id);
+    }
 
     let sent = tokio::time::timeout(outbound.timeouts.request, sender.try_send_request(request))
         .await
@@ -271,8 +284,9 @@ async fn forward(
             // peer (or the agent behind it) must not hand it a context handle or forged facts.
             strip_all_deputy_headers(response.headers_mut());
             if let Ok(id) = HeaderValue::from_str(request_id) {
-                response.headers_mut().insert("deputy-request-id", id);
+                response.headers_mut().insert(REQUEST_ID, id);
             }
+            crate::authz::DecisionId::mark(&mut response, decision_id);
             (response, service.name.clone())
         }
         Ok(Err(e)) => refuse(

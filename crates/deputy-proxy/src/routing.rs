@@ -15,6 +15,20 @@ use crate::problem::ProblemKind;
 pub const DELEGATION: &str = "deputy-delegation";
 /// The verified SPIFFE ID of the calling peer, set by the receiving deputyd only.
 pub const PEER_ID: &str = "deputy-peer-id";
+/// The request's id: a join key of both ends' logs, not a fact. The receiving deputyd takes a
+/// peer's only when it is a UUID, and the agent hears it from its own deputyd.
+pub const REQUEST_ID: &str = "deputy-request-id";
+
+/// The request id a peer sent, if it is one (a UUID, written as deputyd writes them).
+pub fn peer_request_id(headers: &http::HeaderMap) -> Option<String> {
+    let mut values = headers.get_all(REQUEST_ID).iter();
+    let value = values.next()?.to_str().ok()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let id = uuid::Uuid::try_parse(value).ok()?.to_string();
+    (id == value).then_some(id)
+}
 
 /// Services by name.
 #[derive(Debug, Clone, Default)]
@@ -139,6 +153,29 @@ pub fn upstream_uri(base: &Uri, request: &Uri) -> Result<Uri, http::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_request_id_is_taken_only_as_a_uuid() {
+        let headers = |values: &[&str]| {
+            let mut map = http::HeaderMap::new();
+            for v in values {
+                map.append(REQUEST_ID, v.parse().expect("value"));
+            }
+            map
+        };
+        let id = "019a8f9e-1c2b-7d3e-8f4a-5b6c7d8e9f01";
+        assert_eq!(peer_request_id(&headers(&[id])), Some(id.to_owned()));
+        for refused in [
+            &[][..],
+            &["not-a-uuid"],
+            &["019A8F9E-1C2B-7D3E-8F4A-5B6C7D8E9F01"],
+            &["{019a8f9e-1c2b-7d3e-8f4a-5b6c7d8e9f01}"],
+            &[id, id],
+            &["019a8f9e-1c2b-7d3e-8f4a-5b6c7d8e9f01 forged=1"],
+        ] {
+            assert_eq!(peer_request_id(&headers(refused)), None, "{refused:?}");
+        }
+    }
 
     fn routes() -> Routes {
         Routes::new(&[Service {

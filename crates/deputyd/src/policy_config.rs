@@ -38,6 +38,9 @@ pub(crate) struct RawPolicy {
     /// Longest wait for them.
     #[serde(default = "default_peek_wait", with = "humantime_serde")]
     peek_wait: Duration,
+    /// Debugging only: each decision's whole input in the log, which may hold secrets.
+    #[serde(default)]
+    log_inputs: bool,
     /// Attributes by SPIFFE ID: `[policy.attributes."spiffe://example.org/agent/x"]`.
     #[serde(default)]
     attributes: HashMap<String, toml::Table>,
@@ -77,6 +80,8 @@ pub struct PolicySettings {
     pub peek_bytes: usize,
     /// Longest wait for them.
     pub peek_wait: Duration,
+    /// Each decision's whole input logged too (debugging; may hold secrets).
+    pub log_inputs: bool,
     /// Attributes by SPIFFE ID.
     pub attributes: HashMap<String, Attributes>,
 }
@@ -168,6 +173,7 @@ impl RawPolicy {
             watch_interval: self.watch_interval,
             peek_bytes: self.peek_bytes,
             peek_wait: self.peek_wait,
+            log_inputs: self.log_inputs,
             attributes,
         })
     }
@@ -191,7 +197,15 @@ impl PolicySettings {
             facts: Arc::new(FactsCell::new(self.facts())),
             peek_bytes: self.peek_bytes,
             peek_wait: self.peek_wait,
+            log_inputs: self.log_inputs,
         };
+        if self.log_inputs {
+            tracing::warn!(
+                "[policy] log_inputs is on: every decision's whole input is logged \
+                 (deputy::decision::input), and inputs may hold secrets (query values, \
+                 allowlisted headers); turn it off outside debugging"
+            );
+        }
         Ok((policy, config))
     }
 }
