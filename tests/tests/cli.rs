@@ -254,8 +254,10 @@ fn svid_inspect_lists_every_reason_a_certificate_is_not_an_svid() {
 #[test]
 fn deputy_dev_brings_up_a_two_node_mesh_that_carries_a_call() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // 20 consecutive ports; a random base keeps parallel runs apart.
-    let base = 20000 + (std::process::id() % 2000) as u16 * 20;
+    // 20 consecutive ports on 127.0.0.1, from the pid (parallel runs stay apart), between the
+    // other tests' fixed ports (20000-29999, on other loopback addresses) and the kernel's
+    // ephemeral range (32768 and up): no socket of the suite can take one first.
+    let base = 30000 + (std::process::id() % 130) as u16 * 20;
     let mut dev = deputy_tests::Process::spawn(
         Command::new(binary("deputy"))
             .args(["dev", "--base-port", &base.to_string(), "--dir"])

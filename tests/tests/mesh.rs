@@ -30,7 +30,13 @@ async fn agents_call_each_other_over_http1_and_h2c_and_see_the_verified_caller()
             .await
             .expect("call");
         assert_eq!(response.status(), StatusCode::OK, "{protocol:?}");
-        assert!(response.headers().contains_key("deputy-request-id"));
+        let request_id = response
+            .headers()
+            .get("deputy-request-id")
+            .expect("the caller hears the request id")
+            .to_str()
+            .expect("ascii")
+            .to_owned();
         let body = client::json(response).await;
         assert_eq!(body["agent"], "beta", "{body}");
         assert_eq!(body["path"], "/tickets/42", "{body}");
@@ -38,8 +44,12 @@ async fn agents_call_each_other_over_http1_and_h2c_and_see_the_verified_caller()
         let headers = body["deputy_headers"].as_object().expect("headers");
         assert_eq!(
             headers.keys().collect::<Vec<_>>(),
-            ["deputy-peer-id"],
+            ["deputy-peer-id", "deputy-request-id"],
             "only deputyd's own facts reach the agent: {body}"
+        );
+        assert_eq!(
+            headers["deputy-request-id"], request_id,
+            "one request id at both ends: {body}"
         );
     }
     let metrics = mesh.node2.metrics();
