@@ -703,6 +703,12 @@ async fn decision_records_hold_no_secret_and_join_both_ends() {
                 && l.contains("mcp_tool=\"search_tickets\"")),
             "{name}: {lines:#?}"
         );
+        // Nothing was dropped on the way to the log, and /status says so.
+        assert_eq!(
+            deputy_tests::status_of(&node.admin)["log"]["dropped_lines"],
+            0,
+            "{name}"
+        );
         // The access line of the allowed call carries its request id and decision id.
         assert!(
             log.lines().any(|l| l.contains("deputy::access")

@@ -34,7 +34,7 @@ pub(crate) struct IssuerArgs {
 }
 
 pub(crate) async fn run(args: IssuerArgs) -> anyhow::Result<ExitCode> {
-    deputyd::init_logging(args.log_json);
+    let _log = deputyd::init_logging(args.log_json);
     let trust_domain = deputy_identity::spiffe_id::parse_trust_domain(&args.trust_domain)
         .context("--trust-domain")?;
     let config = IssuerConfig {

@@ -68,6 +68,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    crate::logging::dropped_lines();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -81,6 +82,13 @@ struct StatusDocument {
     identities: Vec<deputy_identity::IdentityStatus>,
     /// `null` when no policy is configured.
     policy: Option<PolicyStatus>,
+    log: LogStatus,
+}
+
+#[derive(Serialize)]
+struct LogStatus {
+    /// Lines dropped because the log writer fell behind (the queue never blocks a call).
+    dropped_lines: u64,
 }
 
 #[derive(Serialize)]
@@ -101,5 +109,8 @@ async fn status(State(state): State<AdminState>) -> Json<StatusDocument> {
             revision: p.revision(),
             last_error: p.last_error(),
         }),
+        log: LogStatus {
+            dropped_lines: crate::logging::dropped_lines(),
+        },
     })
 }

@@ -346,7 +346,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", check(&args.config)?);
         return Ok(());
     }
-    init_logging(args.log_json);
+    let _log = crate::logging::init_logging(args.log_json);
     let config = Config::load(&args.config)?;
     // Before anything starts: READY=1 may be sent while start-up finishes, and a SIGTERM from
     // then on must stop deputyd in order (STOPPING=1, streams drained), not kill it.
@@ -381,20 +381,4 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     daemon.shutdown().await;
     Ok(())
-}
-
-/// Logs to stderr, text or JSON lines, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    // A second call (tests, or `deputy dev` in one process) keeps the first subscriber.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }

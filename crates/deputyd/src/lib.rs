@@ -5,15 +5,18 @@
 //!   a policy; [`policy_config`]: its `[policy]` section.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/status` on the admin listener.
 //! - [`systemd`]: READY=1, STATUS= and watchdog pings when run by systemd.
-//! - [`daemon`]: the wiring, and the orderly shutdown on SIGTERM.
+//! - [`daemon`]: the wiring, and the orderly shutdown on SIGTERM; [`logging`]: the log,
+//!   queued off the request path.
 
 pub mod admin;
 pub mod admission_config;
 pub mod agent_config;
 pub mod config;
 pub mod daemon;
+pub mod logging;
 pub mod policy_config;
 pub mod systemd;
 
 pub use config::{Config, ConfigError};
-pub use daemon::{Args, Daemon, init_logging, run};
+pub use daemon::{Args, Daemon, run};
+pub use logging::init_logging;
