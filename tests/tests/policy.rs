@@ -691,7 +691,7 @@ async fn decision_records_hold_no_secret_and_join_both_ends() {
         assert!(
             lines
                 .iter()
-                .any(|l| l.contains(&allowed_id) && l.contains("path=/tickets?api_key")),
+                .any(|l| l.contains(&allowed_id) && l.contains("path=\"/tickets?api_key\"")),
             "{name}: no record of {allowed_id} with the query's name: {lines:#?}"
         );
         assert!(

@@ -47,7 +47,8 @@ pub fn log_decision(
         task = input.task.as_ref().map(|t| t.id.as_str()),
         actors = %actors,
         method = %input.request.method,
-        path = %path_with_query_names(input),
+        // Quoted and escaped (a plain string field): the path is the caller's text.
+        path = path_with_query_names(input).as_str(),
         mcp_method = mcp.map(|m| m.method.as_str()),
         mcp_tool = mcp.and_then(|m| m.tool.as_deref()),
         allow = record.decision.allow,
@@ -75,14 +76,34 @@ fn actors(input: &PolicyInput) -> String {
     actors.join(", ")
 }
 
-/// The path with the query's names and none of its values: `/tickets?api_key&page`.
+/// The path with the query's names and none of its values: `/tickets?api_key&page`. A name
+/// that does not look like one (`token=s3cr3t` sent as `token%3Ds3cr3t`, a bare key, control
+/// characters) may be a secret itself: it is written as `<redacted>`.
 fn path_with_query_names(input: &PolicyInput) -> String {
     let request = &input.request;
     if request.query.is_empty() {
         return request.path.clone();
     }
-    let names: Vec<&str> = request.query.keys().map(String::as_str).collect();
+    let names: Vec<&str> = request
+        .query
+        .keys()
+        .map(|name| {
+            if plain_name(name) {
+                name.as_str()
+            } else {
+                "<redacted>"
+            }
+        })
+        .collect();
     format!("{}?{}", request.path, names.join("&"))
+}
+
+/// A query parameter name as applications write them: short, letters, digits, `_ . - [ ]`.
+fn plain_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-[]".contains(&b))
 }
 
 /// The obligations the decision set (approval, scope), as JSON; `{}` for none.
@@ -138,6 +159,19 @@ mod tests {
         assert_eq!(
             path_with_query_names(&input),
             "/customers/c-1001/orders?api_key&page"
+        );
+        for secret in [
+            "token=s3cr3t",
+            "sk_live_0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
+            "a\nb",
+        ] {
+            input.request.query.insert(secret.into(), vec![]);
+        }
+        let path = path_with_query_names(&input);
+        assert_eq!(path.matches("<redacted>").count(), 3, "{path}");
+        assert!(
+            !path.contains("s3cr3t") && !path.contains("sk_live"),
+            "{path}"
         );
     }
 

@@ -284,7 +284,9 @@ async fn admit(
     }
     let now = std::time::SystemTime::now();
     let refused = |(kind, detail): Refusal| {
-        tracing::warn!(agent = %agent.name, %peer, %detail, "delegation chain refused");
+        // Debug-formatted: the detail quotes a principal and task the peer signed, which could
+        // hold line breaks.
+        tracing::warn!(agent = %agent.name, %peer, ?detail, "delegation chain refused");
         Problem::new(kind, detail, request_id)
     };
     if inbound.policy.is_none() {

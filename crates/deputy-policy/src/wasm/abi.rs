@@ -321,8 +321,10 @@ fn linker(
         "env",
         "opa_println",
         |mut caller: Caller<'_, Host>, at: i32| {
+            // A policy's print() may show input values (headers, query values): debug level
+            // only, and as a quoted field, so that it can neither leak by default nor forge lines.
             let message = text_in_caller(&mut caller, at);
-            tracing::info!(target: "deputy::policy::print", "{message}");
+            tracing::debug!(target: "deputy::policy::print", message = message.as_str());
         },
     )?;
     linker.func_wrap(
