@@ -12,7 +12,7 @@
 //!
 //! The chain user -> alpha (node1) -> beta (node2) -> carol (node1) crosses both nodes twice.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -120,6 +120,30 @@ pub fn delta_uid() -> u32 {
 }
 
 impl Mesh {
+    /// node2's configuration as another node of the same agents (`name`): its own listeners and
+    /// state directory, without the lines `drop` names, with `extra` appended; returns its path.
+    pub fn node2_variant(&self, name: &str, drop: impl Fn(&str) -> bool, extra: &str) -> PathBuf {
+        let config =
+            std::fs::read_to_string(self.dir.path().join("node2.toml")).expect("node2 config");
+        let mut text: String = config
+            .lines()
+            .filter(|l| !drop(l))
+            .map(|l| {
+                if l.starts_with("outbound = ") {
+                    "outbound = \"127.0.0.1:0\"\n".to_owned()
+                } else if l.starts_with("dir = ") && l.contains("state-node2") {
+                    l.replace("state-node2", &format!("state-{name}")) + "\n"
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        text.push_str(extra);
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
     /// Starts everything, with agent SVIDs living `agent_ttl`, and waits until both nodes are
     /// ready.
     pub fn start(agent_ttl: &str) -> Self {

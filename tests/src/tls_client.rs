@@ -217,3 +217,24 @@ pub fn copy_cert(cert: &ClientCert) -> ClientCert {
         KeyPair::try_from(cert.1.serialize_der().as_slice()).expect("key"),
     )
 }
+
+/// Calls `sni` on `inbound` over raw TLS with `cert`, carrying a first link `cert` signed by hand
+/// for `principal` (and `budget` calls); returns the whole HTTP answer.
+pub async fn call_with_first_link(
+    inbound: &str,
+    sni: &str,
+    cert: &ClientCert,
+    delegate: &str,
+    principal: &str,
+    budget: Option<u64>,
+) -> String {
+    let link = first_link(cert, delegate, principal, budget);
+    call_with_headers(
+        inbound,
+        sni,
+        Some(copy_cert(cert)),
+        &[("Deputy-Delegation", link.as_str())],
+    )
+    .await
+    .expect("answered")
+}

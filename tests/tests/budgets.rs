@@ -15,31 +15,17 @@ use http::StatusCode;
 const ALPHA: &str = "spiffe://example.org/agent/alpha";
 const BETA: &str = "spiffe://example.org/agent/beta";
 
-/// node2's configuration as a node of its own: its own listeners and state, room for two
-/// contexts and three budgeted links, and a service that is never reachable.
+/// node2's configuration as a node of its own: room for two contexts and three budgeted links,
+/// and a service that is never reachable.
 fn small_node_config(mesh: &Mesh) -> PathBuf {
-    let config = std::fs::read_to_string(mesh.dir.path().join("node2.toml")).expect("config");
-    let mut text: String = config
-        .lines()
-        .map(|l| {
-            if l.starts_with("outbound = ") {
-                "outbound = \"127.0.0.1:0\"\n".to_owned()
-            } else if l.starts_with("dir = ") && l.contains("state-node2") {
-                l.replace("state-node2", "state-budgets") + "\n"
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
     // Port 1 on loopback: nothing listens, so the connect is refused before anything is sent.
-    text.push_str(
+    mesh.node2_variant(
+        "budgets",
+        |_| false,
         "[[service]]\nname = \"nowhere\"\nspiffe_id = \"spiffe://example.org/agent/carol\"\n\
          address = \"127.0.0.1:1\"\n\
          [delegation]\nmax_contexts = 2\nmax_budgeted_links = 3\n",
-    );
-    let path = mesh.dir.path().join("node-budgets.toml");
-    std::fs::write(&path, text).expect("write");
-    path
+    )
 }
 
 /// Delivers `link` to beta on `node` as alpha would (raw TLS with alpha's SVID); returns the

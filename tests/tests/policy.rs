@@ -543,27 +543,12 @@ async fn deputyd_enforces_the_shipped_policy_compiled_by_opa() {
 async fn a_hand_signed_first_link_is_judged_by_the_receiving_policy() {
     // A client holding alpha's SVID and key speaks TLS to node2 itself, with no deputyd of its
     // own to ask: the link it signs is judged by node2's policy as if node1 had sent it.
-    use deputy_tests::tls_client::{call_with_headers, copy_cert, first_link, real_ca, signed};
+    use deputy_tests::tls_client::{call_with_first_link, real_ca, signed, svid_params};
     let (mesh, _dir, _) = policed_mesh();
     let inbound = mesh.node2.inbound.clone().expect("inbound");
-    let alpha = signed(
-        &deputy_tests::tls_client::svid_params(&[ALPHA]),
-        &real_ca(&mesh),
-    );
-    let call_for = |principal: &str| {
-        let link = first_link(&alpha, BETA, principal, None);
-        let cert = copy_cert(&alpha);
-        let inbound = inbound.clone();
-        async move {
-            call_with_headers(
-                &inbound,
-                "beta",
-                Some(cert),
-                &[("Deputy-Delegation", link.as_str())],
-            )
-            .await
-            .expect("answered")
-        }
+    let alpha = signed(&svid_params(&[ALPHA]), &real_ca(&mesh));
+    let call_for = |principal: &'static str| {
+        call_with_first_link(&inbound, "beta", &alpha, BETA, principal, None)
     };
     let answer = call_for("user:alice@example.org").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");

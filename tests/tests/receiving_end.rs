@@ -5,9 +5,7 @@
 use std::time::Duration;
 
 use deputy_tests::mesh::{Mesh, Node};
-use deputy_tests::tls_client::{
-    call_with_headers, copy_cert, first_link, real_ca, signed, svid_params,
-};
+use deputy_tests::tls_client::{ClientCert, call_with_first_link, real_ca, signed, svid_params};
 
 const ALPHA: &str = "spiffe://example.org/agent/alpha";
 const BETA: &str = "spiffe://example.org/agent/beta";
@@ -15,20 +13,8 @@ const GAMMA: &str = "spiffe://example.org/agent/gamma";
 
 /// Calls beta on `inbound` over raw TLS with `cert` and a first link `cert` signed for
 /// `principal`; returns the whole HTTP answer.
-async fn call_signed(
-    inbound: &str,
-    cert: &deputy_tests::tls_client::ClientCert,
-    principal: &str,
-) -> String {
-    let link = first_link(cert, BETA, principal, None);
-    call_with_headers(
-        inbound,
-        "beta",
-        Some(copy_cert(cert)),
-        &[("Deputy-Delegation", link.as_str())],
-    )
-    .await
-    .expect("answered")
+async fn call_signed(inbound: &str, cert: &ClientCert, principal: &str) -> String {
+    call_with_first_link(inbound, "beta", cert, BETA, principal, None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,23 +61,14 @@ async fn without_policy_a_hand_signed_first_link_is_judged_where_it_arrives() {
 async fn without_policy_and_without_an_allow_list_no_peer_is_served() {
     let mesh = Mesh::start("1h");
     // node2's configuration with its allow-list taken out, as a new node (its own listeners).
-    let config = std::fs::read_to_string(mesh.dir.path().join("node2.toml")).expect("config");
-    let closed: String = config
-        .lines()
-        .filter(|l| !l.starts_with("allow_peers"))
-        .map(|l| {
-            if l.starts_with("outbound = ") {
-                "outbound = \"127.0.0.1:0\"\n".to_owned()
-            } else if l.starts_with("dir = ") && l.contains("state-node2") {
-                l.replace("state-node2", "state-node2-closed") + "\n"
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    assert_ne!(closed, config, "the allow-list was in the file");
-    let path = mesh.dir.path().join("node2-closed.toml");
-    std::fs::write(&path, closed).expect("write");
+    let path = mesh.node2_variant("node2-closed", |l| l.starts_with("allow_peers"), "");
+    let closed = std::fs::read_to_string(&path).expect("read");
+    assert!(!closed.contains("allow_peers"), "{closed}");
+    let node2 = std::fs::read_to_string(mesh.dir.path().join("node2.toml")).expect("read");
+    assert!(
+        node2.contains("allow_peers"),
+        "the allow-list was in node2's file"
+    );
     let node = Node::start(&path);
     node.process.output.wait_for(
         "every inbound call will be refused",
