@@ -226,10 +226,7 @@ async fn a_caller_without_an_entry_is_denied_with_an_explanation() {
     // The full status also says why and what to do.
     let channel = common::raw_channel(issuer.dir.path().join("workload.sock")).await;
     let mut raw = SpiffeWorkloadApiClient::new(channel);
-    let mut request = tonic::Request::new(X509svidRequest::default());
-    request
-        .metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().expect("ascii"));
+    let request = common::workload_request(X509svidRequest::default());
     let status = raw.fetch_x509svid(request).await.expect_err("no entry");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     let message = status.message();
@@ -277,10 +274,7 @@ async fn a_delegated_only_entry_is_never_served_on_the_workload_api() {
     .await;
     let channel = common::raw_channel(issuer.dir.path().join("workload.sock")).await;
     let mut raw = SpiffeWorkloadApiClient::new(channel);
-    let mut request = tonic::Request::new(X509svidRequest::default());
-    request
-        .metadata_mut()
-        .insert("workload.spiffe.io", "true".parse().expect("ascii"));
+    let request = common::workload_request(X509svidRequest::default());
     let status = raw.fetch_x509svid(request).await.expect_err("withheld");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     let message = status.message();
@@ -292,24 +286,17 @@ async fn a_delegated_only_entry_is_never_served_on_the_workload_api() {
         assert!(message.contains(expected), "{message}\nmissing: {expected}");
     }
     // Every other Workload API call is refused the same way, a JWT-SVID asked for by ID too.
-    fn with_header<T>(message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        request
-            .metadata_mut()
-            .insert("workload.spiffe.io", "true".parse().expect("ascii"));
-        request
-    }
     let refusals = [
-        raw.fetch_jwtsvid(with_header(JwtsvidRequest {
+        raw.fetch_jwtsvid(common::workload_request(JwtsvidRequest {
             audience: vec!["vault".into()],
             spiffe_id: "spiffe://example.org/agent/triage".into(),
         }))
         .await
         .expect_err("no JWT-SVID"),
-        raw.fetch_x509_bundles(with_header(X509BundlesRequest {}))
+        raw.fetch_x509_bundles(common::workload_request(X509BundlesRequest {}))
             .await
             .expect_err("no X.509 bundles"),
-        raw.fetch_jwt_bundles(with_header(JwtBundlesRequest {}))
+        raw.fetch_jwt_bundles(common::workload_request(JwtBundlesRequest {}))
             .await
             .expect_err("no JWT bundles"),
     ];

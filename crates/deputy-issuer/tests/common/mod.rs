@@ -41,3 +41,12 @@ pub async fn raw_channel(path: PathBuf) -> tonic::transport::Channel {
         .await
         .expect("connect")
 }
+
+/// A Workload API request carrying the security header every call needs.
+pub fn workload_request<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().expect("ascii"));
+    request
+}
