@@ -208,9 +208,7 @@ impl DecisionId {
 /// the worker, as a fast decision costs less than that move (which wakes threads: on the data
 /// path benchmark it was most of the CPU policy added).
 fn decide(config: &PolicyConfig, input: &PolicyInput) -> DecisionRecord {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread && config.policy.runs_slow() {
+    if crate::may_block_in_place() && config.policy.runs_slow() {
         tokio::task::block_in_place(|| decide_timed(&config.policy, input))
     } else {
         decide_timed(&config.policy, input)

@@ -67,7 +67,14 @@ impl Context {
         let Some(limit) = self.chain.last().budget.map(|b| b.calls) else {
             return Ok(None);
         };
-        self.budgets.spend(&self.ledger_key, limit, now).map(Some)
+        // A durable commit waits for the disk: the worker's other tasks move to another thread
+        // meanwhile (only budgeted calls pay for this; the multi-threaded runtime allows it).
+        let spend = || self.budgets.spend(&self.ledger_key, limit, now).map(Some);
+        if crate::may_block_in_place() {
+            tokio::task::block_in_place(spend)
+        } else {
+            spend()
+        }
     }
 
     /// Gives back a call that was counted but never left the node.

@@ -264,3 +264,10 @@ async fn bind_outbound(
         }
     }
 }
+
+/// Whether this thread runs on a multi-threaded tokio runtime, where `block_in_place` may hand
+/// the worker's other tasks to another thread while this one waits.
+pub(crate) fn may_block_in_place() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
