@@ -372,7 +372,8 @@ mod tests {
         (dir, policy)
     }
 
-    fn input() -> PolicyInput {
+    /// The input of the shipped decision case `support-reads-own-team-customer`.
+    pub(crate) fn input() -> PolicyInput {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../policies/cases/support-reads-own-team-customer.json");
         let case: serde_json::Value =

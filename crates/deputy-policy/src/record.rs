@@ -138,14 +138,7 @@ fn node() -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn input() -> PolicyInput {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../policies/cases/support-reads-own-team-customer.json");
-        let case: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(path).expect("case")).expect("json");
-        serde_json::from_value(case["input"].clone()).expect("input")
-    }
+    use crate::tests::input;
 
     #[test]
     fn the_path_keeps_query_names_and_drops_their_values() {

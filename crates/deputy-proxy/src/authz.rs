@@ -160,7 +160,7 @@ pub(crate) async fn judge(
     now: SystemTime,
     request_id: &str,
 ) -> Result<(http::Request<Body>, DecisionRecord), Problem> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     canonical_path(asked.path())
         .map_err(|e| Problem::new(ProblemKind::BadRequest, e, request_id))?;
     readable_body(&parts.headers, parties.mcp)
@@ -180,27 +180,10 @@ pub(crate) async fn judge(
     if let Some(problem) = refusal(&record, request_id) {
         return Err(problem);
     }
-    let mut parts = parts;
-    parts.extensions.insert(DecisionId(record.id.clone()));
+    parts
+        .extensions
+        .insert(crate::body::DecisionId(record.id.clone()));
     Ok((http::Request::from_parts(parts, body), record))
-}
-
-/// The id of the decision a request or response was judged by, for its access line.
-#[derive(Debug, Clone)]
-pub(crate) struct DecisionId(pub(crate) String);
-
-impl DecisionId {
-    /// The decision id a response carries (set by [`DecisionId::mark`]).
-    pub(crate) fn of<B>(response: &http::Response<B>) -> Option<String> {
-        response.extensions().get::<Self>().map(|d| d.0.clone())
-    }
-
-    /// Marks `response` with `id`, if there is one.
-    pub(crate) fn mark<B>(response: &mut http::Response<B>, id: Option<String>) {
-        if let Some(id) = id {
-            response.extensions_mut().insert(Self(id));
-        }
-    }
 }
 
 /// Asks the policy. An evaluation may run up to the configured time limit. While the policy

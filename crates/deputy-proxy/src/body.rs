@@ -45,9 +45,30 @@ fn without_deputy_trailers(mut frame: Frame<Bytes>) -> Frame<Bytes> {
     frame
 }
 
-/// A problem as an HTTP response with this body type.
+/// A problem as an HTTP response with this body type, carrying its decision id (if a policy
+/// decision refused the call) for the access line.
 pub fn problem_response(problem: &crate::problem::Problem) -> http::Response<Body> {
-    problem.to_response().map(full)
+    let mut response = problem.to_response().map(full);
+    DecisionId::mark(&mut response, problem.decision_id.clone());
+    response
+}
+
+/// The id of the decision a request or response was judged by, for its access line.
+#[derive(Debug, Clone)]
+pub(crate) struct DecisionId(pub(crate) String);
+
+impl DecisionId {
+    /// The decision id a request or response carries.
+    pub(crate) fn of(extensions: &http::Extensions) -> Option<String> {
+        extensions.get::<Self>().map(|d| d.0.clone())
+    }
+
+    /// Marks `response` with `id`, if there is one.
+    pub(crate) fn mark<B>(response: &mut http::Response<B>, id: Option<String>) {
+        if let Some(id) = id {
+            response.extensions_mut().insert(Self(id));
+        }
+    }
 }
 
 type Finish = Box<dyn FnOnce(u64, bool) + Send>;

@@ -67,14 +67,7 @@ impl Context {
         let Some(limit) = self.chain.last().budget.map(|b| b.calls) else {
             return Ok(None);
         };
-        // A durable commit waits for the disk: the worker's other tasks move to another thread
-        // meanwhile (only budgeted calls pay for this; the multi-threaded runtime allows it).
-        let spend = || self.budgets.spend(&self.ledger_key, limit, now).map(Some);
-        if crate::may_block_in_place() {
-            tokio::task::block_in_place(spend)
-        } else {
-            spend()
-        }
+        on_disk(|| self.budgets.spend(&self.ledger_key, limit, now).map(Some))
     }
 
     /// Gives back a call that was counted but never left the node.
@@ -82,10 +75,21 @@ impl Context {
         if self.chain.last().budget.is_none() {
             return;
         }
-        if let Err(e) = self.budgets.refund(&self.ledger_key) {
+        if let Err(e) = on_disk(|| self.budgets.refund(&self.ledger_key)) {
             // Failing to give a call back errs on the side of the budget.
             tracing::warn!(agent = %self.agent, error = %e, "a budget refund was not recorded");
         }
+    }
+}
+
+/// Runs a durable ledger commit, which waits for the disk: the worker's other tasks move to
+/// another thread meanwhile (only budgeted calls pay for this; the multi-threaded runtime
+/// allows it).
+fn on_disk<T>(commit: impl FnOnce() -> T) -> T {
+    if crate::may_block_in_place() {
+        tokio::task::block_in_place(commit)
+    } else {
+        commit()
     }
 }
 

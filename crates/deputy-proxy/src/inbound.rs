@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use deputy_identity::SvidVerifyError;
 
 use crate::authz;
-use crate::body::{AccessRecord, Body, Metered, problem_response, stream};
+use crate::body::{AccessRecord, Body, DecisionId, Metered, problem_response, stream};
 use crate::config::Timeouts;
 use crate::delegation::Refusal;
 use crate::metrics;
@@ -220,19 +220,12 @@ async fn handle(
                 let asked = std::mem::replace(request.uri_mut(), uri);
                 match admit(inbound, agent, peer, request, &asked, &request_id).await {
                     Ok(request) => {
-                        let decision_id = request
-                            .extensions()
-                            .get::<authz::DecisionId>()
-                            .map(|d| d.0.clone());
+                        let decision_id = DecisionId::of(request.extensions());
                         let mut response = deliver(inbound, agent, request, &request_id).await;
-                        authz::DecisionId::mark(&mut response, decision_id);
+                        DecisionId::mark(&mut response, decision_id);
                         response
                     }
-                    Err(problem) => {
-                        let mut response = problem_response(&problem);
-                        authz::DecisionId::mark(&mut response, problem.decision_id.clone());
-                        response
-                    }
+                    Err(problem) => problem_response(&problem),
                 }
             }
         },
@@ -248,7 +241,7 @@ async fn handle(
         path,
         status,
         started,
-        decision_id: authz::DecisionId::of(&response),
+        decision_id: DecisionId::of(response.extensions()),
         request_id,
         request_bytes,
     };

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::attest::{tcp_caller_uid, unix_caller_uid};
 use crate::authz;
-use crate::body::{AccessRecord, Body, Metered, problem_response, stream};
+use crate::body::{AccessRecord, Body, DecisionId, Metered, problem_response, stream};
 use crate::config::PolicyConfig;
 use crate::config::{LocalAgent, Timeouts};
 use crate::context::ContextStore;
@@ -150,7 +150,7 @@ async fn handle(
         path,
         status,
         started,
-        decision_id: crate::authz::DecisionId::of(&response),
+        decision_id: DecisionId::of(response.extensions()),
         request_id,
         request_bytes,
     };
@@ -208,17 +208,10 @@ async fn forward(
                 request = allowed;
                 narrowed
             }
-            Err(problem) => {
-                let mut response = problem_response(&problem);
-                crate::authz::DecisionId::mark(&mut response, problem.decision_id.clone());
-                return (response, service.name.clone());
-            }
+            Err(problem) => return (problem_response(&problem), service.name.clone()),
         },
     };
-    let decision_id = request
-        .extensions()
-        .get::<crate::authz::DecisionId>()
-        .map(|d| d.0.clone());
+    let decision_id = DecisionId::of(request.extensions());
     // The connection first: a call that cannot leave the node must not spend its budget.
     let mut sender = match outbound
         .pool
@@ -286,7 +279,7 @@ async fn forward(
             if let Ok(id) = HeaderValue::from_str(request_id) {
                 response.headers_mut().insert(REQUEST_ID, id);
             }
-            crate::authz::DecisionId::mark(&mut response, decision_id);
+            DecisionId::mark(&mut response, decision_id);
             (response, service.name.clone())
         }
         Ok(Err(e)) => refuse(

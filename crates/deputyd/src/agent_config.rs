@@ -183,6 +183,15 @@ fn check_name(name: &str, at: &str, problems: &mut Vec<String>) {
 /// The key of the per-agent opt-in to selectors an attestor emits.
 pub const KEY_EXPOSURE_OPT_IN: &str = "workload_api_may_serve_key";
 
+/// What deputyd says, at start and in `--check`, of an agent that opted in.
+pub fn key_exposure_warning(agent: &str) -> String {
+    format!(
+        "agent {agent} opted in to {KEY_EXPOSURE_OPT_IN}: processes its selectors describe can \
+         fetch its SVID and key from the Workload API and call peers without deputyd; register \
+         it under deputy:agent:{agent} instead"
+    )
+}
+
 /// The selectors deputyd presents for the agent: `deputy:agent:NAME` unless given, and never
 /// one an attestor emits unless the agent opts in with [`KEY_EXPOSURE_OPT_IN`].
 fn selectors_of(agent: &RawAgent, at: &str, problems: &mut Vec<String>) -> Vec<Selector> {

@@ -65,11 +65,7 @@ impl Daemon {
         let admin_addr = listener.local_addr()?;
         let mut proxy_config = config.proxy.clone();
         for agent in &config.keys_exposed {
-            tracing::warn!(%agent,
-                "agent registered under selectors a workload attestor emits \
-                 (workload_api_may_serve_key): processes they describe can fetch its SVID and key \
-                 from the Workload API and call peers without deputyd; register it under \
-                 deputy:agent:NAME instead");
+            tracing::warn!("{}", crate::agent_config::key_exposure_warning(agent));
         }
         let own_uid = nix::unistd::geteuid().as_raw();
         for agent in config
@@ -331,10 +327,8 @@ pub fn check(path: &std::path::Path) -> anyhow::Result<String> {
         config.proxy.services.len(),
     );
     for agent in &config.keys_exposed {
-        summary.push_str(&format!(
-            "\nwarning: agent {agent} opted in to workload_api_may_serve_key: processes its \
-             selectors describe can hold its key"
-        ));
+        summary.push_str("\nwarning: ");
+        summary.push_str(&crate::agent_config::key_exposure_warning(agent));
     }
     Ok(summary)
 }
