@@ -124,6 +124,13 @@ impl Process {
         nix::unistd::Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
     }
 
+    /// Whether the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().expect("wait").is_none())
+    }
+
     /// Sends a signal.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         nix::sys::signal::kill(self.pid(), signal).expect("signal");
@@ -212,15 +219,38 @@ pub fn unique_loopback_addr() -> String {
         n < 10_000,
         "more unique loopback addresses than one test process needs"
     );
-    let pid = std::process::id();
-    format!(
-        "127.{}.{}.{}:{}",
-        (pid >> 16) & 0xff,
-        (pid >> 8) & 0xff,
-        // Not .0: some code reads x.y.z.0 as a network address.
-        (pid & 0xff).max(1),
-        20_000 + n
-    )
+    let [a, b, c] = loopback_host_of(std::process::id());
+    format!("127.{a}.{b}.{c}:{}", 20_000 + n)
+}
+
+/// The three low octets of a loopback address of its own for process `pid`: distinct pids get
+/// distinct addresses (pids stay below 2^22, `pid_max`'s ceiling), and the last octet is never
+/// 0 or 255, which some code reads as a network or broadcast address.
+fn loopback_host_of(pid: u32) -> [u32; 3] {
+    const HOSTS: u32 = 254;
+    let (rest, host) = (pid / HOSTS, pid % HOSTS + 1);
+    [rest / 256, rest % 256, host]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_host_of;
+
+    #[test]
+    fn every_pid_gets_its_own_loopback_address() {
+        let mut taken = vec![false; 1 << 24];
+        // pid_max is at most 2^22 on Linux.
+        for pid in 0..(1u32 << 22) {
+            let [a, b, c] = loopback_host_of(pid);
+            assert!(
+                a < 256 && b < 256 && (1..=254).contains(&c),
+                "pid {pid}: {a}.{b}.{c}"
+            );
+            let slot = &mut taken[((a << 16) | (b << 8) | c) as usize];
+            assert!(!*slot, "pid {pid} shares 127.{a}.{b}.{c}");
+            *slot = true;
+        }
+    }
 }
 
 /// The effective uid of the tests, which the issuer attests them and their children as.

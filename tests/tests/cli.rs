@@ -500,3 +500,47 @@ fn an_agent_process_cannot_fetch_its_svid_from_the_shipped_entries() {
         "the refusal says why: {text}"
     );
 }
+
+#[test]
+fn the_command_a_missing_builtin_error_names_lists_what_each_engine_has() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // opa.runtime would hand a wasm policy deputyd's environment: the wasm engine refuses it.
+    let src = deputy_tests::opa::sources(
+        dir.path(),
+        "src",
+        &[(
+            "p.rego",
+            "package deputy.authz\n\ndecision := {\"allow\": opa.runtime() != {}}\n",
+        )],
+        &[],
+    );
+    let bundle = deputy_tests::opa::build_wasm(dir.path(), "b.tar.gz", &[&src], &[]);
+    let (status, text) = run(Command::new(binary("deputy"))
+        .args(["policy", "check", "--bundle"])
+        .arg(&bundle));
+    assert!(!status.success(), "{text}");
+    assert!(text.contains("does not provide: opa.runtime"), "{text}");
+    // The command the error names, word for word.
+    let named = text
+        .split('`')
+        .find(|part| part.starts_with("deputy policy"))
+        .unwrap_or_else(|| panic!("the error names no command: {text}"));
+    let mut words = named.split_whitespace().skip(1);
+    let (status, table) = run(Command::new(binary("deputy")).args(words.by_ref()));
+    assert!(status.success(), "`{named}`: {table}");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>())
+    };
+    assert_eq!(row("builtin"), Some(vec!["rego", "wasm"]), "{table}");
+    assert_eq!(row("sprintf"), Some(vec!["yes", "yes"]), "{table}");
+    assert_eq!(row("opa.runtime"), Some(vec!["yes", "no"]), "{table}");
+
+    let (status, wasm) =
+        run(Command::new(binary("deputy")).args(["policy", "builtins", "--engine", "wasm"]));
+    assert!(status.success(), "{wasm}");
+    assert!(wasm.lines().any(|l| l == "glob.match"), "{wasm}");
+    assert!(!wasm.lines().any(|l| l == "http.send"), "{wasm}");
+}

@@ -202,6 +202,12 @@ async fn the_policy_decides_both_ends_of_every_call() {
         .process
         .output
         .wait_for(&denied, Duration::from_secs(10));
+    // node1's access line for the call comes after anything node1 logs of it.
+    let request_id = body["request_id"].as_str().expect("a request id");
+    mesh.node1
+        .process
+        .output
+        .wait_for(&format!("request_id={request_id}"), Duration::from_secs(10));
     assert!(!mesh.node1.process.output.text().contains(&denied));
     // Support agents read customers only within a task with read scopes.
     let (status, body) = call(&alpha, Method::GET, "/customers/c-1001", &[], b"").await;
@@ -242,14 +248,17 @@ async fn the_policy_decides_both_ends_of_every_call() {
     let (status, _) = call(
         &alpha,
         Method::GET,
-        "/",
+        "/credential-check",
         &[("authorization", "Bearer s3cret-token")],
         b"",
     )
     .await;
     assert_eq!(status, StatusCode::OK);
     for node in [&mesh.node1, &mesh.node2] {
-        assert!(!node.process.output.text().contains("s3cret-token"));
+        // Both the decision record and the access line of the call are written by now.
+        let output = &node.process.output;
+        output.wait_for("path=/credential-check ", Duration::from_secs(10));
+        assert!(!output.text().contains("s3cret-token"), "{}", output.text());
     }
 
     // beta continues alice's task to carol: beta's outbound and carol's inbound both decide.
@@ -351,7 +360,14 @@ async fn mcp_calls_are_judged_by_tool_and_a_body_cannot_smuggle_another_call() {
             .contains("request body refused after the policy decision")
             .then_some(())
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A call made after the cut one reaches beta; the cut one, had it gone through, would have
+    // run before the caller heard of the cut.
+    let ran_before = beta_log.text().matches("ran search_tickets").count();
+    let (status, body) = call(&alpha, Method::POST, "/mcp", &JSON, &rpc("search_tickets")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    deputy_tests::eventually("beta logs the later call", Duration::from_secs(5), || {
+        (beta_log.text().matches("ran search_tickets").count() > ran_before).then_some(())
+    });
     assert!(
         !beta_log.text().contains("ran drop_database"),
         "{}",

@@ -68,6 +68,12 @@ pub(crate) enum PolicyCommand {
         #[command(flatten)]
         source: Source,
     },
+    /// List the builtins each engine provides (a policy using another one fails to load).
+    Builtins {
+        /// Only this engine's, one name per line.
+        #[arg(long, value_parser = ["rego", "wasm"])]
+        engine: Option<String>,
+    },
 }
 
 pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
@@ -125,6 +131,10 @@ pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        PolicyCommand::Builtins { engine } => {
+            list_builtins(engine.as_deref());
+            Ok(ExitCode::SUCCESS)
+        }
         PolicyCommand::Check { source } => {
             let (kind, revision, parts) = match source.policy() {
                 PolicySource::RegoDir(dir) => {
@@ -149,6 +159,31 @@ pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
                 println!("{what:<12}{name}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Prints the builtins of `engine`, or a table of both engines' builtins.
+fn list_builtins(engine: Option<&str>) {
+    let rego = deputy_policy::rego::supported_builtins();
+    let wasm = deputy_policy::wasm::supported_builtins();
+    match engine {
+        Some("rego") => rego.iter().for_each(|name| println!("{name}")),
+        Some(_) => wasm.iter().for_each(|name| println!("{name}")),
+        None => {
+            let mut names: Vec<&str> = rego.iter().chain(&wasm).copied().collect();
+            names.sort_unstable();
+            names.dedup();
+            let width = names.iter().map(|n| n.len()).max().unwrap_or(0);
+            println!("{:width$}  rego  wasm", "builtin");
+            let mark = |list: &[&str], name| if list.contains(&name) { "yes" } else { "no" };
+            for name in names {
+                println!(
+                    "{name:width$}  {:<4}  {}",
+                    mark(&rego, name),
+                    mark(&wasm, name)
+                );
+            }
         }
     }
 }

@@ -31,11 +31,11 @@ pub use input::{Direction, INPUT_VERSION, PolicyInput};
 pub use rego::RegoPolicy;
 pub use wasm::WasmPolicy;
 
-/// Sets how long one evaluation may run, on either engine; past it the call is denied.
-pub fn set_time_limit(limit: Duration) {
-    rego::set_time_limit(limit);
-    wasm::set_time_limit(limit);
-}
+/// How long one decision may take unless configured otherwise; past it the call is denied.
+pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(1);
+
+/// The command that lists the builtins each engine provides, as errors name it.
+pub const LIST_BUILTINS_COMMAND: &str = "deputy policy builtins";
 
 /// Counter: decisions by `direction`, `engine` and `allow`.
 pub const DECISIONS: &str = "deputy_policy_decisions_total";
@@ -116,6 +116,8 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
     /// The revision of the content it was built from.
     fn revision(&self) -> &str;
+    /// Sets how long each decision may take from now on; past it the decision is a timeout.
+    fn set_time_limit(&self, limit: Duration);
     /// Evaluates the entrypoint for `input`, the input document as JSON text (the form both
     /// engines read, so the serving path serializes the input once); `None` when undefined.
     fn evaluate_json(&self, input: &RawValue) -> Result<Option<serde_json::Value>, EvalError>;
@@ -158,11 +160,20 @@ impl std::fmt::Display for PolicySource {
 }
 
 impl PolicySource {
-    /// Loads it into an engine.
+    /// Loads it into an engine, with the default time limit.
     pub fn load_engine(&self) -> Result<Arc<dyn Engine>, LoadError> {
+        self.load_engine_with(DEFAULT_TIME_LIMIT)
+    }
+
+    /// Loads it into an engine whose decisions (and, for wasm, loading) may take `time_limit`.
+    pub fn load_engine_with(&self, time_limit: Duration) -> Result<Arc<dyn Engine>, LoadError> {
         match self {
-            Self::RegoDir(dir) => Ok(Arc::new(RegoPolicy::load(dir)?)),
-            Self::WasmBundle(path) => Ok(Arc::new(WasmPolicy::load(path)?)),
+            Self::RegoDir(dir) => {
+                let policy = RegoPolicy::load(dir)?;
+                policy.set_time_limit(time_limit);
+                Ok(Arc::new(policy))
+            }
+            Self::WasmBundle(path) => Ok(Arc::new(WasmPolicy::load_with(path, time_limit)?)),
         }
     }
 
@@ -202,6 +213,8 @@ pub struct Policy {
     /// Until when (milliseconds since `epoch`) the policy counts as slow.
     slow_until_ms: AtomicU64,
     epoch: Instant,
+    /// How long a decision may take, in milliseconds: given to every engine loaded.
+    time_limit_ms: AtomicU64,
     current: RwLock<Arc<dyn Engine>>,
     last_error: Mutex<Option<String>>,
     /// The source's files as they were just before the last load attempt: a change made while
@@ -210,17 +223,24 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Loads the policy; a first load that fails is an error (deputyd does not start without
-    /// a policy it can enforce).
+    /// Loads the policy with the default time limit; a first load that fails is an error
+    /// (deputyd does not start without a policy it can enforce).
     pub fn load(source: PolicySource) -> Result<Self, LoadError> {
+        Self::load_with(source, DEFAULT_TIME_LIMIT)
+    }
+
+    /// Loads the policy; each decision may take `time_limit` ([`Policy::set_time_limit`]
+    /// changes it).
+    pub fn load_with(source: PolicySource, time_limit: Duration) -> Result<Self, LoadError> {
         let loaded_from = Mutex::new(sources::fingerprint(source.watched()));
-        let engine = source.load_engine();
+        let engine = source.load_engine_with(time_limit);
         metrics::counter!(LOADS, "result" => if engine.is_ok() { "ok" } else { "error" })
             .increment(1);
         let policy = Self {
             source,
             slow_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            time_limit_ms: AtomicU64::new(millis(time_limit)),
             current: RwLock::new(engine?),
             last_error: Mutex::new(None),
             loaded_from,
@@ -248,12 +268,23 @@ impl Policy {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Sets how long each decision may take, for the engine serving now and the ones reloads
+    /// bring.
+    pub fn set_time_limit(&self, limit: Duration) {
+        self.time_limit_ms.store(millis(limit), Ordering::Relaxed);
+        self.engine().set_time_limit(limit);
+    }
+
+    fn time_limit(&self) -> Duration {
+        Duration::from_millis(self.time_limit_ms.load(Ordering::Relaxed))
+    }
+
     /// Loads the source again. On failure the previous policy keeps serving and the error is
     /// kept for `/status`.
     pub fn reload(&self) -> Result<String, LoadError> {
         *self.loaded_from.lock().unwrap_or_else(|p| p.into_inner()) =
             sources::fingerprint(self.source.watched());
-        match self.source.load_engine() {
+        match self.source.load_engine_with(self.time_limit()) {
             Ok(engine) => {
                 let revision = engine.revision().to_owned();
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = engine;
@@ -347,6 +378,11 @@ impl Policy {
             }
         }
     }
+}
+
+/// `limit` in whole milliseconds, at least one.
+fn millis(limit: Duration) -> u64 {
+    u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 fn count_decision(record: &DecisionRecord, direction: Direction) {

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use regorus::languages::rego::compiler::Compiler;
@@ -30,6 +31,8 @@ pub struct RegoPolicy {
     vms: Idle<RegoVM>,
     revision: String,
     modules: Vec<String>,
+    /// How long a decision may take, in milliseconds.
+    time_limit_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for RegoPolicy {
@@ -51,12 +54,19 @@ const MAX_VM_INSTRUCTIONS: usize = 100_000_000;
 /// policy is still stopped within microseconds of its limit.
 const CHECK_INTERVAL: std::num::NonZeroU32 = std::num::NonZeroU32::new(64).expect("non-zero");
 
-/// Sets how long one evaluation may run. regorus applies it process-wide to compiled policies.
-pub fn set_time_limit(limit: Duration) {
-    set_fallback_execution_timer_config(Some(ExecutionTimerConfig {
+/// The names of every builtin a Rego policy may call on this engine (regorus's, as built into
+/// deputy), sorted. A policy calling another fails to load.
+pub fn supported_builtins() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = regorus::unstable::BUILTINS.keys().copied().collect();
+    names.sort_unstable();
+    names
+}
+
+fn timer(limit: Duration) -> ExecutionTimerConfig {
+    ExecutionTimerConfig {
         limit,
         check_interval: CHECK_INTERVAL,
-    }));
+    }
 }
 
 /// An engine holding `sources`, ready for evaluations of any rule.
@@ -114,7 +124,9 @@ impl RegoPolicy {
             vms: Idle::default(),
             revision: sources.revision.clone(),
             modules: sources.modules.iter().map(|(p, _)| p.clone()).collect(),
+            time_limit_ms: AtomicU64::new(0),
         };
+        policy.set_time_limit(crate::DEFAULT_TIME_LIMIT);
         // A VM now: data the VM refuses fails the load, not the first call.
         if let Some(vm) = policy.new_vm()? {
             policy.vms.give_back(vm);
@@ -158,8 +170,8 @@ impl RegoPolicy {
             },
         };
         vm.set_input(input);
-        // Re-reads the process-wide time limit (set_time_limit) for this run.
-        vm.set_execution_timer_config(None);
+        let limit = Duration::from_millis(self.time_limit_ms.load(Ordering::Relaxed));
+        vm.set_execution_timer_config(Some(timer(limit)));
         let result = vm
             .execute_entry_point_by_name(ENTRYPOINT_REF)
             .map_err(|e| e.to_string());
@@ -218,6 +230,16 @@ impl Engine for RegoPolicy {
 
     fn revision(&self) -> &str {
         &self.revision
+    }
+
+    /// On the register VM the limit is this policy's; a policy on the interpreter (one the VM
+    /// compiler does not take) gets regorus's process-wide limit, which this sets too.
+    fn set_time_limit(&self, limit: Duration) {
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.time_limit_ms.store(ms, Ordering::Relaxed);
+        if self.program.is_none() {
+            set_fallback_execution_timer_config(Some(timer(limit)));
+        }
     }
 
     fn evaluate_json(&self, input: &RawValue) -> Result<Option<serde_json::Value>, EvalError> {

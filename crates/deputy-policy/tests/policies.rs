@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deputy_policy::rego::{RegoPolicy, run_tests, set_time_limit};
+use deputy_policy::rego::{RegoPolicy, run_tests};
 use deputy_policy::{Decision, Engine as _, LoadError, Policy, PolicyInput, PolicySource};
 
 fn shipped() -> PathBuf {
@@ -155,7 +155,6 @@ fn results_that_are_not_decisions_deny_and_say_why() {
 
 #[test]
 fn a_policy_that_never_finishes_is_cut_off_and_denies() {
-    set_time_limit(Duration::from_millis(200));
     let dir = policy_dir(&[(
         "x.rego",
         "package deputy.authz\nimport rego.v1\n\
@@ -165,7 +164,11 @@ fn a_policy_that_never_finishes_is_cut_off_and_denies() {
         RegoPolicy::load(dir.path()).expect("loads").uses_vm(),
         "the register VM runs it"
     );
-    let policy = Policy::load(PolicySource::RegoDir(dir.path().into())).expect("loads");
+    let policy = Policy::load_with(
+        PolicySource::RegoDir(dir.path().into()),
+        Duration::from_millis(200),
+    )
+    .expect("loads");
     let record = policy.decide(&input());
     assert!(!record.decision.allow);
     assert!(

@@ -106,6 +106,112 @@ fn the_input_reaches_the_module_and_instances_are_reused() {
         let value = policy.evaluate(&input).expect("evaluates");
         assert_eq!(value.as_ref(), Some(&input));
     }
+    let counts = policy.instance_counts();
+    assert_eq!(counts.made, 1, "one instance served all 50: {counts:?}");
+    assert_eq!(counts.live, 1, "{counts:?}");
+}
+
+/// A data document of about 16 MiB: 160,000 entries of 100 bytes.
+fn large_data() -> serde_json::Value {
+    let entries: serde_json::Map<String, serde_json::Value> = (0..160_000)
+        .map(|i| (format!("customer-{i:06}"), json!("x".repeat(80))))
+        .collect();
+    json!({"customers": entries})
+}
+
+#[test]
+fn a_policy_with_a_16_mib_data_document_is_served_from_the_pool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rego = "decision := {\"allow\": data.customers[input.customer] != \"\"}";
+    let path = compiled(dir.path(), "large", rego, &[("data.json", large_data())]);
+    let policy = WasmPolicy::load(&path).expect("loads");
+    assert!(
+        policy.loaded_memory() > 32 * 1024 * 1024,
+        "a fresh instance holds the parsed data: {} bytes",
+        policy.loaded_memory()
+    );
+    for i in 0..20 {
+        let customer = format!("customer-{:06}", i * 7_919);
+        let value = policy
+            .evaluate(&json!({"customer": customer}))
+            .expect("evaluates");
+        assert_eq!(value, Some(json!({"allow": true})), "{customer}");
+    }
+    let counts = policy.instance_counts();
+    assert_eq!(counts.made, 1, "the data was parsed once: {counts:?}");
+}
+
+#[test]
+fn live_instances_stay_bounded_under_64_concurrent_decisions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = compiled(dir.path(), "busy", "decision := {\"n\": input.n}", &[]);
+    let policy = std::sync::Arc::new(WasmPolicy::load(&path).expect("loads"));
+    let start = std::sync::Arc::new(std::sync::Barrier::new(64));
+    let deciders: Vec<_> = (0..64)
+        .map(|n| {
+            let (policy, start) = (policy.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                for round in 0..5 {
+                    let value = policy.evaluate(&json!({"n": n * 10 + round}));
+                    assert_eq!(
+                        value.expect("decided").expect("defined"),
+                        json!({"n": n * 10 + round})
+                    );
+                }
+            })
+        })
+        .collect();
+    for decider in deciders {
+        decider.join().expect("decider");
+    }
+    let counts = policy.instance_counts();
+    assert_eq!(counts.max_live, deputy_policy::wasm::max_live_instances());
+    assert!(
+        counts.peak <= counts.max_live,
+        "{} instances existed at once, past the bound: {counts:?}",
+        counts.peak
+    );
+    assert!(counts.made <= counts.max_live as u64, "{counts:?}");
+}
+
+#[test]
+fn a_cold_decision_that_runs_out_while_loading_data_is_a_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The rule conflicts when input.conflict is set: the module aborts, its instance is not
+    // kept, and the next decision has to make a new one (parsing 16 MiB of data again).
+    let rego = "decision := 1 if input.conflict\n\ndecision := 2 if input.conflict\n\n\
+                decision := count(data.customers) if not input.conflict";
+    let path = compiled(dir.path(), "cold", rego, &[("data.json", large_data())]);
+    let policy = WasmPolicy::load_with(&path, Duration::from_secs(60)).expect("loads");
+    let conflict = json!({"conflict": true});
+    let calm = json!({"conflict": false});
+    assert!(matches!(
+        policy.evaluate(&conflict),
+        Err(EvalError::Failed(_))
+    ));
+    // How long a cold decision takes here, with time to spare.
+    let started = Instant::now();
+    assert_eq!(policy.evaluate(&calm).expect("cold"), Some(json!(160_000)));
+    let cold = started.elapsed();
+
+    assert!(matches!(
+        policy.evaluate(&conflict),
+        Err(EvalError::Failed(_))
+    ));
+    let limit = cold / 4;
+    policy.set_time_limit(limit);
+    let started = Instant::now();
+    let outcome = policy.evaluate(&calm);
+    let took = started.elapsed();
+    assert!(
+        matches!(&outcome, Err(EvalError::TimedOut(message)) if message.contains("time limit")),
+        "a limit of {limit:?} on a cold decision of {cold:?}: {outcome:?}"
+    );
+    assert!(
+        took < cold,
+        "stopped at its limit ({limit:?}), not after loading ({took:?} of {cold:?})"
+    );
 }
 
 #[test]
@@ -204,8 +310,20 @@ fn a_deeply_nested_value_for_a_builtin_is_an_error_not_a_crash() {
     let rego = "decision := {\"allow\": false, \"reasons\": [sprintf(\"%v\", [json.unmarshal(input.meta)])]}";
     let path = compiled(dir.path(), "deep", rego, &[]);
     let policy = WasmPolicy::load(&path).expect("loads");
-    let deep = format!("{}{}", "[".repeat(5_000), "]".repeat(5_000));
-    assert!(policy.evaluate(&json!({"meta": deep})).is_err());
+    let nested =
+        |depth: usize| json!({"meta": format!("{}{}", "[".repeat(depth), "]".repeat(depth))});
+    // 300 levels parse in the module and reach the host's builtin, which refuses past 128.
+    let outcome = policy.evaluate(&nested(300));
+    assert!(
+        matches!(&outcome, Err(EvalError::Failed(message)) if message.contains("deeper than 128")),
+        "{outcome:?}"
+    );
+    // 5,000 levels exhaust the module's own stack while it parses: a trap, not a crash.
+    let outcome = policy.evaluate(&nested(5_000));
+    assert!(
+        matches!(&outcome, Err(EvalError::Failed(message)) if message.contains("call stack exhausted")),
+        "{outcome:?}"
+    );
     let shallow = policy
         .evaluate(&json!({"meta": "[[1]]"}))
         .expect("evaluates")
@@ -305,14 +423,14 @@ fn bad_bundles_are_refused_with_what_is_wrong() {
 
 #[test]
 fn a_module_that_never_returns_is_interrupted_and_denies() {
-    deputy_policy::set_time_limit(Duration::from_millis(200));
     let dir = tempfile::tempdir().expect("tempdir");
     let path = bundle(
         dir.path(),
         "b.tar.gz",
         &[("/policy.wasm", &module(2, Answer::Never))],
     );
-    let policy = Policy::load(PolicySource::WasmBundle(path.clone())).expect("loads");
+    let limit = Duration::from_millis(200);
+    let policy = Policy::load_with(PolicySource::WasmBundle(path.clone()), limit).expect("loads");
     let started = Instant::now();
     let record = policy.decide(&input());
     assert!(
@@ -326,7 +444,7 @@ fn a_module_that_never_returns_is_interrupted_and_denies() {
         "{:?}",
         record.decision
     );
-    let engine = WasmPolicy::load(&path).expect("loads");
+    let engine = WasmPolicy::load_with(&path, limit).expect("loads");
     assert!(matches!(
         engine.evaluate(&json!({})),
         Err(EvalError::TimedOut(_))

@@ -200,7 +200,7 @@ impl Daemon {
                         "the policy source changed; restart deputyd to switch to it");
                 }
                 serving.facts.replace(settings.facts());
-                deputy_policy::set_time_limit(settings.eval_timeout);
+                serving.policy.set_time_limit(settings.eval_timeout);
                 tracing::info!(
                     attributes = settings.attributes.len(),
                     time_zone = %settings.time_zone,

@@ -190,8 +190,7 @@ impl PolicySettings {
 
     /// Loads the policy: deputyd does not start on a policy it cannot enforce.
     pub fn load(&self) -> Result<(Arc<Policy>, PolicyConfig), deputy_policy::LoadError> {
-        deputy_policy::set_time_limit(self.eval_timeout);
-        let policy = Arc::new(Policy::load(self.source.clone())?);
+        let policy = Arc::new(Policy::load_with(self.source.clone(), self.eval_timeout)?);
         let config = PolicyConfig {
             policy: policy.clone(),
             facts: Arc::new(FactsCell::new(self.facts())),

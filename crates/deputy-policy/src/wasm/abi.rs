@@ -5,7 +5,7 @@
 //! after it, and for every evaluation writes the input there and lets `opa_eval` reset the heap
 //! to just past the input, so nothing an evaluation allocates outlives it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use regorus::Value;
 use wasmtime::{
@@ -13,7 +13,7 @@ use wasmtime::{
     Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc, Val,
 };
 
-use super::builtins::{Builtins, Calls};
+use super::builtins::{Builtins, CallError, Calls};
 use super::value_text;
 
 /// Most memory one instance may grow to: OPA modules import a memory without a maximum.
@@ -86,13 +86,13 @@ fn not_opa(what: impl std::fmt::Display) -> AbiError {
 }
 
 impl Instance {
-    /// Instantiates `module` in a store bounded to [`MAX_INSTANCE_MEMORY`] and `deadline`
-    /// epoch ticks, and reads what it declares. Builtins are resolved by the caller
+    /// Instantiates `module` in a store bounded to [`MAX_INSTANCE_MEMORY`], its code stopped
+    /// at `deadline`, and reads what it declares. Builtins are resolved by the caller
     /// ([`Instance::load`]); none can run before that.
     pub(crate) fn new(
         engine: &WasmEngine,
         module: &Module,
-        deadline: u64,
+        deadline: Instant,
     ) -> Result<(Self, Declared), AbiError> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(MAX_INSTANCE_MEMORY)
@@ -104,11 +104,11 @@ impl Instance {
             exports: None,
             calls: None,
             aborted: None,
-            deadline: None,
+            deadline: Some(deadline),
         };
         let mut store = Store::new(engine, host);
         store.limiter(|host| &mut host.limits);
-        store.set_epoch_deadline(deadline);
+        store.set_epoch_deadline(super::epoch_ticks_until(deadline));
         store.epoch_deadline_trap();
 
         let memory_type = module
@@ -139,8 +139,14 @@ impl Instance {
         Ok((this, declared))
     }
 
-    /// Gives the instance its builtins and its data document (JSON text).
-    pub(crate) fn load(&mut self, builtins: Builtins, data: &[u8]) -> Result<(), AbiError> {
+    /// Gives the instance its builtins and its data document (JSON text), by `deadline`.
+    pub(crate) fn load(
+        &mut self,
+        builtins: Builtins,
+        data: &[u8],
+        deadline: Instant,
+    ) -> Result<(), AbiError> {
+        self.set_deadline(deadline);
         self.store.data_mut().calls = Some(Calls::new(builtins));
         let text = self.write_bytes(data)?;
         let len = i32::try_from(data.len()).map_err(|_| not_opa("data too large"))?;
@@ -153,17 +159,15 @@ impl Instance {
         Ok(())
     }
 
-    /// Evaluates entrypoint `entrypoint` on `input` (JSON text) within `deadline` epoch ticks;
+    /// Evaluates entrypoint `entrypoint` on `input` (JSON text), stopped at `deadline`;
     /// returns the result set's JSON text.
     pub(crate) fn evaluate(
         &mut self,
         entrypoint: u32,
         input: &[u8],
-        deadline: u64,
-        time_limit: Duration,
+        deadline: Instant,
     ) -> Result<Vec<u8>, AbiError> {
-        self.store.set_epoch_deadline(deadline);
-        self.store.data_mut().deadline = Some(Instant::now() + time_limit);
+        self.set_deadline(deadline);
         if let Some(calls) = self.store.data_mut().calls.as_mut() {
             calls.start_evaluation();
         }
@@ -185,6 +189,13 @@ impl Instance {
         let args = (0, entrypoint, self.data, at, len, at + len, 0);
         let result = self.call(|e| &e.eval, args)?;
         Ok(read_text(&self.store, self.memory, result)?.to_vec())
+    }
+
+    /// Stops the module's code (epochs) and its builtins (checked by the host) at `deadline`.
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.store
+            .set_epoch_deadline(super::epoch_ticks_until(deadline));
+        self.store.data_mut().deadline = Some(deadline);
     }
 
     /// Bytes of linear memory the instance holds now (it never shrinks).
@@ -374,22 +385,21 @@ fn builtin(caller: &mut Caller<'_, Host>, id: i32, args: &[i32]) -> wasmtime::Re
     let host = caller.data();
     // Epochs interrupt only the module's own code; a builtin runs on the host. One called past
     // the deadline ends the evaluation as the epoch would have.
-    if host
-        .deadline
-        .is_some_and(|deadline| Instant::now() > deadline)
-    {
+    let Some(deadline) = host.deadline.filter(|deadline| Instant::now() <= *deadline) else {
         return Err(wasmtime::Error::new(wasmtime::Trap::Interrupt));
-    }
+    };
     let (Some(exports), Some(memory)) = (host.exports.clone(), host.memory) else {
         return Err(wasmtime::Error::msg(
             "a builtin was called before the module was loaded",
         ));
     };
     let mut values = Vec::with_capacity(args.len());
+    let mut size = 0;
     for &arg in args {
         let text = exports.value_dump.call(&mut *caller, arg)?;
         let value = {
             let bytes = read_text(&*caller, memory, text).map_err(wasmtime::Error::msg)?;
+            size += bytes.len();
             let text = std::str::from_utf8(bytes).map_err(wasmtime::Error::msg)?;
             value_text::parse(text).map_err(wasmtime::Error::msg)?
         };
@@ -401,7 +411,11 @@ fn builtin(caller: &mut Caller<'_, Host>, id: i32, args: &[i32]) -> wasmtime::Re
         caller.data_mut().calls.as_mut().ok_or_else(|| {
             wasmtime::Error::msg("a builtin was called before they were resolved")
         })?;
-    let value: Value = calls.call(id, values).map_err(wasmtime::Error::msg)?;
+    let value: Value = match calls.call(id, values, size, deadline) {
+        Ok(value) => value,
+        Err(CallError::TimedOut) => return Err(wasmtime::Error::new(wasmtime::Trap::Interrupt)),
+        Err(e) => return Err(wasmtime::Error::msg(e)),
+    };
     let Some(text) = value_text::write(&value).map_err(wasmtime::Error::msg)? else {
         return Ok(0);
     };

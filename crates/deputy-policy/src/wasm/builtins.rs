@@ -5,6 +5,10 @@
 //! opa-wasm, the crate this engine started on, formats `sprintf` with C's printf (no `%v`, no
 //! arrays), so every denial reason of the shipped policy trapped in wasm.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
 use regorus::Value;
 use regorus::unstable::{BUILTINS, BuiltinFcn, Expr, Ref, Source, Span};
 
@@ -15,6 +19,39 @@ const REFUSED: &[&str] = &["opa.runtime", "http.send", "net.lookup_ip_addr"];
 
 /// Builtins whose result must hold for a whole evaluation, as OPA holds them.
 const ONCE_PER_EVALUATION: &[&str] = &["time.now_ns", "rand.intn", "uuid.rfc4122"];
+
+/// Builtins (by name, or by prefix when ending in `.`) whose running time grows with their
+/// arguments past any time limit: pattern matching, graph walks, patches, schema checks. A call
+/// of one runs on a thread of its own, so that its decision stops waiting at its deadline.
+const MAY_RUN_LONG: &[&str] = &[
+    "regex.",
+    "glob.",
+    "re_match",
+    "graph.",
+    "walk",
+    "json.patch",
+    "json.match_schema",
+    "json.verify_schema",
+];
+
+/// Arguments larger than this (as value text) make any builtin's call run on a thread of its
+/// own: a call on small arguments ends in microseconds, and crossing to a thread costs more.
+const LARGE_ARGUMENTS: usize = 16 * 1024;
+
+/// Most builtin calls of one policy running on threads of their own at once. A call whose
+/// decision stopped waiting still runs to its end (host code cannot be interrupted) and counts
+/// until then, so inputs crafted to be slow hold at most this many threads.
+const MAX_DETACHED_CALLS: usize = 16;
+
+fn may_run_long(name: &str) -> bool {
+    MAY_RUN_LONG.iter().any(|long| {
+        if long.ends_with('.') {
+            name.starts_with(long)
+        } else {
+            name == *long
+        }
+    })
+}
 
 /// The names of every builtin a wasm policy may import, sorted.
 pub fn supported() -> Vec<&'static str> {
@@ -31,6 +68,8 @@ pub fn supported() -> Vec<&'static str> {
 #[derive(Clone)]
 pub(crate) struct Builtins {
     by_id: Vec<Option<Resolved>>,
+    /// Calls running on threads of their own now, across the policy's instances.
+    detached: Arc<AtomicUsize>,
 }
 
 #[derive(Clone, Copy)]
@@ -38,6 +77,7 @@ struct Resolved {
     name: &'static str,
     function: BuiltinFcn,
     once_per_evaluation: bool,
+    may_run_long: bool,
 }
 
 impl Builtins {
@@ -65,11 +105,15 @@ impl Builtins {
                 name,
                 function: *function,
                 once_per_evaluation: ONCE_PER_EVALUATION.contains(name),
+                may_run_long: may_run_long(name),
             });
         }
         missing.sort();
         if missing.is_empty() {
-            Ok(Self { by_id })
+            Ok(Self {
+                by_id,
+                detached: Arc::default(),
+            })
         } else {
             Err(missing)
         }
@@ -94,6 +138,18 @@ pub(crate) enum CallError {
     /// A resource limit inside the builtin: never undefined, or `not f(x)` would hold.
     #[error("builtin {name}: {error}")]
     Limit { name: &'static str, error: String },
+    /// The decision's deadline came while the builtin ran.
+    #[error("a builtin ran past the time limit")]
+    TimedOut,
+    /// Too many calls of the policy's builtins are still running on threads of their own.
+    #[error(
+        "builtin {0} was not run: {MAX_DETACHED_CALLS} slow builtin calls of this policy are \
+         still running (inputs that make a builtin slow are being sent)"
+    )]
+    Busy(&'static str),
+    /// No thread could be started for the call.
+    #[error("builtin {name}: cannot start a thread for it: {error}")]
+    NoThread { name: &'static str, error: String },
 }
 
 impl Calls {
@@ -130,9 +186,16 @@ impl Calls {
         self.remembered.clear();
     }
 
-    /// Calls builtin `id`. An error inside the builtin makes the call undefined, as OPA treats
-    /// builtin errors by default (`--strict-builtin-errors` off): `Ok(Value::Undefined)`.
-    pub(crate) fn call(&mut self, id: u32, args: Vec<Value>) -> Result<Value, CallError> {
+    /// Calls builtin `id` on `args` (`size` bytes as value text), for a decision due by
+    /// `deadline`. An error inside the builtin makes the call undefined, as OPA treats builtin
+    /// errors by default (`--strict-builtin-errors` off): `Ok(Value::Undefined)`.
+    pub(crate) fn call(
+        &mut self,
+        id: u32,
+        args: Vec<Value>,
+        size: usize,
+        deadline: Instant,
+    ) -> Result<Value, CallError> {
         let resolved = usize::try_from(id)
             .ok()
             .and_then(|slot| self.builtins.by_id.get(slot).copied().flatten())
@@ -146,7 +209,13 @@ impl Calls {
             return Ok(value.clone());
         }
         let params = &self.params[..args.len().min(self.params.len())];
-        let value = match (resolved.function.0)(&self.span, params, &args, false) {
+        let outcome = if resolved.may_run_long || size > LARGE_ARGUMENTS {
+            let call = (self.span.clone(), params.to_vec(), args.clone());
+            self.builtins.run_detached(resolved, call, deadline)?
+        } else {
+            (resolved.function.0)(&self.span, params, &args, false)
+        };
+        let value = match outcome {
             Ok(value) => value,
             // regorus's own VM makes the same exception in non-strict mode.
             Err(e) if e.downcast_ref::<regorus::LimitError>().is_some() => {
@@ -164,5 +233,112 @@ impl Calls {
             self.remembered.push((id, args, value.clone()));
         }
         Ok(value)
+    }
+}
+
+impl Builtins {
+    /// Runs `resolved` on a thread of its own and waits for it until `deadline`; past it the
+    /// call is abandoned (it runs on to its end, counted in `detached`).
+    fn run_detached(
+        &self,
+        resolved: Resolved,
+        (span, params, args): (Span, Vec<Ref<Expr>>, Vec<Value>),
+        deadline: Instant,
+    ) -> Result<anyhow::Result<Value>, CallError> {
+        if self.detached.fetch_add(1, Ordering::AcqRel) >= MAX_DETACHED_CALLS {
+            self.detached.fetch_sub(1, Ordering::AcqRel);
+            return Err(CallError::Busy(resolved.name));
+        }
+        let (send, receive) = std::sync::mpsc::sync_channel(1);
+        let running = Running(self.detached.clone());
+        std::thread::Builder::new()
+            .name("deputy-wasm-builtin".into())
+            .spawn(move || {
+                let _running = running;
+                // The decision may have stopped waiting: then nobody receives, which is fine.
+                let _ = send.send((resolved.function.0)(&span, &params, &args, false));
+            })
+            .map_err(|e| CallError::NoThread {
+                name: resolved.name,
+                error: e.to_string(),
+            })?;
+        receive
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .map_err(|_| CallError::TimedOut)
+    }
+}
+
+/// One detached call, counted while its thread runs.
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A builtin that runs for two seconds, as a regex over a large text may.
+    fn slow(_: &Span, _: &[Ref<Expr>], _: &[Value], _: bool) -> anyhow::Result<Value> {
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(Value::Bool(true))
+    }
+
+    fn calls_with(name: &'static str, function: BuiltinFcn) -> (Calls, Arc<AtomicUsize>) {
+        let builtins = Builtins {
+            by_id: vec![Some(Resolved {
+                name,
+                function,
+                once_per_evaluation: false,
+                may_run_long: may_run_long(name),
+            })],
+            detached: Arc::default(),
+        };
+        let detached = builtins.detached.clone();
+        (Calls::new(builtins), detached)
+    }
+
+    #[test]
+    fn a_slow_builtin_is_stopped_waiting_for_at_the_deadline() {
+        let (mut calls, detached) = calls_with("regex.match", (slow, 0));
+        let started = Instant::now();
+        let outcome = calls.call(0, Vec::new(), 0, started + Duration::from_millis(50));
+        let waited = started.elapsed();
+        assert!(matches!(outcome, Err(CallError::TimedOut)), "{outcome:?}");
+        assert!(
+            waited < Duration::from_millis(1500),
+            "the decision waited {waited:?}, as long as the builtin ran"
+        );
+        assert_eq!(
+            detached.load(Ordering::Acquire),
+            1,
+            "the call runs on, counted"
+        );
+    }
+
+    #[test]
+    fn slow_builtins_past_the_bound_are_refused_not_started() {
+        let (mut calls, detached) = calls_with("glob.match", (slow, 0));
+        detached.store(MAX_DETACHED_CALLS, Ordering::Release);
+        let outcome = calls.call(0, Vec::new(), 0, Instant::now() + Duration::from_secs(5));
+        assert!(
+            matches!(outcome, Err(CallError::Busy("glob.match"))),
+            "{outcome:?}"
+        );
+        assert_eq!(detached.load(Ordering::Acquire), MAX_DETACHED_CALLS);
+    }
+
+    #[test]
+    fn which_builtins_may_run_long() {
+        assert!(may_run_long("regex.match"));
+        assert!(may_run_long("glob.match"));
+        assert!(may_run_long("re_match"));
+        assert!(!may_run_long("sprintf"));
+        assert!(!may_run_long("regexp"), "a prefix only counts with its dot");
     }
 }

@@ -5,47 +5,58 @@
 //! - Every builtin the module imports is resolved at load (`wasm/builtins.rs`: regorus's
 //!   implementations, the ones the `rego` engine runs); a policy needing one that is missing
 //!   fails to load, naming it, rather than denying on a rarely taken branch in production.
-//! - A wasmtime `Store` is not `Sync`, so instances are pooled: each evaluation takes one (or
-//!   makes one), and gives it back unless it trapped.
-//! - Evaluation is bounded by wasmtime epochs: a ticker advances the engine's epoch every
-//!   [`TICK`], and each evaluation may run for the configured limit in ticks.
+//! - A wasmtime `Store` is not `Sync`, so instances are pooled (`wasm/pool.rs`): each decision
+//!   takes one (or makes one), and gives it back unless it trapped or grew far. At most
+//!   [`max_live_instances`] exist at once; past that a decision waits for one, until its
+//!   deadline.
+//! - Each decision has one deadline, its time limit from the moment it asks: waiting for an
+//!   instance, making one (instantiating the module and loading its data) and evaluating all
+//!   count against it. The module's code is stopped by wasmtime epochs (a ticker advances the
+//!   engine's epoch every [`TICK`]); builtins run on the host, where epochs do not reach, so one
+//!   that may run long is run where the decision can stop waiting for it (`wasm/builtins.rs`).
+//!
+//! Memory: an instance holds the module's linear memory, which never shrinks: about what a
+//! fresh instance holds once its data is loaded ([`WasmPolicy::loaded_memory`], a few times the
+//! data document's JSON size), plus what evaluations grew it by, at most
+//! [`MAX_INSTANCE_MEMORY`]. Instances grown more than [`MAX_POOLED_GROWTH`] past a fresh one are
+//! not kept. A node therefore needs, per wasm policy, about `max_live_instances() x
+//! (loaded_memory + MAX_POOLED_GROWTH)` and at worst `max_live_instances() x
+//! MAX_INSTANCE_MEMORY`.
 
 mod abi;
 mod builtins;
+mod pool;
 mod value_text;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
 use wasmtime::{Engine as WasmEngine, Module};
 
 pub use abi::MAX_INSTANCE_MEMORY;
 pub use builtins::supported as supported_builtins;
+pub use pool::InstanceCounts;
 
 use crate::bundle::Bundle;
 use crate::decision::ENTRYPOINT;
-use crate::idle::Idle;
-use crate::{Engine, EvalError, LoadError};
+use crate::{DEFAULT_TIME_LIMIT, Engine, EvalError, LoadError};
 use abi::{AbiError, Instance};
 use builtins::Builtins;
+use pool::{Instances, Taken};
 
-/// Most linear memory an idle instance may keep: the pool holds several, and memory a big
-/// evaluation grew is never returned.
-const MAX_POOLED_MEMORY: usize = 32 * 1024 * 1024;
+/// How far past a fresh instance's memory an instance may have grown and still be kept for the
+/// next decision: memory an evaluation grew is never returned.
+pub const MAX_POOLED_GROWTH: usize = 32 * 1024 * 1024;
 
 /// How often the epoch advances.
 pub const TICK: Duration = Duration::from_millis(5);
 
-/// How long one wasm evaluation may run; set with [`crate::set_time_limit`].
-static TIME_LIMIT_MS: AtomicU64 = AtomicU64::new(1_000);
-
-pub(crate) fn set_time_limit(limit: Duration) {
-    TIME_LIMIT_MS.store(
-        u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1),
-        Ordering::Relaxed,
-    );
+/// Most instances of one policy that exist at once: one per core (evaluations are CPU-bound,
+/// more would only hold memory), and at least two.
+pub fn max_live_instances() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
 }
 
 /// A compiled wasm policy with its data.
@@ -58,7 +69,10 @@ pub struct WasmPolicy {
     builtins: Builtins,
     builtin_names: Vec<String>,
     entrypoint: u32,
-    pool: Idle<Instance>,
+    instances: Instances<Instance>,
+    /// Linear memory of a fresh instance with its data loaded.
+    loaded_memory: usize,
+    time_limit_ms: AtomicU64,
     ticking: Arc<AtomicBool>,
 }
 
@@ -78,14 +92,20 @@ impl Drop for WasmPolicy {
 }
 
 impl WasmPolicy {
-    /// Loads the bundle at `path`.
+    /// Loads the bundle at `path`, with the default time limit.
     pub fn load(path: &std::path::Path) -> Result<Self, LoadError> {
-        Self::from_bundle(crate::bundle::read(path)?)
+        Self::load_with(path, DEFAULT_TIME_LIMIT)
+    }
+
+    /// Loads the bundle at `path`; loading and every decision may take `time_limit`.
+    pub fn load_with(path: &std::path::Path, time_limit: Duration) -> Result<Self, LoadError> {
+        Self::from_bundle(crate::bundle::read(path)?, time_limit)
     }
 
     /// Compiles `bundle` and checks it: a valid OPA module of ABI 1.2 or later, the entrypoint
-    /// `deputy/authz/decision`, and only builtins this engine provides.
-    pub fn from_bundle(bundle: Bundle) -> Result<Self, LoadError> {
+    /// `deputy/authz/decision`, and only builtins this engine provides. Making its first
+    /// instance (its data loaded) may take `time_limit`, as may every decision after.
+    pub fn from_bundle(bundle: Bundle, time_limit: Duration) -> Result<Self, LoadError> {
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         let engine =
@@ -99,15 +119,19 @@ impl WasmPolicy {
         let ticking = Arc::new(AtomicBool::new(true));
         start_ticker(engine.clone(), ticking.clone());
         let ticker = TickerGuard(Some(ticking.clone()));
+        let time_limit = time_limit.max(Duration::from_millis(1));
+        let deadline = Instant::now() + time_limit;
+        let load_error = |e| load_error(e, time_limit);
 
         let (mut instance, declared) =
-            Instance::new(&engine, &module, deadline_ticks()).map_err(load_error)?;
+            Instance::new(&engine, &module, deadline).map_err(load_error)?;
         let builtins = Builtins::resolve(&declared.builtins).map_err(|missing| {
             LoadError::Compile(format!(
                 "the policy needs builtins the wasm engine does not provide: {}; rewrite those \
-                 rules, or serve the Rego sources with engine = \"rego\" (`deputy policy \
-                 builtins` lists the supported ones)",
+                 rules, or serve the Rego sources with engine = \"rego\" (`{}` lists the \
+                 supported ones)",
                 missing.join(", "),
+                crate::LIST_BUILTINS_COMMAND,
             ))
         })?;
         let entrypoint = declared
@@ -130,7 +154,9 @@ impl WasmPolicy {
                 }
             })?;
         // The first instance now: data the module cannot take fails the load, not a call.
-        instance.load(builtins.clone(), &data).map_err(load_error)?;
+        instance
+            .load(builtins.clone(), &data, deadline)
+            .map_err(load_error)?;
         ticker.disarm();
         let mut builtin_names: Vec<String> = declared
             .builtins
@@ -146,10 +172,12 @@ impl WasmPolicy {
             builtins,
             builtin_names,
             entrypoint,
-            pool: Idle::default(),
+            loaded_memory: instance.memory_size(),
+            instances: Instances::with_first(max_live_instances(), instance),
+            time_limit_ms: AtomicU64::new(0),
             ticking,
         };
-        policy.pool.give_back(instance);
+        policy.set_limit(time_limit);
         Ok(policy)
     }
 
@@ -158,18 +186,70 @@ impl WasmPolicy {
         &self.builtin_names
     }
 
-    fn instantiate(&self) -> Result<Instance, AbiError> {
-        let (mut instance, _) = Instance::new(&self.engine, &self.module, deadline_ticks())?;
-        instance.load(self.builtins.clone(), &self.data)?;
+    /// Bytes of linear memory a fresh instance holds once the data is loaded: what every
+    /// instance costs at least.
+    pub fn loaded_memory(&self) -> usize {
+        self.loaded_memory
+    }
+
+    /// How many instances exist, existed at most, and were made.
+    pub fn instance_counts(&self) -> InstanceCounts {
+        self.instances.counts()
+    }
+
+    fn set_limit(&self, limit: Duration) {
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.time_limit_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn time_limit(&self) -> Duration {
+        Duration::from_millis(self.time_limit_ms.load(Ordering::Relaxed))
+    }
+
+    fn instantiate(&self, deadline: Instant) -> Result<Instance, AbiError> {
+        let (mut instance, _) = Instance::new(&self.engine, &self.module, deadline)?;
+        instance.load(self.builtins.clone(), &self.data, deadline)?;
         Ok(instance)
+    }
+
+    /// An instance for a decision due by `deadline`: an idle one, or a new one.
+    fn instance(&self, deadline: Instant, limit: Duration) -> Result<Instance, EvalError> {
+        match self.instances.take(deadline) {
+            Some(Taken::Idle(instance)) => Ok(instance),
+            Some(Taken::Make(slot)) => {
+                let instance = self
+                    .instantiate(deadline)
+                    .map_err(|e| eval_error(e, limit))?;
+                slot.made();
+                Ok(instance)
+            }
+            None => Err(EvalError::TimedOut(format!(
+                "no wasm instance came free within the {} ms time limit: all {} this policy \
+                 may hold were deciding",
+                limit.as_millis(),
+                self.instances.counts().max_live,
+            ))),
+        }
     }
 }
 
-fn load_error(e: AbiError) -> LoadError {
+/// Why a decision's module call failed, as the decision reports it.
+fn eval_error(e: AbiError, limit: Duration) -> EvalError {
+    match e {
+        AbiError::Trap(trap) if is_interrupt(&trap) => EvalError::TimedOut(format!(
+            "the wasm policy ran past its {} ms time limit",
+            limit.as_millis()
+        )),
+        AbiError::Trap(trap) => EvalError::Failed(format!("{trap:#}")),
+        other => EvalError::Failed(other.to_string()),
+    }
+}
+
+fn load_error(e: AbiError, limit: Duration) -> LoadError {
     match e {
         AbiError::Trap(trap) if is_interrupt(&trap) => LoadError::Compile(format!(
             "loading the wasm policy took longer than the {} ms time limit",
-            TIME_LIMIT_MS.load(Ordering::Relaxed)
+            limit.as_millis()
         )),
         AbiError::Trap(trap) => {
             LoadError::Compile(format!("the wasm policy cannot be instantiated: {trap:#}"))
@@ -200,10 +280,12 @@ impl Drop for TickerGuard {
     }
 }
 
-fn deadline_ticks() -> u64 {
-    let limit = TIME_LIMIT_MS.load(Ordering::Relaxed);
-    let tick = u64::try_from(TICK.as_millis()).unwrap_or(1).max(1);
-    limit.div_ceil(tick) + 1
+/// The epoch ticks from now until `deadline`: the budget wasmtime counts down for the module's
+/// code. The epoch may advance just after it is read, so one tick more than the time left: the
+/// module is stopped no earlier than `deadline` and at most one [`TICK`] after it.
+fn epoch_ticks_until(deadline: Instant) -> u64 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    u64::try_from(left.as_nanos().div_ceil(TICK.as_nanos())).unwrap_or(u64::MAX) + 1
 }
 
 /// Advances `engine`'s epoch every [`TICK`] until `ticking` is cleared.
@@ -232,35 +314,28 @@ impl Engine for WasmPolicy {
         &self.revision
     }
 
+    fn set_time_limit(&self, limit: Duration) {
+        self.set_limit(limit);
+    }
+
     fn evaluate_json(&self, input: &RawValue) -> Result<Option<serde_json::Value>, EvalError> {
-        let limit = Duration::from_millis(TIME_LIMIT_MS.load(Ordering::Relaxed));
-        let mut instance = match self.pool.take() {
-            Some(instance) => instance,
-            None => self
-                .instantiate()
-                .map_err(|e| EvalError::Failed(e.to_string()))?,
-        };
-        let evaluated = instance.evaluate(
-            self.entrypoint,
-            input.get().as_bytes(),
-            deadline_ticks(),
-            limit,
-        );
+        let limit = self.time_limit();
+        let deadline = Instant::now() + limit;
+        let mut instance = self.instance(deadline, limit)?;
+        let evaluated = instance.evaluate(self.entrypoint, input.get().as_bytes(), deadline);
         let text = match evaluated {
             Ok(text) => text,
             // A trapped instance is not given back: its memory may be half-written.
-            Err(AbiError::Trap(trap)) if is_interrupt(&trap) => {
-                return Err(EvalError::TimedOut(format!(
-                    "the wasm policy was interrupted after {} ms",
-                    TIME_LIMIT_MS.load(Ordering::Relaxed)
-                )));
+            Err(e) => {
+                self.instances.retire();
+                return Err(eval_error(e, limit));
             }
-            Err(AbiError::Trap(trap)) => return Err(EvalError::Failed(format!("{trap:#}"))),
-            Err(other) => return Err(EvalError::Failed(other.to_string())),
         };
         // An instance keeps the memory it grew to; one that grew far is not kept idle.
-        if instance.memory_size() <= MAX_POOLED_MEMORY {
-            self.pool.give_back(instance);
+        if instance.memory_size() <= self.loaded_memory + MAX_POOLED_GROWTH {
+            self.instances.give_back(instance);
+        } else {
+            self.instances.retire();
         }
         // OPA's result set: `[]` when undefined, else `[{"result": value}]`.
         let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
