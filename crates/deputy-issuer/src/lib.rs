@@ -12,9 +12,9 @@
 
 pub mod attest;
 pub mod authority;
-mod authority_filter;
 pub mod delegated_api;
 pub mod entries;
+mod h2_filter;
 pub mod proto;
 pub mod server;
 mod streaming;

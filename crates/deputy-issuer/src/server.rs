@@ -11,9 +11,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::authority::{Authority, AuthorityError};
-use crate::authority_filter::filtered;
 use crate::delegated_api::DelegatedIdentityApi;
 use crate::entries::{EntriesError, Registry};
+use crate::h2_filter::filtered;
 use crate::proto::spire::api::agent::delegatedidentity::v1::delegated_identity_server::DelegatedIdentityServer;
 use crate::proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use crate::svids::Issuer;
