@@ -57,7 +57,11 @@ fn large_data_bundle(dir: &Path) -> std::path::PathBuf {
     std::fs::create_dir_all(&src).expect("mkdir");
     for entry in std::fs::read_dir(&shipped).expect("policy dir") {
         let path = entry.expect("entry").path();
-        let name = path.file_name().expect("name").to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         if name.ends_with(".rego") && !name.ends_with("_test.rego") {
             std::fs::copy(&path, src.join(&name)).expect("copy");
         }

@@ -344,7 +344,14 @@ impl Policy {
             )),
             Ok(text) => match engine.evaluate_input(input, text) {
                 Ok(result) => Decision::from_result(result.as_ref()),
-                Err(e) => Decision::deny(e.to_string()),
+                Err(e) => {
+                    // A decision that ran to its limit may have spent it waiting (for a wasm
+                    // instance, or a builtin on its own thread), which no CPU clock shows.
+                    if matches!(e, EvalError::TimedOut(_)) {
+                        self.mark_slow();
+                    }
+                    Decision::deny(e.to_string())
+                }
             },
         };
         let record = DecisionRecord {

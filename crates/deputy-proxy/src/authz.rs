@@ -199,18 +199,24 @@ fn decide(config: &PolicyConfig, input: &PolicyInput) -> DecisionRecord {
 }
 
 /// Decides, and reports the policy slow when the decision used more than
-/// [`SLOW_DECISION`](deputy_policy::SLOW_DECISION) of this thread's CPU.
+/// [`SLOW_DECISION`](deputy_policy::SLOW_DECISION) of this thread's CPU, or waited far longer
+/// than that (the wasm engine waits for a free instance, or for a builtin on a thread of its
+/// own, without using CPU; a timeout marks the policy slow by itself).
 fn decide_timed(policy: &deputy_policy::Policy, input: &PolicyInput) -> DecisionRecord {
     let cpu = || nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).ok();
     let before = cpu();
     let record = policy.decide(input);
-    if let (Some(before), Some(after)) = (before, cpu())
-        && std::time::Duration::from(after - before) > deputy_policy::SLOW_DECISION
-    {
+    let used_cpu = matches!((before, cpu()), (Some(before), Some(after))
+        if std::time::Duration::from(after - before) > deputy_policy::SLOW_DECISION);
+    if used_cpu || record.took > WAITED_TOO_LONG {
         policy.mark_slow();
     }
     record
 }
+
+/// A decision that took this long, CPU or not, held its worker too long: a core is rarely
+/// that long in coming, so it waited on the policy.
+const WAITED_TOO_LONG: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The refusal a decision calls for, if any.
 fn refusal(record: &DecisionRecord, request_id: &str) -> Option<Problem> {

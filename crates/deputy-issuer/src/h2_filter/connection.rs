@@ -72,6 +72,11 @@ impl AsyncWrite for FilteredConnection {
     }
 }
 
+/// Batches of the filter's answers waiting for the client; past it the client is not read.
+const ANSWERS_IN_FLIGHT: usize = 16;
+/// Bytes of answers held for a frame boundary of the server's; past it, none are taken in.
+const MAX_QUEUED: usize = 64 * 1024;
+
 /// What the client side tells the server side to write to the client.
 #[derive(Debug)]
 enum ToClient {
@@ -92,7 +97,8 @@ async fn pump(client: UnixStream, server: DuplexStream) {
         .map_or_else(|| "unknown".to_owned(), |pid| pid.to_string());
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = tokio::io::split(server);
-    let (answers, answered) = mpsc::unbounded_channel();
+    // Bounded: a client that does not read its answers stops being read (no memory grows).
+    let (answers, answered) = mpsc::channel(ANSWERS_IN_FLIGHT);
     let from_client = from_client(client_read, server_write, answers, peer);
     let to_client = to_client(server_read, client_write, answered);
     tokio::pin!(from_client);
@@ -109,7 +115,7 @@ async fn pump(client: UnixStream, server: DuplexStream) {
 async fn from_client(
     mut client: tokio::net::unix::OwnedReadHalf,
     mut server: tokio::io::WriteHalf<DuplexStream>,
-    answers: mpsc::UnboundedSender<ToClient>,
+    answers: mpsc::Sender<ToClient>,
     peer: String,
 ) {
     let mut rewriter = RequestRewriter::new();
@@ -124,7 +130,10 @@ async fn from_client(
         out.to_client.clear();
         let fed = rewriter.feed(&buf[..n], &mut out);
         if !out.to_client.is_empty() {
-            let _ = answers.send(ToClient::Frames(std::mem::take(&mut out.to_client)));
+            let frames = ToClient::Frames(std::mem::take(&mut out.to_client));
+            if answers.send(frames).await.is_err() {
+                break;
+            }
         }
         if server.write_all(&out.to_server).await.is_err() {
             break;
@@ -135,7 +144,7 @@ async fn from_client(
             if let Some(code) = error.goaway_code() {
                 goaway(&mut frames, rewriter.last_stream(), code);
             }
-            let _ = answers.send(ToClient::Close(frames));
+            let _ = answers.send(ToClient::Close(frames)).await;
             break;
         }
     }
@@ -150,7 +159,7 @@ async fn from_client(
 async fn to_client(
     mut server: tokio::io::ReadHalf<DuplexStream>,
     mut client: tokio::net::unix::OwnedWriteHalf,
-    mut answered: mpsc::UnboundedReceiver<ToClient>,
+    mut answered: mpsc::Receiver<ToClient>,
 ) {
     forward_to_client(&mut server, &mut client, &mut answered).await;
     let _ = client.shutdown().await;
@@ -162,7 +171,7 @@ async fn to_client(
 async fn forward_to_client(
     server: &mut tokio::io::ReadHalf<DuplexStream>,
     client: &mut tokio::net::unix::OwnedWriteHalf,
-    answered: &mut mpsc::UnboundedReceiver<ToClient>,
+    answered: &mut mpsc::Receiver<ToClient>,
 ) {
     let mut boundaries = FrameBoundaries::default();
     let mut queued = Vec::new();
@@ -202,7 +211,7 @@ async fn forward_to_client(
                     }
                 }
             }
-            answer = answered.recv(), if listening && !closing => match answer {
+            answer = answered.recv(), if listening && !closing && queued.len() < MAX_QUEUED => match answer {
                 Some(ToClient::Frames(frames)) => queued.extend(frames),
                 Some(ToClient::Close(frames)) => {
                     queued.extend(frames);

@@ -19,6 +19,7 @@ pub(super) const FLAG_PRIORITY: u8 = 0x20;
 pub(super) const PROTOCOL_ERROR: u32 = 0x1;
 pub(super) const FRAME_SIZE_ERROR: u32 = 0x6;
 pub(super) const REFUSED_STREAM: u32 = 0x7;
+pub(super) const CANCEL: u32 = 0x8;
 pub(super) const COMPRESSION_ERROR: u32 = 0x9;
 pub(super) const ENHANCE_YOUR_CALM: u32 = 0xb;
 
@@ -53,13 +54,12 @@ pub(super) fn refuse_stream(out: &mut Vec<u8>, stream: u32) {
         stream,
         &[0x08, 0x03, b'4', b'3', b'1'],
     );
-    write_frame(
-        out,
-        FRAME_RST_STREAM,
-        0,
-        stream,
-        &REFUSED_STREAM.to_be_bytes(),
-    );
+    reset(out, stream, REFUSED_STREAM);
+}
+
+/// RST_STREAM: the stream ends, for the reason `code`.
+pub(super) fn reset(out: &mut Vec<u8>, stream: u32, code: u32) {
+    write_frame(out, FRAME_RST_STREAM, 0, stream, &code.to_be_bytes());
 }
 
 /// WINDOW_UPDATE of the connection: gives the client back flow-control credit for DATA the
@@ -68,7 +68,9 @@ pub(super) fn connection_window_update(out: &mut Vec<u8>, bytes: u32) {
     write_frame(out, FRAME_WINDOW_UPDATE, 0, 0, &bytes.to_be_bytes());
 }
 
-/// Where frames end in a byte stream read in arbitrary pieces.
+/// Where the filter may write a frame of its own into a byte stream read in arbitrary pieces:
+/// after the server's first frame (its SETTINGS must come first), at the end of a frame, and not
+/// inside a header block (nothing may come between HEADERS and its CONTINUATION frames).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct FrameBoundaries {
     header: [u8; 9],
@@ -76,12 +78,16 @@ pub(super) struct FrameBoundaries {
     header_seen: usize,
     /// Payload bytes of the current frame still to come.
     payload_left: usize,
+    /// A whole frame has passed.
+    started: bool,
+    /// A HEADERS or PUSH_PROMISE frame without END_HEADERS passed, and no CONTINUATION ended it.
+    in_header_block: bool,
 }
 
 impl FrameBoundaries {
-    /// Whether the bytes seen so far end exactly at the end of a frame.
+    /// Whether a frame of the filter's own may be written now.
     pub(super) fn at_boundary(&self) -> bool {
-        self.header_seen == 0 && self.payload_left == 0
+        self.started && !self.in_header_block && self.header_seen == 0 && self.payload_left == 0
     }
 
     /// Counts `bytes` as passed on.
@@ -102,6 +108,14 @@ impl FrameBoundaries {
                 self.payload_left = usize::from(self.header[0]) << 16
                     | usize::from(self.header[1]) << 8
                     | usize::from(self.header[2]);
+                self.started = true;
+                let (kind, flags) = (self.header[3], self.header[4]);
+                if matches!(
+                    kind,
+                    FRAME_HEADERS | FRAME_PUSH_PROMISE | FRAME_CONTINUATION
+                ) {
+                    self.in_header_block = flags & FLAG_END_HEADERS == 0;
+                }
             }
         }
     }
@@ -131,7 +145,7 @@ mod tests {
         write_frame(&mut stream, FRAME_DATA, 0, 1, b"");
         write_frame(&mut stream, FRAME_DATA, 0, 1, b"world!");
         let mut seen = FrameBoundaries::default();
-        assert!(seen.at_boundary());
+        assert!(!seen.at_boundary(), "not before the server's first frame");
         assert_eq!(seen.until_boundary(&stream), 14);
         seen.pass(&stream[..10]);
         assert!(!seen.at_boundary());
@@ -145,5 +159,25 @@ mod tests {
             2,
             "no boundary within"
         );
+    }
+
+    #[test]
+    fn nothing_is_written_inside_a_header_block() {
+        let mut stream = Vec::new();
+        write_frame(&mut stream, FRAME_HEADERS, 0, 1, b"\x88");
+        write_frame(&mut stream, FRAME_CONTINUATION, 0, 1, b"\x82");
+        write_frame(
+            &mut stream,
+            FRAME_CONTINUATION,
+            FLAG_END_HEADERS,
+            1,
+            b"\x84",
+        );
+        let mut seen = FrameBoundaries::default();
+        assert_eq!(seen.until_boundary(&stream), stream.len());
+        seen.pass(&stream[..20]);
+        assert!(!seen.at_boundary(), "between HEADERS and CONTINUATION");
+        seen.pass(&stream[20..]);
+        assert!(seen.at_boundary());
     }
 }

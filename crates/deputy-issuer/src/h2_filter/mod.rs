@@ -32,7 +32,7 @@ mod tests;
 pub(crate) use connection::filtered;
 
 use frames::{
-    COMPRESSION_ERROR, ENHANCE_YOUR_CALM, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED,
+    CANCEL, COMPRESSION_ERROR, ENHANCE_YOUR_CALM, FLAG_END_HEADERS, FLAG_END_STREAM, FLAG_PADDED,
     FLAG_PRIORITY, FRAME_CONTINUATION, FRAME_DATA, FRAME_HEADERS, FRAME_PUSH_PROMISE,
     FRAME_RST_STREAM, FRAME_SIZE_ERROR, PROTOCOL_ERROR, write_frame,
 };
@@ -55,7 +55,9 @@ const MAX_HEADER_LIST: usize = 16 * 1024;
 /// The HPACK table size h2 advertises (the protocol default; tonic does not change it), so the
 /// most a client's table may hold.
 const HPACK_TABLE: usize = 4096;
-/// Most refused streams a client may keep sending frames on before it has seen their reset.
+/// Most refused streams whose frames the filter keeps from the server: past it the oldest is
+/// forgotten (a frame on it then reaches the server, which closes the connection as h2 does
+/// for a frame on a stream it never opened).
 const MAX_REFUSED_STREAMS: usize = 64;
 
 /// Why a client's connection was closed.
@@ -84,9 +86,9 @@ pub(crate) enum FilterError {
     /// The header block could not be decompressed.
     #[error("the header block is not valid HPACK: {0}")]
     Hpack(String),
-    /// The client kept sending on more refused streams than the filter tracks.
-    #[error("more than {MAX_REFUSED_STREAMS} refused streams are still open")]
-    TooManyRefused,
+    /// HEADERS on the connection's own stream (0), or a server-initiated (even) one.
+    #[error("HEADERS on stream {0}, which a client may not open")]
+    BadStream(u32),
 }
 
 impl FilterError {
@@ -96,9 +98,11 @@ impl FilterError {
         match self {
             Self::NoPreface => None,
             Self::FrameTooLarge(_) => Some(FRAME_SIZE_ERROR),
-            Self::BlockTooLarge | Self::TooManyRefused => Some(ENHANCE_YOUR_CALM),
+            Self::BlockTooLarge => Some(ENHANCE_YOUR_CALM),
             Self::Hpack(_) => Some(COMPRESSION_ERROR),
-            Self::BadPadding | Self::BadContinuation | Self::PushPromise => Some(PROTOCOL_ERROR),
+            Self::BadPadding | Self::BadContinuation | Self::PushPromise | Self::BadStream(_) => {
+                Some(PROTOCOL_ERROR)
+            }
         }
     }
 }
@@ -228,6 +232,9 @@ impl RequestRewriter {
                     return Err(FilterError::BadContinuation);
                 }
                 (FRAME_PUSH_PROMISE, None) => return Err(FilterError::PushPromise),
+                (FRAME_HEADERS, None) if stream == 0 || stream % 2 == 0 => {
+                    return Err(FilterError::BadStream(stream));
+                }
                 (FRAME_HEADERS, None) => self.block = Some(open_block(flags, stream, payload)?),
                 (_, None) if self.refused.contains(&stream) => {
                     self.drop_refused(kind, flags, stream, payload.len(), out);
@@ -289,11 +296,17 @@ impl RequestRewriter {
             }
             return Ok(());
         }
+        if size > MAX_HEADER_LIST && block.stream <= self.last_stream {
+            // Trailers of a stream the server knows: both ends are told the stream is over.
+            frames::reset(&mut out.to_server, block.stream, CANCEL);
+            frames::reset(&mut out.to_client, block.stream, PROTOCOL_ERROR);
+            return Ok(());
+        }
         if size > MAX_HEADER_LIST {
             frames::refuse_stream(&mut out.to_client, block.stream);
             if !ends_stream {
                 if self.refused.len() >= MAX_REFUSED_STREAMS {
-                    return Err(FilterError::TooManyRefused);
+                    self.refused.remove(0);
                 }
                 self.refused.push(block.stream);
             }

@@ -316,6 +316,12 @@ fn connection_errors_carry_the_code_h2_would_send() {
         [(FRAME_GOAWAY, 0, 0, [0, 0, 0, 7, 0, 0, 0, 1].to_vec())]
     );
 
+    for stream in [0, 2] {
+        let mut bad = PREFACE.to_vec();
+        bad.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, stream, &[0x82]));
+        assert_eq!(rewrite(&bad, 100), Err(FilterError::BadStream(stream)));
+    }
+
     let mut push = PREFACE.to_vec();
     push.extend(frame(
         FRAME_PUSH_PROMISE,
@@ -324,4 +330,42 @@ fn connection_errors_carry_the_code_h2_would_send() {
         &[0, 0, 0, 2, 0x82],
     ));
     assert_eq!(rewrite(&push, 100), Err(FilterError::PushPromise));
+}
+
+#[test]
+fn oversized_trailers_of_a_stream_the_server_knows_reset_it_at_both_ends() {
+    let headers = request("localhost", "/x");
+    let mut client = loona_hpack::Encoder::new();
+    let block = client.encode(headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
+    let big = vec![b'x'; 20 * 1024];
+    let trailers = client.encode([(&b"x-padding"[..], &big[..])]);
+    let mut input = PREFACE.to_vec();
+    input.extend(frame(FRAME_HEADERS, FLAG_END_HEADERS, 1, &block));
+    input.extend(frame(FRAME_DATA, 0, 1, b"\0\0\0\0\0"));
+    for (i, chunk) in trailers.chunks(MAX_FRAME).enumerate() {
+        let kind = if i == 0 {
+            FRAME_HEADERS
+        } else {
+            FRAME_CONTINUATION
+        };
+        let last = (i + 1) * MAX_FRAME >= trailers.len();
+        let flags =
+            if last { FLAG_END_HEADERS } else { 0 } | if i == 0 { FLAG_END_STREAM } else { 0 };
+        input.extend(frame(kind, flags, 1, chunk));
+    }
+    let out = filter(&input, 1000).expect("the connection goes on");
+    let to_server = frames(&out.to_server);
+    assert_eq!(
+        to_server.last(),
+        Some(&(FRAME_RST_STREAM, 0, 1, CANCEL.to_be_bytes().to_vec()))
+    );
+    assert_eq!(
+        frames_of(&out.to_client),
+        [(
+            FRAME_RST_STREAM,
+            0,
+            1,
+            PROTOCOL_ERROR.to_be_bytes().to_vec()
+        )]
+    );
 }

@@ -406,6 +406,10 @@ fn builtin(caller: &mut Caller<'_, Host>, id: i32, args: &[i32]) -> wasmtime::Re
         exports.free.call(&mut *caller, text)?;
         values.push(value);
     }
+    // Reading large arguments takes time on the host too.
+    if Instant::now() > deadline {
+        return Err(wasmtime::Error::new(wasmtime::Trap::Interrupt));
+    }
     let id = u32::try_from(id).map_err(|_| wasmtime::Error::msg("a negative builtin id"))?;
     let calls =
         caller.data_mut().calls.as_mut().ok_or_else(|| {

@@ -21,8 +21,9 @@ const REFUSED: &[&str] = &["opa.runtime", "http.send", "net.lookup_ip_addr"];
 const ONCE_PER_EVALUATION: &[&str] = &["time.now_ns", "rand.intn", "uuid.rfc4122"];
 
 /// Builtins (by name, or by prefix when ending in `.`) whose running time grows with their
-/// arguments past any time limit: pattern matching, graph walks, patches, schema checks. A call
-/// of one runs on a thread of its own, so that its decision stops waiting at its deadline.
+/// arguments past any time limit: pattern matching, graph walks, patches, schema checks, and
+/// results far larger than their arguments (ranges, repeated replacement). A call of one runs
+/// on a thread of its own, so that its decision stops waiting at its deadline.
 const MAY_RUN_LONG: &[&str] = &[
     "regex.",
     "glob.",
@@ -32,16 +33,26 @@ const MAY_RUN_LONG: &[&str] = &[
     "json.patch",
     "json.match_schema",
     "json.verify_schema",
+    "numbers.range",
+    "numbers.range_step",
+    "strings.replace_n",
+    "replace",
+    "strings.render_template",
 ];
 
 /// Arguments larger than this (as value text) make any builtin's call run on a thread of its
 /// own: a call on small arguments ends in microseconds, and crossing to a thread costs more.
 const LARGE_ARGUMENTS: usize = 16 * 1024;
 
-/// Most builtin calls of one policy running on threads of their own at once. A call whose
-/// decision stopped waiting still runs to its end (host code cannot be interrupted) and counts
-/// until then, so inputs crafted to be slow hold at most this many threads.
+/// Most builtin calls of one policy running on threads of their own at once, at least: a call
+/// whose decision stopped waiting still runs to its end (host code cannot be interrupted) and
+/// counts until then, so inputs crafted to be slow hold at most this many threads (or two per
+/// core, where that is more: every live instance may be waiting on one).
 const MAX_DETACHED_CALLS: usize = 16;
+
+fn max_detached_calls() -> usize {
+    MAX_DETACHED_CALLS.max(2 * super::max_live_instances())
+}
 
 fn may_run_long(name: &str) -> bool {
     MAY_RUN_LONG.iter().any(|long| {
@@ -143,10 +154,13 @@ pub(crate) enum CallError {
     TimedOut,
     /// Too many calls of the policy's builtins are still running on threads of their own.
     #[error(
-        "builtin {0} was not run: {MAX_DETACHED_CALLS} slow builtin calls of this policy are \
-         still running (inputs that make a builtin slow are being sent)"
+        "builtin {0} was not run: the most slow builtin calls of this policy that may run at \
+         once are still running (inputs that make a builtin slow are being sent)"
     )]
     Busy(&'static str),
+    /// The builtin panicked (regorus refused its arguments the hard way).
+    #[error("builtin {0} failed: it panicked on its arguments")]
+    Panicked(&'static str),
     /// No thread could be started for the call.
     #[error("builtin {name}: cannot start a thread for it: {error}")]
     NoThread { name: &'static str, error: String },
@@ -213,7 +227,11 @@ impl Calls {
             let call = (self.span.clone(), params.to_vec(), args.clone());
             self.builtins.run_detached(resolved, call, deadline)?
         } else {
-            (resolved.function.0)(&self.span, params, &args, false)
+            // A builtin that panics on its arguments fails the decision (denied), and leaves
+            // the worker and the pool as they were.
+            let call = || (resolved.function.0)(&self.span, params, &args, false);
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(call))
+                .map_err(|_| CallError::Panicked(resolved.name))?
         };
         let value = match outcome {
             Ok(value) => value,
@@ -245,7 +263,7 @@ impl Builtins {
         (span, params, args): (Span, Vec<Ref<Expr>>, Vec<Value>),
         deadline: Instant,
     ) -> Result<anyhow::Result<Value>, CallError> {
-        if self.detached.fetch_add(1, Ordering::AcqRel) >= MAX_DETACHED_CALLS {
+        if self.detached.fetch_add(1, Ordering::AcqRel) >= max_detached_calls() {
             self.detached.fetch_sub(1, Ordering::AcqRel);
             return Err(CallError::Busy(resolved.name));
         }
@@ -264,7 +282,13 @@ impl Builtins {
             })?;
         receive
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .map_err(|_| CallError::TimedOut)
+            .map_err(|e| match e {
+                std::sync::mpsc::RecvTimeoutError::Timeout => CallError::TimedOut,
+                // The thread ended without an answer: the builtin panicked.
+                std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                    CallError::Panicked(resolved.name)
+                }
+            })
     }
 }
 
@@ -324,13 +348,30 @@ mod tests {
     #[test]
     fn slow_builtins_past_the_bound_are_refused_not_started() {
         let (mut calls, detached) = calls_with("glob.match", (slow, 0));
-        detached.store(MAX_DETACHED_CALLS, Ordering::Release);
+        detached.store(max_detached_calls(), Ordering::Release);
         let outcome = calls.call(0, Vec::new(), 0, Instant::now() + Duration::from_secs(5));
         assert!(
             matches!(outcome, Err(CallError::Busy("glob.match"))),
             "{outcome:?}"
         );
-        assert_eq!(detached.load(Ordering::Acquire), MAX_DETACHED_CALLS);
+        assert_eq!(detached.load(Ordering::Acquire), max_detached_calls());
+    }
+
+    fn panics(_: &Span, _: &[Ref<Expr>], _: &[Value], _: bool) -> anyhow::Result<Value> {
+        panic!("capacity overflow");
+    }
+
+    #[test]
+    fn a_builtin_that_panics_fails_the_call_inline_or_detached() {
+        for name in ["sprintf", "regex.match"] {
+            let (mut calls, detached) = calls_with(name, (panics, 0));
+            let outcome = calls.call(0, Vec::new(), 0, Instant::now() + Duration::from_secs(5));
+            assert!(
+                matches!(outcome, Err(CallError::Panicked(n)) if n == name),
+                "{outcome:?}"
+            );
+            assert_eq!(detached.load(Ordering::Acquire), 0, "{name}");
+        }
     }
 
     #[test]

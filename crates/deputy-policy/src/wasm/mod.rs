@@ -44,11 +44,14 @@ use crate::decision::ENTRYPOINT;
 use crate::{DEFAULT_TIME_LIMIT, Engine, EvalError, LoadError};
 use abi::{AbiError, Instance};
 use builtins::Builtins;
-use pool::{Instances, Taken};
+use pool::{Instances, Lease};
 
 /// How far past a fresh instance's memory an instance may have grown and still be kept for the
 /// next decision: memory an evaluation grew is never returned.
 pub const MAX_POOLED_GROWTH: usize = 32 * 1024 * 1024;
+
+/// The longest time limit taken (deputyd's configuration allows 5 s); a longer one is cut to it.
+const MAX_TIME_LIMIT: Duration = Duration::from_secs(3600);
 
 /// How often the epoch advances.
 pub const TICK: Duration = Duration::from_millis(5);
@@ -119,7 +122,7 @@ impl WasmPolicy {
         let ticking = Arc::new(AtomicBool::new(true));
         start_ticker(engine.clone(), ticking.clone());
         let ticker = TickerGuard(Some(ticking.clone()));
-        let time_limit = time_limit.max(Duration::from_millis(1));
+        let time_limit = time_limit.clamp(Duration::from_millis(1), MAX_TIME_LIMIT);
         let deadline = Instant::now() + time_limit;
         let load_error = |e| load_error(e, time_limit);
 
@@ -198,7 +201,9 @@ impl WasmPolicy {
     }
 
     fn set_limit(&self, limit: Duration) {
-        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ms = u64::try_from(limit.min(MAX_TIME_LIMIT).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         self.time_limit_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -212,24 +217,24 @@ impl WasmPolicy {
         Ok(instance)
     }
 
-    /// An instance for a decision due by `deadline`: an idle one, or a new one.
-    fn instance(&self, deadline: Instant, limit: Duration) -> Result<Instance, EvalError> {
-        match self.instances.take(deadline) {
-            Some(Taken::Idle(instance)) => Ok(instance),
-            Some(Taken::Make(slot)) => {
-                let instance = self
-                    .instantiate(deadline)
-                    .map_err(|e| eval_error(e, limit))?;
-                slot.made();
-                Ok(instance)
-            }
-            None => Err(EvalError::TimedOut(format!(
+    /// A place in the pool with an instance for a decision due by `deadline`: an idle one, or
+    /// a new one.
+    fn lease(&self, deadline: Instant, limit: Duration) -> Result<Lease<'_, Instance>, EvalError> {
+        let Some(mut lease) = self.instances.take(deadline) else {
+            return Err(EvalError::TimedOut(format!(
                 "no wasm instance came free within the {} ms time limit: all {} this policy \
                  may hold were deciding",
                 limit.as_millis(),
                 self.instances.counts().max_live,
-            ))),
+            )));
+        };
+        if lease.instance().is_none() {
+            let instance = self
+                .instantiate(deadline)
+                .map_err(|e| eval_error(e, limit))?;
+            lease.fill(instance);
         }
+        Ok(lease)
     }
 }
 
@@ -285,7 +290,9 @@ impl Drop for TickerGuard {
 /// module is stopped no earlier than `deadline` and at most one [`TICK`] after it.
 fn epoch_ticks_until(deadline: Instant) -> u64 {
     let left = deadline.saturating_duration_since(Instant::now());
-    u64::try_from(left.as_nanos().div_ceil(TICK.as_nanos())).unwrap_or(u64::MAX) + 1
+    u64::try_from(left.as_nanos().div_ceil(TICK.as_nanos()))
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
 }
 
 /// Advances `engine`'s epoch every [`TICK`] until `ticking` is cleared.
@@ -321,21 +328,18 @@ impl Engine for WasmPolicy {
     fn evaluate_json(&self, input: &RawValue) -> Result<Option<serde_json::Value>, EvalError> {
         let limit = self.time_limit();
         let deadline = Instant::now() + limit;
-        let mut instance = self.instance(deadline, limit)?;
-        let evaluated = instance.evaluate(self.entrypoint, input.get().as_bytes(), deadline);
-        let text = match evaluated {
-            Ok(text) => text,
-            // A trapped instance is not given back: its memory may be half-written.
-            Err(e) => {
-                self.instances.retire();
-                return Err(eval_error(e, limit));
-            }
-        };
+        let mut lease = self.lease(deadline, limit)?;
+        let instance = lease
+            .instance()
+            .expect("a lease holds an instance once made");
+        // A trapped instance is not given back (its memory may be half-written): the lease,
+        // dropped, frees its place.
+        let text = instance
+            .evaluate(self.entrypoint, input.get().as_bytes(), deadline)
+            .map_err(|e| eval_error(e, limit))?;
         // An instance keeps the memory it grew to; one that grew far is not kept idle.
         if instance.memory_size() <= self.loaded_memory + MAX_POOLED_GROWTH {
-            self.instances.give_back(instance);
-        } else {
-            self.instances.retire();
+            lease.give_back();
         }
         // OPA's result set: `[]` when undefined, else `[{"result": value}]`.
         let value: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {

@@ -6,39 +6,46 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// What [`Instances::take`] hands out: an idle instance, or the right to make one.
-pub(crate) enum Taken<'a, T> {
-    Idle(T),
-    /// No instance was idle and the bound had room: make one (the place is counted already).
-    Make(Slot<'a, T>),
-}
-
-/// A counted place for an instance being made: [`Slot::made`] gives it to the instance;
-/// dropped otherwise (the instance could not be made), the place is free again.
+/// A counted place in the pool, holding an instance (an idle one, or one made for it). Given
+/// back with [`Lease::give_back`] it is kept for the next decision; dropped in any other way (an
+/// error, a trap, a panic unwinding through the decision) the place is freed and the instance
+/// with it, so no failure can shrink the pool.
 #[must_use]
-pub(crate) struct Slot<'a, T> {
+pub(crate) struct Lease<'a, T> {
     pool: &'a Instances<T>,
-    made: bool,
+    instance: Option<T>,
 }
 
-impl<T> Slot<'_, T> {
-    /// The instance exists: it keeps the place until it is retired.
-    pub(crate) fn made(mut self) {
-        self.made = true;
-        self.pool.lock().made += 1;
+impl<T> Lease<'_, T> {
+    /// The instance, if the place holds one yet (none when the pool had no idle one).
+    pub(crate) fn instance(&mut self) -> Option<&mut T> {
+        self.instance.as_mut()
     }
-}
 
-impl<T> Drop for Slot<'_, T> {
-    fn drop(&mut self) {
-        if !self.made {
-            self.pool.retire();
+    /// Puts a newly made instance in the place.
+    pub(crate) fn fill(&mut self, instance: T) -> &mut T {
+        self.pool.lock().made += 1;
+        self.instance.insert(instance)
+    }
+
+    /// Keeps the instance for the next decision (a place without one is freed).
+    pub(crate) fn give_back(mut self) {
+        let pool = self.pool;
+        if let Some(instance) = self.instance.take() {
+            // The place stays counted: it is the idle instance's now.
+            std::mem::forget(self);
+            pool.keep(instance);
         }
     }
 }
 
-/// The pool. `T` is an instance; the pool counts it from [`Taken::Make`] until it is given
-/// back for good ([`Instances::retire`]) or dropped by its slot.
+impl<T> Drop for Lease<'_, T> {
+    fn drop(&mut self) {
+        self.pool.retire();
+    }
+}
+
+/// The pool: idle instances, and the count of places (idle or leased).
 #[derive(Debug)]
 pub(crate) struct Instances<T> {
     state: Mutex<State<T>>,
@@ -96,21 +103,24 @@ impl<T> Instances<T> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An idle instance, or a slot to make one, waiting until `deadline` while the bound is
-    /// reached; `None` when the deadline passed first.
-    pub(crate) fn take(&self, deadline: Instant) -> Option<Taken<'_, T>> {
+    /// A place with an idle instance, or an empty place to make one in, waiting until
+    /// `deadline` while the bound is reached; `None` when the deadline passed first.
+    pub(crate) fn take(&self, deadline: Instant) -> Option<Lease<'_, T>> {
         let mut state = self.lock();
         loop {
             if let Some(instance) = state.idle.pop() {
-                return Some(Taken::Idle(instance));
+                return Some(Lease {
+                    pool: self,
+                    instance: Some(instance),
+                });
             }
             if state.live < self.max_live {
                 state.live += 1;
                 state.peak = state.peak.max(state.live);
-                return Some(Taken::Make(Slot {
+                return Some(Lease {
                     pool: self,
-                    made: false,
-                }));
+                    instance: None,
+                });
             }
             let wait = deadline.checked_duration_since(Instant::now())?;
             state = self
@@ -121,14 +131,13 @@ impl<T> Instances<T> {
         }
     }
 
-    /// Keeps `instance` for the next decision.
-    pub(crate) fn give_back(&self, instance: T) {
+    fn keep(&self, instance: T) {
         self.lock().idle.push(instance);
         self.returned.notify_one();
     }
 
-    /// An instance that is not kept (it trapped, or grew too large) no longer counts.
-    pub(crate) fn retire(&self) {
+    /// A place whose instance is not kept (it trapped, grew too large, or was never made).
+    fn retire(&self) {
         let mut state = self.lock();
         state.live = state.live.saturating_sub(1);
         drop(state);
@@ -157,34 +166,54 @@ mod tests {
     fn past_the_bound_a_caller_waits_for_a_returned_instance() {
         let pool = Arc::new(Instances::<u32>::new(1));
         let soon = || Instant::now() + Duration::from_secs(5);
-        let Some(Taken::Make(slot)) = pool.take(soon()) else {
-            panic!("the first take makes one");
-        };
-        slot.made();
+        let mut lease = pool.take(soon()).expect("the first take has room");
+        assert!(lease.instance().is_none(), "nothing idle: make one");
+        lease.fill(7);
         let waiter = std::thread::spawn({
             let pool = pool.clone();
-            move || match pool.take(Instant::now() + Duration::from_secs(30)) {
-                Some(Taken::Idle(n)) => n,
-                _ => panic!("the waiter gets the returned instance"),
+            move || {
+                let mut lease = pool
+                    .take(Instant::now() + Duration::from_secs(30))
+                    .expect("the waiter gets the returned instance");
+                let n = *lease.instance().expect("idle");
+                lease.give_back();
+                n
             }
         });
-        pool.give_back(7);
+        lease.give_back();
         assert_eq!(waiter.join().expect("waiter"), 7);
         assert_eq!(pool.counts().peak, 1);
+        assert_eq!(pool.counts().made, 1);
     }
 
     #[test]
     fn a_caller_past_the_bound_gives_up_at_its_deadline() {
         let pool = Instances::<u32>::new(1);
-        let Some(Taken::Make(slot)) = pool.take(Instant::now() + Duration::from_secs(5)) else {
-            panic!("the first take makes one");
-        };
-        slot.made();
+        let mut lease = pool.take(Instant::now()).expect("room");
+        lease.fill(1);
         assert!(pool.take(Instant::now()).is_none(), "the bound is reached");
-        pool.retire();
-        // A place freed by a retired instance; a slot dropped unmade frees it again.
-        assert!(matches!(pool.take(Instant::now()), Some(Taken::Make(_))));
+        drop(lease);
+        assert_eq!(pool.counts().live, 0, "a lease dropped frees its place");
+        assert!(pool.take(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn a_panic_during_a_decision_frees_its_place() {
+        let pool = Arc::new(Instances::<u32>::with_first(1, 1));
+        let panicked = std::thread::spawn({
+            let pool = pool.clone();
+            move || {
+                let _lease = pool.take(Instant::now()).expect("the idle one");
+                panic!("a builtin panicked");
+            }
+        })
+        .join();
+        assert!(panicked.is_err());
         assert_eq!(pool.counts().live, 0);
-        assert_eq!(pool.counts().made, 1);
+        let mut lease = pool.take(Instant::now()).expect("room again");
+        assert!(
+            lease.instance().is_none(),
+            "the panicked instance is not reused"
+        );
     }
 }
