@@ -220,6 +220,40 @@ pub struct Policy {
     /// The source's files as they were just before the last load attempt: a change made while
     /// loading (or before the watcher starts) is still noticed.
     loaded_from: Mutex<sources::Fingerprint>,
+    /// The decision metrics, registered at the first decision (after the process's recorder is
+    /// installed): looking a labelled metric up by its key on every decision cost more than the
+    /// decision's own bookkeeping.
+    metrics: std::sync::OnceLock<DecisionMetrics>,
+}
+
+/// The handles of one policy's decision metrics.
+#[derive(Debug)]
+struct DecisionMetrics {
+    /// By direction (outbound, inbound), then allow (false, true).
+    decisions: [[metrics::Counter; 2]; 2],
+    duration: metrics::Histogram,
+}
+
+impl DecisionMetrics {
+    fn register(engine: &'static str) -> Self {
+        let counter = |direction: &'static str, allow: &'static str| metrics::counter!(DECISIONS, "direction" => direction, "engine" => engine, "allow" => allow);
+        Self {
+            decisions: [
+                [counter("outbound", "false"), counter("outbound", "true")],
+                [counter("inbound", "false"), counter("inbound", "true")],
+            ],
+            duration: metrics::histogram!(DECISION_DURATION, "engine" => engine),
+        }
+    }
+
+    fn count(&self, record: &DecisionRecord, direction: Direction) {
+        let direction = match direction {
+            Direction::Outbound => 0,
+            Direction::Inbound => 1,
+        };
+        self.decisions[direction][usize::from(record.decision.allow)].increment(1);
+        self.duration.record(record.took.as_secs_f64());
+    }
 }
 
 impl Policy {
@@ -244,6 +278,7 @@ impl Policy {
             current: RwLock::new(engine?),
             last_error: Mutex::new(None),
             loaded_from,
+            metrics: std::sync::OnceLock::new(),
         };
         Ok(policy)
     }
@@ -361,7 +396,9 @@ impl Policy {
             revision: engine.revision().to_owned(),
             took: started.elapsed(),
         };
-        count_decision(&record, input.direction);
+        self.metrics
+            .get_or_init(|| DecisionMetrics::register(record.engine))
+            .count(&record, input.direction);
         record
     }
 
@@ -390,18 +427,6 @@ impl Policy {
 /// `limit` in whole milliseconds, at least one.
 fn millis(limit: Duration) -> u64 {
     u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-fn count_decision(record: &DecisionRecord, direction: Direction) {
-    let direction = match direction {
-        Direction::Outbound => "outbound",
-        Direction::Inbound => "inbound",
-    };
-    metrics::counter!(DECISIONS, "direction" => direction, "engine" => record.engine,
-        "allow" => if record.decision.allow { "true" } else { "false" })
-    .increment(1);
-    metrics::histogram!(DECISION_DURATION, "engine" => record.engine)
-        .record(record.took.as_secs_f64());
 }
 
 #[cfg(test)]
