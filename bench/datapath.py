@@ -16,6 +16,7 @@ machine is shared and absolute numbers drift.
 """
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -122,7 +123,9 @@ class Processes:
                 proc.kill()
 
 
-def setup(work, procs, deputy, deputyd):
+def start_issuer(work, procs, deputy):
+    """Starts `deputy issuer` with entries for the bench node and agents alpha and beta; returns
+    the directory of the node's SVID files (svid.pem, svid.key, bundle.pem, combined.pem)."""
     uid = os.geteuid()
     (work / "entries.toml").write_text(
         f'[[entry]]\nspiffe_id = "spiffe://example.org/bench/node"\nselectors = ["unix:uid:{uid}"]\n\n'
@@ -139,12 +142,47 @@ def setup(work, procs, deputy, deputyd):
     certs = work / "certs"
     subprocess.run([deputy, "svid", "fetch", "--socket", work / "workload.sock", "--write", certs],
                    check=True, stdout=subprocess.DEVNULL)
-    combined = certs / "combined.pem"
-    combined.write_text((certs / "svid.pem").read_text() + (certs / "svid.key").read_text())
+    (certs / "combined.pem").write_text((certs / "svid.pem").read_text() + (certs / "svid.key").read_text())
+    return certs
 
+
+def start_backend(procs, deputy):
+    """Starts the upstream every pair forwards to (`deputy demo-agent`); returns its port."""
     backend = free_port()
     procs.start("backend", [deputy, "demo-agent", "--name", "beta", "--listen", f"127.0.0.1:{backend}"])
     wait_port(backend)
+    return backend
+
+
+def shipped_policy(work):
+    """The shipped policy's modules with data for alpha and beta, in a directory of `work`."""
+    policy = work / "policy"
+    policy.mkdir()
+    for module in (ROOT / "policies" / "authz").glob("*.rego"):
+        if not module.name.endswith("_test.rego"):
+            shutil.copy(module, policy / module.name)
+    (policy / "data.json").write_text(json.dumps({
+        "services": {"beta": {"callers": ["spiffe://example.org/agent/alpha"]}},
+        "originate": {"spiffe://example.org/agent/alpha": ["user:*"]},
+        "limits": {"max_depth": 8, "max_depth_by_service": {}},
+        "business_hours": {"days": [], "start": 0, "end": 0},
+        "customers": {}, "mcp": {"tools": {}, "irreversible_tools": []}}))
+    return policy
+
+
+def wasm_bundle(work, policy):
+    """`policy` compiled by `opa build -t wasm` (the OPA scripts/peers builds)."""
+    bundle = work / "policy.tar.gz"
+    subprocess.run([go_peer("opa"), "build", "-t", "wasm", "-e", "deputy/authz/decision", "-o", bundle, policy],
+                   check=True)
+    return bundle
+
+
+def setup(work, procs, deputy, deputyd):
+    uid = os.geteuid()
+    certs = start_issuer(work, procs, deputy)
+    combined = certs / "combined.pem"
+    backend = start_backend(procs, deputy)
     setups = {"direct": {"port": backend, "pids": [], "host": "beta"}}
 
     # stunnel pair: plain -> TLS 1.3 (client cert) -> plain.
@@ -201,17 +239,7 @@ def setup(work, procs, deputy, deputyd):
                                                           "host": "beta", "headers": task, "chain": True}
     # A second pair deciding every call with the shipped policy (its modules as shipped, data for
     # alpha and beta), at both ends: the policy's cost per request.
-    policy = work / "policy"
-    policy.mkdir()
-    for module in (ROOT / "policies" / "authz").glob("*.rego"):
-        if not module.name.endswith("_test.rego"):
-            shutil.copy(module, policy / module.name)
-    (policy / "data.json").write_text(json.dumps({
-        "services": {"beta": {"callers": ["spiffe://example.org/agent/alpha"]}},
-        "originate": {"spiffe://example.org/agent/alpha": ["user:*"]},
-        "limits": {"max_depth": 8, "max_depth_by_service": {}},
-        "business_hours": {"days": [], "start": 0, "end": 0},
-        "customers": {}, "mcp": {"tools": {}, "irreversible_tools": []}}))
+    policy = shipped_policy(work)
     outbound, pids = deputyd_pair(work, procs, deputyd, backend, uid, "policy",
                                   node_extra=f'[policy]\ndir = "{policy}"\n')
     setups["deputyd pair + policy (rego, both ends)"] = {"port": outbound, "pids": pids, "host": "beta",
@@ -220,9 +248,7 @@ def setup(work, procs, deputy, deputyd):
         "port": outbound, "pids": pids, "host": "beta", "chain": True,
         "headers": task + ["Deputy-Task: bench-task"]}
     # The same policy compiled by `opa build -t wasm`, on the wasm engine.
-    bundle = work / "policy.tar.gz"
-    subprocess.run([go_peer("opa"), "build", "-t", "wasm", "-e", "deputy/authz/decision", "-o", bundle, policy],
-                   check=True)
+    bundle = wasm_bundle(work, policy)
     outbound, pids = deputyd_pair(work, procs, deputyd, backend, uid, "wasm",
                                   node_extra=f'[policy]\nengine = "wasm"\nbundle = "{bundle}"\n')
     setups["deputyd pair + policy (wasm, both ends)"] = {"port": outbound, "pids": pids, "host": "beta",
@@ -257,19 +283,24 @@ def deputyd_pair(work, procs, deputyd, backend, uid, name, agent_extra="", node_
     wait_port(inbound)
     wait_port(outbound)
     # Ready when a call goes through (both SVIDs fetched).
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            out = subprocess.run(["wrk", "-t1", "-c1", "-d1s", "-H", "Host: beta", f"http://127.0.0.1:{outbound}/"],
-                                 capture_output=True, text=True, check=True).stdout
-            if "Non-2xx" not in out and "Requests/sec" in out:
-                break
-        except subprocess.CalledProcessError:
-            pass
+    deadline = time.time() + 60
+    while not answers(outbound, "beta"):
+        if time.time() > deadline:
+            raise RuntimeError(f"the {name} deputyd pair never carried a call; see {work}")
         time.sleep(0.2)
-    else:
-        raise RuntimeError(f"the {name} deputyd pair never carried a call; see {work}")
     return outbound, [d1.pid, d2.pid]
+
+
+def answers(port, host):
+    """Whether a GET through `port` gets a 200."""
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/", headers={"Host": host})
+        ok = conn.getresponse().status == 200
+        conn.close()
+        return ok
+    except OSError:
+        return False
 
 
 def header_args(headers):
