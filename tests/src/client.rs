@@ -115,6 +115,21 @@ async fn send_on(
     }
 }
 
+/// An h2c connection to `addr`, for several requests at once on one connection.
+pub async fn h2c_connection(
+    addr: &str,
+) -> Result<hyper::client::conn::http2::SendRequest<Body>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 /// Sends one HTTP/1.1 request over a fresh connection to a unix socket.
 pub async fn send_unix(
     path: &std::path::Path,

@@ -153,6 +153,16 @@ impl Mesh {
     /// Starts everything with a `[policy]` section (TOML text, appended to the config) on each
     /// node: `(node1, node2)`. Agents then start tasks as the policy allows, not by `originate`.
     pub fn start_with(agent_ttl: &str, policy: Option<(&str, &str)>) -> Self {
+        Self::start_configured(agent_ttl, policy, ("", ""))
+    }
+
+    /// Starts everything as [`start_with`](Self::start_with) does, with `extra` TOML text
+    /// appended to each node's configuration: `(node1, node2)`.
+    pub fn start_configured(
+        agent_ttl: &str,
+        policy: Option<(&str, &str)>,
+        extra: (&str, &str),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let uid = my_uid();
         let mut entries = format!(
@@ -218,7 +228,7 @@ impl Mesh {
                         delta_uid()
                     )
                 ),
-                policy.map_or("", |p| p.1),
+                policy.map_or("", |p| p.1).to_owned() + extra.1,
             ),
         )
         .expect("node2 config");
@@ -251,7 +261,7 @@ impl Mesh {
                     )
                 ),
                 agent("carol", &format!("upstream = \"http://{carol_addr}\"")),
-                policy.map_or("", |p| p.0),
+                policy.map_or("", |p| p.0).to_owned() + extra.0,
             ),
         )
         .expect("node1 config");

@@ -24,6 +24,16 @@ pub enum Direction {
     Inbound,
 }
 
+impl Direction {
+    /// `outbound` or `inbound`, as in the input.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        }
+    }
+}
+
 /// The whole input.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

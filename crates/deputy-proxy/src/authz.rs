@@ -169,7 +169,11 @@ pub(crate) async fn judge(
         .map_err(|e| Problem::new(ProblemKind::BadRequest, e, request_id))?;
     readable_body(&parts.headers, parties.mcp)
         .map_err(|e| Problem::new(ProblemKind::BodyNotInspectable, e, request_id))?;
-    let (mcp, body) = peek(config, body)
+    let held = config.held_bytes.reserve(config.peek_bytes).map_err(|e| {
+        crate::metrics::overloaded(parties.direction.as_str(), "max_inspected_bytes");
+        Problem::new(ProblemKind::Overloaded, e, request_id)
+    })?;
+    let (mcp, body) = peek(config, body, held)
         .await
         .map_err(|e| Problem::new(ProblemKind::BodyRefused, e, request_id))?;
     let request_facts = RequestFacts {
@@ -246,7 +250,11 @@ fn refusal(record: &DecisionRecord, request_id: &str) -> Option<Problem> {
 /// Reads the start of `body` until the MCP call in it is known (or it is not JSON-RPC), the
 /// body ends, `peek_bytes` have arrived or `peek_wait` has passed; returns what was read as the
 /// policy's `mcp`, and the body to forward (what was read, then the rest, still inspected).
-async fn peek(config: &PolicyConfig, mut body: Body) -> Result<(Option<Mcp>, Body), String> {
+async fn peek(
+    config: &PolicyConfig,
+    mut body: Body,
+    held_bytes: crate::held_bytes::Held,
+) -> Result<(Option<Mcp>, Body), String> {
     let mut inspector = Inspector::new();
     let mut held = VecDeque::new();
     let mut size = 0usize;
@@ -275,6 +283,7 @@ async fn peek(config: &PolicyConfig, mut body: Body) -> Result<(Option<Mcp>, Bod
     }
     let mcp = inspector.decide();
     let rest = Inspecting {
+        reservation: (!held.is_empty()).then_some(held_bytes),
         held,
         inner: (!ended).then_some(body),
         inspector,
@@ -394,6 +403,8 @@ fn readable_body(headers: &HeaderMap, mcp: bool) -> Result<(), String> {
 /// A body whose first frames were read for the decision, inspected to its end.
 struct Inspecting {
     held: VecDeque<Frame<Bytes>>,
+    /// The node-wide reservation for `held`, returned once they are passed on.
+    reservation: Option<crate::held_bytes::Held>,
     inner: Option<Body>,
     inspector: Inspector,
 }
@@ -406,10 +417,13 @@ impl HttpBody for Inspecting {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(frame) = self.held.pop_front() {
+        let this = &mut *self;
+        if let Some(frame) = this.held.pop_front() {
+            if this.held.is_empty() {
+                this.reservation = None;
+            }
             return Poll::Ready(Some(Ok(frame)));
         }
-        let this = &mut *self;
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };

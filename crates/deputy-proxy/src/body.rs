@@ -187,12 +187,16 @@ pub struct AccessRecord {
     pub decision_id: Option<String>,
     /// Request body bytes received so far.
     pub request_bytes: Arc<AtomicU64>,
+    /// The request counted in flight on its connections (the agent's or peer's, and the pooled
+    /// one it went out on) until its response ends.
+    pub in_flight: Vec<crate::connections::InFlight>,
 }
 
 impl AccessRecord {
     /// Wraps a response body so that the access line and byte metrics are written when it ends.
     pub fn log_at_end(self, body: Body) -> Body {
         Metered::finishing(body, move |response_bytes, complete| {
+            drop(self.in_flight);
             let request_bytes = self.request_bytes.load(Ordering::Relaxed);
             crate::metrics::bytes(self.direction, &self.service, request_bytes, response_bytes);
             tracing::info!(

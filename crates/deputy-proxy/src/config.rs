@@ -77,6 +77,44 @@ impl Default for Timeouts {
     }
 }
 
+/// Bounds of the data path: how long a connection lives, how many there may be, how much memory
+/// calls may hold. Over a count limit the caller gets 503 `overloaded` and others are served.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A connection older than this is drained (its peer reconnects, and is admitted again).
+    pub max_connection_age: Duration,
+    /// How long a drained connection's streams may go on (and how long SIGTERM waits for them).
+    pub drain_grace: Duration,
+    /// The whole TLS handshake on the inbound port, from the first byte.
+    pub handshake: Duration,
+    /// HTTP/2 PING interval on idle connections, both servers and the pool.
+    pub keepalive_interval: Duration,
+    /// A PING unanswered for this long closes the connection.
+    pub keepalive_timeout: Duration,
+    /// Concurrent connections per listener (the inbound one, each agent's outbound one).
+    pub max_connections: usize,
+    /// Concurrent requests per connection.
+    pub max_streams: u32,
+    /// Request body bytes held for policy inspection across the node at once.
+    pub max_inspected_bytes: usize,
+}
+
+impl Default for Limits {
+    /// Sized for a 2-core node.
+    fn default() -> Self {
+        Self {
+            max_connection_age: Duration::from_secs(3600),
+            drain_grace: Duration::from_secs(10),
+            handshake: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_streams: 256,
+            max_inspected_bytes: 64 << 20,
+        }
+    }
+}
+
 /// Everything the data path needs to know.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
@@ -88,6 +126,8 @@ pub struct ProxyConfig {
     pub services: Vec<Service>,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Bounds.
+    pub limits: Limits,
     /// Delegation chains.
     pub delegation: Delegation,
     /// The policy every call is decided by; `None`: inbound calls are admitted by
@@ -110,6 +150,9 @@ pub struct PolicyConfig {
     pub peek_wait: Duration,
     /// Log each decision's whole input as well as its record (debugging; may hold secrets).
     pub log_inputs: bool,
+    /// The node's bound on bytes held for inspection; [`Proxy::start`](crate::Proxy::start)
+    /// puts in one sized by [`Limits::max_inspected_bytes`], shared by both listeners.
+    pub held_bytes: crate::held_bytes::HeldBytes,
 }
 
 /// Configured facts a policy input carries.

@@ -169,6 +169,15 @@ impl TaskPlan {
         }
     }
 
+    /// The task's id, if the call carries one.
+    pub(crate) fn task(&self) -> Option<&str> {
+        match self {
+            Self::None => None,
+            Self::Originate { task, .. } => Some(task),
+            Self::Continue { context, .. } => Some(context.chain.task()),
+        }
+    }
+
     /// The task as the policy sees it; `agent` is the calling agent's SPIFFE ID.
     pub(crate) fn facts(&self, agent: &SpiffeId) -> Option<TaskFacts> {
         match self {

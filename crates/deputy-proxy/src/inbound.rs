@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::{HeaderValue, Request, Response, Version, header};
 use hyper::body::Incoming;
@@ -22,7 +22,11 @@ use deputy_identity::SvidVerifyError;
 
 use crate::authz;
 use crate::body::{AccessRecord, Body, DecisionId, Metered, problem_response, stream};
-use crate::config::Timeouts;
+use crate::config::{Limits, Timeouts};
+use crate::connections::{
+    ConnectionHandle, Ended, Opening, Registry, Side, Slot, Slots, over_limit, overloaded_response,
+    serve_until_drained, system_time,
+};
 use crate::delegation::Refusal;
 use crate::metrics;
 use crate::problem::{Problem, ProblemKind};
@@ -59,6 +63,14 @@ pub(crate) struct Inbound {
     pub(crate) policy: Option<crate::config::PolicyConfig>,
     /// How calls are admitted when no policy is configured.
     pub(crate) without_policy: crate::admission::WithoutPolicy,
+    /// Each agent's SVID, for the expiry of the one a connection was served with.
+    pub(crate) materials: HashMap<String, crate::tls::Material>,
+    /// Where connections are registered.
+    pub(crate) registry: Arc<Registry>,
+    /// Bounds.
+    pub(crate) limits: Limits,
+    /// This listener's connection slots.
+    pub(crate) slots: Slots,
 }
 
 /// The answer to a client that speaks plain HTTP to the mTLS port.
@@ -81,9 +93,14 @@ pub(crate) async fn serve(inbound: Arc<Inbound>, listener: TcpListener, cancel: 
         };
         match accepted {
             Ok((tcp, remote)) => {
+                let Some(slot) = inbound.slots.take() else {
+                    // Past the limit and its overflow: closed unanswered, at no cost.
+                    metrics::overloaded("inbound", "max_connections");
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let inbound = inbound.clone();
-                tokio::spawn(async move { serve_connection(inbound, tcp, remote).await });
+                tokio::spawn(async move { serve_connection(inbound, tcp, remote, slot).await });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "inbound accept failed");
@@ -93,20 +110,93 @@ pub(crate) async fn serve(inbound: Arc<Inbound>, listener: TcpListener, cancel: 
     }
 }
 
-async fn serve_connection(inbound: Arc<Inbound>, mut tcp: TcpStream, remote: std::net::SocketAddr) {
+/// A finished inbound handshake.
+struct Handshaken {
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    agent: InboundAgent,
+    /// When the SVID this node presented expires.
+    local_expires: Option<SystemTime>,
+}
+
+async fn serve_connection(
+    inbound: Arc<Inbound>,
+    tcp: TcpStream,
+    remote: std::net::SocketAddr,
+    slot: Slot,
+) {
+    let limit = inbound.limits.handshake;
+    let Ok(handshaken) = tokio::time::timeout(limit, handshake(&inbound, tcp, remote)).await else {
+        metrics::handshake_failed("inbound", "timeout");
+        tracing::warn!(%remote, ?limit,
+            "refused inbound connection: the TLS handshake did not finish in time ([limits] handshake)");
+        return;
+    };
+    let Some(Handshaken {
+        tls,
+        agent,
+        local_expires,
+    }) = handshaken
+    else {
+        return;
+    };
+    metrics::handshake_succeeded("inbound");
+    let peer_chain = crate::tls::owned_chain(tls.get_ref().1.peer_certificates());
+    let Some(peer) = peer_spiffe_id(Some(&peer_chain)) else {
+        // The verifier accepted an SVID, so this cannot happen; fail closed if it does.
+        tracing::error!(%remote, "verified peer without a SPIFFE ID; closing");
+        return;
+    };
+    let mut registration = inbound.registry.register(Opening {
+        side: Side::Inbound,
+        agent: agent.name.clone(),
+        remote: remote.to_string(),
+        local_expires,
+        peer_chain,
+    });
+    let life = crate::connections::lifetime(&slot, &inbound.limits);
+    let connection = Arc::new(Connection {
+        peer,
+        agent,
+        handle: registration.handle(),
+        slot,
+    });
+    let service_inbound = inbound.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let inbound = service_inbound.clone();
+        let connection = connection.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&inbound, &connection, request).await) }
+    });
+    let builder = crate::outbound::server_builder(&inbound.timeouts, &inbound.limits);
+    let served = serve_until_drained(
+        builder.serve_connection(TokioIo::new(tls), service),
+        &mut registration,
+        |connection| connection.graceful_shutdown(),
+    );
+    if let Ok(Ended::Finished(Err(e))) = tokio::time::timeout(life, served).await {
+        tracing::debug!(%remote, error = %e, "inbound connection ended with an error");
+    }
+}
+
+/// Reads the ClientHello, picks the agent by SNI and completes the handshake; `None` when the
+/// connection was refused (and told why, where TLS allows).
+async fn handshake(
+    inbound: &Inbound,
+    mut tcp: TcpStream,
+    remote: std::net::SocketAddr,
+) -> Option<Handshaken> {
     // A TLS connection starts with a handshake record (content type 22). Anything else, most
     // likely plain HTTP, gets an answer it can read instead of a TLS alert.
     let mut first = [0u8; 1];
-    match tokio::time::timeout(inbound.timeouts.connect, tcp.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] == 0x16 => {}
-        Ok(Ok(1)) => {
+    match tcp.peek(&mut first).await {
+        Ok(1) if first[0] == 0x16 => {}
+        Ok(1) => {
             metrics::handshake_failed("inbound", "not_tls");
             tracing::warn!(%remote, "refused inbound connection: plaintext on the mTLS port");
             let _ = tcp.write_all(&plaintext_refusal()).await;
             let _ = tcp.shutdown().await;
-            return;
+            return None;
         }
-        _ => return,
+        _ => return None,
     }
     let mut acceptor = pin!(LazyConfigAcceptor::new(
         rustls::server::Acceptor::default(),
@@ -117,12 +207,13 @@ async fn serve_connection(inbound: Arc<Inbound>, mut tcp: TcpStream, remote: std
         Err(e) => {
             metrics::handshake_failed("inbound", "bad_client_hello");
             tracing::warn!(%remote, error = %e, "refused inbound connection: bad ClientHello");
-            return;
+            return None;
         }
     };
     let sni = start.client_hello().server_name().map(str::to_owned);
     let Some(agent) = sni
         .as_deref()
+        .filter(|name| !inbound.registry.is_retired(name))
         .and_then(|name| inbound.agents.get(name))
         .cloned()
     else {
@@ -133,38 +224,35 @@ async fn serve_connection(inbound: Arc<Inbound>, mut tcp: TcpStream, remote: std
             let _ = io.write_all(&UNRECOGNIZED_NAME_ALERT).await;
             let _ = io.shutdown().await;
         }
-        return;
+        return None;
     };
-    let tls = match start.into_stream(inbound.tls.clone()).await {
-        Ok(tls) => tls,
+    // Read before the handshake picks the certificate: a rotation during it can only make the
+    // recorded expiry earlier than the certificate's, never later.
+    let local_expires = inbound
+        .materials
+        .get(&agent.name)
+        .and_then(|m| m.borrow().as_ref().map(|m| system_time(m.not_after)));
+    match start.into_stream(inbound.tls.clone()).await {
+        Ok(tls) => Some(Handshaken {
+            tls,
+            agent,
+            local_expires,
+        }),
         Err(e) => {
             let reason = handshake_failure_reason(&e);
             metrics::handshake_failed("inbound", reason);
             tracing::warn!(%remote, agent = %agent.name, reason, error = %e, "refused inbound handshake");
-            return;
+            None
         }
-    };
-    metrics::handshake_succeeded("inbound");
-    let Some(peer) = peer_spiffe_id(tls.get_ref().1.peer_certificates()) else {
-        // The verifier accepted an SVID, so this cannot happen; fail closed if it does.
-        tracing::error!(%remote, "verified peer without a SPIFFE ID; closing");
-        return;
-    };
-    metrics::connection_opened("inbound");
-    let peer = Arc::new(peer);
-    let service_inbound = inbound.clone();
-    let service_agent = Arc::new(agent);
-    let service = hyper::service::service_fn(move |request| {
-        let inbound = service_inbound.clone();
-        let agent = service_agent.clone();
-        let peer = peer.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&inbound, &agent, &peer, request).await) }
-    });
-    let builder = crate::outbound::server_builder(&inbound.timeouts);
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
-        tracing::debug!(%remote, error = %e, "inbound connection ended with an error");
     }
-    metrics::connection_closed("inbound");
+}
+
+/// One admitted inbound connection, as each of its requests sees it.
+struct Connection {
+    peer: SpiffeId,
+    agent: InboundAgent,
+    handle: ConnectionHandle,
+    slot: Slot,
 }
 
 fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
@@ -188,11 +276,12 @@ fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
 
 async fn handle(
     inbound: &Inbound,
-    agent: &InboundAgent,
-    peer: &SpiffeId,
+    connection: &Connection,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
+    let (agent, peer) = (&connection.agent, &connection.peer);
+    let in_flight = connection.handle.request_started();
     // One id per call, at both ends: the calling deputyd's, when the peer sent a well-formed one.
     let request_id = crate::routing::peer_request_id(request.headers())
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
@@ -201,8 +290,20 @@ async fn handle(
     let request_bytes = Arc::new(AtomicU64::new(0));
     let mut request = request.map(|b| Metered::counting(b, request_bytes.clone()));
 
-    let response = match &agent.upstream {
-        None => problem_response(&Problem::new(
+    let over_limit = over_limit(
+        &connection.slot,
+        &inbound.slots,
+        &in_flight,
+        inbound.limits.max_streams,
+        "the inbound listener",
+    );
+    let response = match (&agent.upstream, over_limit) {
+        (_, Some((limit, detail))) => {
+            metrics::overloaded("inbound", limit);
+            let problem = Problem::new(ProblemKind::Overloaded, detail, &request_id);
+            overloaded_response(&problem, &connection.slot)
+        }
+        (None, None) => problem_response(&Problem::new(
             ProblemKind::UpstreamUnavailable,
             format!(
                 "agent {} serves no inbound calls (it has no upstream)",
@@ -210,7 +311,7 @@ async fn handle(
             ),
             &request_id,
         )),
-        Some(upstream) => match upstream_uri(upstream, request.uri()) {
+        (Some(upstream), None) => match upstream_uri(upstream, request.uri()) {
             Err(e) => problem_response(&Problem::new(
                 ProblemKind::BadRequest,
                 format!("bad request target: {e}"),
@@ -218,7 +319,7 @@ async fn handle(
             )),
             Ok(uri) => {
                 let asked = std::mem::replace(request.uri_mut(), uri);
-                match admit(inbound, agent, peer, request, &asked, &request_id).await {
+                match admit(inbound, connection, request, &asked, &request_id).await {
                     Ok(request) => {
                         let decision_id = DecisionId::of(request.extensions());
                         let mut response = deliver(inbound, agent, request, &request_id).await;
@@ -244,6 +345,7 @@ async fn handle(
         decision_id: DecisionId::of(response.extensions()),
         request_id,
         request_bytes,
+        in_flight: vec![in_flight],
     };
     response.map(|body| record.log_at_end(body))
 }
@@ -253,12 +355,12 @@ async fn handle(
 /// as the peer sent it.
 async fn admit(
     inbound: &Inbound,
-    agent: &InboundAgent,
-    peer: &SpiffeId,
+    connection: &Connection,
     mut request: Request<Body>,
     asked: &http::Uri,
     request_id: &str,
 ) -> Result<Request<Body>, Problem> {
+    let (agent, peer) = (&connection.agent, &connection.peer);
     *request.version_mut() = Version::HTTP_11;
     let chain = request
         .headers()
@@ -301,6 +403,9 @@ async fn admit(
                 .map_err(refused)?,
         ),
     };
+    if let Some(verified) = &verified {
+        connection.handle.saw_task(verified.task());
+    }
     if inbound.policy.is_none()
         && let Some(verified) = &verified
     {

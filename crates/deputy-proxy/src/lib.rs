@@ -16,8 +16,10 @@ pub mod attest;
 mod authz;
 pub mod body;
 pub mod config;
+pub mod connections;
 pub mod context;
 mod delegation;
+mod held_bytes;
 pub mod inbound;
 mod media_type;
 pub mod metrics;
@@ -40,9 +42,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use admission::WithoutPolicy;
 pub use config::{
-    Delegation, FactsCell, ListenAddr, LocalAgent, PolicyConfig, PolicyFacts, ProxyConfig, Service,
-    Timeouts,
+    Delegation, FactsCell, Limits, ListenAddr, LocalAgent, PolicyConfig, PolicyFacts, ProxyConfig,
+    Service, Timeouts,
 };
+pub use connections::{ConnectionInfo, DrainReason, Registry};
+pub use held_bytes::HeldBytes;
 
 /// Largest HTTP/2 frame between nodes: 64 KiB, so that a streamed chunk crosses as one frame
 /// rather than four of the 16 KiB default.
@@ -75,6 +79,10 @@ pub enum ProxyError {
 pub struct Proxy {
     inbound_addr: Option<SocketAddr>,
     outbound_addrs: HashMap<String, ListenAddr>,
+    /// Each agent's outbound listener, stopped when the agent is removed.
+    outbound_listeners: HashMap<String, CancellationToken>,
+    registry: Arc<connections::Registry>,
+    grace: std::time::Duration,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -83,14 +91,30 @@ impl Proxy {
     /// Binds every listener and starts serving.
     /// Budgets are counted in `budgets`, which outlives the proxy (it is on disk).
     pub async fn start(
-        config: ProxyConfig,
+        mut config: ProxyConfig,
         identities: &IdentityManager,
         budgets: Arc<deputy_state::BudgetLedger>,
     ) -> Result<Self, ProxyError> {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let bundles = identities.trust_bundles();
-        let pool = Arc::new(pool::Pool::new(bundles.clone(), config.timeouts));
+        let limits = config.limits;
+        let registry = Arc::new(connections::Registry::new(
+            bundles.clone(),
+            limits.max_connection_age,
+            limits.drain_grace,
+        ));
+        tasks.spawn(registry.clone().keep_checking(cancel.clone()));
+        if let Some(policy) = &mut config.policy {
+            // One bound for the node: both listeners hold bodies against it.
+            policy.held_bytes = HeldBytes::new(limits.max_inspected_bytes);
+        }
+        let pool = Arc::new(pool::Pool::new(
+            bundles.clone(),
+            config.timeouts,
+            limits,
+            registry.clone(),
+        ));
         let contexts = Arc::new(context::ContextStore::new(
             config.delegation.max_contexts,
             budgets,
@@ -138,6 +162,10 @@ impl Proxy {
                 contexts: contexts.clone(),
                 policy: config.policy.clone(),
                 without_policy: config.without_policy.clone(),
+                materials: materials.clone(),
+                registry: registry.clone(),
+                limits,
+                slots: connections::Slots::new(limits.max_connections),
             });
             tasks.spawn(inbound::serve(inbound, listener, cancel.clone()));
         }
@@ -161,6 +189,7 @@ impl Proxy {
         let routes = routing::Routes::new(&services);
 
         let mut outbound_addrs = HashMap::new();
+        let mut outbound_listeners = HashMap::new();
         for agent in &config.agents {
             let Some(listen) = &agent.outbound else {
                 continue;
@@ -177,16 +206,42 @@ impl Proxy {
                 links: Default::default(),
                 contexts: contexts.clone(),
                 policy: config.policy.clone(),
+                registry: registry.clone(),
+                limits,
+                slots: connections::Slots::new(limits.max_connections),
             });
-            tasks.spawn(outbound::serve(outbound, listener, cancel.clone()));
+            let stop = cancel.child_token();
+            outbound_listeners.insert(agent.name.clone(), stop.clone());
+            tasks.spawn(outbound::serve(outbound, listener, stop));
         }
         metrics::describe();
         Ok(Self {
             inbound_addr,
             outbound_addrs,
+            outbound_listeners,
+            registry,
+            grace: limits.drain_grace,
             cancel,
             tasks,
         })
+    }
+
+    /// Every open connection, for `/connections`.
+    pub fn connections(&self) -> Arc<connections::Registry> {
+        self.registry.clone()
+    }
+
+    /// Removes `agent` from the data path (a reload dropped it): its outbound listener stops
+    /// accepting, the inbound listener refuses its name, and its open connections are drained.
+    /// Returns how many connections began draining.
+    pub fn remove_agent(&mut self, agent: &str) -> usize {
+        if let Some(listener) = self.outbound_listeners.remove(agent) {
+            listener.cancel();
+        }
+        if let Some(ListenAddr::Unix(path)) = self.outbound_addrs.remove(agent) {
+            let _ = std::fs::remove_file(path);
+        }
+        self.registry.retire_agent(agent)
     }
 
     /// Where the inbound listener is bound.
@@ -199,15 +254,25 @@ impl Proxy {
         &self.outbound_addrs
     }
 
-    /// Stops accepting; connections in progress finish on their own.
-    pub async fn shutdown(mut self) {
+    /// Stops accepting and drains every connection: the streams in flight get the drain grace
+    /// (`[limits] drain_grace`), then what is left is closed. Returns how many connections were
+    /// still open when the grace ran out.
+    pub async fn shutdown(mut self) -> usize {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
+        let draining = self
+            .registry
+            .drain_all(&connections::DrainReason::ShuttingDown);
+        // The grace, and a moment for the connections cut at its end to leave the registry.
+        let deadline = tokio::time::Instant::now() + self.grace + std::time::Duration::from_secs(1);
+        let left = self.registry.wait_empty(deadline).await;
+        tracing::info!(draining, left, "data path stopped");
         for addr in self.outbound_addrs.values() {
             if let ListenAddr::Unix(path) = addr {
                 let _ = std::fs::remove_file(path);
             }
         }
+        left
     }
 }
 

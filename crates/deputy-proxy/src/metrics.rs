@@ -8,8 +8,13 @@ pub const REQUESTS: &str = "deputy_requests_total";
 pub const REQUEST_DURATION: &str = "deputy_request_duration_seconds";
 /// Counter: body bytes by `direction`, `service` and `flow` (`request` or `response`).
 pub const BYTES: &str = "deputy_bytes_total";
-/// Gauge: open connections by `direction`.
+/// Gauge: open connections by `direction` (`inbound`, `outbound`: an agent's to its listener,
+/// `pool`: this node's to others).
 pub const OPEN_CONNECTIONS: &str = "deputy_open_connections";
+/// Counter: connections drained by `direction` and `reason`.
+pub const DRAINED_CONNECTIONS: &str = "deputy_connections_drained_total";
+/// Counter: calls refused because a limit was reached, by `direction` and `limit`.
+pub const OVERLOADED: &str = "deputy_overloaded_total";
 /// Counter: completed TLS handshakes by `direction`.
 pub const HANDSHAKES: &str = "deputy_tls_handshakes_total";
 /// Counter: failed TLS handshakes by `direction` and `reason`.
@@ -25,6 +30,12 @@ pub fn describe() {
     );
     metrics::describe_counter!(BYTES, metrics::Unit::Bytes, "Body bytes carried");
     metrics::describe_gauge!(OPEN_CONNECTIONS, "Open connections by direction");
+    metrics::describe_counter!(
+        DRAINED_CONNECTIONS,
+        "Connections drained by reason (SVID expired, peer no longer trusted, agent removed, \
+         maximum age, stopping)"
+    );
+    metrics::describe_counter!(OVERLOADED, "Calls refused with 503 overloaded, by limit");
     metrics::describe_counter!(HANDSHAKES, "Completed TLS handshakes");
     metrics::describe_counter!(HANDSHAKE_FAILURES, "Failed TLS handshakes by reason");
     metrics::describe_gauge!(crate::context::CONTEXTS, "Deputy-Context handles held");
@@ -47,6 +58,15 @@ pub(crate) fn connection_opened(direction: &'static str) {
 
 pub(crate) fn connection_closed(direction: &'static str) {
     metrics::gauge!(OPEN_CONNECTIONS, "direction" => direction).decrement(1.0);
+}
+
+pub(crate) fn connection_drained(direction: &'static str, reason: &'static str) {
+    metrics::counter!(DRAINED_CONNECTIONS, "direction" => direction, "reason" => reason)
+        .increment(1);
+}
+
+pub(crate) fn overloaded(direction: &'static str, limit: &'static str) {
+    metrics::counter!(OVERLOADED, "direction" => direction, "limit" => limit).increment(1);
 }
 
 pub(crate) fn handshake_succeeded(direction: &'static str) {

@@ -10,13 +10,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, UnixListener};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::attest::{tcp_caller_uid, unix_caller_uid};
 use crate::authz;
 use crate::body::{AccessRecord, Body, DecisionId, Metered, problem_response, stream};
 use crate::config::PolicyConfig;
-use crate::config::{LocalAgent, Timeouts};
+use crate::config::{Limits, LocalAgent, Timeouts};
+use crate::connections::{
+    ConnectionHandle, Ended, InFlight, Opening, Registry, Side, Slot, Slots, over_limit,
+    overloaded_response, serve_until_drained,
+};
 use crate::context::ContextStore;
 use crate::delegation::{self, OutboundCall};
 use crate::metrics;
@@ -50,6 +55,12 @@ pub(crate) struct Outbound {
     pub(crate) contexts: Arc<ContextStore>,
     /// The policy every call of this agent is decided by, if one is configured.
     pub(crate) policy: Option<PolicyConfig>,
+    /// Where connections are registered.
+    pub(crate) registry: Arc<Registry>,
+    /// Bounds.
+    pub(crate) limits: Limits,
+    /// This listener's connection slots.
+    pub(crate) slots: Slots,
 }
 
 /// Accepts callers until cancelled.
@@ -65,8 +76,12 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok(connection) => {
+                let Some(slot) = outbound.slots.take() else {
+                    metrics::overloaded("outbound", "max_connections");
+                    continue;
+                };
                 let outbound = outbound.clone();
-                tokio::spawn(async move { serve_connection(outbound, connection).await });
+                tokio::spawn(async move { serve_connection(outbound, connection, slot).await });
             }
             Err(e) => {
                 tracing::warn!(agent = %outbound.agent.name, error = %e, "outbound accept failed");
@@ -91,7 +106,7 @@ async fn accept(listener: &OutboundListener) -> std::io::Result<Connection> {
     }
 }
 
-async fn serve_connection(outbound: Arc<Outbound>, connection: Connection) {
+async fn serve_connection(outbound: Arc<Outbound>, connection: Connection, slot: Slot) {
     let uid = match &connection {
         Connection::Tcp(s) => tcp_caller_uid(s).await,
         Connection::Unix(s) => unix_caller_uid(s),
@@ -111,34 +126,79 @@ async fn serve_connection(outbound: Arc<Outbound>, connection: Connection) {
     if let Err(reason) = &admitted {
         tracing::warn!(agent = %outbound.agent.name, %reason, "outbound caller refused");
     }
-    let admitted = Arc::new(admitted);
-    let builder = server_builder(&outbound.timeouts);
+    let mut registration = outbound.registry.register(Opening {
+        side: Side::Outbound,
+        agent: outbound.agent.name.clone(),
+        remote: match (&connection, &admitted) {
+            (Connection::Tcp(_), Ok(uid)) => format!("tcp, uid {uid}"),
+            (Connection::Unix(_), Ok(uid)) => format!("unix, uid {uid}"),
+            (_, Err(_)) => "not attested".to_owned(),
+        },
+        local_expires: None,
+        peer_chain: Vec::new(),
+    });
+    let life = crate::connections::lifetime(&slot, &outbound.limits);
+    let caller = Arc::new(Caller {
+        admitted,
+        handle: registration.handle(),
+        slot,
+    });
+    let builder = server_builder(&outbound.timeouts, &outbound.limits);
     let service = hyper::service::service_fn(move |request| {
         let outbound = outbound.clone();
-        let admitted = admitted.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&outbound, &admitted, request).await) }
+        let caller = caller.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&outbound, &caller, request).await) }
     });
-    let result = match connection {
-        Connection::Tcp(s) => builder.serve_connection(TokioIo::new(s), service).await,
-        Connection::Unix(s) => builder.serve_connection(TokioIo::new(s), service).await,
+    let io = match connection {
+        Connection::Tcp(s) => Either::Left(s),
+        Connection::Unix(s) => Either::Right(s),
     };
-    if let Err(e) = result {
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let served = tokio::time::timeout(
+        life,
+        serve_until_drained(connection, &mut registration, |c| c.graceful_shutdown()),
+    )
+    .await;
+    if let Ok(Ended::Finished(Err(e))) = served {
         tracing::debug!(error = %e, "outbound connection ended with an error");
     }
 }
 
+/// The agent process on one connection, as each of its requests sees it.
+struct Caller {
+    /// Its uid, or why it may not call.
+    admitted: Result<u32, String>,
+    handle: ConnectionHandle,
+    slot: Slot,
+}
+
 async fn handle(
     outbound: &Outbound,
-    admitted: &Result<u32, String>,
+    caller: &Caller,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
+    let mut in_flight = vec![caller.handle.request_started()];
     let request_id = uuid::Uuid::now_v7().to_string();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let request_bytes = Arc::new(AtomicU64::new(0));
     let request = request.map(|b| Metered::counting(b, request_bytes.clone()));
-    let (response, service) = forward(outbound, admitted, request, &request_id).await;
+    let over_limit = over_limit(
+        &caller.slot,
+        &outbound.slots,
+        &in_flight[0],
+        outbound.limits.max_streams,
+        &format!("agent {}'s outbound listener", outbound.agent.name),
+    );
+    let (response, service) = match over_limit {
+        Some((limit, detail)) => {
+            metrics::overloaded("outbound", limit);
+            let problem = Problem::new(ProblemKind::Overloaded, detail, &request_id);
+            (overloaded_response(&problem, &caller.slot), "-".to_owned())
+        }
+        None => forward(outbound, caller, request, &request_id, &mut in_flight).await,
+    };
     let status = response.status().as_u16();
     metrics::request_done("outbound", &service, status, started.elapsed());
     let record = AccessRecord {
@@ -153,6 +213,7 @@ async fn handle(
         decision_id: DecisionId::of(response.extensions()),
         request_id,
         request_bytes,
+        in_flight,
     };
     response.map(|body| record.log_at_end(body))
 }
@@ -160,9 +221,10 @@ async fn handle(
 /// Forwards one request; returns the response and the service name for logs and metrics.
 async fn forward(
     outbound: &Outbound,
-    admitted: &Result<u32, String>,
+    caller: &Caller,
     mut request: Request<Body>,
     request_id: &str,
+    in_flight: &mut Vec<InFlight>,
 ) -> (Response<Body>, String) {
     let refuse = |kind: ProblemKind, detail: String, service: &str| {
         (
@@ -170,7 +232,7 @@ async fn forward(
             service.to_owned(),
         )
     };
-    if let Err(reason) = admitted {
+    if let Err(reason) = &caller.admitted {
         return refuse(ProblemKind::CallerNotAttested, reason.clone(), "-");
     }
     let service = match outbound.routes.target_of(&request) {
@@ -201,6 +263,9 @@ async fn forward(
         Ok(plan) => plan,
         Err((kind, detail)) => return refuse(kind, detail, &service.name),
     };
+    if let Some(task) = plan.task() {
+        caller.handle.saw_task(task);
+    }
     let narrowed = match &outbound.policy {
         None => None,
         Some(policy) => match decide(policy, &call, &plan, request, request_id).await {
@@ -213,7 +278,7 @@ async fn forward(
     };
     let decision_id = DecisionId::of(request.extensions());
     // The connection first: a call that cannot leave the node must not spend its budget.
-    let mut sender = match outbound
+    let (mut sender, pooled_in_flight) = match outbound
         .pool
         .sender(&outbound.agent.name, &service, &material)
         .await
@@ -221,6 +286,10 @@ async fn forward(
         Ok(sender) => sender,
         Err(e) => return refuse(e.kind, e.detail, &service.name),
     };
+    if let Some(task) = plan.task() {
+        pooled_in_flight.saw_task(task);
+    }
+    in_flight.push(pooled_in_flight);
     let spent_under = plan.context().cloned();
     let chain = match delegation::sign(&call, plan, narrowed) {
         Ok(chain) => chain,
@@ -331,7 +400,7 @@ async fn decide(
 /// The HTTP server of both listeners: HTTP/1.1 and HTTP/2, with a bound on how long a client may
 /// take to send its request headers (a client that trickles them must not hold a connection and
 /// its task forever).
-pub(crate) fn server_builder(timeouts: &Timeouts) -> auto::Builder<TokioExecutor> {
+pub(crate) fn server_builder(timeouts: &Timeouts, limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -341,6 +410,11 @@ pub(crate) fn server_builder(timeouts: &Timeouts) -> auto::Builder<TokioExecutor
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .adaptive_window(true)
-        .max_frame_size(crate::H2_MAX_FRAME);
+        .max_frame_size(crate::H2_MAX_FRAME)
+        .keep_alive_interval(limits.keepalive_interval)
+        .keep_alive_timeout(limits.keepalive_timeout)
+        // Past `max_streams` a request is answered 503 `overloaded`, which the caller can read;
+        // this is the hard ceiling a client that ignores those answers meets.
+        .max_concurrent_streams(limits.max_streams.saturating_mul(2));
     builder
 }

@@ -2,7 +2,8 @@
 //!
 //! A connection is made with the calling agent's current SVID; when the SVID rotates, the next
 //! request opens a new connection (a new handshake with the new certificate) while requests in
-//! flight finish on the old one.
+//! flight finish on the old one. Every connection is registered
+//! ([`crate::connections::Registry`]); a drained one is handed out no more.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,10 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::body::Body;
-use crate::config::{Service, Timeouts};
+use crate::config::{Limits, Service, Timeouts};
+use crate::connections::{
+    ConnectionHandle, Ended, InFlight, Opening, Registry, Side, serve_until_drained, system_time,
+};
 use crate::metrics;
 use crate::problem::ProblemKind;
 use crate::tls::{Bundles, PeerCertError, client_config, peer_cert_error};
@@ -32,6 +36,7 @@ pub struct ConnectError {
 #[derive(Debug)]
 struct Pooled {
     sender: SendRequest<Body>,
+    connection: ConnectionHandle,
     serial: String,
     last_used: Instant,
 }
@@ -44,26 +49,37 @@ pub struct Pool {
     slots: Mutex<HashMap<(String, String), Slot>>,
     bundles: Bundles,
     timeouts: Timeouts,
+    limits: Limits,
+    registry: Arc<Registry>,
 }
 
 impl Pool {
-    /// An empty pool.
-    pub fn new(bundles: Bundles, timeouts: Timeouts) -> Self {
+    /// An empty pool, registering its connections in `registry`.
+    pub fn new(
+        bundles: Bundles,
+        timeouts: Timeouts,
+        limits: Limits,
+        registry: Arc<Registry>,
+    ) -> Self {
         Self {
             slots: Mutex::new(HashMap::new()),
             bundles,
             timeouts,
+            limits,
+            registry,
         }
     }
 
     /// A ready sender to `service` as `agent` holding `material`, reusing a pooled connection
-    /// made with the same SVID.
+    /// made with the same SVID, and the request counted in flight on that connection (counted
+    /// here, under the slot's lock: a drain between handing out the connection and counting the
+    /// request would close the connection under it).
     pub async fn sender(
         &self,
         agent: &str,
         service: &Service,
         material: &TlsMaterial,
-    ) -> Result<SendRequest<Body>, ConnectError> {
+    ) -> Result<(SendRequest<Body>, InFlight), ConnectError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots
@@ -76,28 +92,32 @@ impl Pool {
         if let Some(pooled) = slot.as_mut()
             && pooled.serial == material.serial
             && !pooled.sender.is_closed()
+            && !pooled.connection.is_draining()
             && pooled.last_used.elapsed() < self.timeouts.idle
         {
             pooled.last_used = Instant::now();
             let mut sender = pooled.sender.clone();
             if sender.ready().await.is_ok() {
-                return Ok(sender);
+                return Ok((sender, pooled.connection.request_started()));
             }
         }
-        let sender = self.connect(service, material).await?;
+        let (sender, connection) = self.connect(agent, service, material).await?;
+        let in_flight = connection.request_started();
         *slot = Some(Pooled {
             sender: sender.clone(),
+            connection,
             serial: material.serial.clone(),
             last_used: Instant::now(),
         });
-        Ok(sender)
+        Ok((sender, in_flight))
     }
 
     async fn connect(
         &self,
+        agent: &str,
         service: &Service,
         material: &TlsMaterial,
-    ) -> Result<SendRequest<Body>, ConnectError> {
+    ) -> Result<(SendRequest<Body>, ConnectionHandle), ConnectError> {
         let unavailable = |detail: String| ConnectError {
             kind: ProblemKind::UpstreamUnavailable,
             detail,
@@ -134,21 +154,32 @@ impl Pool {
                 ))
             })??;
         metrics::handshake_succeeded("outbound");
+        let peer_chain = crate::tls::owned_chain(tls.get_ref().1.peer_certificates());
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(self.timeouts.idle / 3)
+            .keep_alive_interval(self.limits.keepalive_interval)
+            .keep_alive_timeout(self.limits.keepalive_timeout)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| unavailable(format!("HTTP/2 with {} failed: {e}", service.name)))?;
+        let mut registration = self.registry.register(Opening {
+            side: Side::Pool,
+            agent: agent.to_owned(),
+            remote: service.address.clone(),
+            local_expires: Some(system_time(material.not_after)),
+            peer_chain,
+        });
+        let handle = registration.handle();
         let name = service.name.clone();
         tokio::spawn(async move {
-            metrics::connection_opened("outbound");
-            if let Err(e) = connection.await {
+            // A client connection has no shutdown of its own: drained, it is handed out no
+            // more and closed once its requests are answered.
+            let ended = serve_until_drained(connection, &mut registration, |_| {}).await;
+            if let Ended::Finished(Err(e)) = ended {
                 tracing::debug!(service = %name, error = %e, "outbound connection ended");
             }
-            metrics::connection_closed("outbound");
         });
-        Ok(sender)
+        Ok((sender, handle))
     }
 }
 

@@ -123,6 +123,13 @@ impl Anchors {
     }
 }
 
+/// The certificates a peer presented, owned (kept with its connection to verify them again).
+pub(crate) fn owned_chain(certs: Option<&[CertificateDer<'_>]>) -> Vec<CertificateDer<'static>> {
+    certs.map_or_else(Vec::new, |certs| {
+        certs.iter().map(|c| c.clone().into_owned()).collect()
+    })
+}
+
 /// The SPIFFE ID of a verified peer, from its leaf certificate.
 pub fn peer_spiffe_id(certs: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
     spiffe::cert::spiffe_id_from_der(certs?.first()?.as_ref()).ok()

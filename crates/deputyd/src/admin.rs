@@ -1,4 +1,5 @@
-//! The admin listener: health, readiness, Prometheus metrics and identity status.
+//! The admin listener: health, readiness, Prometheus metrics, identity status and the open
+//! connections.
 //!
 //! It binds loopback by default: `/status` names every identity on the node.
 
@@ -25,6 +26,8 @@ pub struct AdminState {
     pub trust_domain: String,
     /// The serving policy, if one is configured.
     pub policy: Option<Arc<deputy_policy::Policy>>,
+    /// The data path's open connections.
+    pub connections: Arc<deputy_proxy::Registry>,
 }
 
 /// The admin routes.
@@ -34,6 +37,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/connections", get(connections))
         .with_state(state)
 }
 
@@ -112,5 +116,18 @@ async fn status(State(state): State<AdminState>) -> Json<StatusDocument> {
         log: LogStatus {
             dropped_lines: crate::logging::dropped_lines(),
         },
+    })
+}
+
+#[derive(Serialize)]
+struct ConnectionsDocument {
+    connections: Vec<deputy_proxy::ConnectionInfo>,
+}
+
+/// Every open connection: which agent, which peer, its SVIDs' expiries, the tasks seen on it,
+/// and whether (and why) it is being drained.
+async fn connections(State(state): State<AdminState>) -> Json<ConnectionsDocument> {
+    Json(ConnectionsDocument {
+        connections: state.connections.list(),
     })
 }

@@ -94,6 +94,8 @@ struct RawConfig {
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
+    limits: crate::limits_config::RawLimits,
+    #[serde(default)]
     delegation: RawDelegation,
     #[serde(default)]
     state: RawState,
@@ -391,6 +393,9 @@ impl RawConfig {
 
         let policy_set = self.policy.is_some();
         let policy = self.policy.and_then(|p| p.validate(&mut problems));
+        let limits = self
+            .limits
+            .validate(policy.as_ref().map(|p| p.peek_bytes), &mut problems);
         let allow_peers = self
             .inbound
             .as_ref()
@@ -426,6 +431,7 @@ impl RawConfig {
                         request: self.timeouts.request,
                         idle: self.timeouts.idle,
                     },
+                    limits,
                     delegation: Delegation {
                         verify: VerifyOptions {
                             skew: delegation.clock_skew,

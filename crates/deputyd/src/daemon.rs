@@ -20,6 +20,8 @@ pub struct Daemon {
     identities: Arc<IdentityManager>,
     policy: Option<ServingPolicy>,
     proxy: Option<deputy_proxy::Proxy>,
+    /// The agents the data path serves (a reload may remove some).
+    agents: Vec<String>,
     admin_addr: SocketAddr,
     cancel: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
@@ -140,6 +142,7 @@ impl Daemon {
             metrics,
             trust_domain: config.trust_domain.to_string(),
             policy: policy.as_ref().map(|p| p.policy.clone()),
+            connections: proxy.connections(),
         });
         let stop = cancel.clone();
         tasks.spawn(async move {
@@ -165,6 +168,7 @@ impl Daemon {
             identities,
             policy,
             proxy: Some(proxy),
+            agents: config.proxy.agents.iter().map(|a| a.name.clone()).collect(),
             admin_addr,
             cancel,
             tasks,
@@ -218,11 +222,48 @@ impl Daemon {
         tokio::task::spawn_blocking(move || policy.reload());
     }
 
-    /// Stops serving and waits for the background tasks.
+    /// SIGHUP: an agent no longer in `config` is removed from the data path (its listener
+    /// closed, its name refused, its connections drained). An agent added, or one whose
+    /// settings changed, takes effect on restart, which is said.
+    pub fn reload_agents(&mut self, config: &Config) {
+        let Some(proxy) = self.proxy.as_mut() else {
+            return;
+        };
+        let configured: Vec<&str> = config
+            .proxy
+            .agents
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        self.agents.retain(|agent| {
+            if configured.contains(&agent.as_str()) {
+                return true;
+            }
+            let draining = proxy.remove_agent(agent);
+            tracing::info!(%agent, draining, "SIGHUP: agent removed; its connections are drained");
+            false
+        });
+        for added in configured
+            .iter()
+            .filter(|a| !self.agents.iter().any(|b| b == *a))
+        {
+            tracing::warn!(agent = %added,
+                "SIGHUP: a new agent is in the configuration; restart deputyd to serve it");
+        }
+    }
+
+    /// Stops serving (draining every connection within `[limits] drain_grace`) and waits for
+    /// the background tasks.
     pub async fn shutdown(mut self) {
         systemd::stopping();
         if let Some(proxy) = self.proxy.take() {
-            proxy.shutdown().await;
+            let left = proxy.shutdown().await;
+            if left > 0 {
+                tracing::warn!(
+                    left,
+                    "connections were still open when the drain grace ran out"
+                );
+            }
         }
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
@@ -348,7 +389,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot install the SIGTERM handler")?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot install the SIGHUP handler")?;
-    let daemon = Daemon::start(config).await?;
+    let mut daemon = Daemon::start(config).await?;
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -360,9 +401,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 break;
             }
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the policy and its settings");
+                tracing::info!("SIGHUP: reloading the agents, the policy and its settings");
                 match Config::load(&args.config) {
-                    Ok(config) => daemon.reload_policy(config.policy.as_ref()),
+                    Ok(config) => {
+                        daemon.reload_agents(&config);
+                        daemon.reload_policy(config.policy.as_ref());
+                    }
                     Err(e) => {
                         tracing::error!(config = %args.config.display(), error = %e,
                             "SIGHUP: the configuration file does not load; fix it and send \

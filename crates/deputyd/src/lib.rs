@@ -2,8 +2,9 @@
 //!
 //! - [`config`]: the TOML config, validated in one step that reports every problem at once;
 //!   [`agent_config`]: its `[[agent]]` sections; [`admission_config`]: what is served without
-//!   a policy; [`policy_config`]: its `[policy]` section.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/status` on the admin listener.
+//!   a policy; [`policy_config`]: its `[policy]` section; [`limits_config`]: its `[limits]`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/status` and `/connections` on the admin
+//!   listener.
 //! - [`systemd`]: READY=1, STATUS= and watchdog pings when run by systemd.
 //! - [`daemon`]: the wiring, and the orderly shutdown on SIGTERM; [`logging`]: the log,
 //!   queued off the request path.
@@ -13,6 +14,7 @@ pub mod admission_config;
 pub mod agent_config;
 pub mod config;
 pub mod daemon;
+pub mod limits_config;
 pub mod logging;
 pub mod policy_config;
 pub mod systemd;

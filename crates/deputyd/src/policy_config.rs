@@ -197,6 +197,7 @@ impl PolicySettings {
             peek_bytes: self.peek_bytes,
             peek_wait: self.peek_wait,
             log_inputs: self.log_inputs,
+            held_bytes: deputy_proxy::HeldBytes::default(),
         };
         if self.log_inputs {
             tracing::warn!(
