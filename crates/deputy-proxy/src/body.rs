@@ -177,14 +177,10 @@ pub struct AccessRecord {
     pub method: http::Method,
     /// Path, without the query (which may carry secrets).
     pub path: String,
-    /// Status sent to the caller.
-    pub status: u16,
     /// When the request arrived.
     pub started: std::time::Instant,
     /// The request's id, the same at both ends and for the agent (`Deputy-Request-Id`).
     pub request_id: String,
-    /// The id of the policy decision this end made on it, if any.
-    pub decision_id: Option<String>,
     /// Request body bytes received so far.
     pub request_bytes: Arc<AtomicU64>,
     /// The request counted in flight on its connections (the agent's or peer's, and the pooled
@@ -193,8 +189,21 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    /// Wraps a response body so that the access line and byte metrics are written when it ends.
-    pub fn log_at_end(self, body: Body) -> Body {
+    /// Counts the answer in the request metrics and wraps its body so that the access line (with
+    /// the status and the decision this end made) and byte metrics are written when it ends.
+    pub fn answer(self, response: http::Response<Body>) -> http::Response<Body> {
+        let status = response.status().as_u16();
+        crate::metrics::request_done(
+            self.direction,
+            &self.service,
+            status,
+            self.started.elapsed(),
+        );
+        let decision_id = DecisionId::of(response.extensions());
+        response.map(|body| self.log_at_end(body, status, decision_id))
+    }
+
+    fn log_at_end(self, body: Body, status: u16, decision_id: Option<String>) -> Body {
         Metered::finishing(body, move |response_bytes, complete| {
             drop(self.in_flight);
             let request_bytes = self.request_bytes.load(Ordering::Relaxed);
@@ -207,13 +216,13 @@ impl AccessRecord {
                 service = %self.service,
                 method = %self.method,
                 path = %self.path,
-                status = self.status,
+                status,
                 request_bytes,
                 response_bytes,
                 complete,
                 duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
                 request_id = %self.request_id,
-                decision_id = self.decision_id.as_deref(),
+                decision_id = decision_id.as_deref(),
             );
         })
     }

@@ -24,9 +24,11 @@ pub mod inbound;
 mod media_type;
 pub mod metrics;
 pub mod outbound;
+mod pipeline;
 pub mod pool;
 pub mod problem;
 pub mod routing;
+mod server;
 pub mod tls;
 
 use std::collections::HashMap;

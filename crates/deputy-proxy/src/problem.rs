@@ -61,6 +61,8 @@ pub enum ProblemKind {
     /// deputyd holds its bound of something it may not drop (budget counts), or cannot record
     /// what a call must leave behind: the call is refused, not made uncounted.
     Overloaded,
+    /// deputyd found itself in a state it should never be in; the call is refused.
+    Internal,
 }
 
 impl ProblemKind {
@@ -90,6 +92,7 @@ impl ProblemKind {
             Self::BodyNotInspectable => "urn:deputy:problem:body-not-inspectable",
             Self::PeerNotAllowed => "urn:deputy:problem:peer-not-allowed",
             Self::Overloaded => "urn:deputy:problem:overloaded",
+            Self::Internal => "urn:deputy:problem:internal",
         }
     }
 
@@ -119,6 +122,7 @@ impl ProblemKind {
             Self::BodyNotInspectable => "Request body cannot be inspected",
             Self::PeerNotAllowed => "Peer not allowed",
             Self::Overloaded => "Overloaded",
+            Self::Internal => "Internal error",
         }
     }
 
@@ -145,6 +149,7 @@ impl ProblemKind {
                 StatusCode::BAD_GATEWAY
             }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -485,9 +485,9 @@ pub(crate) fn lifetime(slot: &Slot, limits: &crate::config::Limits) -> Duration 
     }
 }
 
-/// The 503 for `problem`; on a connection over the listener's limit it also asks an HTTP/1.1
-/// client to close (HTTP/2 drops the header), which frees the overflow slot.
-pub(crate) fn overloaded_response(
+/// The refusal for `problem`; on a connection over the listener's limit it also asks an
+/// HTTP/1.1 client to close (HTTP/2 drops the header), which frees the overflow slot.
+pub(crate) fn refusal_response(
     problem: &crate::problem::Problem,
     slot: &Slot,
 ) -> http::Response<crate::body::Body> {

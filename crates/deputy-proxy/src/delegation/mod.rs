@@ -13,18 +13,18 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use deputy_delegation::{
-    ChainError, ExtendError, Grant, LinkSigner, SignError, VerifiedChain, extend, originate,
-};
+use deputy_delegation::{ExtendError, Grant, LinkSigner, SignError, extend, originate};
 use deputy_identity::TlsMaterial;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderMap;
 use spiffe::SpiffeId;
 
 use crate::authz::TaskFacts;
 use crate::config::{LocalAgent, Service};
 use crate::context::{Context, ContextError, ContextStore};
-use crate::inbound::{Inbound, InboundAgent};
 use crate::problem::ProblemKind;
+
+mod inbound;
+pub(crate) use inbound::{inbound_facts, inbound_task, verify_inbound};
 
 /// The handle an agent receives with a call and sends back to continue its task.
 const CONTEXT: &str = "deputy-context";
@@ -502,81 +502,6 @@ fn extension_refusal(error: ExtendError) -> Refusal {
         _ => ProblemKind::ExtensionRefused,
     };
     (kind, error.to_string())
-}
-
-/// Verifies a peer's chain for `agent`: hop by hop, bound to the mTLS peer and the agent.
-pub(crate) fn verify_inbound(
-    inbound: &Inbound,
-    agent: &InboundAgent,
-    chain: &str,
-    peer: &SpiffeId,
-    now: SystemTime,
-) -> Result<VerifiedChain, Refusal> {
-    inbound
-        .chains
-        .verify(
-            chain,
-            &inbound.anchors.current(),
-            peer,
-            &agent.spiffe_id,
-            now,
-        )
-        .map_err(|e| {
-            let kind = if matches!(e, ChainError::HeaderTooLarge { .. }) {
-                ProblemKind::ChainTooLarge
-            } else {
-                ProblemKind::ChainRejected
-            };
-            (kind, format!("{e} [rule {}]", e.code()))
-        })
-}
-
-/// The task of a verified inbound chain, as the policy sees it: `budget_left` is what is left
-/// under the received link (the link may have been received, and spent on, before).
-pub(crate) fn inbound_task(inbound: &Inbound, verified: &VerifiedChain) -> TaskFacts {
-    TaskFacts {
-        principal: verified.principal().to_owned(),
-        id: verified.task().to_owned(),
-        new: false,
-        scope: verified.last().scope.clone(),
-        budget_left: inbound.contexts.remaining_for(verified),
-        chain: crate::authz::chain_of(&verified.links),
-        originator: verified.originator().to_owned(),
-    }
-}
-
-/// Keeps a verified chain as a context of `agent`, and returns the headers that state its facts
-/// to the agent (with the context's handle).
-pub(crate) fn inbound_facts(
-    inbound: &Inbound,
-    agent: &InboundAgent,
-    verified: VerifiedChain,
-    now: SystemTime,
-) -> Result<Vec<(HeaderName, HeaderValue)>, Refusal> {
-    let mut facts = vec![
-        ("deputy-principal", verified.principal().to_owned()),
-        ("deputy-task", verified.task().to_owned()),
-        ("deputy-scope", verified.last().scope.join(", ")),
-        ("deputy-chain-actors", verified.actors().join(", ")),
-    ];
-    let (handle, context) = inbound.contexts.issue(&agent.name, verified, unix(now))?;
-    facts.push((CONTEXT, handle));
-    if let Some(remaining) = context.remaining() {
-        facts.push(("deputy-budget", remaining.to_string()));
-    }
-    facts
-        .into_iter()
-        .map(|(name, value)| {
-            HeaderValue::from_str(&value)
-                .map(|v| (HeaderName::from_static(name), v))
-                .map_err(|_| {
-                    (
-                        ProblemKind::ChainRejected,
-                        format!("{name} is not a valid header value"),
-                    )
-                })
-        })
-        .collect()
 }
 
 fn unix(time: SystemTime) -> i64 {

@@ -1,0 +1,26 @@
+//! The stages of an inbound call, in order: each its own file. A new capability is a new file
+//! here and a line in [`stages`].
+
+mod decide;
+mod deliver;
+mod issue_context;
+mod limits;
+mod peer;
+mod target;
+mod verify_chain;
+
+use super::call::Call;
+use crate::pipeline::Stage;
+
+/// The stages every inbound call passes, in order.
+pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 7] {
+    [
+        Stage::Now("limits", limits::check),
+        Stage::Now("target", target::resolve),
+        Stage::Now("peer", peer::admit),
+        Stage::Now("verify-chain", verify_chain::verify),
+        Stage::Later("decide", decide::decide),
+        Stage::Now("issue-context", issue_context::issue),
+        Stage::Later("deliver", deliver::deliver),
+    ]
+}

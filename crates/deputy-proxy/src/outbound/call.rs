@@ -1,0 +1,108 @@
+//! The context of one outbound call, filled in by the stages in turn.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use deputy_identity::TlsMaterial;
+use http::{Request, Response};
+use hyper::client::conn::http2::SendRequest;
+
+use super::{Caller, Outbound};
+use crate::body::Body;
+use crate::config::Service;
+use crate::connections::InFlight;
+use crate::context::Context;
+use crate::delegation::{OutboundCall, TaskPlan};
+use crate::pipeline::{Refused, out_of_order};
+
+/// One call from a local agent, as the stages see and leave it.
+pub(crate) struct Call<'a> {
+    /// The agent's listener.
+    pub(crate) outbound: &'a Outbound,
+    /// The agent process on the connection.
+    pub(crate) caller: &'a Caller,
+    /// The call's id at both ends.
+    pub(crate) request_id: &'a str,
+    /// When the call arrived, for every check of time along it.
+    pub(crate) now: SystemTime,
+    /// The request, until `send` sends it.
+    pub(crate) request: Option<Request<Body>>,
+    /// `route`: the service called.
+    pub(crate) service: Option<Arc<Service>>,
+    /// `identity`: the agent's SVID the call goes out with.
+    pub(crate) material: Option<Arc<TlsMaterial>>,
+    /// `plan`: the task the call carries, if any.
+    pub(crate) plan: Option<TaskPlan>,
+    /// `decide`: the policy's narrower scope for the next link.
+    pub(crate) narrowed: Option<Vec<String>>,
+    /// `connect`: the pooled connection's sender.
+    pub(crate) sender: Option<SendRequest<Body>>,
+    /// `sign`: the chain to send, and the received context its budget was spent under.
+    pub(crate) chain: Option<String>,
+    pub(crate) spent_under: Option<Arc<Context>>,
+    /// The call counted on its connections until its response ends.
+    pub(crate) in_flight: Vec<InFlight>,
+    /// `send`: the answer for the agent.
+    pub(crate) response: Option<Response<Body>>,
+}
+
+impl<'a> Call<'a> {
+    pub(crate) fn new(
+        outbound: &'a Outbound,
+        caller: &'a Caller,
+        request_id: &'a str,
+        request: Request<Body>,
+        in_flight: InFlight,
+    ) -> Self {
+        Self {
+            outbound,
+            caller,
+            request_id,
+            now: SystemTime::now(),
+            request: Some(request),
+            service: None,
+            material: None,
+            plan: None,
+            narrowed: None,
+            sender: None,
+            chain: None,
+            spent_under: None,
+            in_flight: vec![in_flight],
+            response: None,
+        }
+    }
+
+    /// The service's name for the log and metrics: `-` until routed.
+    pub(crate) fn service_name(&self) -> String {
+        self.service
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |s| s.name.clone())
+    }
+
+    /// What `stage` finds missing, refused as a stage order bug.
+    pub(crate) fn missing(&self, stage: &str, what: &str) -> Refused {
+        out_of_order(stage, what, self.request_id)
+    }
+
+    /// The call as the delegation code sees it; needs `route` and `identity`.
+    pub(crate) fn delegation(&self, stage: &str) -> Result<OutboundCall<'_>, Refused> {
+        let service = self
+            .service
+            .as_ref()
+            .ok_or_else(|| self.missing(stage, "service"))?;
+        let material = self
+            .material
+            .as_deref()
+            .ok_or_else(|| self.missing(stage, "SVID"))?;
+        Ok(OutboundCall {
+            agent: &self.outbound.agent,
+            signers: &self.outbound.signers,
+            links: &self.outbound.links,
+            contexts: &self.outbound.contexts,
+            material,
+            service,
+            now: self.now,
+            origination_by_policy: self.outbound.policy.is_some(),
+        })
+    }
+}

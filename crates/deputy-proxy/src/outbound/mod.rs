@@ -1,0 +1,213 @@
+//! The outbound side: an agent's plain HTTP (1.1 or h2c) calls, carried over mTLS with the
+//! agent's SVID to the deputyd that fronts the target service.
+//!
+//! This file accepts the agent's connections and attests them; each request then passes the
+//! stages of `stages/` over one call context (`call.rs`).
+
+mod call;
+pub(crate) mod stages;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+
+use self::call::Call;
+use crate::attest::{tcp_caller_uid, unix_caller_uid};
+use crate::body::{AccessRecord, Body, Metered};
+use crate::config::{Limits, LocalAgent, PolicyConfig, Timeouts};
+use crate::connections::{
+    ConnectionHandle, Ended, Opening, Registry, Side, Slot, Slots, serve_until_drained,
+};
+use crate::context::ContextStore;
+use crate::metrics;
+use crate::pipeline;
+use crate::pool::Pool;
+use crate::routing::Routes;
+use crate::tls::Material;
+
+/// A bound outbound listener.
+#[derive(Debug)]
+pub enum OutboundListener {
+    /// Loopback TCP.
+    Tcp(TcpListener),
+    /// A unix socket.
+    Unix(UnixListener),
+}
+
+/// What every request on one agent's outbound listener needs.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    pub(crate) agent: LocalAgent,
+    pub(crate) material: Material,
+    pub(crate) routes: Routes,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) signers: crate::delegation::SignerCache,
+    /// Links this agent signed recently, for reuse.
+    pub(crate) links: crate::delegation::LinkCache,
+    /// The node's contexts (shared with the inbound side).
+    pub(crate) contexts: Arc<ContextStore>,
+    /// The policy every call of this agent is decided by, if one is configured.
+    pub(crate) policy: Option<PolicyConfig>,
+    /// Where connections are registered.
+    pub(crate) registry: Arc<Registry>,
+    /// Bounds.
+    pub(crate) limits: Limits,
+    /// This listener's connection slots.
+    pub(crate) slots: Slots,
+}
+
+/// Accepts callers until cancelled.
+pub(crate) async fn serve(
+    outbound: Arc<Outbound>,
+    listener: OutboundListener,
+    cancel: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = accept(&listener) => accepted,
+        };
+        match accepted {
+            Ok(connection) => {
+                let Some(slot) = outbound.slots.take() else {
+                    metrics::overloaded("outbound", "max_connections");
+                    continue;
+                };
+                let outbound = outbound.clone();
+                tokio::spawn(async move { serve_connection(outbound, connection, slot).await });
+            }
+            Err(e) => {
+                tracing::warn!(agent = %outbound.agent.name, error = %e, "outbound accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+enum Connection {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &OutboundListener) -> std::io::Result<Connection> {
+    match listener {
+        OutboundListener::Tcp(l) => l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            Connection::Tcp(s)
+        }),
+        OutboundListener::Unix(l) => l.accept().await.map(|(s, _)| Connection::Unix(s)),
+    }
+}
+
+async fn serve_connection(outbound: Arc<Outbound>, connection: Connection, slot: Slot) {
+    let uid = match &connection {
+        Connection::Tcp(s) => tcp_caller_uid(s).await,
+        Connection::Unix(s) => unix_caller_uid(s),
+    };
+    // Attested once per connection: a connection never changes hands.
+    let admitted: Result<u32, String> = uid.and_then(|uid| {
+        if outbound.agent.uids.contains(&uid) {
+            Ok(uid)
+        } else {
+            Err(format!(
+                "uid {uid} may not call through agent {}'s outbound listener (allowed uids: {:?}); \
+                 run the agent as an allowed user or add its uid to the agent's `uids`",
+                outbound.agent.name, outbound.agent.uids
+            ))
+        }
+    });
+    if let Err(reason) = &admitted {
+        tracing::warn!(agent = %outbound.agent.name, %reason, "outbound caller refused");
+    }
+    let mut registration = outbound.registry.register(Opening {
+        side: Side::Outbound,
+        agent: outbound.agent.name.clone(),
+        remote: match (&connection, &admitted) {
+            (Connection::Tcp(_), Ok(uid)) => format!("tcp, uid {uid}"),
+            (Connection::Unix(_), Ok(uid)) => format!("unix, uid {uid}"),
+            (_, Err(_)) => "not attested".to_owned(),
+        },
+        local_expires: None,
+        peer_chain: Vec::new(),
+    });
+    let life = crate::connections::lifetime(&slot, &outbound.limits);
+    let caller = Arc::new(Caller {
+        admitted,
+        handle: registration.handle(),
+        slot,
+    });
+    let builder = crate::server::builder(&outbound.timeouts, &outbound.limits);
+    let service = hyper::service::service_fn(move |request| {
+        let outbound = outbound.clone();
+        let caller = caller.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&outbound, &caller, request).await) }
+    });
+    let io = match connection {
+        Connection::Tcp(s) => Either::Left(s),
+        Connection::Unix(s) => Either::Right(s),
+    };
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let served = tokio::time::timeout(
+        life,
+        serve_until_drained(connection, &mut registration, |c| c.graceful_shutdown()),
+    )
+    .await;
+    if let Ok(Ended::Finished(Err(e))) = served {
+        tracing::debug!(error = %e, "outbound connection ended with an error");
+    }
+}
+
+/// The agent process on one connection, as each of its requests sees it.
+pub(crate) struct Caller {
+    /// Its uid, or why it may not call.
+    admitted: Result<u32, String>,
+    handle: ConnectionHandle,
+    slot: Slot,
+}
+
+async fn handle(
+    outbound: &Outbound,
+    caller: &Caller,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let in_flight = caller.handle.request_started();
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    let request = request.map(|b| Metered::counting(b, request_bytes.clone()));
+    let mut call = Call::new(outbound, caller, &request_id, request, in_flight);
+    let ran = pipeline::run(&stages::stages(), &mut call).await;
+    let service = call.service_name();
+    let response = pipeline::answer(
+        ran,
+        call.response.take(),
+        &caller.slot,
+        &request_id,
+        "outbound",
+        &outbound.agent.name,
+    );
+    let in_flight = std::mem::take(&mut call.in_flight);
+    let record = AccessRecord {
+        direction: "outbound",
+        agent: outbound.agent.name.clone(),
+        peer: "-".into(),
+        service,
+        method,
+        path,
+        started,
+        request_id,
+        request_bytes,
+        in_flight,
+    };
+    record.answer(response)
+}

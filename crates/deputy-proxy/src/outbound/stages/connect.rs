@@ -1,0 +1,30 @@
+//! `connect`: a pooled mTLS connection to the service's deputyd, made with the agent's SVID.
+
+use super::Call;
+use crate::pipeline::Waiting;
+use crate::problem::Problem;
+
+pub(super) fn connect<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
+    Box::pin(async move {
+        let service = call
+            .service
+            .as_ref()
+            .ok_or_else(|| call.missing("connect", "service"))?;
+        let material = call
+            .material
+            .as_ref()
+            .ok_or_else(|| call.missing("connect", "SVID"))?;
+        let (sender, in_flight) = call
+            .outbound
+            .pool
+            .sender(&call.outbound.agent.name, service, material)
+            .await
+            .map_err(|e| Problem::new(e.kind, e.detail, call.request_id))?;
+        if let Some(task) = call.plan.as_ref().and_then(|p| p.task()) {
+            in_flight.saw_task(task);
+        }
+        call.in_flight.push(in_flight);
+        call.sender = Some(sender);
+        Ok(())
+    })
+}

@@ -1,0 +1,32 @@
+//! The stages of an outbound call, in order: each its own file. A new capability is a new
+//! file here and a line in [`stages`].
+
+mod attest;
+mod connect;
+mod decide;
+mod identity;
+mod limits;
+mod plan;
+mod route;
+mod send;
+mod sign;
+
+use super::call::Call;
+use crate::pipeline::Stage;
+
+/// The stages every outbound call passes, in order.
+pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 9] {
+    [
+        Stage::Now("limits", limits::check),
+        Stage::Now("attest", attest::check),
+        Stage::Now("route", route::resolve),
+        Stage::Now("identity", identity::take),
+        Stage::Now("plan", plan::plan_task),
+        Stage::Later("decide", decide::decide),
+        // The connection before signing: a call that cannot leave the node must not spend its
+        // budget.
+        Stage::Later("connect", connect::connect),
+        Stage::Now("sign", sign::sign),
+        Stage::Later("send", send::send),
+    ]
+}
