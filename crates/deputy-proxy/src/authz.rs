@@ -169,13 +169,12 @@ pub(crate) async fn judge(
         .map_err(|e| Problem::new(ProblemKind::BadRequest, e, request_id))?;
     readable_body(&parts.headers, parties.mcp)
         .map_err(|e| Problem::new(ProblemKind::BodyNotInspectable, e, request_id))?;
-    let held = config.held_bytes.reserve(config.peek_bytes).map_err(|e| {
-        crate::metrics::overloaded(parties.direction.as_str(), "max_inspected_bytes");
-        Problem::new(ProblemKind::Overloaded, e, request_id)
+    let (mcp, body) = peek(config, body).await.map_err(|(kind, e)| {
+        if kind == ProblemKind::Overloaded {
+            crate::metrics::overloaded(parties.direction.as_str(), "max_inspected_bytes");
+        }
+        Problem::new(kind, e, request_id)
     })?;
-    let (mcp, body) = peek(config, body, held)
-        .await
-        .map_err(|e| Problem::new(ProblemKind::BodyRefused, e, request_id))?;
     let request_facts = RequestFacts {
         method: &parts.method,
         uri: asked,
@@ -250,11 +249,14 @@ fn refusal(record: &DecisionRecord, request_id: &str) -> Option<Problem> {
 /// Reads the start of `body` until the MCP call in it is known (or it is not JSON-RPC), the
 /// body ends, `peek_bytes` have arrived or `peek_wait` has passed; returns what was read as the
 /// policy's `mcp`, and the body to forward (what was read, then the rest, still inspected).
+/// Each frame's bytes are held against the node's bound ([`crate::HeldBytes`]) as they arrive;
+/// past it the call is refused 503 `overloaded` (and what it held returned).
 async fn peek(
     config: &PolicyConfig,
     mut body: Body,
-    held_bytes: crate::held_bytes::Held,
-) -> Result<(Option<Mcp>, Body), String> {
+) -> Result<(Option<Mcp>, Body), (ProblemKind, String)> {
+    let refused = |e: String| (ProblemKind::BodyRefused, e);
+    let mut held_bytes = crate::held_bytes::Held::default();
     let mut inspector = Inspector::new();
     let mut held = VecDeque::new();
     let mut size = 0usize;
@@ -268,18 +270,22 @@ async fn peek(
             // Waited long enough: decide on what has arrived.
             Err(_) => break,
             Ok(None) => ended = true,
-            Ok(Some(Err(e))) => return Err(format!("the request body failed: {e}")),
+            Ok(Some(Err(e))) => return Err(refused(format!("the request body failed: {e}"))),
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     size += data.len();
-                    inspector.feed(data).map_err(|e| e.to_string())?;
+                    config
+                        .held_bytes
+                        .hold(&mut held_bytes, data.len())
+                        .map_err(|e| (ProblemKind::Overloaded, e))?;
+                    inspector.feed(data).map_err(|e| refused(e.to_string()))?;
                 }
                 held.push_back(frame);
             }
         }
     }
     if ended {
-        inspector.finish().map_err(|e| e.to_string())?;
+        inspector.finish().map_err(|e| refused(e.to_string()))?;
     }
     let mcp = inspector.decide();
     let rest = Inspecting {

@@ -87,6 +87,9 @@ pub struct Limits {
     pub drain_grace: Duration,
     /// The whole TLS handshake on the inbound port, from the first byte.
     pub handshake: Duration,
+    /// TLS handshakes in progress on the inbound port at once; past it a connection is closed
+    /// at accept (a connection slot is taken only once the peer is authenticated).
+    pub max_handshakes: usize,
     /// HTTP/2 PING interval on idle connections, both servers and the pool.
     pub keepalive_interval: Duration,
     /// A PING unanswered for this long closes the connection.
@@ -106,6 +109,7 @@ impl Default for Limits {
             max_connection_age: Duration::from_secs(3600),
             drain_grace: Duration::from_secs(10),
             handshake: Duration::from_secs(5),
+            max_handshakes: 256,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_connections: 1024,

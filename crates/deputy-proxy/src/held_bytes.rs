@@ -12,10 +12,10 @@ pub struct HeldBytes {
     limit: usize,
 }
 
-/// A reservation, returned when dropped.
-#[derive(Debug)]
+/// What one request holds, returned when dropped.
+#[derive(Debug, Default)]
 pub(crate) struct Held {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl HeldBytes {
@@ -28,21 +28,27 @@ impl HeldBytes {
         }
     }
 
-    /// Reserves `bytes` (a request's most), or says why not. Never waits: a node that holds its
-    /// limit answers 503 at once rather than queueing callers behind slow bodies.
-    pub(crate) fn reserve(&self, bytes: usize) -> Result<Held, String> {
+    /// Adds `bytes` (a frame that arrived) to what `held` holds, or says why not. Never waits:
+    /// a node that holds its limit answers 503 at once rather than queueing callers behind slow
+    /// bodies.
+    pub(crate) fn hold(&self, held: &mut Held, bytes: usize) -> Result<(), String> {
         let wanted = u32::try_from(bytes.min(self.limit)).unwrap_or(u32::MAX);
-        self.permits
+        let permit = self
+            .permits
             .clone()
             .try_acquire_many_owned(wanted)
-            .map(|permit| Held { _permit: permit })
             .map_err(|_| {
                 format!(
                     "this node already holds its limit of {} bytes of request bodies being read \
                      for the policy ([limits] max_inspected_bytes); retry shortly",
                     self.limit
                 )
-            })
+            })?;
+        match &mut held.permit {
+            Some(holding) => holding.merge(permit),
+            None => held.permit = Some(permit),
+        }
+        Ok(())
     }
 }
 
@@ -57,19 +63,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reservations_past_the_node_limit_are_refused_until_one_is_returned() {
+    fn bytes_past_the_node_limit_are_refused_until_some_are_returned() {
         let bound = HeldBytes::new(100);
-        let first = bound.reserve(60).expect("within the limit");
-        let refused = bound.reserve(60).expect_err("over the limit");
+        let mut first = Held::default();
+        bound.hold(&mut first, 30).expect("within the limit");
+        bound
+            .hold(&mut first, 30)
+            .expect("a second frame adds to the first");
+        let mut second = Held::default();
+        let refused = bound.hold(&mut second, 60).expect_err("over the limit");
         assert!(
             refused.contains("[limits] max_inspected_bytes"),
             "{refused}"
         );
-        let _small = bound.reserve(40).expect("what is left");
+        bound.hold(&mut second, 40).expect("what is left");
         drop(first);
-        bound.reserve(60).expect("returned");
-        // A request that may hold more than the whole node reserves the whole node.
+        bound.hold(&mut second, 60).expect("returned");
+        // A frame larger than the whole node holds the whole node.
         let bound = HeldBytes::new(10);
-        drop(bound.reserve(1000).expect("clamped to the limit"));
+        bound
+            .hold(&mut Held::default(), 1000)
+            .expect("clamped to the limit");
     }
 }

@@ -168,6 +168,7 @@ impl Proxy {
                 registry: registry.clone(),
                 limits,
                 slots: connections::Slots::new(limits.max_connections),
+                handshakes: Arc::new(tokio::sync::Semaphore::new(limits.max_handshakes)),
             });
             tasks.spawn(inbound::serve(inbound, listener, cancel.clone()));
         }

@@ -55,7 +55,7 @@ pub(crate) async fn run<C: Send>(
 pub(crate) fn answer(
     ran: Result<(), (&'static str, Refused)>,
     response: Option<http::Response<crate::body::Body>>,
-    slot: &crate::connections::Slot,
+    close: bool,
     request_id: &str,
     side: &'static str,
     agent: &str,
@@ -68,7 +68,7 @@ pub(crate) fn answer(
             problem
         }
     };
-    crate::connections::refusal_response(&problem, slot)
+    crate::connections::refusal_response(&problem, close)
 }
 
 /// The refusal when a stage finds missing what an earlier stage should have left: a bug in the

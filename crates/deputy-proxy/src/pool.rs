@@ -72,8 +72,8 @@ impl Pool {
 
     /// A ready sender to `service` as `agent` holding `material`, reusing a pooled connection
     /// made with the same SVID, and the request counted in flight on that connection (counted
-    /// here, under the slot's lock: a drain between handing out the connection and counting the
-    /// request would close the connection under it).
+    /// here, before the connection is handed out: a drain that came between handing it out and
+    /// counting the request would close the connection under it).
     pub async fn sender(
         &self,
         agent: &str,
@@ -97,8 +97,11 @@ impl Pool {
         {
             pooled.last_used = Instant::now();
             let mut sender = pooled.sender.clone();
-            if sender.ready().await.is_ok() {
-                return Ok((sender, pooled.connection.request_started()));
+            // Counted before waiting for the connection to be ready: a drain that comes while
+            // it waits then sees this request in flight and gives it the grace.
+            let in_flight = pooled.connection.request_started();
+            if sender.ready().await.is_ok() && !pooled.connection.is_draining() {
+                return Ok((sender, in_flight));
             }
         }
         let (sender, connection) = self.connect(agent, service, material).await?;
@@ -130,6 +133,7 @@ impl Pool {
                 service.name
             ))
         })?;
+        let verified_under = self.registry.current_bundles();
         let connect = async {
             let tcp = TcpStream::connect(&service.address).await.map_err(|e| {
                 unavailable(format!(
@@ -168,6 +172,7 @@ impl Pool {
             remote: service.address.clone(),
             local_expires: Some(system_time(material.not_after)),
             peer_chain,
+            verified_under,
         });
         let handle = registration.handle();
         let name = service.name.clone();

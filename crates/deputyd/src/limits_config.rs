@@ -6,6 +6,7 @@
 //! max_connection_age = "1h"     # a connection is drained and re-admitted at this age
 //! drain_grace = "10s"           # streams in flight after a drain (and on SIGTERM)
 //! handshake = "5s"              # the whole TLS handshake on the inbound port
+//! max_handshakes = 256          # inbound handshakes in progress; past it, closed at accept
 //! keepalive_interval = "30s"    # HTTP/2 PING on idle connections (servers and pool)
 //! keepalive_timeout = "10s"     # an unanswered PING closes the connection
 //! max_connections = 1024        # per listener; past it, 503 overloaded
@@ -18,6 +19,9 @@ use std::time::Duration;
 use deputy_proxy::Limits;
 use serde::Deserialize;
 
+/// Longest drain grace: SIGTERM waits this long at most, and a supervisor must let it.
+const MAX_DRAIN_GRACE: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawLimits {
@@ -27,6 +31,7 @@ pub(crate) struct RawLimits {
     drain_grace: Duration,
     #[serde(with = "humantime_serde")]
     handshake: Duration,
+    max_handshakes: usize,
     #[serde(with = "humantime_serde")]
     keepalive_interval: Duration,
     #[serde(with = "humantime_serde")]
@@ -43,6 +48,7 @@ impl Default for RawLimits {
             max_connection_age: l.max_connection_age,
             drain_grace: l.drain_grace,
             handshake: l.handshake,
+            max_handshakes: l.max_handshakes,
             keepalive_interval: l.keepalive_interval,
             keepalive_timeout: l.keepalive_timeout,
             max_connections: l.max_connections,
@@ -74,8 +80,18 @@ impl RawLimits {
                 self.max_connection_age
             ));
         }
-        if self.max_connections == 0 || self.max_streams == 0 {
-            problems.push("limits.max_connections and max_streams must be above zero".into());
+        if self.max_connections == 0 || self.max_streams == 0 || self.max_handshakes == 0 {
+            problems.push(
+                "limits.max_connections, max_streams and max_handshakes must be above zero".into(),
+            );
+        }
+        if self.drain_grace > MAX_DRAIN_GRACE {
+            problems.push(format!(
+                "limits.drain_grace = {:?} is longer than {MAX_DRAIN_GRACE:?}; a stop that waits \
+                 that long is killed by its supervisor first (keep it under systemd's \
+                 TimeoutStopSec)",
+                self.drain_grace
+            ));
         }
         if let Some(peek) = peek_bytes
             && self.max_inspected_bytes < peek
@@ -90,6 +106,7 @@ impl RawLimits {
             max_connection_age: self.max_connection_age,
             drain_grace: self.drain_grace,
             handshake: self.handshake,
+            max_handshakes: self.max_handshakes,
             keepalive_interval: self.keepalive_interval,
             keepalive_timeout: self.keepalive_timeout,
             max_connections: self.max_connections,
@@ -127,7 +144,10 @@ mod tests {
             .validate(Some(1 << 20), &mut problems);
         let all = problems.join("\n");
         assert!(all.contains("limits.handshake must be above zero"), "{all}");
-        assert!(all.contains("max_streams must be above zero"), "{all}");
+        assert!(
+            all.contains("max_streams and max_handshakes must be above zero"),
+            "{all}"
+        );
         assert!(all.contains("less than policy.peek_bytes"), "{all}");
     }
 }

@@ -54,7 +54,8 @@ impl fmt::Display for DrainReason {
             Self::AgentRemoved => f.write_str("its agent was removed from the configuration"),
             Self::MaxAge(age) => write!(
                 f,
-                "it reached the maximum connection age of {age:?} ([limits] max_connection_age)"
+                "it reached its maximum age of {age:?} ([limits] max_connection_age, less up to a \
+                 tenth so that connections opened together are not renewed together)"
             ),
             Self::ShuttingDown => f.write_str("deputyd is stopping"),
         }
@@ -66,8 +67,9 @@ impl fmt::Display for DrainReason {
 pub struct ConnectionFacts<'a> {
     /// Now.
     pub now: SystemTime,
-    /// When the connection was admitted.
-    pub opened: SystemTime,
+    /// How long ago the connection was admitted (a monotonic clock: a step of the wall clock
+    /// neither ages nor rejuvenates it).
+    pub age: Duration,
     /// When the SVID this node presented expires (`None`: it presented none, as on an agent's
     /// plaintext connection to its outbound listener).
     pub local_expires: Option<SystemTime>,
@@ -79,8 +81,8 @@ pub struct ConnectionFacts<'a> {
     pub max_age: Duration,
 }
 
-/// Whether the connection must be drained, and why. An expiry at exactly `now` counts: a
-/// certificate is valid through its `notAfter` second, not after.
+/// Whether the connection must be drained, and why. A certificate is drained at its `notAfter`
+/// second, not after it: the conservative end of the second it is still valid in.
 pub fn reason_to_drain(facts: &ConnectionFacts<'_>) -> Option<DrainReason> {
     if facts.local_expires.is_some_and(|t| t <= facts.now) {
         return Some(DrainReason::LocalSvidExpired);
@@ -91,8 +93,7 @@ pub fn reason_to_drain(facts: &ConnectionFacts<'_>) -> Option<DrainReason> {
     if let Some(Err(why)) = facts.peer_verified {
         return Some(DrainReason::PeerNoLongerTrusted(why.to_owned()));
     }
-    let age = facts.now.duration_since(facts.opened).unwrap_or_default();
-    (age >= facts.max_age).then_some(DrainReason::MaxAge(facts.max_age))
+    (facts.age >= facts.max_age).then_some(DrainReason::MaxAge(facts.max_age))
 }
 
 #[cfg(test)]
@@ -104,7 +105,7 @@ mod tests {
     fn facts(now: SystemTime) -> ConnectionFacts<'static> {
         ConnectionFacts {
             now,
-            opened: now - MINUTE,
+            age: MINUTE,
             local_expires: Some(now + MINUTE),
             peer_expires: Some(now + MINUTE),
             peer_verified: None,
@@ -151,7 +152,7 @@ mod tests {
             Some(DrainReason::PeerNoLongerTrusted("unknown CA".into()))
         );
         let old = ConnectionFacts {
-            opened: now - 10 * MINUTE,
+            age: 10 * MINUTE,
             ..facts(now)
         };
         assert_eq!(
@@ -164,7 +165,7 @@ mod tests {
     fn an_expired_svid_is_named_before_a_bundle_change_or_the_age() {
         let now = SystemTime::now();
         let all = ConnectionFacts {
-            opened: now - 20 * MINUTE,
+            age: 20 * MINUTE,
             peer_expires: Some(now),
             peer_verified: Some(Err("unknown CA")),
             ..facts(now)

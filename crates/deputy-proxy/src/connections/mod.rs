@@ -71,6 +71,9 @@ pub struct Opening {
     /// The peer's verified certificate chain, leaf first (empty for an agent's plaintext
     /// connection).
     pub peer_chain: Vec<CertificateDer<'static>>,
+    /// The trust bundle in force when the handshake began (what the chain was verified
+    /// against): a bundle that changed since is checked again at registration.
+    pub verified_under: Option<Arc<X509BundleSet>>,
 }
 
 /// One connection as `/connections` shows it.
@@ -111,6 +114,8 @@ struct Shared {
     peer: Option<String>,
     remote: String,
     opened: SystemTime,
+    /// For the age: a clock step must not keep a connection forever.
+    opened_at: std::time::Instant,
     local_expires: Option<SystemTime>,
     peer_expires: Option<SystemTime>,
     peer_chain: Vec<CertificateDer<'static>>,
@@ -172,6 +177,8 @@ pub struct Registry {
     next_id: AtomicU64,
     /// Agents removed by a reload: no new connection of theirs is admitted.
     retired: std::sync::RwLock<HashSet<String>>,
+    /// deputyd is stopping: a connection registered from now on is drained at once.
+    closing: std::sync::atomic::AtomicBool,
     anchors: Anchors,
     bundles: Bundles,
     /// The bundle set the peers were last verified against.
@@ -190,6 +197,7 @@ impl Registry {
             entries: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             retired: std::sync::RwLock::default(),
+            closing: std::sync::atomic::AtomicBool::new(false),
             anchors: Anchors::new(bundles.clone()),
             verified_under: Mutex::new(current),
             bundles,
@@ -211,6 +219,7 @@ impl Registry {
             peer,
             remote: opening.remote,
             opened: SystemTime::now(),
+            opened_at: std::time::Instant::now(),
             local_expires: opening.local_expires,
             peer_expires,
             peer_chain: opening.peer_chain,
@@ -222,8 +231,19 @@ impl Registry {
         });
         lock(&self.entries).insert(shared.id, shared.clone());
         crate::metrics::connection_opened(shared.side.name());
-        // Admitted just now, but a sweep may have passed between the handshake and here.
-        if let Some(reason) = self.check(&shared, SystemTime::now(), None) {
+        // Admitted at the handshake, but the world may have moved since: a sweep, a retire or
+        // a stop that ran between the handshake and this insertion did not see this connection.
+        let current = self.bundles.borrow().clone();
+        let anchors = (!same_set(opening.verified_under.as_ref(), current.as_ref()))
+            .then(|| self.anchors.current());
+        let reason = if self.closing.load(Ordering::Acquire) {
+            Some(DrainReason::ShuttingDown)
+        } else if self.is_retired(&shared.agent) {
+            Some(DrainReason::AgentRemoved)
+        } else {
+            self.check(&shared, SystemTime::now(), anchors.as_deref())
+        };
+        if let Some(reason) = reason {
             shared.drain(reason);
         }
         Registration {
@@ -235,7 +255,9 @@ impl Registry {
 
     /// The open connections, oldest first.
     pub fn list(&self) -> Vec<ConnectionInfo> {
-        let mut all: Vec<ConnectionInfo> = lock(&self.entries).values().map(|s| s.info()).collect();
+        // Copied out first: accepting and closing connections must not wait on the rendering.
+        let entries: Vec<Arc<Shared>> = lock(&self.entries).values().cloned().collect();
+        let mut all: Vec<ConnectionInfo> = entries.iter().map(|s| s.info()).collect();
         all.sort_by_key(|c| c.id);
         all
     }
@@ -251,6 +273,11 @@ impl Registry {
         self.drain_where(|s| s.agent == agent, &DrainReason::AgentRemoved)
     }
 
+    /// The trust bundle in force now: taken before a handshake, it goes in its [`Opening`].
+    pub fn current_bundles(&self) -> Option<Arc<X509BundleSet>> {
+        self.bundles.borrow().clone()
+    }
+
     /// Whether `agent` was removed.
     pub fn is_retired(&self, agent: &str) -> bool {
         self.retired
@@ -259,8 +286,11 @@ impl Registry {
             .contains(agent)
     }
 
-    /// Drains every connection.
+    /// Drains every connection; with [`DrainReason::ShuttingDown`], those registered later too.
     pub fn drain_all(&self, reason: &DrainReason) -> usize {
+        if *reason == DrainReason::ShuttingDown {
+            self.closing.store(true, Ordering::Release);
+        }
         self.drain_where(|_| true, reason)
     }
 
@@ -293,11 +323,7 @@ impl Registry {
         let current = self.bundles.borrow().clone();
         let bundles_changed = {
             let mut verified_under = lock(&self.verified_under);
-            let changed = match (&*verified_under, &current) {
-                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
-                (None, None) => false,
-                _ => true,
-            };
+            let changed = !same_set(verified_under.as_ref(), current.as_ref());
             *verified_under = current;
             changed
         };
@@ -335,13 +361,13 @@ impl Registry {
         };
         drain::reason_to_drain(&drain::ConnectionFacts {
             now,
-            opened: shared.opened,
+            age: shared.opened_at.elapsed(),
             local_expires: shared.local_expires,
             peer_expires: shared.peer_expires,
             peer_verified: verified
                 .as_ref()
                 .map(|r| r.as_ref().map(|_| ()).map_err(String::as_str)),
-            max_age: self.max_age,
+            max_age: spread(self.max_age, shared.id),
         })
     }
 
@@ -455,13 +481,15 @@ pub(crate) fn over_limit(
     slots: &Slots,
     in_flight: &InFlight,
     max_streams: u32,
-    listener: &str,
+    listener: impl FnOnce() -> String,
 ) -> Option<(&'static str, String)> {
     if matches!(slot, Slot::Overloaded { .. }) {
         return Some((
             "max_connections",
             format!(
-                "{listener} holds its limit of {} connections ([limits] max_connections);                  retry shortly, reusing a connection",
+                "{} holds its limit of {} connections ([limits] max_connections); retry \
+                 shortly, reusing a connection",
+                listener(),
                 slots.limit
             ),
         ));
@@ -470,14 +498,16 @@ pub(crate) fn over_limit(
         (
             "max_streams",
             format!(
-                "this connection to {listener} already carries {max_streams} requests                  ([limits] max_streams); retry when one finishes, or open another connection"
+                "this connection to {} already carries {max_streams} requests ([limits] \
+                 max_streams); retry when one finishes, or open another connection",
+                listener()
             ),
         )
     })
 }
 
-/// How long a connection in `slot` is served: one over the listener's limit only briefly (it is
-/// answered 503 and asked to close), the others as long as they last.
+/// How long a connection in `slot` is served: one from the overflow only briefly (it is
+/// answered with its refusal and asked to close), the others as long as they last.
 pub(crate) fn lifetime(slot: &Slot, limits: &crate::config::Limits) -> Duration {
     match slot {
         Slot::Served { .. } => Duration::MAX,
@@ -485,14 +515,15 @@ pub(crate) fn lifetime(slot: &Slot, limits: &crate::config::Limits) -> Duration 
     }
 }
 
-/// The refusal for `problem`; on a connection over the listener's limit it also asks an
-/// HTTP/1.1 client to close (HTTP/2 drops the header), which frees the overflow slot.
+/// The refusal for `problem`; with `close` (a connection refused as a whole: over the
+/// listener's limit, not attested) it also asks an HTTP/1.1 client to close (HTTP/2 drops the
+/// header), which frees its overflow slot.
 pub(crate) fn refusal_response(
     problem: &crate::problem::Problem,
-    slot: &Slot,
+    close: bool,
 ) -> http::Response<crate::body::Body> {
     let mut response = crate::body::problem_response(problem);
-    if matches!(slot, Slot::Overloaded { .. }) {
+    if close {
         response.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),
@@ -528,17 +559,36 @@ impl Drop for InFlight {
     }
 }
 
-/// The earliest `notAfter` of a chain; `None` for an empty chain or one that does not parse (a
-/// verified chain parses).
+/// The earliest `notAfter` of a chain; `None` for an empty chain. A certificate that does not
+/// parse (a verified one does) counts as expired: what cannot be read is not trusted on.
 fn earliest_expiry(chain: &[CertificateDer<'_>]) -> Option<SystemTime> {
     chain
         .iter()
-        .filter_map(|der| {
-            let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-            let seconds = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
-            Some(UNIX_EPOCH + Duration::from_secs(seconds))
+        .map(|der| {
+            x509_parser::parse_x509_certificate(der.as_ref())
+                .ok()
+                .and_then(|(_, cert)| u64::try_from(cert.validity().not_after.timestamp()).ok())
+                .map_or(UNIX_EPOCH, |seconds| {
+                    UNIX_EPOCH + Duration::from_secs(seconds)
+                })
         })
         .min()
+}
+
+/// Whether two bundle sets are the same one (by identity: each update is a new set).
+fn same_set(a: Option<&Arc<X509BundleSet>>, b: Option<&Arc<X509BundleSet>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// `max_age` less up to a tenth, spread by connection: connections opened together (at start,
+/// after a peer's restart) are not all re-admitted in the same second.
+fn spread(max_age: Duration, id: u64) -> Duration {
+    let tenth_parts = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 1000;
+    max_age.saturating_sub(max_age / 10 * u32::try_from(tenth_parts).unwrap_or(0) / 1000)
 }
 
 fn unix_seconds(time: SystemTime) -> u64 {

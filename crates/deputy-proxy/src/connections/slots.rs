@@ -47,6 +47,11 @@ impl Slots {
         if let Ok(permit) = self.served.clone().try_acquire_owned() {
             return Some(Slot::Served { _permit: permit });
         }
+        self.take_overflow()
+    }
+
+    /// A slot from the overflow only, for a connection that is to be refused anyway.
+    pub(crate) fn take_overflow(&self) -> Option<Slot> {
         let permit = self.overflow.clone().try_acquire_owned().ok()?;
         Some(Slot::Overloaded { _permit: permit })
     }

@@ -28,6 +28,7 @@ fn inbound_from(domain: &TestDomain, agent: &str) -> Opening {
             .into_iter()
             .map(CertificateDer::from)
             .collect(),
+        verified_under: None,
     }
 }
 
@@ -139,6 +140,7 @@ async fn an_expired_local_svid_and_a_removed_agent_drain() {
         remote: "uid 1000".into(),
         local_expires: None,
         peer_chain: Vec::new(),
+        verified_under: None,
     });
     let beta = registry.register(inbound_from(&domain, "gamma"));
     assert_eq!(registry.retire_agent("alpha"), 1);
@@ -175,4 +177,59 @@ async fn a_drained_connection_gets_its_grace_then_is_cut() {
     let ended = serve_until_drained(std::future::pending::<()>(), &mut stubborn, |_| {}).await;
     assert!(matches!(ended, serve::Ended::Cut));
     assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn what_changed_during_the_handshake_is_checked_at_registration() {
+    let old = TestDomain::new("example.org");
+    let (tx, bundles) = watch::channel(Some(bundles_of(&old)));
+    let registry = registry(bundles);
+    // The handshake began under the old bundle; the CA rotated away before it registered.
+    let began_under = registry.current_bundles();
+    tx.send_replace(Some(bundles_of(&TestDomain::new("example.org"))));
+    registry.sweep();
+    let late = registry.register(Opening {
+        verified_under: began_under,
+        ..inbound_from(&old, "alpha")
+    });
+    assert!(
+        matches!(late.draining(), Some(DrainReason::PeerNoLongerTrusted(_))),
+        "{:?}",
+        late.draining()
+    );
+
+    // An agent removed, or a stop begun, while a handshake was under way.
+    let domain = TestDomain::new("example.org");
+    let (_tx, bundles) = watch::channel(Some(bundles_of(&domain)));
+    let fresh = super::tests::registry(bundles);
+    fresh.retire_agent("beta");
+    assert!(fresh.is_retired("beta"));
+    let retired = fresh.register(inbound_from(&domain, "alpha"));
+    assert_eq!(retired.draining(), Some(DrainReason::AgentRemoved));
+    fresh.drain_all(&DrainReason::ShuttingDown);
+    let after_stop = fresh.register(Opening {
+        agent: "gamma".into(),
+        ..inbound_from(&domain, "alpha")
+    });
+    assert_eq!(after_stop.draining(), Some(DrainReason::ShuttingDown));
+}
+
+#[test]
+fn a_chain_that_does_not_parse_counts_as_expired() {
+    let garbage = [CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01])];
+    assert_eq!(earliest_expiry(&garbage), Some(UNIX_EPOCH));
+    assert_eq!(earliest_expiry(&[]), None);
+}
+
+#[test]
+fn max_ages_are_spread_over_a_tenth() {
+    let hour = Duration::from_secs(3600);
+    let ages: Vec<Duration> = (1..200).map(|id| spread(hour, id)).collect();
+    assert!(ages.iter().all(|a| *a <= hour && *a >= hour - hour / 10));
+    let distinct: std::collections::HashSet<_> = ages.iter().collect();
+    assert!(
+        distinct.len() > 100,
+        "spread, not all alike: {}",
+        distinct.len()
+    );
 }

@@ -73,15 +73,18 @@ pub(super) async fn handshake(
     };
     // Read before the handshake picks the certificate: a rotation during it can only make the
     // recorded expiry earlier than the certificate's, never later.
-    let local_expires = inbound
-        .materials
-        .get(&agent.name)
-        .and_then(|m| m.borrow().as_ref().map(|m| system_time(m.not_after)));
+    let expiry_now = || {
+        inbound
+            .materials
+            .get(&agent.name)
+            .and_then(|m| m.borrow().as_ref().map(|m| system_time(m.not_after)))
+    };
+    let before = expiry_now();
     match start.into_stream(inbound.tls.clone()).await {
         Ok(tls) => Some(Handshaken {
             tls,
+            local_expires: Some(earlier_expiry(before, expiry_now())),
             agent,
-            local_expires,
         }),
         Err(e) => {
             let reason = handshake_failure_reason(&e);
@@ -108,5 +111,35 @@ fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
         Some(rustls::Error::NoCertificatesPresented) => "no_client_certificate",
         Some(_) => "tls",
         None => "io",
+    }
+}
+
+/// The expiry of the SVID the server presented, not knowing which of the two read around the
+/// handshake it picked: the earlier. An SVID missing at either read (expired, withdrawn) counts
+/// as expiring now: the connection is drained at once rather than trusted without an expiry.
+fn earlier_expiry(before: Option<SystemTime>, after: Option<SystemTime>) -> SystemTime {
+    match (before, after) {
+        (Some(before), Some(after)) => before.min(after),
+        _ => SystemTime::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_recorded_expiry_is_the_earlier_and_a_missing_svid_is_expired() {
+        let now = SystemTime::now();
+        let (soon, later) = (
+            now + Duration::from_secs(60),
+            now + Duration::from_secs(600),
+        );
+        assert_eq!(earlier_expiry(Some(later), Some(soon)), soon);
+        assert_eq!(earlier_expiry(Some(soon), Some(later)), soon);
+        assert!(earlier_expiry(None, Some(later)) <= SystemTime::now());
+        assert!(earlier_expiry(Some(later), None) <= SystemTime::now());
     }
 }

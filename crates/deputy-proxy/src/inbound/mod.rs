@@ -66,8 +66,10 @@ pub(crate) struct Inbound {
     pub(crate) registry: Arc<Registry>,
     /// Bounds.
     pub(crate) limits: Limits,
-    /// This listener's connection slots.
+    /// This listener's connection slots, for authenticated peers.
     pub(crate) slots: Slots,
+    /// Handshakes in progress ([`Limits::max_handshakes`]).
+    pub(crate) handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 /// The answer to a client that speaks plain HTTP to the mTLS port.
@@ -90,14 +92,18 @@ pub(crate) async fn serve(inbound: Arc<Inbound>, listener: TcpListener, cancel: 
         };
         match accepted {
             Ok((tcp, remote)) => {
-                let Some(slot) = inbound.slots.take() else {
-                    // Past the limit and its overflow: closed unanswered, at no cost.
-                    metrics::overloaded("inbound", "max_connections");
+                // A connection slot is for an authenticated peer; until then the connection
+                // holds one of the handshakes in progress, so that strangers who never finish
+                // theirs cannot take the peers' places.
+                let Ok(handshaking) = inbound.handshakes.clone().try_acquire_owned() else {
+                    metrics::overloaded("inbound", "max_handshakes");
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
                 let inbound = inbound.clone();
-                tokio::spawn(async move { serve_connection(inbound, tcp, remote, slot).await });
+                tokio::spawn(async move {
+                    serve_connection(inbound, tcp, remote, handshaking).await;
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "inbound accept failed");
@@ -111,9 +117,10 @@ async fn serve_connection(
     inbound: Arc<Inbound>,
     tcp: TcpStream,
     remote: std::net::SocketAddr,
-    slot: Slot,
+    handshaking: tokio::sync::OwnedSemaphorePermit,
 ) {
     let limit = inbound.limits.handshake;
+    let verified_under = inbound.registry.current_bundles();
     let Ok(handshaken) = tokio::time::timeout(limit, handshake(&inbound, tcp, remote)).await else {
         metrics::handshake_failed("inbound", "timeout");
         tracing::warn!(%remote, ?limit,
@@ -128,7 +135,13 @@ async fn serve_connection(
     else {
         return;
     };
+    drop(handshaking);
     metrics::handshake_succeeded("inbound");
+    let Some(slot) = inbound.slots.take() else {
+        // Past the limit and its overflow: closed unanswered, at no cost.
+        metrics::overloaded("inbound", "max_connections");
+        return;
+    };
     let peer_chain = crate::tls::owned_chain(tls.get_ref().1.peer_certificates());
     let Some(peer) = peer_spiffe_id(Some(&peer_chain)) else {
         // The verifier accepted an SVID, so this cannot happen; fail closed if it does.
@@ -141,6 +154,7 @@ async fn serve_connection(
         remote: remote.to_string(),
         local_expires,
         peer_chain,
+        verified_under,
     });
     let life = crate::connections::lifetime(&slot, &inbound.limits);
     let connection = Arc::new(Connection {
@@ -193,7 +207,7 @@ async fn handle(
     let response = pipeline::answer(
         ran,
         call.response.take(),
-        &connection.slot,
+        matches!(connection.slot, Slot::Overloaded { .. }),
         &request_id,
         "inbound",
         &connection.agent.name,

@@ -77,12 +77,8 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok(connection) => {
-                let Some(slot) = outbound.slots.take() else {
-                    metrics::overloaded("outbound", "max_connections");
-                    continue;
-                };
                 let outbound = outbound.clone();
-                tokio::spawn(async move { serve_connection(outbound, connection, slot).await });
+                tokio::spawn(async move { serve_connection(outbound, connection).await });
             }
             Err(e) => {
                 tracing::warn!(agent = %outbound.agent.name, error = %e, "outbound accept failed");
@@ -107,7 +103,7 @@ async fn accept(listener: &OutboundListener) -> std::io::Result<Connection> {
     }
 }
 
-async fn serve_connection(outbound: Arc<Outbound>, connection: Connection, slot: Slot) {
+async fn serve_connection(outbound: Arc<Outbound>, connection: Connection) {
     let uid = match &connection {
         Connection::Tcp(s) => tcp_caller_uid(s).await,
         Connection::Unix(s) => unix_caller_uid(s),
@@ -127,6 +123,16 @@ async fn serve_connection(outbound: Arc<Outbound>, connection: Connection, slot:
     if let Err(reason) = &admitted {
         tracing::warn!(agent = %outbound.agent.name, %reason, "outbound caller refused");
     }
+    // The agent's places are for the agent: a caller that is not one is told so from the
+    // overflow, briefly, and never holds a place.
+    let slot = match &admitted {
+        Ok(_) => outbound.slots.take(),
+        Err(_) => outbound.slots.take_overflow(),
+    };
+    let Some(slot) = slot else {
+        metrics::overloaded("outbound", "max_connections");
+        return;
+    };
     let mut registration = outbound.registry.register(Opening {
         side: Side::Outbound,
         agent: outbound.agent.name.clone(),
@@ -137,9 +143,11 @@ async fn serve_connection(outbound: Arc<Outbound>, connection: Connection, slot:
         },
         local_expires: None,
         peer_chain: Vec::new(),
+        verified_under: None,
     });
     let life = crate::connections::lifetime(&slot, &outbound.limits);
     let caller = Arc::new(Caller {
+        close_after_answer: admitted.is_err() || matches!(slot, Slot::Overloaded { .. }),
         admitted,
         handle: registration.handle(),
         slot,
@@ -169,6 +177,8 @@ async fn serve_connection(outbound: Arc<Outbound>, connection: Connection, slot:
 pub(crate) struct Caller {
     /// Its uid, or why it may not call.
     admitted: Result<u32, String>,
+    /// It is refused (not attested, or over the limit): asked to close after each answer.
+    close_after_answer: bool,
     handle: ConnectionHandle,
     slot: Slot,
 }
@@ -191,7 +201,7 @@ async fn handle(
     let response = pipeline::answer(
         ran,
         call.response.take(),
-        &caller.slot,
+        caller.close_after_answer,
         &request_id,
         "outbound",
         &outbound.agent.name,

@@ -16,7 +16,7 @@ pub(super) fn check(call: &mut Call<'_>) -> Outcome {
         &call.inbound.slots,
         in_flight,
         call.inbound.limits.max_streams,
-        "the inbound listener",
+        || "the inbound listener".to_owned(),
     ) else {
         return Ok(());
     };

@@ -13,7 +13,7 @@ pub(super) fn check(call: &mut Call<'_>) -> Outcome {
         &outbound.slots,
         &call.in_flight[0],
         outbound.limits.max_streams,
-        &format!("agent {}'s outbound listener", outbound.agent.name),
+        || format!("agent {}'s outbound listener", outbound.agent.name),
     ) else {
         return Ok(());
     };

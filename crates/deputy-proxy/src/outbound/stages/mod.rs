@@ -17,8 +17,9 @@ use crate::pipeline::Stage;
 /// The stages every outbound call passes, in order.
 pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 9] {
     [
-        Stage::Now("limits", limits::check),
+        // Attested first: a caller that is not the agent's is told that, whatever the limits.
         Stage::Now("attest", attest::check),
+        Stage::Now("limits", limits::check),
         Stage::Now("route", route::resolve),
         Stage::Now("identity", identity::take),
         Stage::Now("plan", plan::plan_task),
