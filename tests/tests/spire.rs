@@ -1,7 +1,8 @@
 //! deputyd against a real SPIRE deployment (spire-server and one spire-agent per node, built by
 //! scripts/peers), registered with the scripts in spire/: its own SVID from the Workload API,
 //! each agent's from the Delegated Identity API, a call between two nodes on SPIRE-issued
-//! SVIDs, rotation without a restart, and a SPIRE agent that goes away and comes back.
+//! SVIDs, rotation without a restart, a SPIRE agent that goes away and comes back, and a CA
+//! rotated out of the bundle taking the connections made under it.
 
 use std::path::Path;
 use std::process::Command;
@@ -45,7 +46,8 @@ fn identity_config(agent: &SpireAgent) -> String {
     format!(
         "trust_domain = \"{TD}\"\n[identity]\nworkload_api = \"unix://{}\"\n\
          delegated_identity_api = \"unix://{}\"\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nrequest = \"10s\"\n[state]\ndir = \"{}\"\n",
+         [admin]\nlisten = \"127.0.0.1:0\"\n[timeouts]\nrequest = \"10s\"\n[limits]\n\
+         drain_grace = \"1s\"\n[state]\ndir = \"{}\"\n",
         agent.workload_socket().display(),
         agent.admin_socket().display(),
         agent
@@ -397,4 +399,97 @@ fn the_shipped_spire_configurations_are_valid() {
         assert!(status.success(), "{program} validate {file}:\n{output}");
         assert!(output.contains("is valid"), "{output}");
     }
+}
+
+/// The id of the server's X.509 authority in `state` (`active`, `prepared`, `old`).
+fn authority(server: &SpireServer, state: &str) -> Option<String> {
+    let shown = server.cli(&["localauthority", "x509", "show", "-output", "json"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
+    let authority = &shown[state];
+    authority["authority_id"]
+        .as_str()
+        .or_else(|| authority["authorityId"].as_str())
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_ends_when_the_ca_it_was_admitted_under_leaves_the_bundle() {
+    use http_body_util::BodyExt as _;
+    let mesh = tokio::task::spawn_blocking(|| SpireMesh::start("1h"))
+        .await
+        .expect("start");
+    let response = client::send(
+        &mesh.node1.outbound_of("alpha"),
+        Protocol::Http1,
+        client::get("beta", "/events?count=1800", Protocol::Http1),
+    )
+    .await
+    .expect("the stream opens");
+    assert_eq!(response.status(), 200);
+    // Events are counted as they arrive (100 ms apart), and the end is noted.
+    let events = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reading = tokio::spawn({
+        let events = events.clone();
+        async move {
+            let mut body = response.into_body();
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) if frame.is_data() => {
+                        events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+            true
+        }
+    });
+
+    // A new CA is prepared and put in force; the old one is tainted, so SPIRE re-issues every
+    // SVID under the new one. The old CA is still in the bundle: the stream goes on.
+    let server = &mesh.server;
+    let old = authority(server, "active").expect("an active authority");
+    server.cli(&["localauthority", "x509", "prepare"]);
+    let new = authority(server, "prepared").expect("a prepared authority");
+    server.cli(&["localauthority", "x509", "activate", "-authorityID", &new]);
+    let before = identity_of(&mesh.node1.admin, "alpha")["serial"].clone();
+    server.cli(&["localauthority", "x509", "taint", "-authorityID", &old]);
+    let admin = mesh.node1.admin.clone();
+    tokio::task::spawn_blocking(move || {
+        eventually(
+            "alpha re-issued under the new CA",
+            Duration::from_secs(60),
+            || (identity_of(&admin, "alpha")["serial"] != before).then_some(()),
+        )
+    })
+    .await
+    .expect("re-issued");
+    let seen = events.load(std::sync::atomic::Ordering::Relaxed);
+    let flowing = tokio::time::timeout(Duration::from_secs(10), async {
+        while events.load(std::sync::atomic::Ordering::Relaxed) <= seen + 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        flowing.is_ok() && !reading.is_finished(),
+        "the stream still flows while the old CA is in the bundle"
+    );
+
+    // The old CA leaves the bundle: what was admitted under it is drained.
+    server.cli(&["localauthority", "x509", "revoke", "-authorityID", &old]);
+    let revoked = std::time::Instant::now();
+    let clean = tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .expect("the stream ends within a minute of the revocation")
+        .expect("reader");
+    assert!(!clean, "the stream was cut, not finished");
+    let logs = mesh.node1.process.output.text() + &mesh.node2.process.output.text();
+    assert!(
+        logs.contains("no longer verifies against the trust bundle"),
+        "drained for the bundle ({:?} after the revocation):\n{logs}",
+        revoked.elapsed()
+    );
+    // A new call is made under the new CA.
+    assert_eq!(call_beta(&mesh).await, format!("spiffe://{TD}/agent/alpha"));
 }
