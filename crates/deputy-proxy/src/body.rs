@@ -162,6 +162,55 @@ impl Drop for Metered {
     }
 }
 
+/// What the access record takes from a request as it arrives, before any stage sees it.
+#[derive(Debug)]
+pub(crate) struct Arrival {
+    started: std::time::Instant,
+    method: http::Method,
+    path: String,
+    request_bytes: Arc<AtomicU64>,
+}
+
+impl Arrival {
+    /// Notes the request's arrival, and counts its body's bytes from here on.
+    pub(crate) fn of(request: http::Request<hyper::body::Incoming>) -> (Self, http::Request<Body>) {
+        let request_bytes = Arc::new(AtomicU64::new(0));
+        let arrival = Self {
+            started: std::time::Instant::now(),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            request_bytes: request_bytes.clone(),
+        };
+        (
+            arrival,
+            request.map(|b| Metered::counting(b, request_bytes)),
+        )
+    }
+
+    /// The access record of the call that arrived: `direction` and the parties named, the
+    /// requests in flight it holds until its answer ends.
+    pub(crate) fn record(
+        self,
+        direction: &'static str,
+        (agent, peer, service): (String, String, String),
+        request_id: String,
+        in_flight: Vec<crate::connections::InFlight>,
+    ) -> AccessRecord {
+        AccessRecord {
+            direction,
+            agent,
+            peer,
+            service,
+            method: self.method,
+            path: self.path,
+            started: self.started,
+            request_id,
+            request_bytes: self.request_bytes,
+            in_flight,
+        }
+    }
+}
+
 /// Everything the access log says about one request, written when its response body ends.
 #[derive(Debug)]
 pub struct AccessRecord {

@@ -69,6 +69,18 @@ fn provider() -> Arc<CryptoProvider> {
 /// Anchors and the bundle set they were built from.
 type BuiltAnchors = (Option<Arc<X509BundleSet>>, Arc<TrustAnchors>);
 
+/// Whether two bundle sets are the same one (by identity: each update is a new set).
+pub(crate) fn same_bundle_set(
+    a: Option<&Arc<X509BundleSet>>,
+    b: Option<&Arc<X509BundleSet>>,
+) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// Trust anchors per trust domain, rebuilt only when the bundle set changes.
 #[derive(Debug)]
 pub(crate) struct Anchors {
@@ -90,15 +102,10 @@ impl Anchors {
     pub(crate) fn current(&self) -> Arc<TrustAnchors> {
         let set = self.bundles.borrow().clone();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((built_from, anchors)) = cache.as_ref() {
-            let same = match (built_from, &set) {
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                (None, None) => true,
-                _ => false,
-            };
-            if same {
-                return anchors.clone();
-            }
+        if let Some((built_from, anchors)) = cache.as_ref()
+            && same_bundle_set(built_from.as_ref(), set.as_ref())
+        {
+            return anchors.clone();
         }
         let anchors = Arc::new(
             set.as_deref()

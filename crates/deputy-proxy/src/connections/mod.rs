@@ -26,7 +26,7 @@ pub use drain::DrainReason;
 pub(crate) use serve::{Ended, serve_until_drained};
 pub(crate) use slots::{Slot, Slots};
 
-use crate::tls::{Anchors, Bundles};
+use crate::tls::{Anchors, Bundles, same_bundle_set};
 
 /// How often connections are checked against their admission: an expired SVID's connection is
 /// drained within this of the expiry.
@@ -233,9 +233,15 @@ impl Registry {
         crate::metrics::connection_opened(shared.side.name());
         // Admitted at the handshake, but the world may have moved since: a sweep, a retire or
         // a stop that ran between the handshake and this insertion did not see this connection.
-        let current = self.bundles.borrow().clone();
-        let anchors = (!same_set(opening.verified_under.as_ref(), current.as_ref()))
-            .then(|| self.anchors.current());
+        // Only a peer's chain can stop verifying (an agent's own connection has none). The
+        // bundle is read in a statement of its own: no read of it is held while the anchors
+        // read it again.
+        let bundle_changed = !shared.peer_chain.is_empty()
+            && !same_bundle_set(
+                opening.verified_under.as_ref(),
+                self.bundles.borrow().as_ref(),
+            );
+        let anchors = bundle_changed.then(|| self.anchors.current());
         let reason = if self.closing.load(Ordering::Acquire) {
             Some(DrainReason::ShuttingDown)
         } else if self.is_retired(&shared.agent) {
@@ -323,7 +329,7 @@ impl Registry {
         let current = self.bundles.borrow().clone();
         let bundles_changed = {
             let mut verified_under = lock(&self.verified_under);
-            let changed = !same_set(verified_under.as_ref(), current.as_ref());
+            let changed = !same_bundle_set(verified_under.as_ref(), current.as_ref());
             *verified_under = current;
             changed
         };
@@ -573,15 +579,6 @@ fn earliest_expiry(chain: &[CertificateDer<'_>]) -> Option<SystemTime> {
                 })
         })
         .min()
-}
-
-/// Whether two bundle sets are the same one (by identity: each update is a new set).
-fn same_set(a: Option<&Arc<X509BundleSet>>, b: Option<&Arc<X509BundleSet>>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-        (None, None) => true,
-        _ => false,
-    }
 }
 
 /// `max_age` less up to a tenth, spread by connection: connections opened together (at start,

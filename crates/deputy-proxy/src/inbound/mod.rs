@@ -10,8 +10,6 @@ pub(crate) mod stages;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -24,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::call::Call;
 use self::handshake::{Handshaken, handshake};
-use crate::body::{AccessRecord, Body, Metered};
+use crate::body::{Arrival, Body};
 use crate::config::{Limits, Timeouts};
 use crate::connections::{
     ConnectionHandle, Ended, Opening, Registry, Side, Slot, Slots, serve_until_drained,
@@ -193,15 +191,11 @@ async fn handle(
     connection: &Connection,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let started = Instant::now();
     let in_flight = connection.handle.request_started();
     // One id per call, at both ends: the calling deputyd's, when the peer sent a well-formed one.
     let request_id = crate::routing::peer_request_id(request.headers())
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let request_bytes = Arc::new(AtomicU64::new(0));
-    let request = request.map(|b| Metered::counting(b, request_bytes.clone()));
+    let (arrival, request) = Arrival::of(request);
     let mut call = Call::new(inbound, connection, &request_id, request, in_flight);
     let ran = pipeline::run(&stages::stages(), &mut call).await;
     let response = pipeline::answer(
@@ -214,17 +208,11 @@ async fn handle(
     );
     let in_flight = call.in_flight.take().into_iter().collect();
     let agent = &connection.agent;
-    let record = AccessRecord {
-        direction: "inbound",
-        agent: agent.name.clone(),
-        peer: connection.peer.to_string(),
-        service: agent.name.clone(),
-        method,
-        path,
-        started,
-        request_id,
-        request_bytes,
-        in_flight,
-    };
+    let parties = (
+        agent.name.clone(),
+        connection.peer.to_string(),
+        agent.name.clone(),
+    );
+    let record = arrival.record("inbound", parties, request_id, in_flight);
     record.answer(response)
 }

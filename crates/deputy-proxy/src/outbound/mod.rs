@@ -8,8 +8,6 @@ mod call;
 pub(crate) mod stages;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
-use std::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -20,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::call::Call;
 use crate::attest::{tcp_caller_uid, unix_caller_uid};
-use crate::body::{AccessRecord, Body, Metered};
+use crate::body::{Arrival, Body};
 use crate::config::{Limits, LocalAgent, PolicyConfig, Timeouts};
 use crate::connections::{
     ConnectionHandle, Ended, Opening, Registry, Side, Slot, Slots, serve_until_drained,
@@ -188,13 +186,9 @@ async fn handle(
     caller: &Caller,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let started = Instant::now();
     let in_flight = caller.handle.request_started();
     let request_id = uuid::Uuid::now_v7().to_string();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let request_bytes = Arc::new(AtomicU64::new(0));
-    let request = request.map(|b| Metered::counting(b, request_bytes.clone()));
+    let (arrival, request) = Arrival::of(request);
     let mut call = Call::new(outbound, caller, &request_id, request, in_flight);
     let ran = pipeline::run(&stages::stages(), &mut call).await;
     let service = call.service_name();
@@ -207,17 +201,7 @@ async fn handle(
         &outbound.agent.name,
     );
     let in_flight = std::mem::take(&mut call.in_flight);
-    let record = AccessRecord {
-        direction: "outbound",
-        agent: outbound.agent.name.clone(),
-        peer: "-".into(),
-        service,
-        method,
-        path,
-        started,
-        request_id,
-        request_bytes,
-        in_flight,
-    };
+    let parties = (outbound.agent.name.clone(), "-".into(), service);
+    let record = arrival.record("outbound", parties, request_id, in_flight);
     record.answer(response)
 }
