@@ -162,14 +162,23 @@ pub fn get(service: &str, path: &str, protocol: Protocol) -> Request<Body> {
         .expect("request")
 }
 
-/// The whole body as JSON.
-pub async fn json(response: Response<Incoming>) -> serde_json::Value {
-    let bytes = response
+async fn whole_body(response: Response<Incoming>) -> Bytes {
+    response
         .into_body()
         .collect()
         .await
         .expect("body")
-        .to_bytes();
+        .to_bytes()
+}
+
+/// The whole body as text.
+pub async fn text(response: Response<Incoming>) -> String {
+    String::from_utf8_lossy(&whole_body(response).await).into_owned()
+}
+
+/// The whole body as JSON.
+pub async fn json(response: Response<Incoming>) -> serde_json::Value {
+    let bytes = whole_body(response).await;
     serde_json::from_slice(&bytes)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
 }

@@ -9,8 +9,10 @@ pub mod mesh;
 pub mod opa;
 pub mod opa_abi;
 pub mod peers;
+pub mod postgres;
 pub mod spire;
 pub mod tls_client;
+pub mod vault;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;

@@ -5,9 +5,11 @@
 //! - [`manager`]: deputyd's own SVID (Workload API) and each fronted agent's SVIDs (Delegated
 //!   Identity API), each published on a `watch` of ready rustls material, with explicit states
 //!   and per-identity backoff.
+//! - [`jwt`]: the agents' JWT-SVIDs (to log in to Vault as them) and the JWKS document.
 
 pub mod backoff;
 pub mod inspect;
+pub mod jwt;
 pub mod manager;
 pub mod material;
 pub mod metrics;

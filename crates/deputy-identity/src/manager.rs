@@ -47,6 +47,8 @@ pub struct IdentityManagerConfig {
     pub min_backoff: Duration,
     /// Longest wait before reconnecting to a source.
     pub max_backoff: Duration,
+    /// Follow the trust domain's JWT keys (for the JWKS document Vault reads), when set.
+    pub jwks_of: Option<spiffe::TrustDomain>,
 }
 
 /// Handles to every identity, and the tasks that keep them fresh.
@@ -55,6 +57,8 @@ pub struct IdentityManager {
     own: IdentityHandle,
     agents: Vec<(String, IdentityHandle)>,
     bundles: watch::Receiver<Option<Arc<X509BundleSet>>>,
+    jwks: crate::jwt::Jwks,
+    config: IdentityManagerConfig,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -107,13 +111,43 @@ impl IdentityManager {
         }
 
         tasks.spawn(watch_expiry(cells, cancel.clone()));
+        let (jwks_tx, jwks) = watch::channel(None);
+        if let Some(trust_domain) = config.jwks_of.clone() {
+            tasks.spawn(crate::jwt::run_jwks(
+                config.delegated_identity_api.clone(),
+                trust_domain,
+                jwks_tx,
+                (config.min_backoff, config.max_backoff),
+                cancel.clone(),
+            ));
+        }
         Self {
             own,
             agents,
             bundles,
+            jwks,
+            config,
             cancel,
             tasks,
         }
+    }
+
+    /// The trust domain's JWT keys as a JWKS document (`None` until they arrive, and always
+    /// when `jwks_of` is not set).
+    pub fn jwks(&self) -> crate::jwt::Jwks {
+        self.jwks.clone()
+    }
+
+    /// A fresh JWT-SVID of the agent named `name`, for `audience` (each call asks the source:
+    /// a JWT-SVID is short-lived and only used to log in).
+    pub async fn fetch_jwt_svid(&self, name: &str, audience: &str) -> Result<String, String> {
+        let agent = self
+            .config
+            .agents
+            .iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| format!("no agent {name:?} on this node"))?;
+        crate::jwt::fetch_agent_jwt_svid(&self.config.delegated_identity_api, agent, audience).await
     }
 
     /// The daemon's own identity.

@@ -32,6 +32,20 @@ pub struct LocalAgent {
     pub originate: Vec<String>,
     /// It serves MCP: calls to it are judged by tool, so their bodies must be readable JSON.
     pub mcp: bool,
+    /// Headers deputyd adds to the agent's calls, with credentials the agent never sees.
+    pub inject: Vec<Injection>,
+}
+
+/// A header deputyd sets on an agent's calls to one service, after the policy allowed the call,
+/// from the agent's current credentials (`Authorization: Bearer {{ secret.crm.token }}`).
+#[derive(Debug, Clone)]
+pub struct Injection {
+    /// The service whose calls carry it.
+    pub service: String,
+    /// The header; one the agent sent is replaced.
+    pub header: http::HeaderName,
+    /// Its value.
+    pub value: deputy_secrets::template::Template,
 }
 
 impl LocalAgent {
@@ -139,6 +153,8 @@ pub struct ProxyConfig {
     pub policy: Option<PolicyConfig>,
     /// How inbound calls are admitted when there is no policy (ignored with one).
     pub without_policy: crate::admission::WithoutPolicy,
+    /// The agents' current credentials, which `inject` headers are rendered from.
+    pub credentials: deputy_secrets::CredentialStore,
 }
 
 /// How the data path asks the policy.

@@ -44,8 +44,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use admission::WithoutPolicy;
 pub use config::{
-    Delegation, FactsCell, Limits, ListenAddr, LocalAgent, PolicyConfig, PolicyFacts, ProxyConfig,
-    Service, Timeouts,
+    Delegation, FactsCell, Injection, Limits, ListenAddr, LocalAgent, PolicyConfig, PolicyFacts,
+    ProxyConfig, Service, Timeouts,
 };
 pub use connections::{ConnectionInfo, DrainReason, Registry};
 pub use held_bytes::HeldBytes;
@@ -212,6 +212,7 @@ impl Proxy {
                 registry: registry.clone(),
                 limits,
                 slots: connections::Slots::new(limits.max_connections),
+                credentials: config.credentials.clone(),
             });
             let stop = cancel.child_token();
             outbound_listeners.insert(agent.name.clone(), stop.clone());
@@ -296,9 +297,19 @@ async fn bind_outbound(
     listen: &ListenAddr,
     agent: &str,
 ) -> Result<(outbound::OutboundListener, ListenAddr), ProxyError> {
+    bind_local(listen, &format!("agent {agent}'s outbound listener")).await
+}
+
+/// Binds a listener for local agents (loopback TCP or a unix socket anyone may connect to, the
+/// caller's uid deciding who may use it); returns it and the address it is bound to (port 0
+/// resolved). `purpose` names it in the error.
+pub async fn bind_local(
+    listen: &ListenAddr,
+    purpose: &str,
+) -> Result<(outbound::OutboundListener, ListenAddr), ProxyError> {
     let fail = |address: String, source| ProxyError::Bind {
         address,
-        purpose: format!("agent {agent}'s outbound listener"),
+        purpose: purpose.to_owned(),
         source,
     };
     match listen {

@@ -61,6 +61,9 @@ pub enum ProblemKind {
     /// deputyd holds its bound of something it may not drop (budget counts), or cannot record
     /// what a call must leave behind: the call is refused, not made uncounted.
     Overloaded,
+    /// The call is configured to carry a credential deputyd does not hold now (Vault has not
+    /// issued it, or it expired): the call is refused, never sent without it.
+    SecretUnavailable,
     /// deputyd found itself in a state it should never be in; the call is refused.
     Internal,
 }
@@ -92,6 +95,7 @@ impl ProblemKind {
             Self::BodyNotInspectable => "urn:deputy:problem:body-not-inspectable",
             Self::PeerNotAllowed => "urn:deputy:problem:peer-not-allowed",
             Self::Overloaded => "urn:deputy:problem:overloaded",
+            Self::SecretUnavailable => "urn:deputy:problem:secret-unavailable",
             Self::Internal => "urn:deputy:problem:internal",
         }
     }
@@ -122,6 +126,7 @@ impl ProblemKind {
             Self::BodyNotInspectable => "Request body cannot be inspected",
             Self::PeerNotAllowed => "Peer not allowed",
             Self::Overloaded => "Overloaded",
+            Self::SecretUnavailable => "Credential unavailable",
             Self::Internal => "Internal error",
         }
     }
@@ -144,7 +149,9 @@ impl ProblemKind {
             Self::BodyNotInspectable => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::ChainTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::NoIdentity | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoIdentity | Self::Overloaded | Self::SecretUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::PeerIdentityMismatch | Self::PeerNotTrusted | Self::UpstreamUnavailable => {
                 StatusCode::BAD_GATEWAY
             }

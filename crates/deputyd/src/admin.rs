@@ -28,6 +28,8 @@ pub struct AdminState {
     pub policy: Option<Arc<deputy_policy::Policy>>,
     /// The data path's open connections.
     pub connections: Arc<deputy_proxy::Registry>,
+    /// The agents' Vault secrets, if `[vault]` is set.
+    pub secrets: Option<Arc<deputy_secrets::SecretsManager>>,
 }
 
 /// The admin routes.
@@ -38,6 +40,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/connections", get(connections))
+        .route("/jwks.json", get(jwks))
         .with_state(state)
 }
 
@@ -86,6 +89,9 @@ struct StatusDocument {
     identities: Vec<deputy_identity::IdentityStatus>,
     /// `null` when no policy is configured.
     policy: Option<PolicyStatus>,
+    /// Each agent's Vault login and secrets: states, expiries and Vault's reasons, never a
+    /// value; empty without `[vault]`.
+    secrets: Vec<deputy_secrets::AgentSecretsStatus>,
     log: LogStatus,
 }
 
@@ -113,6 +119,11 @@ async fn status(State(state): State<AdminState>) -> Json<StatusDocument> {
             revision: p.revision(),
             last_error: p.last_error(),
         }),
+        secrets: state
+            .secrets
+            .as_ref()
+            .map(|s| s.statuses())
+            .unwrap_or_default(),
         log: LogStatus {
             dropped_lines: crate::logging::dropped_lines(),
         },
@@ -130,4 +141,23 @@ async fn connections(State(state): State<AdminState>) -> Json<ConnectionsDocumen
     Json(ConnectionsDocument {
         connections: state.connections.list(),
     })
+}
+
+/// The trust domain's JWT keys, for Vault's `jwks_url` (served with `[vault]`): follows key
+/// rotation, since it is read from the identity source's JWT bundle stream.
+async fn jwks(State(state): State<AdminState>) -> impl IntoResponse {
+    match state.identities.jwks().borrow().clone() {
+        Some(document) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            document.to_string(),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain")],
+            "no JWT keys yet: they are served with [vault], once the identity source sent the \
+             trust domain's JWT bundle\n"
+                .to_owned(),
+        ),
+    }
 }

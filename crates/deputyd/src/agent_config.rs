@@ -43,6 +43,15 @@ pub(crate) struct RawAgent {
     /// can fetch the agent's SVID and key from the Workload API and go around deputyd.
     #[serde(default)]
     workload_api_may_serve_key: bool,
+    /// The Vault role it logs in as (default: its name).
+    #[serde(default)]
+    vault_role: Option<String>,
+    #[serde(default)]
+    secret: Vec<crate::secrets_config::RawSecret>,
+    #[serde(default)]
+    inject: Vec<crate::secrets_config::RawInject>,
+    #[serde(default)]
+    postgres: Vec<crate::pgproxy_config::RawPostgres>,
 }
 
 /// The validated agents: what the identity manager subscribes to, and what the data path serves.
@@ -51,6 +60,10 @@ pub(crate) struct Agents {
     pub local: Vec<LocalAgent>,
     /// Agents whose key the Workload API may serve (they opted in to attestable selectors).
     pub keys_exposed: Vec<String>,
+    /// The agents that declare secrets.
+    pub secrets: Vec<deputy_secrets::AgentSecrets>,
+    /// The agents' PostgreSQL auth proxies.
+    pub postgres: Vec<deputy_pgproxy::PgProxyConfig>,
 }
 
 /// Validates every `[[agent]]`, adding one line per problem to `problems`.
@@ -66,6 +79,8 @@ pub(crate) fn validate_agents(
         identities: Vec::new(),
         local: Vec::new(),
         keys_exposed: Vec::new(),
+        secrets: Vec::new(),
+        postgres: Vec::new(),
     };
     for (i, agent) in raw.iter().enumerate() {
         let at = format!("agent[{i}] ({:?})", agent.name);
@@ -104,7 +119,7 @@ pub(crate) fn validate_agents(
             }
         }
         let outbound = agent.outbound.as_deref().and_then(|o| {
-            parse_outbound(o)
+            parse_local_listen(o)
                 .map_err(|e| problems.push(format!("{at}: outbound = {o:?}: {e}")))
                 .ok()
         });
@@ -139,8 +154,26 @@ pub(crate) fn validate_agents(
                 .map_err(|e| problems.push(format!("{at}: upstream = {u:?}: {e}")))
                 .ok()
         });
+        let (secrets, inject) = crate::secrets_config::validate_agent(
+            &agent.name,
+            agent.vault_role.as_deref(),
+            &agent.secret,
+            &agent.inject,
+            &at,
+            problems,
+        );
+        agents.postgres.extend(crate::pgproxy_config::validate(
+            &agent.name,
+            &agent.uids,
+            &agent.postgres,
+            secrets.as_ref(),
+            &at,
+            problems,
+        ));
+        agents.secrets.extend(secrets);
         if let Some(spiffe_id) = spiffe_id {
             agents.local.push(LocalAgent {
+                inject,
                 name: agent.name.clone(),
                 spiffe_id: spiffe_id.clone(),
                 outbound,
@@ -230,7 +263,7 @@ fn selectors_of(agent: &RawAgent, at: &str, problems: &mut Vec<String>) -> Vec<S
 /// An outbound listener: loopback TCP (`127.0.0.1:15001`) or a unix socket
 /// (`unix:///run/deputy/triage.sock`). Never a public address: the listener takes plain HTTP
 /// and vouches for the caller.
-fn parse_outbound(text: &str) -> Result<ListenAddr, String> {
+pub(crate) fn parse_local_listen(text: &str) -> Result<ListenAddr, String> {
     if let Some(path) = text.strip_prefix("unix://") {
         if !path.starts_with('/') {
             return Err("write an absolute socket path: unix:///run/deputy/agent.sock".into());

@@ -49,6 +49,10 @@ pub struct Config {
     pub keys_exposed: Vec<String>,
     /// Where deputyd keeps what must outlive a restart (budget counts).
     pub state_dir: PathBuf,
+    /// Vault and the agents' secrets, if `[vault]` is set.
+    pub secrets: Option<crate::secrets_config::SecretsConfig>,
+    /// The agents' PostgreSQL auth proxies.
+    pub postgres: Vec<deputy_pgproxy::PgProxyConfig>,
 }
 
 /// A configuration that cannot be used.
@@ -101,6 +105,8 @@ struct RawConfig {
     state: RawState,
     #[serde(default)]
     policy: Option<RawPolicy>,
+    #[serde(default)]
+    vault: Option<crate::secrets_config::RawVault>,
     #[serde(default)]
     agent: Vec<RawAgent>,
     #[serde(default)]
@@ -297,7 +303,11 @@ impl RawConfig {
             identities: agents,
             local,
             keys_exposed,
+            secrets,
+            postgres,
         } = validate_agents(&self.agent, trust_domain.as_ref(), &mut problems);
+        let secrets =
+            crate::secrets_config::validate_vault(self.vault.as_ref(), secrets, &mut problems);
 
         let mut services = Vec::new();
         let mut service_names = HashSet::new();
@@ -344,6 +354,20 @@ impl RawConfig {
                     });
                 }
                 Err(e) => problems.push(format!("{at}: {e}")),
+            }
+        }
+
+        for agent in &local {
+            for injection in &agent.inject {
+                let known = services.iter().any(|s| s.name == injection.service)
+                    || local.iter().any(|a| a.name == injection.service);
+                if !known {
+                    problems.push(format!(
+                        "agent {:?}: inject names no service {:?}; add a [[service]] of that \
+                         name (or name a local agent)",
+                        agent.name, injection.service
+                    ));
+                }
             }
         }
 
@@ -411,10 +435,11 @@ impl RawConfig {
 
         match (trust_domain, admin_listen) {
             (Some(trust_domain), Some(admin_listen)) if problems.is_empty() => Ok(Config {
-                trust_domain,
+                trust_domain: trust_domain.clone(),
                 state_dir: self.state.dir,
                 keys_exposed,
                 identity: IdentityManagerConfig {
+                    jwks_of: secrets.as_ref().map(|_| trust_domain.clone()),
                     workload_api: self.identity.workload_api,
                     delegated_identity_api: self.identity.delegated_identity_api,
                     agents,
@@ -444,8 +469,13 @@ impl RawConfig {
                     },
                     policy: None,
                     without_policy,
+                    credentials: deputy_secrets::CredentialStore::new(
+                        secrets.as_ref().map_or(&[][..], |s| &s.agents),
+                    ),
                 },
                 policy,
+                secrets,
+                postgres,
             }),
             _ => Err(problems),
         }

@@ -20,6 +20,10 @@ pub struct Daemon {
     identities: Arc<IdentityManager>,
     policy: Option<ServingPolicy>,
     proxy: Option<deputy_proxy::Proxy>,
+    /// The agents' Vault secrets, if `[vault]` is set.
+    secrets: Option<Arc<deputy_secrets::SecretsManager>>,
+    /// The agents' PostgreSQL auth proxies.
+    postgres: Option<deputy_pgproxy::PgProxies>,
     /// The agents the data path serves (a reload may remove some).
     agents: Vec<String>,
     admin_addr: SocketAddr,
@@ -118,6 +122,15 @@ impl Daemon {
             }
         };
         let identities = Arc::new(IdentityManager::start(config.identity.clone()));
+        let secrets = match &config.secrets {
+            Some(settings) => {
+                let backoff = (config.identity.min_backoff, config.identity.max_backoff);
+                let manager = Arc::new(crate::secrets::start(settings, &identities, backoff)?);
+                proxy_config.credentials = manager.store().clone();
+                Some(manager)
+            }
+            None => None,
+        };
         let state = deputy_state::State::open(&config.state_dir)?;
         let budgets = deputy_state::BudgetLedger::open(
             &state,
@@ -126,6 +139,22 @@ impl Daemon {
         )?;
         tracing::info!(state = %state.path().display(), budgeted_links = budgets.len(),
             "state opened");
+        let postgres = match &secrets {
+            Some(manager) if !config.postgres.is_empty() => {
+                let proxies = deputy_pgproxy::PgProxies::start(
+                    config.postgres.clone(),
+                    manager.store().clone(),
+                )
+                .await?;
+                for (proxy, bound) in proxies.bound() {
+                    tracing::info!(agent = %proxy.agent, database = %proxy.database,
+                        upstream = %proxy.upstream, postgres = %show_listen(bound),
+                        "PostgreSQL proxy bound");
+                }
+                Some(proxies)
+            }
+            _ => None,
+        };
         let proxy =
             deputy_proxy::Proxy::start(proxy_config, &identities, Arc::new(budgets)).await?;
         if let Some(inbound) = proxy.inbound_addr() {
@@ -143,6 +172,7 @@ impl Daemon {
             trust_domain: config.trust_domain.to_string(),
             policy: policy.as_ref().map(|p| p.policy.clone()),
             connections: proxy.connections(),
+            secrets: secrets.clone(),
         });
         let stop = cancel.clone();
         tasks.spawn(async move {
@@ -168,6 +198,8 @@ impl Daemon {
             identities,
             policy,
             proxy: Some(proxy),
+            secrets,
+            postgres,
             agents: config.proxy.agents.iter().map(|a| a.name.clone()).collect(),
             admin_addr,
             cancel,
@@ -241,6 +273,14 @@ impl Daemon {
             }
             let draining = proxy.remove_agent(agent);
             tracing::info!(%agent, draining, "SIGHUP: agent removed; its connections are drained");
+            if let Some(postgres) = &self.postgres {
+                postgres.remove_agent(agent);
+            }
+            if let Some(secrets) = self.secrets.clone() {
+                // Its credentials are withdrawn and revoked in Vault, off the signal loop.
+                let agent = agent.clone();
+                tokio::spawn(async move { secrets.remove_agent(&agent).await });
+            }
             false
         });
         for added in configured
@@ -264,6 +304,14 @@ impl Daemon {
                     "connections were still open when the drain grace ran out"
                 );
             }
+        }
+        if let Some(postgres) = self.postgres.take() {
+            postgres.shutdown().await;
+        }
+        if let Some(secrets) = self.secrets.take() {
+            // After the drain: no call in flight still needs a credential. Revoking each
+            // agent's token revokes its leases (the database users are dropped).
+            secrets.shutdown().await;
         }
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}

@@ -2,10 +2,13 @@
 //!
 //! - [`config`]: the TOML config, validated in one step that reports every problem at once;
 //!   [`agent_config`]: its `[[agent]]` sections; [`admission_config`]: what is served without
-//!   a policy; [`policy_config`]: its `[policy]` section; [`limits_config`]: its `[limits]`.
+//!   a policy; [`policy_config`]: its `[policy]` section; [`limits_config`]: its `[limits]`;
+//!   [`secrets_config`]: `[vault]` and the agents' secrets and injected headers;
+//!   [`pgproxy_config`]: their PostgreSQL auth proxies.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/status` and `/connections` on the admin
 //!   listener.
 //! - [`systemd`]: READY=1, STATUS= and watchdog pings when run by systemd.
+//! - [`secrets`]: the secrets manager's wiring to the identity manager.
 //! - [`daemon`]: the wiring, and the orderly shutdown on SIGTERM; [`logging`]: the log,
 //!   queued off the request path.
 
@@ -16,7 +19,10 @@ pub mod config;
 pub mod daemon;
 pub mod limits_config;
 pub mod logging;
+pub mod pgproxy_config;
 pub mod policy_config;
+pub mod secrets;
+pub mod secrets_config;
 pub mod systemd;
 
 pub use config::{Config, ConfigError};

@@ -31,7 +31,9 @@ pub fn queued<W: std::io::Write + Send + 'static>(
 /// queue. Keep the guard until the process ends: dropping it flushes what is queued.
 pub fn init_logging(json: bool) -> Option<WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The Vault client's own request spans log each failed request at ERROR without
+        // saying what failed; deputyd says it (with Vault's reason) in its own lines.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustify=off,vaultrs=off"));
     let (writer, guard) = queued(std::io::stderr(), LOG_QUEUE_LINES);
     let counter = writer.error_counter();
     let builder = tracing_subscriber::fmt()

@@ -2,9 +2,13 @@
 // secrets tests. Why this one: the Go module proxy here serves no pseudo-version of OpenBao's
 // (v2.5.0, commit bcbb6036ec2b, refused) and none of Vault v1.14.8's api/ and sdk/ commit; the
 // sdk tags around v1.14.8 do not compile with it (v0.9.2 lacks symbols it calls, v0.11.0 changed
-// logical.EventSender). v1.14.1's in-tree sdk is the one tagged sdk/v0.9.2, so it builds as
-// released. The godebug line: its gosnowflake dependency parses a CA certificate with a
-// negative serial number at start-up, which Go 1.23+ refuses by default.
+// logical.EventSender). v1.14.1 builds its in-tree sdk (a replace in its own go.mod, which a
+// dependent module does not inherit): the replace below pins the sdk at v1.14.1's own commit
+// (bf23fe8636b0, as the pseudo-version of that tree; the proxy refuses a bare commit). Without
+// it the build takes the tag sdk/v0.9.2, whose framework panics at the first write to sys/
+// ("managed-keys/... defines a CreateOperation but no ExistenceCheck"). The
+// godebug line: its gosnowflake dependency parses a CA certificate with a negative serial
+// number at start-up, which Go 1.23+ refuses by default.
 module deputy.test/peers/vault
 
 go 1.26
@@ -12,6 +16,8 @@ go 1.26
 godebug x509negativeserial=1
 
 tool github.com/hashicorp/vault
+
+replace github.com/hashicorp/vault/sdk => github.com/hashicorp/vault/sdk v0.9.2-0.20230721171514-bf23fe8636b0
 
 require (
 	cloud.google.com/go v0.110.0 // indirect

@@ -60,6 +60,8 @@ pub(crate) struct Outbound {
     pub(crate) limits: Limits,
     /// This listener's connection slots.
     pub(crate) slots: Slots,
+    /// The credentials `agent.inject` renders from.
+    pub(crate) credentials: deputy_secrets::CredentialStore,
 }
 
 /// Accepts callers until cancelled.

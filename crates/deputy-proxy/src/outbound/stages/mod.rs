@@ -5,6 +5,7 @@ mod attest;
 mod connect;
 mod decide;
 mod identity;
+mod inject;
 mod limits;
 mod plan;
 mod route;
@@ -15,7 +16,7 @@ use super::call::Call;
 use crate::pipeline::Stage;
 
 /// The stages every outbound call passes, in order.
-pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 9] {
+pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 10] {
     [
         // Attested first: a caller that is not the agent's is told that, whatever the limits.
         Stage::Now("attest", attest::check),
@@ -24,6 +25,9 @@ pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 9] {
         Stage::Now("identity", identity::take),
         Stage::Now("plan", plan::plan_task),
         Stage::Later("decide", decide::decide),
+        // After the decision (the policy never sees a credential), before the connection (a
+        // call that cannot carry its credential goes nowhere).
+        Stage::Now("inject", inject::inject),
         // The connection before signing: a call that cannot leave the node must not spend its
         // budget.
         Stage::Later("connect", connect::connect),

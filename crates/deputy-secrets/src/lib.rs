@@ -1,0 +1,122 @@
+//! Vault secrets for the agents deputyd fronts, which the agents never hold.
+//!
+//! - [`vault`]: Vault's HTTP API (vaultrs, plus the endpoints it lacks): log in as an agent with
+//!   its JWT-SVID, issue, renew and revoke.
+//! - [`plan`]: when to renew or replace a token or lease (pure).
+//! - [`SecretsManager`]: one loop per agent that logs in, keeps every secret current and revokes
+//!   it all when the agent is removed or deputyd stops; `/status` reads [`AgentSecretsStatus`].
+//! - [`CredentialStore`]: the current credentials, which the data path delivers from.
+//! - [`template`]: header values such as `Bearer {{ secret.crm.token }}`.
+
+pub mod agent;
+pub mod metrics;
+pub mod plan;
+pub mod secret;
+pub mod spec;
+pub mod store;
+pub mod template;
+pub mod vault;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use agent::status::AgentSecretsStatus;
+pub use agent::{JwtSvids, Svids};
+pub use secret::{Credential, SecretString};
+pub use spec::{AgentSecrets, SecretSpec, Source};
+pub use store::CredentialStore;
+pub use vault::{Vault, VaultError, VaultSettings};
+
+/// Every agent's secrets, kept current in the background.
+#[derive(Debug)]
+pub struct SecretsManager {
+    store: CredentialStore,
+    agents: Mutex<HashMap<String, Running>>,
+    statuses: Vec<Arc<Mutex<AgentSecretsStatus>>>,
+}
+
+#[derive(Debug)]
+struct Running {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl SecretsManager {
+    /// Starts one loop per agent of `agents`; `svids` gives each agent's X.509-SVID watch (a
+    /// rotation logs in again). Returns at once.
+    pub fn start(
+        vault: Vault,
+        agents: Vec<AgentSecrets>,
+        jwt: Arc<dyn JwtSvids>,
+        mut svids: HashMap<String, Svids>,
+        backoff: (Duration, Duration),
+    ) -> Self {
+        let store = CredentialStore::new(&agents);
+        let mut running = HashMap::new();
+        let mut statuses = Vec::new();
+        for spec in agents {
+            let status = Arc::new(Mutex::new(agent::initial_status(&spec)));
+            statuses.push(status.clone());
+            let cancel = CancellationToken::new();
+            let name = spec.agent.clone();
+            let context = agent::AgentContext {
+                rotations: svids.remove(&spec.agent),
+                spec,
+                vault: vault.clone(),
+                jwt: jwt.clone(),
+                store: store.clone(),
+                status,
+                backoff,
+            };
+            let task = tokio::spawn(agent::run(context, cancel.clone()));
+            running.insert(name, Running { cancel, task });
+        }
+        Self {
+            store,
+            agents: Mutex::new(running),
+            statuses,
+        }
+    }
+
+    /// The current credentials.
+    pub fn store(&self) -> &CredentialStore {
+        &self.store
+    }
+
+    /// Every agent's login and secrets, for `/status`.
+    pub fn statuses(&self) -> Vec<AgentSecretsStatus> {
+        self.statuses
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|s| s.clone()))
+            .collect()
+    }
+
+    /// The agent was removed: its credentials are withdrawn and revoked (its Vault tokens
+    /// revoked, which revokes their leases). Returns once Vault answered (or could not).
+    pub async fn remove_agent(&self, agent: &str) {
+        let running = self.agents.lock().ok().and_then(|mut a| a.remove(agent));
+        if let Some(running) = running {
+            running.cancel.cancel();
+            let _ = running.task.await;
+        }
+    }
+
+    /// deputyd stops: every agent's credentials are revoked.
+    pub async fn shutdown(&self) {
+        let all: Vec<Running> = self
+            .agents
+            .lock()
+            .map(|mut a| a.drain().map(|(_, r)| r).collect())
+            .unwrap_or_default();
+        for running in &all {
+            running.cancel.cancel();
+        }
+        for running in all {
+            let _ = running.task.await;
+        }
+    }
+}

@@ -1,0 +1,551 @@
+//! Secrets through a real Vault (dev server, built by `scripts/peers`) and a real PostgreSQL:
+//! deputyd logs in as the agent with its JWT-SVID (Vault reads the trust domain's keys from
+//! deputyd's `/jwks.json`), obtains a database user of the agent's own and a KV secret, renews
+//! the 20 s lease, injects the KV secret into the agent's calls, refuses a call whose credential
+//! it does not hold, and revokes everything when it stops. Vault's audit log (raw) is the record
+//! of every value issued; no other log of the run may hold one.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deputy_tests::client::{self, Protocol};
+use deputy_tests::postgres::Postgres;
+use deputy_tests::vault::Vault;
+use deputy_tests::{IssuerProcess, NodeProcess, eventually, http_get, my_uid, write_entries};
+use http::StatusCode;
+use serde_json::json;
+
+/// An upstream that records each request's header block and answers `ok`, so that the test sees
+/// what reached the service while the agent sees nothing but `ok`.
+fn recording_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            record.lock().expect("lock").push(head.to_ascii_lowercase());
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (addr, seen)
+}
+
+fn node_config(dir: &Path, vault: &Vault, pg: &Postgres, upstream: &str) -> std::path::PathBuf {
+    let uid = my_uid();
+    let text = format!(
+        r#"trust_domain = "example.org"
+[identity]
+workload_api = "unix://{dir}/workload.sock"
+delegated_identity_api = "unix://{dir}/admin.sock"
+min_backoff = "100ms"
+max_backoff = "500ms"
+[admin]
+listen = "127.0.0.1:0"
+[state]
+dir = "{dir}/state"
+[inbound]
+listen = "127.0.0.1:0"
+allow_peers = ["spiffe://example.org/agent/alpha", "spiffe://example.org/agent/beta"]
+
+[[agent]]
+name = "alpha"
+spiffe_id = "spiffe://example.org/agent/alpha"
+outbound = "127.0.0.1:0"
+uids = [{uid}]
+[[agent.secret]]
+name = "db"
+database = {{ role = "readonly" }}
+[[agent.secret]]
+name = "crm"
+kv = {{ path = "agents/alpha" }}
+[[agent.inject]]
+service = "echo"
+header = "authorization"
+value = "Bearer {{{{ secret.crm.token }}}}"
+[[agent.postgres]]
+listen = "127.0.0.1:0"
+upstream = "{pg}"
+database = "appdb"
+secret = "db"
+
+[[agent]]
+name = "beta"
+spiffe_id = "spiffe://example.org/agent/beta"
+outbound = "127.0.0.1:0"
+uids = [{}]
+[[agent.secret]]
+name = "crm"
+kv = {{ path = "agents/beta" }}
+[[agent.inject]]
+service = "echo"
+header = "x-api-key"
+value = "{{{{ secret.crm.token }}}}"
+
+[[agent]]
+name = "echo"
+spiffe_id = "spiffe://example.org/agent/echo"
+upstream = "http://{upstream}"
+
+[vault]
+address = "{}"
+"#,
+        uid + 7000,
+        vault.url(),
+        dir = dir.display(),
+        pg = pg.host.clone() + ":" + &pg.port.to_string(),
+    );
+    let path = dir.join("deputyd.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn secret_status(admin: &str, agent: &str) -> serde_json::Value {
+    deputy_tests::status_of(admin)["secrets"]
+        .as_array()
+        .expect("secrets")
+        .iter()
+        .find(|a| a["agent"] == agent)
+        .unwrap_or_else(|| panic!("no secrets status for {agent}"))
+        .clone()
+}
+
+fn secret<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["secrets"]
+        .as_array()
+        .expect("secrets")
+        .iter()
+        .find(|s| s["name"] == name)
+        .expect("the secret")
+}
+
+/// Vault configured as its operator would: JWT auth reading deputyd's JWKS, a role per agent
+/// bound to its SPIFFE ID (alpha's first with the wrong audience), the database engine on the
+/// test cluster, a KV secret, and a raw audit log of everything issued.
+fn configure_vault(vault: &Vault, pg: &Postgres, admin: &str, audit: &Path) {
+    vault.ok(
+        "POST",
+        "sys/audit/file",
+        json!({"type": "file", "options": {"file_path": audit, "log_raw": true}}),
+    );
+    vault.ok("POST", "sys/auth/jwt", json!({"type": "jwt"}));
+    eventually(
+        "deputyd serves the JWT keys",
+        Duration::from_secs(20),
+        || http_get(admin, "/jwks.json").filter(|(code, _)| *code == 200),
+    );
+    vault.ok(
+        "POST",
+        "auth/jwt/config",
+        json!({"jwks_url": format!("http://{admin}/jwks.json")}),
+    );
+    vault.ok(
+        "POST",
+        "sys/policies/acl/alpha",
+        json!({"policy": "path \"database/creds/readonly\" { capabilities = [\"read\"] }\n\
+                         path \"secret/data/agents/alpha\" { capabilities = [\"read\"] }"}),
+    );
+    vault.ok("POST", "auth/jwt/role/alpha", alpha_role("not-vault"));
+    pg.psql(
+        "postgres",
+        "CREATE ROLE vaultadmin WITH LOGIN CREATEROLE PASSWORD 'admin-pw'",
+    );
+    pg.psql("postgres", "CREATE DATABASE appdb OWNER vaultadmin");
+    pg.psql(
+        "appdb",
+        "CREATE TABLE items (id int, name text); INSERT INTO items VALUES (1, 'one'); \
+         ALTER TABLE items OWNER TO vaultadmin",
+    );
+    vault.ok("POST", "sys/mounts/database", json!({"type": "database"}));
+    vault.ok(
+        "POST",
+        "database/config/pg",
+        json!({
+            "plugin_name": "postgresql-database-plugin",
+            "connection_url": format!(
+                "postgresql://{{{{username}}}}:{{{{password}}}}@{}:{}/appdb?sslmode=disable",
+                pg.host, pg.port
+            ),
+            "username": "vaultadmin",
+            "password": "admin-pw",
+            "allowed_roles": ["readonly"],
+        }),
+    );
+    vault.ok(
+        "POST",
+        "database/roles/readonly",
+        json!({
+            "db_name": "pg",
+            "creation_statements": [
+                "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'",
+                "GRANT SELECT ON items TO \"{{name}}\"",
+            ],
+            "revocation_statements": [
+                "REVOKE ALL ON items FROM \"{{name}}\"",
+                "DROP ROLE IF EXISTS \"{{name}}\"",
+            ],
+            "default_ttl": "20s",
+            "max_ttl": "1h",
+        }),
+    );
+}
+
+fn alpha_role(audience: &str) -> serde_json::Value {
+    json!({
+        "role_type": "jwt",
+        "bound_audiences": [audience],
+        "user_claim": "sub",
+        "bound_subject": "spiffe://example.org/agent/alpha",
+        "token_policies": ["alpha"],
+        "token_ttl": "1h",
+    })
+}
+
+/// The agent's database users, as PostgreSQL lists them (Vault names them `v-jwt-...`).
+fn vault_users(pg: &Postgres) -> Vec<String> {
+    let rows = pg.psql(
+        "appdb",
+        "SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%' ORDER BY rolname",
+    );
+    rows.lines().map(str::to_owned).collect()
+}
+
+/// What Vault's audit log shows it handed out: every value (tokens, the JWT-SVIDs it was sent,
+/// passwords, KV data), and the database credentials as (username, password).
+struct Issued {
+    values: Vec<String>,
+    database: Vec<(String, String)>,
+}
+
+fn issued(audit: &Path) -> Issued {
+    let text = std::fs::read_to_string(audit).expect("audit log");
+    let mut values = Vec::new();
+    let mut database = Vec::new();
+    for line in text.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).expect("audit JSON");
+        let response = &entry["response"];
+        let data = &response["data"];
+        let found = [
+            response["auth"]["client_token"].as_str(),
+            entry["request"]["data"]["jwt"].as_str(),
+            data["password"].as_str(),
+            data["data"]["token"].as_str(),
+        ];
+        values.extend(found.into_iter().flatten().map(str::to_owned));
+        if let (Some(user), Some(password)) = (data["username"].as_str(), data["password"].as_str())
+        {
+            database.push((user.to_owned(), password.to_owned()));
+        }
+    }
+    values.retain(|v| v.len() >= 8);
+    values.sort();
+    values.dedup();
+    Issued { values, database }
+}
+
+/// Everything one test runs: PostgreSQL, Vault, the issuer, deputyd and the upstream.
+struct Setup {
+    pg: Postgres,
+    vault: Vault,
+    issuer: IssuerProcess,
+    node: NodeProcess,
+    seen: Arc<Mutex<Vec<String>>>,
+    audit: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// Everything started and Vault configured, alpha's role still on the wrong audience.
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path();
+        let pg = Postgres::start(path);
+        let vault = Vault::start(path);
+        write_entries(path, &["alpha", "beta", "echo"], "1h", "1h");
+        let issuer = IssuerProcess::start(path);
+        let (upstream, seen) = recording_upstream();
+        let node = NodeProcess::start(&node_config(path, &vault, &pg, &upstream));
+        let audit = path.join("vault-audit.log");
+        configure_vault(&vault, &pg, &node.admin, &audit);
+        Self {
+            pg,
+            vault,
+            issuer,
+            node,
+            seen,
+            audit,
+            _dir: dir,
+        }
+    }
+
+    /// alpha's role fixed, its KV secret written: waits until both its secrets are available.
+    fn alpha_ready(&self, token: &str) -> serde_json::Value {
+        self.vault.ok(
+            "POST",
+            "secret/data/agents/alpha",
+            json!({"data": {"token": token}}),
+        );
+        self.vault
+            .ok("POST", "auth/jwt/role/alpha", alpha_role("vault"));
+        let admin = &self.node.admin;
+        eventually("alpha's secrets available", Duration::from_secs(30), || {
+            let status = secret_status(admin, "alpha");
+            (secret(&status, "db")["state"] == "available"
+                && secret(&status, "crm")["state"] == "available")
+                .then_some(status)
+        })
+    }
+
+    /// Stops deputyd; checks that no log of the run holds a value Vault issued. Returns what
+    /// was issued, and PostgreSQL (still running, for checks after the stop).
+    fn stop_and_check_logs(self) -> (Issued, Postgres, tempfile::TempDir) {
+        let Setup {
+            pg,
+            vault,
+            issuer,
+            node,
+            audit,
+            _dir,
+            ..
+        } = self;
+        let log = node.process.output.clone();
+        assert!(node.process.stop().success());
+        let issued = issued(&audit);
+        for (name, text) in [
+            ("deputyd", log.text()),
+            ("issuer", issuer.process.output.text()),
+            ("vault", vault.process.output.text()),
+            ("postgres", pg.process.output.text()),
+        ] {
+            for value in &issued.values {
+                assert!(
+                    !text.contains(value.as_str()),
+                    "the {name} log holds an issued value"
+                );
+            }
+        }
+        (issued, pg, _dir)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_credential() {
+    let setup = Setup::start();
+    let admin = setup.node.admin.clone();
+    // The role wants another audience: the login is refused, and /status says why.
+    let refused = eventually("alpha's login refused", Duration::from_secs(30), || {
+        let status = secret_status(&admin, "alpha");
+        (status["login"]["state"] == "failed"
+            && status["login"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("audience")))
+        .then_some(status)
+    });
+    assert!(
+        refused["login"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP 400")),
+        "{refused}"
+    );
+    let token = "crm-token-7d1e4b2a9c";
+    let ready = setup.alpha_ready(token);
+    assert_eq!(ready["login"]["state"], "logged_in", "{ready}");
+
+    // The KV secret goes into alpha's calls to echo; alpha gets only the answer.
+    let call = client::get("echo", "/tickets", Protocol::Http1);
+    let response = client::send(&node_outbound(&setup.node, "alpha"), Protocol::Http1, call)
+        .await
+        .expect("call");
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = format!("{:?}", response.headers());
+    assert_eq!(client::text(response).await, "ok");
+    assert!(!headers.contains(token), "{headers}");
+    let received = setup.seen.lock().expect("lock").clone();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert!(
+        received[0].contains(&format!("authorization: bearer {token}")),
+        "{received:?}"
+    );
+
+    // beta's credential does not exist (no Vault role for beta): its call is refused and
+    // never reaches echo.
+    let call = client::get("echo", "/tickets", Protocol::Http1);
+    let beta = node_outbound(&setup.node, "beta");
+    let response = client::send_as(my_uid() + 7000, &beta, Protocol::Http1, call)
+        .await
+        .expect("call");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let problem = client::json(response).await;
+    assert_eq!(problem["type"], "urn:deputy:problem:secret-unavailable");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("x-api-key")),
+        "{problem}"
+    );
+    assert_eq!(
+        setup.seen.lock().expect("lock").len(),
+        1,
+        "beta's call was sent"
+    );
+
+    let (issued, _pg, _dir) = setup.stop_and_check_logs();
+    assert!(
+        issued.values.iter().any(|v| v == token),
+        "the KV secret is in the audit log"
+    );
+    assert!(
+        issued.values.len() >= 3,
+        "a JWT-SVID, a token and the KV secret at least"
+    );
+}
+
+/// A session through the auth proxy, as the agent opens it: no password.
+async fn proxy_session(addr: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host={host} port={port} user=alpha dbname=appdb sslmode=disable"),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn names(client: &tokio_postgres::Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query("SELECT name FROM items ORDER BY id", &[])
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reads_its_database_as_a_user_of_its_own_whose_sessions_end_with_its_lease() {
+    let setup = Setup::start();
+    let ready = setup.alpha_ready("crm-token-unused-here");
+    assert!(secret(&ready, "db")["expires_at"].is_string(), "{ready}");
+    let admin = setup.node.admin.clone();
+    let proxy = node_field(&setup.node, "PostgreSQL proxy bound", "postgres=");
+
+    // A database user of the agent's own, which may read and not write.
+    let users = vault_users(&setup.pg);
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert!(users[0].contains("readonly"), "{users:?}");
+    let session = proxy_session(&proxy)
+        .await
+        .expect("a session through the proxy");
+    assert_eq!(names(&session).await.expect("SELECT"), ["one"]);
+    let insert = session
+        .execute("INSERT INTO items VALUES (2, 'two')", &[])
+        .await
+        .expect_err("INSERT is refused");
+    assert!(
+        insert.to_string().contains("permission denied")
+            || format!("{insert:?}").contains("permission denied"),
+        "{insert:?}"
+    );
+
+    // The 20 s lease is renewed (at about two thirds): the same user, the same open session.
+    let renewed = eventually("two renewals", Duration::from_secs(60), || {
+        let status = secret_status(&admin, "alpha");
+        (secret(&status, "db")["renewals"].as_u64() >= Some(2)).then_some(status)
+    });
+    assert_eq!(secret(&renewed, "db")["generation"], 1, "{renewed}");
+    assert_eq!(vault_users(&setup.pg), users);
+    assert_eq!(
+        names(&session).await.expect("SELECT after renewals"),
+        ["one"]
+    );
+    let metrics = http_get(&admin, "/metrics").expect("metrics").1;
+    assert!(
+        metrics.contains("deputy_secret_renewals_total{agent=\"alpha\",secret=\"db\"}"),
+        "{metrics}"
+    );
+
+    // An operator revokes the lease in Vault: the user is dropped, deputyd notices at the next
+    // renewal, closes the session opened with it, and issues a new user for new sessions.
+    setup.vault.ok(
+        "PUT",
+        "sys/leases/revoke-prefix/database/creds/readonly",
+        json!({}),
+    );
+    assert!(vault_users(&setup.pg).is_empty());
+    eventually(
+        "a new credential after the revoke",
+        Duration::from_secs(30),
+        || {
+            let status = secret_status(&admin, "alpha");
+            (secret(&status, "db")["generation"].as_u64() >= Some(2)).then_some(())
+        },
+    );
+    assert!(
+        session.is_closed() || names(&session).await.is_err(),
+        "the session outlived its credential"
+    );
+    let fresh = proxy_session(&proxy)
+        .await
+        .expect("a session on the new credential");
+    assert_eq!(names(&fresh).await.expect("SELECT"), ["one"]);
+    let new_users = vault_users(&setup.pg);
+    assert_eq!(new_users.len(), 1, "{new_users:?}");
+    assert_ne!(new_users, users);
+
+    // deputyd stops: its token is revoked with its leases, the user is gone and its password
+    // no longer logs in.
+    let (issued, pg, _dir) = setup.stop_and_check_logs();
+    assert!(fresh.is_closed() || names(&fresh).await.is_err());
+    assert!(vault_users(&pg).is_empty(), "{:?}", vault_users(&pg));
+    let (user, password) = issued
+        .database
+        .iter()
+        .find(|(user, _)| *user == new_users[0])
+        .expect("the new user's credential in the audit log");
+    let direct = tokio_postgres::connect(
+        &format!(
+            "host={} port={} user={user} password={password} dbname=appdb sslmode=disable",
+            pg.host, pg.port
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await;
+    assert!(direct.is_err(), "a revoked credential still logs in");
+}
+
+fn node_field(node: &NodeProcess, line: &str, key: &str) -> String {
+    node.process
+        .output
+        .text()
+        .lines()
+        .find(|l| l.contains(line))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix(key)))
+        .unwrap_or_else(|| panic!("no {key} in a line with {line:?}"))
+        .to_owned()
+}
+
+fn node_outbound(node: &NodeProcess, agent: &str) -> String {
+    node.process
+        .output
+        .text()
+        .lines()
+        .find(|l| l.contains("outbound listener bound") && l.contains(&format!("agent={agent}")))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("outbound="))
+        })
+        .unwrap_or_else(|| panic!("no outbound listener for {agent}"))
+        .to_owned()
+}
