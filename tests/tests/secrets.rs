@@ -103,6 +103,7 @@ upstream = "http://{upstream}"
 
 [vault]
 address = "{}"
+timeout = "2s"
 "#,
         uid + 7000,
         vault.url(),
@@ -136,7 +137,7 @@ fn secret<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
 /// Vault configured as its operator would: JWT auth reading deputyd's JWKS, a role per agent
 /// bound to its SPIFFE ID (alpha's first with the wrong audience), the database engine on the
 /// test cluster, a KV secret, and a raw audit log of everything issued.
-fn configure_vault(vault: &Vault, pg: &Postgres, admin: &str, audit: &Path) {
+fn configure_vault(vault: &Vault, pg: &Postgres, admin: &str, audit: &Path, lease_ttl: &str) {
     vault.ok(
         "POST",
         "sys/audit/file",
@@ -198,7 +199,7 @@ fn configure_vault(vault: &Vault, pg: &Postgres, admin: &str, audit: &Path) {
                 "REVOKE ALL ON items FROM \"{{name}}\"",
                 "DROP ROLE IF EXISTS \"{{name}}\"",
             ],
-            "default_ttl": "20s",
+            "default_ttl": lease_ttl,
             "max_ttl": "1h",
         }),
     );
@@ -269,8 +270,9 @@ struct Setup {
 }
 
 impl Setup {
-    /// Everything started and Vault configured, alpha's role still on the wrong audience.
-    fn start() -> Self {
+    /// Everything started and Vault configured (database leases of `lease_ttl`), alpha's role
+    /// still on the wrong audience.
+    fn start(lease_ttl: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path();
         let pg = Postgres::start(path);
@@ -280,7 +282,7 @@ impl Setup {
         let (upstream, seen) = recording_upstream();
         let node = NodeProcess::start(&node_config(path, &vault, &pg, &upstream));
         let audit = path.join("vault-audit.log");
-        configure_vault(&vault, &pg, &node.admin, &audit);
+        configure_vault(&vault, &pg, &node.admin, &audit, lease_ttl);
         Self {
             pg,
             vault,
@@ -344,7 +346,7 @@ impl Setup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_credential() {
-    let setup = Setup::start();
+    let setup = Setup::start("20s");
     let admin = setup.node.admin.clone();
     // The role wants another audience: the login is refused, and /status says why.
     let refused = eventually("alpha's login refused", Duration::from_secs(30), || {
@@ -435,7 +437,7 @@ async fn names(client: &tokio_postgres::Client) -> Result<Vec<String>, tokio_pos
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_reads_its_database_as_a_user_of_its_own_whose_sessions_end_with_its_lease() {
-    let setup = Setup::start();
+    let setup = Setup::start("20s");
     let ready = setup.alpha_ready("crm-token-unused-here");
     assert!(secret(&ready, "db")["expires_at"].is_string(), "{ready}");
     let admin = setup.node.admin.clone();
@@ -548,4 +550,55 @@ fn node_outbound(node: &NodeProcess, agent: &str) -> String {
         })
         .unwrap_or_else(|| panic!("no outbound listener for {agent}"))
         .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_vault_is_stopped_for_a_minute_valid_credentials_stay_in_use_and_nothing_is_lost() {
+    use nix::sys::signal::Signal;
+    // A 75 s lease: its renewal falls due during the outage and is retried until Vault is back,
+    // before the lease ends.
+    let setup = Setup::start("75s");
+    let token = "crm-token-outage-3f9a";
+    setup.alpha_ready(token);
+    let admin = setup.node.admin.clone();
+    let proxy = node_field(&setup.node, "PostgreSQL proxy bound", "postgres=");
+    let session = proxy_session(&proxy).await.expect("a session");
+    let users = vault_users(&setup.pg);
+
+    // Stopped, not killed: the dev server keeps its state in memory, and a stopped process
+    // answers nothing, as a Vault that is down or partitioned away.
+    setup.vault.process.signal(Signal::SIGSTOP);
+    let outage = std::time::Instant::now();
+    let outbound = node_outbound(&setup.node, "alpha");
+    let unreachable = eventually("a failed renewal shown", Duration::from_secs(80), || {
+        let status = secret_status(&admin, "alpha");
+        secret(&status, "db")["last_error"]
+            .as_str()
+            .filter(|e| e.contains("did not answer"))
+            .map(|_| status.clone())
+    });
+    assert_eq!(secret(&unreachable, "db")["state"], "available", "{unreachable}");
+    // Everything still works on the credentials deputyd holds: the open session, a new
+    // session, an injected call.
+    assert_eq!(names(&session).await.expect("SELECT"), ["one"]);
+    let during = proxy_session(&proxy).await.expect("a new session during the outage");
+    assert_eq!(names(&during).await.expect("SELECT"), ["one"]);
+    let call = client::get("echo", "/tickets", Protocol::Http1);
+    let response = client::send(&outbound, Protocol::Http1, call).await.expect("call");
+    assert_eq!(response.status(), StatusCode::OK);
+    let left = Duration::from_secs(60).saturating_sub(outage.elapsed());
+    tokio::time::sleep(left).await;
+    setup.vault.process.signal(Signal::SIGCONT);
+
+    // Back: the same lease renewed, the error cleared, the same user, the same sessions.
+    let recovered = eventually("the lease renewed after the outage", Duration::from_secs(30), || {
+        let status = secret_status(&admin, "alpha");
+        let db = secret(&status, "db");
+        (db["last_error"].is_null() && db["renewals"].as_u64() >= Some(1)).then_some(status.clone())
+    });
+    assert_eq!(secret(&recovered, "db")["generation"], 1, "{recovered}");
+    assert_eq!(vault_users(&setup.pg), users);
+    assert_eq!(names(&session).await.expect("SELECT after the outage"), ["one"]);
+    assert_eq!(names(&during).await.expect("SELECT after the outage"), ["one"]);
+    let _ = setup.stop_and_check_logs();
 }
