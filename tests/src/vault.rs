@@ -9,6 +9,12 @@ use std::time::Duration;
 
 use crate::{Process, peers::peer, unique_loopback_addr};
 
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("host:port")
+}
+
 /// The dev server's root token.
 pub const ROOT_TOKEN: &str = "root";
 
@@ -25,6 +31,10 @@ impl Vault {
     /// Starts `vault server -dev` (in-memory, unsealed, KV v2 at `secret/`), run from `dir`.
     pub fn start(dir: &Path) -> Self {
         let addr = unique_loopback_addr();
+        // Vault also binds its cluster listener on the next port: keep that one for it (the
+        // addresses of one test process differ by port, one apart).
+        let cluster = unique_loopback_addr();
+        debug_assert!(cluster.ends_with(&(port_of(&addr) + 1).to_string()));
         let process = Process::spawn(
             Command::new(peer("vault"))
                 .current_dir(dir)

@@ -7,6 +7,7 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,7 +73,11 @@ name = "db"
 database = {{ role = "readonly" }}
 [[agent.secret]]
 name = "crm"
-kv = {{ path = "agents/alpha" }}
+kv = {{ path = "agents/alpha", refresh = "1s" }}
+[[agent.file]]
+path = "{dir}/files/alpha/crm.env"
+contents = "CRM_TOKEN={{{{ secret.crm.token }}}}\n"
+uid = {file_uid}
 [[agent.inject]]
 service = "echo"
 header = "authorization"
@@ -109,6 +114,7 @@ timeout = "2s"
         vault.url(),
         dir = dir.display(),
         pg = pg.host.clone() + ":" + &pg.port.to_string(),
+        file_uid = uid + 7001,
     );
     let path = dir.join("deputyd.toml");
     std::fs::write(&path, text).expect("write config");
@@ -383,6 +389,36 @@ async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_c
         "{received:?}"
     );
 
+    // The agent cannot have its credential echoed back (TRACE) nor dropped on the way
+    // (`Connection: authorization` would make a hop-by-hop header of it).
+    let mut trace = client::get("echo", "/tickets", Protocol::Http1);
+    *trace.method_mut() = http::Method::TRACE;
+    let outbound = node_outbound(&setup.node, "alpha");
+    let response = client::send(&outbound, Protocol::Http1, trace)
+        .await
+        .expect("call");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(!client::text(response).await.contains(token));
+    let mut hop = client::get("echo", "/tickets", Protocol::Http1);
+    hop.headers_mut()
+        .insert("connection", "authorization".parse().expect("value"));
+    let response = client::send(&outbound, Protocol::Http1, hop)
+        .await
+        .expect("call");
+    assert_eq!(response.status(), StatusCode::OK);
+    let last = setup
+        .seen
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        last.contains(&format!("authorization: bearer {token}")),
+        "{last}"
+    );
+    assert_eq!(setup.seen.lock().expect("lock").len(), 2, "TRACE was sent");
+
     // beta's credential does not exist (no Vault role for beta): its call is refused and
     // never reaches echo.
     let call = client::get("echo", "/tickets", Protocol::Http1);
@@ -401,15 +437,60 @@ async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_c
     );
     assert_eq!(
         setup.seen.lock().expect("lock").len(),
-        1,
+        2,
         "beta's call was sent"
     );
 
-    let (issued, _pg, _dir) = setup.stop_and_check_logs();
+    // The file for alpha's own use: the credential, mode 0400, owned by the uid given.
+    let file = setup._dir.path().join("files/alpha/crm.env");
+    let rendered = std::fs::read_to_string(&file).expect("the credential file");
+    assert_eq!(rendered, format!("CRM_TOKEN={token}\n"));
+    let meta = std::fs::metadata(&file).expect("stat");
+    assert_eq!(meta.mode() & 0o777, 0o400);
+    assert_eq!(meta.uid(), my_uid() + 7001);
+
+    // A new version of the KV secret (read again every second) reaches the file and the
+    // calls.
+    let rotated = "crm-token-rotated-51c0e8";
+    setup.vault.ok(
+        "POST",
+        "secret/data/agents/alpha",
+        json!({"data": {"token": rotated}}),
+    );
+    eventually("the file re-rendered", Duration::from_secs(20), || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .filter(|t| t.contains(rotated))
+    });
+    let call = client::get("echo", "/tickets", Protocol::Http1);
+    let outbound = node_outbound(&setup.node, "alpha");
+    let response = client::send(&outbound, Protocol::Http1, call)
+        .await
+        .expect("call");
+    assert_eq!(response.status(), StatusCode::OK);
+    let last = setup
+        .seen
+        .lock()
+        .expect("lock")
+        .last()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        last.contains(&format!("authorization: bearer {rotated}")),
+        "{last}"
+    );
+
+    let (issued, _pg, dir) = setup.stop_and_check_logs();
     assert!(
         issued.values.iter().any(|v| v == token),
         "the KV secret is in the audit log"
     );
+    assert!(
+        issued.values.iter().any(|v| v == rotated),
+        "the new version too"
+    );
+    // Withdrawn when deputyd stops: no file holds a credential nobody renews.
+    assert!(!dir.path().join("files/alpha/crm.env").exists());
     assert!(
         issued.values.len() >= 3,
         "a JWT-SVID, a token and the KV secret at least"
@@ -577,28 +658,47 @@ async fn while_vault_is_stopped_for_a_minute_valid_credentials_stay_in_use_and_n
             .filter(|e| e.contains("did not answer"))
             .map(|_| status.clone())
     });
-    assert_eq!(secret(&unreachable, "db")["state"], "available", "{unreachable}");
+    assert_eq!(
+        secret(&unreachable, "db")["state"],
+        "available",
+        "{unreachable}"
+    );
     // Everything still works on the credentials deputyd holds: the open session, a new
     // session, an injected call.
     assert_eq!(names(&session).await.expect("SELECT"), ["one"]);
-    let during = proxy_session(&proxy).await.expect("a new session during the outage");
+    let during = proxy_session(&proxy)
+        .await
+        .expect("a new session during the outage");
     assert_eq!(names(&during).await.expect("SELECT"), ["one"]);
     let call = client::get("echo", "/tickets", Protocol::Http1);
-    let response = client::send(&outbound, Protocol::Http1, call).await.expect("call");
+    let response = client::send(&outbound, Protocol::Http1, call)
+        .await
+        .expect("call");
     assert_eq!(response.status(), StatusCode::OK);
     let left = Duration::from_secs(60).saturating_sub(outage.elapsed());
     tokio::time::sleep(left).await;
     setup.vault.process.signal(Signal::SIGCONT);
 
     // Back: the same lease renewed, the error cleared, the same user, the same sessions.
-    let recovered = eventually("the lease renewed after the outage", Duration::from_secs(30), || {
-        let status = secret_status(&admin, "alpha");
-        let db = secret(&status, "db");
-        (db["last_error"].is_null() && db["renewals"].as_u64() >= Some(1)).then_some(status.clone())
-    });
+    let recovered = eventually(
+        "the lease renewed after the outage",
+        Duration::from_secs(30),
+        || {
+            let status = secret_status(&admin, "alpha");
+            let db = secret(&status, "db");
+            (db["last_error"].is_null() && db["renewals"].as_u64() >= Some(1))
+                .then_some(status.clone())
+        },
+    );
     assert_eq!(secret(&recovered, "db")["generation"], 1, "{recovered}");
     assert_eq!(vault_users(&setup.pg), users);
-    assert_eq!(names(&session).await.expect("SELECT after the outage"), ["one"]);
-    assert_eq!(names(&during).await.expect("SELECT after the outage"), ["one"]);
+    assert_eq!(
+        names(&session).await.expect("SELECT after the outage"),
+        ["one"]
+    );
+    assert_eq!(
+        names(&during).await.expect("SELECT after the outage"),
+        ["one"]
+    );
     let _ = setup.stop_and_check_logs();
 }

@@ -51,13 +51,29 @@ pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     server.write_all(&out).await?;
     let mut buf = BytesMut::new();
     let mut scram: Option<ScramSha256> = None;
+    let mut scram_done = false;
+    let mut md5_sent = false;
     loop {
         let raw = read_message(server, &mut buf).await?;
         let message = Message::parse(&mut raw.clone())?
             .ok_or_else(|| LoginError::Io("a message cut short".into()))?;
         out.clear();
         match message {
-            Message::AuthenticationOk => return Ok(buf),
+            Message::AuthenticationOk => {
+                // Only a session deputyd authenticated: a completed SCRAM exchange (the server's
+                // signature checked) or an MD5 answer. A server that lets anyone in without a
+                // password ("trust") is not one the credential speaks for.
+                return match (&scram, md5_sent) {
+                    (Some(_), _) if scram_done => Ok(buf),
+                    (None, true) => Ok(buf),
+                    _ => Err(LoginError::Unsupported(
+                        "PostgreSQL accepted the session before authentication finished (trust \
+                         or an incomplete SCRAM exchange); deputyd opens only sessions it \
+                         authenticated: use scram-sha-256 in pg_hba.conf"
+                            .into(),
+                    )),
+                };
+            }
             Message::AuthenticationSasl(body) => {
                 let mechanisms: Vec<String> =
                     body.mechanisms().map(|m| Ok(m.to_owned())).collect()?;
@@ -78,11 +94,12 @@ pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Message::AuthenticationSaslFinal(body) => {
                 // Checks the server's signature: a server that does not know the password
-                // cannot pass for PostgreSQL.
+                // cannot pass for PostgreSQL (AuthenticationOk is accepted only after this).
                 scram
                     .as_mut()
                     .ok_or_else(out_of_order)?
                     .finish(body.data())?;
+                scram_done = true;
                 continue;
             }
             Message::AuthenticationMd5Password(body) => {
@@ -92,6 +109,7 @@ pub(crate) async fn login<S: AsyncRead + AsyncWrite + Unpin>(
                     body.salt(),
                 );
                 frontend::password_message(hash.as_bytes(), &mut out)?;
+                md5_sent = true;
             }
             Message::AuthenticationCleartextPassword => {
                 return Err(LoginError::Unsupported(

@@ -200,6 +200,16 @@ async fn startup<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(None);
             }
             First::Startup(mut parameters) => {
+                // PostgreSQL takes the last of a repeated parameter: one name, one value, so
+                // that what is checked here is what the server uses.
+                let mut names = std::collections::HashSet::new();
+                if let Some((name, _)) = parameters.iter().find(|(k, _)| !names.insert(k.as_str()))
+                {
+                    return Err(format!("the startup parameter {name:?} is given twice"));
+                }
+                if parameters.iter().any(|(k, _)| k == "replication") {
+                    return Err("replication connections are not proxied".into());
+                }
                 match parameters.iter_mut().find(|(k, _)| k == "database") {
                     Some((_, database)) if *database != config.database => {
                         return Err(format!(
@@ -231,9 +241,9 @@ async fn connect(upstream: &PgUpstream) -> std::io::Result<Stream> {
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-/// Resolves when the credential the session logged in with stops working: withdrawn (revoked,
-/// the agent removed, deputyd stopping) or past its expiry. A renewal extends it; a re-issue
-/// does not end it (that credential's lease goes on until it expires).
+/// Resolves when the credential the session logged in with stops being the agent's: withdrawn
+/// (revoked, the agent removed, deputyd stopping), replaced by a new one, or past its expiry. A
+/// renewal extends it.
 async fn lapse(
     watch: Option<watch::Receiver<Option<Arc<Credential>>>>,
     credential: &Credential,
@@ -262,9 +272,91 @@ async fn lapse(
                     Some(current) if current.generation == credential.generation => {
                         expires = current.expires_at;
                     }
-                    Some(_) => {}
+                    // Replaced: the old credential may be revoked with the token that issued
+                    // it (and a withdrawal may have been overwritten by the new one before this
+                    // session saw it), so the session ends; the client reconnects on the new.
+                    Some(_) => return "its credential was replaced",
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+
+    fn config() -> PgProxyConfig {
+        PgProxyConfig {
+            agent: "a".into(),
+            uids: vec![1],
+            listen: deputy_proxy::ListenAddr::Tcp("127.0.0.1:0".parse().expect("addr")),
+            upstream: PgUpstream::Tcp("127.0.0.1:1".into()),
+            database: "appdb".into(),
+            secret: "db".into(),
+        }
+    }
+
+    fn startup_packet(params: &[(&str, &str)]) -> Vec<u8> {
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        for (k, v) in params {
+            body.extend(k.as_bytes());
+            body.push(0);
+            body.extend(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut packet = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        packet.extend(body);
+        packet
+    }
+
+    async fn first(
+        packets: &[Vec<u8>],
+    ) -> (Result<Option<Vec<(String, String)>>, String>, Vec<u8>) {
+        let (mut client, mut proxy) = tokio::io::duplex(4096);
+        for packet in packets {
+            client.write_all(packet).await.expect("write");
+        }
+        let result = startup(&mut proxy, &config()).await;
+        drop(proxy);
+        let mut answered = Vec::new();
+        let _ = client.read_to_end(&mut answered).await;
+        (result, answered)
+    }
+
+    #[tokio::test]
+    async fn the_database_is_the_configured_one_and_said_once() {
+        let (ok, _) = first(&[startup_packet(&[("user", "x")])]).await;
+        let params = ok.expect("ok").expect("a session");
+        assert!(
+            params.contains(&("database".into(), "appdb".into())),
+            "{params:?}"
+        );
+
+        let (other, _) = first(&[startup_packet(&[("database", "other")])]).await;
+        assert!(other.expect_err("refused").contains("only"));
+
+        // PostgreSQL would take the last: refused outright.
+        let twice = startup_packet(&[("database", "appdb"), ("database", "other")]);
+        let (twice, _) = first(&[twice]).await;
+        assert!(twice.expect_err("refused").contains("twice"));
+
+        let (replication, _) = first(&[startup_packet(&[
+            ("database", "appdb"),
+            ("replication", "true"),
+        ])])
+        .await;
+        assert!(replication.expect_err("refused").contains("replication"));
+    }
+
+    #[tokio::test]
+    async fn an_ssl_request_is_declined_and_the_startup_read_after_it() {
+        let ssl = vec![0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+        let (ok, answered) = first(&[ssl, startup_packet(&[("user", "x")])]).await;
+        assert!(ok.expect("ok").is_some());
+        assert_eq!(answered, b"N");
     }
 }

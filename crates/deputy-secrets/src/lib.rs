@@ -7,8 +7,11 @@
 //!   it all when the agent is removed or deputyd stops; `/status` reads [`AgentSecretsStatus`].
 //! - [`CredentialStore`]: the current credentials, which the data path delivers from.
 //! - [`template`]: header values such as `Bearer {{ secret.crm.token }}`.
+//! - [`files`]: credentials rendered into files (mode 0400, the agent's uid) for agents that
+//!   must read one themselves.
 
 pub mod agent;
+pub mod files;
 pub mod metrics;
 pub mod plan;
 pub mod secret;
@@ -36,21 +39,33 @@ pub use vault::{Vault, VaultError, VaultSettings};
 pub struct SecretsManager {
     store: CredentialStore,
     agents: Mutex<HashMap<String, Running>>,
-    statuses: Vec<Arc<Mutex<AgentSecretsStatus>>>,
+    statuses: Mutex<Vec<Arc<Mutex<AgentSecretsStatus>>>>,
 }
 
 #[derive(Debug)]
 struct Running {
     cancel: CancellationToken,
     task: JoinHandle<()>,
+    files: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        for file in self.files {
+            let _ = file.await;
+        }
+    }
 }
 
 impl SecretsManager {
-    /// Starts one loop per agent of `agents`; `svids` gives each agent's X.509-SVID watch (a
-    /// rotation logs in again). Returns at once.
+    /// Starts one loop per agent of `agents`, and a renderer per file of `files`; `svids` gives
+    /// each agent's X.509-SVID watch (a rotation logs in again). Returns at once.
     pub fn start(
         vault: Vault,
         agents: Vec<AgentSecrets>,
+        files: Vec<files::FileSpec>,
         jwt: Arc<dyn JwtSvids>,
         mut svids: HashMap<String, Svids>,
         backoff: (Duration, Duration),
@@ -73,12 +88,24 @@ impl SecretsManager {
                 backoff,
             };
             let task = tokio::spawn(agent::run(context, cancel.clone()));
-            running.insert(name, Running { cancel, task });
+            let files = files
+                .iter()
+                .filter(|f| f.agent == name)
+                .map(|f| tokio::spawn(files::run(f.clone(), store.clone(), cancel.clone())))
+                .collect();
+            running.insert(
+                name,
+                Running {
+                    cancel,
+                    task,
+                    files,
+                },
+            );
         }
         Self {
             store,
             agents: Mutex::new(running),
-            statuses,
+            statuses: Mutex::new(statuses),
         }
     }
 
@@ -89,7 +116,10 @@ impl SecretsManager {
 
     /// Every agent's login and secrets, for `/status`.
     pub fn statuses(&self) -> Vec<AgentSecretsStatus> {
-        self.statuses
+        let Ok(statuses) = self.statuses.lock() else {
+            return Vec::new();
+        };
+        statuses
             .iter()
             .filter_map(|s| s.lock().ok().map(|s| s.clone()))
             .collect()
@@ -100,8 +130,10 @@ impl SecretsManager {
     pub async fn remove_agent(&self, agent: &str) {
         let running = self.agents.lock().ok().and_then(|mut a| a.remove(agent));
         if let Some(running) = running {
-            running.cancel.cancel();
-            let _ = running.task.await;
+            running.stop().await;
+        }
+        if let Ok(mut statuses) = self.statuses.lock() {
+            statuses.retain(|s| s.lock().is_ok_and(|s| s.agent != agent));
         }
     }
 
@@ -116,7 +148,7 @@ impl SecretsManager {
             running.cancel.cancel();
         }
         for running in all {
-            let _ = running.task.await;
+            running.stop().await;
         }
     }
 }

@@ -52,6 +52,8 @@ pub(crate) struct RawAgent {
     inject: Vec<crate::secrets_config::RawInject>,
     #[serde(default)]
     postgres: Vec<crate::pgproxy_config::RawPostgres>,
+    #[serde(default)]
+    file: Vec<crate::secrets_config::RawFile>,
 }
 
 /// The validated agents: what the identity manager subscribes to, and what the data path serves.
@@ -64,6 +66,8 @@ pub(crate) struct Agents {
     pub secrets: Vec<deputy_secrets::AgentSecrets>,
     /// The agents' PostgreSQL auth proxies.
     pub postgres: Vec<deputy_pgproxy::PgProxyConfig>,
+    /// The agents' credential files.
+    pub files: Vec<deputy_secrets::files::FileSpec>,
 }
 
 /// Validates every `[[agent]]`, adding one line per problem to `problems`.
@@ -81,6 +85,7 @@ pub(crate) fn validate_agents(
         keys_exposed: Vec::new(),
         secrets: Vec::new(),
         postgres: Vec::new(),
+        files: Vec::new(),
     };
     for (i, agent) in raw.iter().enumerate() {
         let at = format!("agent[{i}] ({:?})", agent.name);
@@ -154,14 +159,23 @@ pub(crate) fn validate_agents(
                 .map_err(|e| problems.push(format!("{at}: upstream = {u:?}: {e}")))
                 .ok()
         });
-        let (secrets, inject) = crate::secrets_config::validate_agent(
-            &agent.name,
-            agent.vault_role.as_deref(),
-            &agent.secret,
-            &agent.inject,
+        let crate::secrets_config::AgentSecretsConfig {
+            secrets,
+            injections: inject,
+            files,
+        } = crate::secrets_config::validate_agent(
+            &crate::secrets_config::RawAgentSecrets {
+                agent: &agent.name,
+                vault_role: agent.vault_role.as_deref(),
+                uids: &agent.uids,
+                secrets: &agent.secret,
+                inject: &agent.inject,
+                files: &agent.file,
+            },
             &at,
             problems,
         );
+        agents.files.extend(files);
         agents.postgres.extend(crate::pgproxy_config::validate(
             &agent.name,
             &agent.uids,

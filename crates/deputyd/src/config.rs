@@ -305,9 +305,14 @@ impl RawConfig {
             keys_exposed,
             secrets,
             postgres,
+            files,
         } = validate_agents(&self.agent, trust_domain.as_ref(), &mut problems);
-        let secrets =
-            crate::secrets_config::validate_vault(self.vault.as_ref(), secrets, &mut problems);
+        let secrets = crate::secrets_config::validate_vault(
+            self.vault.as_ref(),
+            secrets,
+            files,
+            &mut problems,
+        );
 
         let mut services = Vec::new();
         let mut service_names = HashSet::new();

@@ -53,6 +53,7 @@ pub fn start(
     Ok(SecretsManager::start(
         vault,
         config.agents.clone(),
+        config.files.clone(),
         Arc::new(FromIdentities(identities.clone())),
         svids,
         backoff,

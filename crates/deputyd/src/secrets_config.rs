@@ -39,6 +39,8 @@ pub struct SecretsConfig {
     pub vault: VaultSettings,
     /// The agents that declare secrets.
     pub agents: Vec<AgentSecrets>,
+    /// Credential files rendered for agents.
+    pub files: Vec<deputy_secrets::files::FileSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +111,15 @@ fn default_refresh() -> Duration {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct RawFile {
+    path: PathBuf,
+    contents: String,
+    #[serde(default)]
+    uid: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RawInject {
     service: String,
     header: String,
@@ -116,25 +127,53 @@ pub(crate) struct RawInject {
 }
 
 /// Headers an agent may not have deputyd set: the mesh's own and the connection's.
-const RESERVED_HEADERS: [&str; 7] = [
+const RESERVED_HEADERS: [&str; 11] = [
     "host",
     "connection",
     "transfer-encoding",
     "content-length",
     "te",
+    "trailer",
     "upgrade",
     "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
 ];
 
-/// Validates one agent's secrets and injections; `None` when it declares no secret.
+/// One agent's `[[agent.secret]]`, `[[agent.inject]]` and `[[agent.file]]`, as given.
+pub(crate) struct RawAgentSecrets<'a> {
+    pub agent: &'a str,
+    pub vault_role: Option<&'a str>,
+    pub uids: &'a [u32],
+    pub secrets: &'a [RawSecret],
+    pub inject: &'a [RawInject],
+    pub files: &'a [RawFile],
+}
+
+/// What one agent's secrets sections give.
+#[derive(Default)]
+pub(crate) struct AgentSecretsConfig {
+    /// Its secrets; `None` when it declares none.
+    pub secrets: Option<AgentSecrets>,
+    pub injections: Vec<Injection>,
+    pub files: Vec<deputy_secrets::files::FileSpec>,
+}
+
+/// Validates one agent's secrets, injections and files.
 pub(crate) fn validate_agent(
-    agent: &str,
-    vault_role: Option<&str>,
-    secrets: &[RawSecret],
-    inject: &[RawInject],
+    raw: &RawAgentSecrets<'_>,
     at: &str,
     problems: &mut Vec<String>,
-) -> (Option<AgentSecrets>, Vec<Injection>) {
+) -> AgentSecretsConfig {
+    let RawAgentSecrets {
+        agent,
+        vault_role,
+        uids,
+        secrets,
+        inject,
+        files,
+    } = *raw;
     let mut names = HashSet::new();
     let mut specs = Vec::new();
     for (i, secret) in secrets.iter().enumerate() {
@@ -237,18 +276,63 @@ pub(crate) fn validate_agent(
             });
         }
     }
-    let declared = (!specs.is_empty()).then(|| AgentSecrets {
-        agent: agent.to_owned(),
-        role: vault_role.unwrap_or(agent).to_owned(),
-        secrets: specs,
-    });
-    (declared, injections)
+    let mut rendered = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let here = format!("{at}: file[{i}] ({})", file.path.display());
+        if !file.path.is_absolute() || file.path.file_name().is_none() {
+            problems.push(format!("{here}: path must be an absolute file path"));
+        }
+        let Some(uid) = file.uid.or_else(|| uids.first().copied()) else {
+            problems.push(format!(
+                "{here}: the agent has no uids, so the file would have no owner; set uid or \
+                 the agent's uids"
+            ));
+            continue;
+        };
+        match Template::parse(&file.contents) {
+            Ok(contents) => {
+                for secret in contents.secrets() {
+                    if !names.contains(secret) {
+                        problems.push(format!(
+                            "{here}: the contents read secret {secret:?}, which the agent does \
+                             not declare"
+                        ));
+                    }
+                }
+                rendered.push(deputy_secrets::files::FileSpec {
+                    agent: agent.to_owned(),
+                    path: file.path.clone(),
+                    contents,
+                    owner: (uid, primary_gid(uid)),
+                });
+            }
+            Err(e) => problems.push(format!("{here}: contents {e}")),
+        }
+    }
+    AgentSecretsConfig {
+        secrets: (!specs.is_empty()).then(|| AgentSecrets {
+            agent: agent.to_owned(),
+            role: vault_role.unwrap_or(agent).to_owned(),
+            secrets: specs,
+        }),
+        injections,
+        files: rendered,
+    }
+}
+
+/// The uid's primary group (the uid itself when the user database does not know it).
+fn primary_gid(uid: u32) -> u32 {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or(uid, |u| u.gid.as_raw())
 }
 
 /// `[vault]`, checked; `None` (and a problem) when secrets are declared without it.
 pub(crate) fn validate_vault(
     raw: Option<&RawVault>,
     agents: Vec<AgentSecrets>,
+    files: Vec<deputy_secrets::files::FileSpec>,
     problems: &mut Vec<String>,
 ) -> Option<SecretsConfig> {
     let Some(raw) = raw else {
@@ -296,6 +380,7 @@ pub(crate) fn validate_vault(
             timeout: raw.timeout,
         },
         agents,
+        files,
     })
 }
 

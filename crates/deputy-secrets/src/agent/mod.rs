@@ -84,6 +84,8 @@ struct Secret {
 /// The next thing to do and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Due {
+    /// Nothing within the hour: look again then.
+    Nothing,
     Login,
     RenewToken(usize),
     Obtain(usize),
@@ -146,6 +148,7 @@ pub(crate) async fn run(ctx: AgentContext, cancel: CancellationToken) {
         }
         let now = Instant::now();
         match due {
+            Due::Nothing => {}
             Due::Login => match login(&ctx, &mut next_token).await {
                 Ok(token) => {
                     login_backoff.reset();
@@ -174,12 +177,23 @@ pub(crate) async fn run(ctx: AgentContext, cancel: CancellationToken) {
             Due::RenewToken(i) => {
                 let current = i + 1 == tokens.len();
                 let token = &mut tokens[i];
-                if token.terms.next().1 == Step::Replace {
+                if now >= token.terms.expires_at() {
+                    // Expired: Vault revoked it and its leases. What it issued is withdrawn,
+                    // and a login (with its backoff) makes a new current token.
+                    tracing::warn!(agent = %ctx.spec.agent,
+                        "a Vault token expired before it could be replaced");
+                    let id = token.id;
+                    tokens.remove(i);
+                    drop_token_credentials(&ctx, &mut secrets, id);
+                    if current {
+                        login_at.get_or_insert(now);
+                    }
+                } else if token.terms.next().1 == Step::Replace {
                     // Vault will not extend it: the current token is replaced by a login, an
                     // old one hands its credentials over to the current one.
                     token.retry = Some(token.terms.expires_at());
                     if current {
-                        login_at = Some(now);
+                        login_at.get_or_insert(now);
                     }
                     move_off(&mut secrets, token.id);
                 } else {
@@ -203,7 +217,7 @@ pub(crate) async fn run(ctx: AgentContext, cancel: CancellationToken) {
                             tokens.remove(i);
                             drop_token_credentials(&ctx, &mut secrets, id);
                             if current {
-                                login_at = Some(now);
+                                login_at.get_or_insert(now);
                             }
                         }
                         Err(e) => {
@@ -228,6 +242,10 @@ pub(crate) async fn run(ctx: AgentContext, cancel: CancellationToken) {
                     Err(e) => {
                         if e.is_permission_denied() {
                             login_at.get_or_insert(now);
+                        }
+                        // A KV secret deleted in Vault is no longer the agent's to use.
+                        if matches!(e, VaultError::Refused { status: 404, .. }) {
+                            ctx.withdraw(&mut secrets[i]);
                         }
                         ctx.failed(&mut secrets[i], now, &e);
                     }
@@ -260,7 +278,13 @@ pub(crate) async fn run(ctx: AgentContext, cancel: CancellationToken) {
                             issuing a new one");
                         ctx.withdraw(secret);
                     }
-                    Err(e) => ctx.failed(secret, now, &e),
+                    Err(e) => {
+                        if e.is_permission_denied() {
+                            // The token may be gone (revoked): log in again.
+                            login_at.get_or_insert(now);
+                        }
+                        ctx.failed(secret, now, &e);
+                    }
                 }
             }
             Due::Expire(i) => {
@@ -289,7 +313,7 @@ pub(crate) async fn run(ctx: AgentContext, cancel: CancellationToken) {
 /// The earliest thing to do.
 fn next_due(tokens: &[Token], secrets: &[Secret], login_at: Option<Instant>) -> (Instant, Due) {
     let far = Instant::now() + Duration::from_secs(3600);
-    let mut best = (far, Due::Login);
+    let mut best = (far, Due::Nothing);
     let mut consider = |at: Instant, due: Due| {
         if at < best.0 {
             best = (at, due);
@@ -441,6 +465,17 @@ impl AgentContext {
 
     fn obtained(&self, secret: &mut Secret, token: u64, issued: crate::vault::Issued) {
         let now = Instant::now();
+        if let Some(held) = secret.held.as_mut()
+            && held.terms.is_none()
+            && issued.lease_id.is_empty()
+            && held.credential.fields == issued.fields
+        {
+            // A KV secret read again, unchanged: the same credential (nothing re-rendered).
+            held.obtained = now;
+            secret.retry = None;
+            secret.backoff.reset();
+            return;
+        }
         secret.generation += 1;
         secret.renewals = 0;
         secret.retry = None;

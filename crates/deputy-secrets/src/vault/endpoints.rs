@@ -10,7 +10,7 @@ use rustify::enums::{RequestMethod, RequestType, ResponseType};
 use serde::Deserialize;
 use vaultrs::client::{Client as _, VaultClient};
 
-use super::{Issued, VaultError, classify};
+use super::{Issued, VaultError, clamp_ttl, classify};
 use crate::secret::SecretString;
 use crate::spec::Source;
 
@@ -142,7 +142,7 @@ pub(super) async fn issue(
     Ok(Issued {
         fields,
         lease_id: envelope.lease_id,
-        ttl: Duration::from_secs(envelope.lease_duration),
+        ttl: clamp_ttl(envelope.lease_duration),
         renewable: envelope.renewable,
     })
 }
@@ -167,5 +167,5 @@ pub(super) async fn renew_lease(
         },
     )
     .await?;
-    Ok(Duration::from_secs(envelope.lease_duration))
+    Ok(clamp_ttl(envelope.lease_duration))
 }

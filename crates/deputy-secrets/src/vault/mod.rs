@@ -24,7 +24,7 @@ use crate::spec::Source;
 pub struct VaultSettings {
     /// `https://vault.example.org:8200` (or `http://` on loopback).
     pub address: String,
-    /// PEM CA certificates Vault's TLS certificate must chain to (else the system roots).
+    /// PEM CA certificates Vault's TLS certificate may chain to, added to the system roots.
     pub ca_file: Option<PathBuf>,
     /// The JWT auth method's mount (`jwt`).
     pub jwt_mount: String,
@@ -145,9 +145,14 @@ impl Vault {
 
     fn client(&self, token: &str) -> Result<VaultClient, VaultError> {
         let mut builder = VaultClientSettingsBuilder::default();
+        // Every setting explicit: vaultrs would otherwise read VAULT_SKIP_VERIFY,
+        // VAULT_NAMESPACE, VAULT_CACERT and a client certificate from the environment.
         builder
             .address(&self.settings.address)
             .token(token)
+            .verify(true)
+            .namespace(None)
+            .identity(None)
             .timeout(Some(self.settings.timeout))
             .ca_certs(
                 self.settings
@@ -187,7 +192,7 @@ impl Vault {
         Ok((
             TokenTerms {
                 token,
-                ttl: Duration::from_secs(auth.lease_duration),
+                ttl: clamp_ttl(auth.lease_duration),
                 renewable: auth.renewable,
             },
             session,
@@ -206,7 +211,7 @@ impl Session {
         let auth = vaultrs::token::renew_self(&self.client, Some(&increment))
             .await
             .map_err(|e| classify(&self.address, "renewing the token", e))?;
-        Ok(Duration::from_secs(auth.lease_duration))
+        Ok(clamp_ttl(auth.lease_duration))
     }
 
     /// Revokes the token and, with it, every lease it created.
@@ -229,6 +234,15 @@ impl Session {
     ) -> Result<Duration, VaultError> {
         endpoints::renew_lease(&self.client, &self.address, lease_id, increment).await
     }
+}
+
+/// The longest TTL taken from Vault (a year): a larger one is read as this, so that no time
+/// arithmetic on it can overflow.
+const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A TTL in seconds as Vault sends it, bounded by [`MAX_TTL`].
+pub(crate) fn clamp_ttl(seconds: u64) -> Duration {
+    Duration::from_secs(seconds).min(MAX_TTL)
 }
 
 /// A vaultrs error as a [`VaultError`], without ever formatting a response body.

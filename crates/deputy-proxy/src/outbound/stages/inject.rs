@@ -8,6 +8,7 @@ use http::HeaderValue;
 use super::Call;
 use crate::pipeline::Outcome;
 use crate::problem::{Problem, ProblemKind};
+use crate::routing::strip_hop_by_hop;
 
 pub(super) fn inject(call: &mut Call<'_>) -> Outcome {
     let agent = &call.outbound.agent;
@@ -22,7 +23,30 @@ pub(super) fn inject(call: &mut Call<'_>) -> Outcome {
         .request
         .as_mut()
         .ok_or_else(|| out_of_order(call.request_id))?;
-    for injection in agent.inject.iter().filter(|i| i.service == service.name) {
+    let mut injections = agent
+        .inject
+        .iter()
+        .filter(|i| i.service == service.name)
+        .peekable();
+    if injections.peek().is_none() {
+        return Ok(());
+    }
+    // TRACE would echo the credential back to the agent.
+    if request.method() == http::Method::TRACE {
+        return Err(Problem::new(
+            ProblemKind::BadRequest,
+            format!(
+                "TRACE is refused on calls to {}: they carry a credential the agent may not see",
+                service.name
+            ),
+            call.request_id,
+        )
+        .into());
+    }
+    // The connection's own headers go now, not at send: `Connection: authorization` from the
+    // agent must not take the injected header with it.
+    strip_hop_by_hop(request.headers_mut());
+    for injection in injections {
         let value = injection
             .value
             .render(&call.outbound.credentials, &agent.name)
