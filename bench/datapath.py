@@ -256,9 +256,9 @@ def setup(work, procs, deputy, deputyd):
     return setups
 
 
-def deputyd_pair(work, procs, deputyd, backend, uid, name, agent_extra="", node_extra=""):
-    """Starts node1 (alpha's outbound) and node2 (beta's inbound); returns alpha's outbound port
-    and both pids once a call goes through."""
+def deputyd_pair(work, procs, deputyd, backend, uid, name, agent_extra="", node_extra="", admin1="127.0.0.1:0"):
+    """Starts node1 (alpha's outbound, its admin listener on `admin1`) and node2 (beta's inbound);
+    returns alpha's outbound port and both pids once a call goes through."""
     inbound, outbound = free_port(), free_port()
     identity = (f'trust_domain = "example.org"\n[identity]\nworkload_api = "unix://{work / "workload.sock"}"\n'
                 f'delegated_identity_api = "unix://{work / "admin.sock"}"\n[admin]\nlisten = "127.0.0.1:0"\n')
@@ -272,7 +272,7 @@ def deputyd_pair(work, procs, deputyd, backend, uid, name, agent_extra="", node_
         f'spiffe_id = "spiffe://example.org/agent/beta"\n'
         f'upstream = "http://127.0.0.1:{backend}"\n' + node_extra)
     (work / f"{name}-node1.toml").write_text(
-        identity + state("node1") + f'[[agent]]\nname = "alpha"\nspiffe_id = "spiffe://example.org/agent/alpha"\n'
+        identity.replace('listen = "127.0.0.1:0"', f'listen = "{admin1}"') + state("node1") + f'[[agent]]\nname = "alpha"\nspiffe_id = "spiffe://example.org/agent/alpha"\n'
         f'outbound = "127.0.0.1:{outbound}"\nuids = [{uid}]\n'
         + agent_extra +
         f'[[service]]\nname = "beta"\nspiffe_id = "spiffe://example.org/agent/beta"\naddress = "127.0.0.1:{inbound}"\n'

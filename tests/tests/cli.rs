@@ -311,6 +311,40 @@ fn deputy_dev_brings_up_a_two_node_mesh_that_carries_a_call() {
         answer["caller"], "spiffe://example.org/agent/alpha",
         "{answer}"
     );
+    // The suite's machines have Vault (scripts/peers) and PostgreSQL (the test command installs
+    // it), so the secrets demo is on: beta received the credential alpha's deputyd injected
+    // (its value is never shown), and alpha's database answers through its proxy, no password.
+    dev.output
+        .wait_for("Secrets (Vault dev server", Duration::from_secs(5));
+    assert!(
+        answer["authorization"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Bearer credential")),
+        "{answer}"
+    );
+    assert!(!dev.output.text().contains("dev-crm-token-only-beta-sees"));
+    let rows = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let (client, connection) = tokio_postgres::connect(
+                &format!(
+                    "host=127.0.0.1 port={} user=alpha dbname=tickets sslmode=disable",
+                    base + 3
+                ),
+                tokio_postgres::NoTls,
+            )
+            .await
+            .expect("a session through alpha's PostgreSQL proxy");
+            tokio::spawn(connection);
+            client
+                .query("SELECT customer FROM tickets ORDER BY id", &[])
+                .await
+                .expect("SELECT")
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        });
+    assert_eq!(rows, ["acme", "globex"]);
     // And the printed task: beta sees the principal, its budget and a handle.
     let answer = call(&[
         ("deputy-principal", "user:alice@example.org"),

@@ -206,6 +206,11 @@ fn whoami(name: &str, request: &Request<Incoming>) -> Response<Body> {
             "path": request.uri().path(),
             "caller": request.headers().get("deputy-peer-id").and_then(|v| v.to_str().ok()),
             "deputy_headers": deputy,
+            // A credential the caller's deputyd injected: that one arrived, never its value.
+            "authorization": request.headers().get(header::AUTHORIZATION).map(|v| {
+                let scheme = v.to_str().ok().and_then(|v| v.split(' ').next()).unwrap_or("?");
+                format!("{scheme} credential ({} bytes), injected by the caller's deputyd", v.len())
+            }),
         }),
     )
 }

@@ -8,9 +8,13 @@
 //! node1: admin base+0,  agent alpha outbound base+1, alpha serves on base+2,  inbound base+8
 //! node2: admin base+10, agent beta outbound base+11, beta serves on base+12, inbound base+18
 //! ```
+//!
+//! With Vault (or OpenBao) and PostgreSQL installed, alpha also gets Vault secrets (`secrets.rs`:
+//! its PostgreSQL proxy on base+3, PostgreSQL on base+5, Vault on base+6 and base+7).
 
 mod policy;
 mod process;
+mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -127,19 +131,39 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         .await?;
         processes.push(agent);
     }
+    let vault = match secrets::find() {
+        Ok(found) => match secrets::start(found, &dir, base).await {
+            Ok(running) => Some(running),
+            Err(e) => {
+                eprintln!("the secrets demo is off: {e:#}");
+                None
+            }
+        },
+        Err(why) => {
+            eprintln!("{why}");
+            None
+        }
+    };
     for plan in &NODES {
         let config = dir.join(format!("{}.toml", plan.node));
-        std::fs::write(
-            &config,
-            node_toml(
-                plan,
-                &workload_socket,
-                &admin_socket,
-                &policy_dir,
-                base,
-                uid,
-            ),
-        )?;
+        let mut text = node_toml(
+            plan,
+            &workload_socket,
+            &admin_socket,
+            &policy_dir,
+            base,
+            uid,
+            vault
+                .as_ref()
+                .filter(|_| plan.agent == "alpha")
+                .map(|v| v.alpha_config(base))
+                .unwrap_or_default()
+                .as_str(),
+        );
+        if let Some(vault) = vault.as_ref().filter(|_| plan.agent == "alpha") {
+            text.push_str(&vault.vault_config());
+        }
+        std::fs::write(&config, text)?;
         let mut node = spawn(
             plan.node,
             Command::new(&exe).arg("node").arg("--config").arg(&config),
@@ -155,7 +179,24 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         processes.push(node);
     }
 
+    let secrets_on = match vault {
+        Some(running) => {
+            let admin = format!("127.0.0.1:{base}");
+            running.configure(&admin, TRUST_DOMAIN).await?;
+            let ready = wait_secrets(&admin).await;
+            processes.extend(running.processes);
+            if !ready {
+                eprintln!("alpha's secrets are not available yet; see node1.log and /status");
+            }
+            true
+        }
+        None => false,
+    };
+
     print_summary(&dir, &workload_socket, &policy_dir, base, uid);
+    if secrets_on {
+        print_secrets(base);
+    }
 
     let exited = futures::future::select_all(
         processes
@@ -201,6 +242,42 @@ fn entries_toml(uid: u32) -> String {
     out
 }
 
+/// Waits (at most 30 s) until node1's `/status` shows alpha's secrets available.
+async fn wait_secrets(admin: &str) -> bool {
+    for _ in 0..300 {
+        if let Some((200, body)) = http_get(admin, "/status").await
+            && let Ok(status) = serde_json::from_str::<serde_json::Value>(&body)
+            && status["secrets"][0]["secrets"]
+                .as_array()
+                .is_some_and(|s| s.iter().all(|s| s["state"] == "available"))
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+fn print_secrets(base: u16) {
+    println!(
+        "
+Secrets (Vault dev server and PostgreSQL): alpha logs in to Vault as itself and never"
+    );
+    println!("holds a credential. Its calls to beta carry a Vault KV secret deputyd injects:");
+    println!(
+        "  curl -s -x http://127.0.0.1:{} http://beta/hello   (beta's answer: \"authorization\")",
+        base + 1
+    );
+    println!("Its database user (SELECT only) is Vault's; deputyd logs in for it, no password:");
+    println!(
+        "  psql -h 127.0.0.1 -p {} -d tickets -c 'SELECT * FROM tickets'",
+        base + secrets::PROXY_OFFSET
+    );
+    println!(
+        "  curl -s http://127.0.0.1:{base}/status   (each lease's state and expiry, no value)"
+    );
+}
+
 fn node_toml(
     plan: &NodePlan,
     workload: &Path,
@@ -208,18 +285,20 @@ fn node_toml(
     policy: &Path,
     base: u16,
     uid: u32,
+    agent_extra: &str,
 ) -> String {
     let port = |offset: u16| base + plan.offset + offset;
     let peer_inbound = base + (10 - plan.offset) + 8;
     let (agent, peer) = (plan.agent, plan.peer_agent);
     format!(
         "# Written by `deputy dev`.\ntrust_domain = \"{TRUST_DOMAIN}\"\n\n[identity]\n\
-         workload_api = \"unix://{workload}\"\ndelegated_identity_api = \"unix://{admin}\"\n\n\
+         workload_api = \"unix://{workload}\"\ndelegated_identity_api = \"unix://{admin}\"\n\
+         min_backoff = \"200ms\"\nmax_backoff = \"2s\"\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[state]\ndir = \"{state}\"\n\n\
          [inbound]\nlisten = \"127.0.0.1:{inbound}\"\n\n\
          [[agent]]\nname = \"{agent}\"\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{agent}\"\n\
          outbound = \"127.0.0.1:{outbound}\"\n\
-         upstream = \"http://127.0.0.1:{upstream}\"\nuids = [{uid}]\n\n\
+         upstream = \"http://127.0.0.1:{upstream}\"\nuids = [{uid}]\n{agent_extra}\n\
          [[service]]\nname = \"{peer}\"\nspiffe_id = \"spiffe://{TRUST_DOMAIN}/agent/{peer}\"\n\
          address = \"127.0.0.1:{peer_inbound}\"\n\n\
          [policy]\ndir = \"{policy}\"\nwatch_interval = \"1s\"\n",
