@@ -279,11 +279,16 @@ impl Setup {
     /// Everything started and Vault configured (database leases of `lease_ttl`), alpha's role
     /// still on the wrong audience.
     fn start(lease_ttl: &str) -> Self {
+        Self::start_with(lease_ttl, "1h")
+    }
+
+    /// As [`Setup::start`], the agents' SVIDs living `svid_ttl`.
+    fn start_with(lease_ttl: &str, svid_ttl: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path();
         let pg = Postgres::start(path);
         let vault = Vault::start(path);
-        write_entries(path, &["alpha", "beta", "echo"], "1h", "1h");
+        write_entries(path, &["alpha", "beta", "echo"], svid_ttl, "1h");
         let issuer = IssuerProcess::start(path);
         let (upstream, seen) = recording_upstream();
         let node = NodeProcess::start(&node_config(path, &vault, &pg, &upstream));
@@ -700,5 +705,35 @@ async fn while_vault_is_stopped_for_a_minute_valid_credentials_stay_in_use_and_n
         names(&during).await.expect("SELECT after the outage"),
         ["one"]
     );
+    let _ = setup.stop_and_check_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_svid_rotation_logs_in_again_and_keeps_the_credentials_in_use() {
+    // 6 s SVIDs, rotated every few seconds: each rotation logs alpha in to Vault again.
+    let setup = Setup::start_with("20s", "6s");
+    setup.alpha_ready("crm-token-rotation-77ab");
+    let admin = setup.node.admin.clone();
+    let proxy = node_field(&setup.node, "PostgreSQL proxy bound", "postgres=");
+    let session = proxy_session(&proxy).await.expect("a session");
+    let users = vault_users(&setup.pg);
+    let rotated = eventually("logins after rotations, and a renewal", Duration::from_secs(60), || {
+        let status = secret_status(&admin, "alpha");
+        (status["login"]["logins"].as_u64() >= Some(3)
+            && secret(&status, "db")["renewals"].as_u64() >= Some(1))
+        .then_some(status)
+    });
+    // The database credential is the same one, renewed under the token that issued it (Vault
+    // would revoke it with that token), and its session goes on.
+    assert_eq!(secret(&rotated, "db")["generation"], 1, "{rotated}");
+    assert_eq!(vault_users(&setup.pg), users);
+    assert_eq!(names(&session).await.expect("SELECT after rotations"), ["one"]);
+    // Tokens that hold nothing are revoked as they are replaced: Vault holds the root token,
+    // the one the lease belongs to, and the current one.
+    let (code, text) = setup.vault.call("LIST", "auth/token/accessors", None);
+    assert_eq!(code, 200, "{text}");
+    let tokens: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let count = tokens["data"]["keys"].as_array().map_or(0, Vec::len);
+    assert!(count <= 3, "{count} tokens left in Vault: {text}");
     let _ = setup.stop_and_check_logs();
 }
