@@ -717,17 +717,24 @@ async fn an_svid_rotation_logs_in_again_and_keeps_the_credentials_in_use() {
     let proxy = node_field(&setup.node, "PostgreSQL proxy bound", "postgres=");
     let session = proxy_session(&proxy).await.expect("a session");
     let users = vault_users(&setup.pg);
-    let rotated = eventually("logins after rotations, and a renewal", Duration::from_secs(60), || {
-        let status = secret_status(&admin, "alpha");
-        (status["login"]["logins"].as_u64() >= Some(3)
-            && secret(&status, "db")["renewals"].as_u64() >= Some(1))
-        .then_some(status)
-    });
+    let rotated = eventually(
+        "logins after rotations, and a renewal",
+        Duration::from_secs(60),
+        || {
+            let status = secret_status(&admin, "alpha");
+            (status["login"]["logins"].as_u64() >= Some(3)
+                && secret(&status, "db")["renewals"].as_u64() >= Some(1))
+            .then_some(status)
+        },
+    );
     // The database credential is the same one, renewed under the token that issued it (Vault
     // would revoke it with that token), and its session goes on.
     assert_eq!(secret(&rotated, "db")["generation"], 1, "{rotated}");
     assert_eq!(vault_users(&setup.pg), users);
-    assert_eq!(names(&session).await.expect("SELECT after rotations"), ["one"]);
+    assert_eq!(
+        names(&session).await.expect("SELECT after rotations"),
+        ["one"]
+    );
     // Tokens that hold nothing are revoked as they are replaced: Vault holds the root token,
     // the one the lease belongs to, and the current one.
     let (code, text) = setup.vault.call("LIST", "auth/token/accessors", None);

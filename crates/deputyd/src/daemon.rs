@@ -24,6 +24,8 @@ pub struct Daemon {
     secrets: Option<Arc<deputy_secrets::SecretsManager>>,
     /// The agents' PostgreSQL auth proxies.
     postgres: Option<deputy_pgproxy::PgProxies>,
+    /// The agents' secrets as they started (a SIGHUP that changes them is told to restart).
+    secrets_started: Vec<deputy_secrets::AgentSecrets>,
     /// The agents the data path serves (a reload may remove some).
     agents: Vec<String>,
     admin_addr: SocketAddr,
@@ -200,6 +202,11 @@ impl Daemon {
             proxy: Some(proxy),
             secrets,
             postgres,
+            secrets_started: config
+                .secrets
+                .as_ref()
+                .map(|s| s.agents.clone())
+                .unwrap_or_default(),
             agents: config.proxy.agents.iter().map(|a| a.name.clone()).collect(),
             admin_addr,
             cancel,
@@ -283,6 +290,17 @@ impl Daemon {
             }
             false
         });
+        let now: &[deputy_secrets::AgentSecrets] =
+            config.secrets.as_ref().map_or(&[], |s| &s.agents);
+        for agent in &self.agents {
+            let before = self.secrets_started.iter().find(|s| &s.agent == agent);
+            let after = now.iter().find(|s| &s.agent == agent);
+            if before != after {
+                tracing::warn!(%agent,
+                    "SIGHUP: the agent's secrets changed in the configuration; the ones it \
+                     started with stay in force until deputyd restarts");
+            }
+        }
         for added in configured
             .iter()
             .filter(|a| !self.agents.iter().any(|b| b == *a))

@@ -79,6 +79,22 @@ pub(crate) fn validate(
                 .rsplit_once(':')
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
             {
+                let host = proxy.upstream.rsplit_once(':').map_or("", |(h, _)| h);
+                let loopback = host == "localhost"
+                    || host
+                        .trim_matches(|c| c == '[' || c == ']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    // Without TLS a session (and a relayed SCRAM exchange) crosses the network
+                    // in the clear.
+                    problems.push(format!(
+                        "{here}: upstream {:?} is not on loopback, and the proxy does not speak \
+                         PostgreSQL's TLS yet; run deputyd on the database's host, or use \
+                         unix:///PATH/.s.PGSQL.PORT",
+                        proxy.upstream
+                    ));
+                }
                 Some(PgUpstream::Tcp(proxy.upstream.clone()))
             }
             None => {
@@ -101,4 +117,41 @@ pub(crate) fn validate(
         }
     }
     proxies
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn config(upstream: &str, secret: &str) -> String {
+        format!(
+            "trust_domain = \"example.org\"\n[[agent]]\nname = \"triage\"\n\
+             spiffe_id = \"spiffe://example.org/agent/triage\"\nuids = [1001]\n\
+             [[agent.secret]]\nname = \"db\"\ndatabase = {{ role = \"ro\" }}\n\
+             [[agent.secret]]\nname = \"crm\"\nkv = {{ path = \"crm\" }}\n\
+             [[agent.postgres]]\nlisten = \"127.0.0.1:0\"\nupstream = \"{upstream}\"\n\
+             database = \"appdb\"\nsecret = \"{secret}\"\n\
+             [vault]\naddress = \"http://127.0.0.1:8200\"\n"
+        )
+    }
+
+    #[test]
+    fn a_proxy_needs_a_database_secret_and_a_local_upstream() {
+        let ok = Config::parse(&config("127.0.0.1:5432", "db"), "deputyd.toml").expect("valid");
+        assert_eq!(ok.postgres.len(), 1);
+        let unix = config("unix:///run/postgresql/.s.PGSQL.5432", "db");
+        assert!(Config::parse(&unix, "deputyd.toml").is_ok());
+        for (upstream, secret, expected) in [
+            ("10.0.0.7:5432", "db", "not on loopback"),
+            ("127.0.0.1:5432", "crm", "not a database secret"),
+            ("127.0.0.1:5432", "nope", "declares no secret"),
+            ("unix://relative", "db", "absolute socket path"),
+            ("nohost", "db", "HOST:PORT"),
+        ] {
+            let message = Config::parse(&config(upstream, secret), "deputyd.toml")
+                .expect_err("invalid")
+                .to_string();
+            assert!(message.contains(expected), "{message}\nmissing: {expected}");
+        }
+    }
 }
