@@ -182,3 +182,27 @@ pub async fn json(response: Response<Incoming>) -> serde_json::Value {
     serde_json::from_slice(&bytes)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
 }
+
+/// Asserts that `response` is the problem `kind` (`urn:deputy:problem:KIND`) with `status`, its
+/// detail saying `detail_has`; returns the problem.
+pub async fn expect_problem(
+    response: Response<Incoming>,
+    status: http::StatusCode,
+    kind: &str,
+    detail_has: &str,
+) -> serde_json::Value {
+    assert_eq!(response.status(), status);
+    let problem = json(response).await;
+    assert_eq!(
+        problem["type"],
+        format!("urn:deputy:problem:{kind}"),
+        "{problem}"
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(detail_has)),
+        "{detail_has:?} not in {problem}"
+    );
+    problem
+}

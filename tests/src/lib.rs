@@ -5,6 +5,7 @@
 //! command builds them first (`cargo build --workspace --bins`).
 
 pub mod client;
+pub mod https_tool;
 pub mod mesh;
 pub mod opa;
 pub mod opa_abi;
@@ -333,6 +334,23 @@ impl NodeProcess {
     /// The status of one identity by name (`deputyd` or an agent's name).
     pub fn identity(&self, name: &str) -> serde_json::Value {
         identity_of(&self.admin, name)
+    }
+
+    /// Where `agent`'s outbound listener is bound, as deputyd logged it.
+    pub fn outbound(&self, agent: &str) -> String {
+        self.process
+            .output
+            .text()
+            .lines()
+            .find(|l| {
+                l.contains("outbound listener bound") && l.contains(&format!("agent={agent}"))
+            })
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("outbound="))
+            })
+            .unwrap_or_else(|| panic!("no outbound listener for {agent}"))
+            .to_owned()
     }
 }
 

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deputy_tests::client::{self, Protocol};
+use deputy_tests::https_tool::HttpsTool;
 use deputy_tests::postgres::Postgres;
 use deputy_tests::vault::Vault;
 use deputy_tests::{IssuerProcess, NodeProcess, eventually, http_get, my_uid, write_entries};
@@ -46,8 +47,16 @@ fn recording_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
     (addr, seen)
 }
 
-fn node_config(dir: &Path, vault: &Vault, pg: &Postgres, upstream: &str) -> std::path::PathBuf {
+fn node_config(
+    dir: &Path,
+    vault: &Vault,
+    pg: &Postgres,
+    upstream: &str,
+    saas: &HttpsTool,
+) -> std::path::PathBuf {
     let uid = my_uid();
+    let saas_ca = dir.join("saas-ca.pem");
+    std::fs::write(&saas_ca, &saas.ca_pem).expect("write the tool's CA");
     let text = format!(
         r#"trust_domain = "example.org"
 [identity]
@@ -68,12 +77,21 @@ name = "alpha"
 spiffe_id = "spiffe://example.org/agent/alpha"
 outbound = "127.0.0.1:0"
 uids = [{uid}]
+originate = ["user:*"]
 [[agent.secret]]
 name = "db"
 database = {{ role = "readonly" }}
 [[agent.secret]]
 name = "crm"
 kv = {{ path = "agents/alpha", refresh = "1s" }}
+[[agent.secret]]
+name = "taskdb"
+database = {{ role = "readonly" }}
+per_task = true
+[[agent.inject]]
+service = "reports"
+header = "x-db-user"
+value = "{{{{ secret.taskdb.username }}}}"
 [[agent.file]]
 path = "{dir}/files/alpha/crm.env"
 contents = "CRM_TOKEN={{{{ secret.crm.token }}}}\n"
@@ -82,6 +100,10 @@ uid = {file_uid}
 service = "echo"
 header = "authorization"
 value = "Bearer {{{{ secret.crm.token }}}}"
+[[agent.inject]]
+service = "saas"
+header = "x-api-key"
+value = "{{{{ secret.crm.token }}}}"
 [[agent.postgres]]
 listen = "127.0.0.1:0"
 upstream = "{pg}"
@@ -106,6 +128,18 @@ name = "echo"
 spiffe_id = "spiffe://example.org/agent/echo"
 upstream = "http://{upstream}"
 
+[[external]]
+name = "saas"
+url = "https://{saas}"
+ca_file = "{saas_ca}"
+callers = ["alpha"]
+
+[[external]]
+name = "reports"
+url = "https://{saas}/reports"
+ca_file = "{saas_ca}"
+callers = ["alpha"]
+
 [vault]
 address = "{}"
 timeout = "2s"
@@ -115,6 +149,8 @@ timeout = "2s"
         dir = dir.display(),
         pg = pg.host.clone() + ":" + &pg.port.to_string(),
         file_uid = uid + 7001,
+        saas = saas.addr,
+        saas_ca = saas_ca.display(),
     );
     let path = dir.join("deputyd.toml");
     std::fs::write(&path, text).expect("write config");
@@ -271,6 +307,8 @@ struct Setup {
     issuer: IssuerProcess,
     node: NodeProcess,
     seen: Arc<Mutex<Vec<String>>>,
+    /// A tool outside the mesh, over HTTPS.
+    saas: HttpsTool,
     audit: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -291,7 +329,8 @@ impl Setup {
         write_entries(path, &["alpha", "beta", "echo"], svid_ttl, "1h");
         let issuer = IssuerProcess::start(path);
         let (upstream, seen) = recording_upstream();
-        let node = NodeProcess::start(&node_config(path, &vault, &pg, &upstream));
+        let saas = HttpsTool::start(&[b"h2", b"http/1.1"]);
+        let node = NodeProcess::start(&node_config(path, &vault, &pg, &upstream, &saas));
         let audit = path.join("vault-audit.log");
         configure_vault(&vault, &pg, &node.admin, &audit, lease_ttl);
         Self {
@@ -300,6 +339,7 @@ impl Setup {
             issuer,
             node,
             seen,
+            saas,
             audit,
             _dir: dir,
         }
@@ -380,7 +420,7 @@ async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_c
 
     // The KV secret goes into alpha's calls to echo; alpha gets only the answer.
     let call = client::get("echo", "/tickets", Protocol::Http1);
-    let response = client::send(&node_outbound(&setup.node, "alpha"), Protocol::Http1, call)
+    let response = client::send(&setup.node.outbound("alpha"), Protocol::Http1, call)
         .await
         .expect("call");
     assert_eq!(response.status(), StatusCode::OK);
@@ -394,11 +434,30 @@ async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_c
         "{received:?}"
     );
 
+    // And into its calls to a tool outside the mesh, over HTTPS, with the task's id.
+    let mut call = client::get("saas", "/v1/contacts", Protocol::Http1);
+    call.headers_mut()
+        .insert("deputy-principal", "user:alice".parse().expect("value"));
+    call.headers_mut()
+        .insert("deputy-scope", "crm:read".parse().expect("value"));
+    let response = client::send(&setup.node.outbound("alpha"), Protocol::Http1, call)
+        .await
+        .expect("call");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(client::text(response).await, "ok");
+    let received = setup.saas.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].headers["x-api-key"], token);
+    assert!(
+        received[0].headers.contains_key("deputy-task"),
+        "{received:?}"
+    );
+
     // The agent cannot have its credential echoed back (TRACE) nor dropped on the way
     // (`Connection: authorization` would make a hop-by-hop header of it).
     let mut trace = client::get("echo", "/tickets", Protocol::Http1);
     *trace.method_mut() = http::Method::TRACE;
-    let outbound = node_outbound(&setup.node, "alpha");
+    let outbound = setup.node.outbound("alpha");
     let response = client::send(&outbound, Protocol::Http1, trace)
         .await
         .expect("call");
@@ -427,19 +486,17 @@ async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_c
     // beta's credential does not exist (no Vault role for beta): its call is refused and
     // never reaches echo.
     let call = client::get("echo", "/tickets", Protocol::Http1);
-    let beta = node_outbound(&setup.node, "beta");
+    let beta = setup.node.outbound("beta");
     let response = client::send_as(my_uid() + 7000, &beta, Protocol::Http1, call)
         .await
         .expect("call");
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let problem = client::json(response).await;
-    assert_eq!(problem["type"], "urn:deputy:problem:secret-unavailable");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("x-api-key")),
-        "{problem}"
-    );
+    client::expect_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "secret-unavailable",
+        "x-api-key",
+    )
+    .await;
     assert_eq!(
         setup.seen.lock().expect("lock").len(),
         2,
@@ -468,7 +525,7 @@ async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_c
             .filter(|t| t.contains(rotated))
     });
     let call = client::get("echo", "/tickets", Protocol::Http1);
-    let outbound = node_outbound(&setup.node, "alpha");
+    let outbound = setup.node.outbound("alpha");
     let response = client::send(&outbound, Protocol::Http1, call)
         .await
         .expect("call");
@@ -624,20 +681,6 @@ fn node_field(node: &NodeProcess, line: &str, key: &str) -> String {
         .to_owned()
 }
 
-fn node_outbound(node: &NodeProcess, agent: &str) -> String {
-    node.process
-        .output
-        .text()
-        .lines()
-        .find(|l| l.contains("outbound listener bound") && l.contains(&format!("agent={agent}")))
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("outbound="))
-        })
-        .unwrap_or_else(|| panic!("no outbound listener for {agent}"))
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_vault_is_stopped_for_a_minute_valid_credentials_stay_in_use_and_nothing_is_lost() {
     use nix::sys::signal::Signal;
@@ -655,7 +698,7 @@ async fn while_vault_is_stopped_for_a_minute_valid_credentials_stay_in_use_and_n
     // answers nothing, as a Vault that is down or partitioned away.
     setup.vault.process.signal(Signal::SIGSTOP);
     let outage = std::time::Instant::now();
-    let outbound = node_outbound(&setup.node, "alpha");
+    let outbound = setup.node.outbound("alpha");
     let unreachable = eventually("a failed renewal shown", Duration::from_secs(80), || {
         let status = secret_status(&admin, "alpha");
         secret(&status, "db")["last_error"]
@@ -743,4 +786,102 @@ async fn an_svid_rotation_logs_in_again_and_keeps_the_credentials_in_use() {
     let count = tokens["data"]["keys"].as_array().map_or(0, Vec::len);
     assert!(count <= 3, "{count} tokens left in Vault: {text}");
     let _ = setup.stop_and_check_logs();
+}
+
+/// A call of alpha's to `reports` in `task` (started for alice, its link living `ttl`), or in
+/// no task.
+async fn report_call(
+    setup: &Setup,
+    task: Option<(&str, &str)>,
+) -> http::Response<hyper::body::Incoming> {
+    let mut call = client::get("reports", "/daily", Protocol::Http1);
+    if let Some((task, ttl)) = task {
+        for (name, value) in [
+            ("deputy-principal", "user:alice@example.org"),
+            ("deputy-scope", "reports:read"),
+            ("deputy-task", task),
+            ("deputy-task-ttl", ttl),
+        ] {
+            call.headers_mut()
+                .insert(name, value.parse().expect("header value"));
+        }
+    }
+    client::send(&setup.node.outbound("alpha"), Protocol::Http1, call)
+        .await
+        .expect("call")
+}
+
+fn tasks_holding_credentials(admin: &str) -> Vec<String> {
+    deputy_tests::status_of(admin)["task_secrets"]
+        .as_array()
+        .expect("task_secrets")
+        .iter()
+        .map(|t| t["task"].as_str().expect("task").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_gets_a_database_user_of_its_own_which_is_dropped_when_its_chain_expires() {
+    let setup = Setup::start("1h");
+    setup.alpha_ready("t0ken-for-tasks");
+    let admin = setup.node.admin.clone();
+
+    // A call in no task cannot carry a per-task credential: refused, never sent.
+    let response = report_call(&setup, None).await;
+    client::expect_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "secret-unavailable",
+        "belongs to no task",
+    )
+    .await;
+    assert!(setup.saas.received().is_empty());
+
+    // Task "short" (its link lives 4 s): two calls, one database user of its own.
+    for _ in 0..2 {
+        let response = report_call(&setup, Some(("short", "4"))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    // Task "long": another user.
+    let response = report_call(&setup, Some(("long", "10m"))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let users: Vec<String> = setup
+        .saas
+        .received()
+        .iter()
+        .map(|r| r.headers["x-db-user"].to_str().expect("user").to_owned())
+        .collect();
+    assert_eq!(users.len(), 3, "{users:?}");
+    assert_eq!(users[0], users[1], "one user per task: {users:?}");
+    assert_ne!(users[0], users[2], "a user per task: {users:?}");
+    let (short_user, long_user) = (users[0].clone(), users[2].clone());
+    let standing = vault_users(&setup.pg);
+    for user in [&short_user, &long_user] {
+        assert!(standing.contains(user), "{user} not in {standing:?}");
+    }
+    let mut tasks = tasks_holding_credentials(&admin);
+    tasks.sort();
+    assert_eq!(tasks, ["long", "short"]);
+
+    // The short task's chain expires: its user is dropped (its token revoked, and its lease
+    // with it), and it holds nothing any more; the long task keeps its own.
+    eventually(
+        "the short task's user dropped",
+        Duration::from_secs(30),
+        || (!vault_users(&setup.pg).contains(&short_user)).then_some(()),
+    );
+    assert_eq!(tasks_holding_credentials(&admin), ["long"]);
+    assert!(vault_users(&setup.pg).contains(&long_user));
+    // alpha's standing database secret is untouched by either task.
+    let status = secret_status(&admin, "alpha");
+    assert_eq!(secret(&status, "db")["state"], "available", "{status}");
+    assert_eq!(secret(&status, "db")["generation"], 1, "{status}");
+
+    // deputyd stops: the long task's credentials are revoked too, and no log holds a value.
+    let (_, pg, _dir) = setup.stop_and_check_logs();
+    assert!(
+        !vault_users(&pg).contains(&long_user),
+        "{:?}",
+        vault_users(&pg)
+    );
 }

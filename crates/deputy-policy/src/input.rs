@@ -97,8 +97,12 @@ pub struct Peer {
 pub struct ServiceRef {
     /// The name the agent called.
     pub name: String,
-    /// The SPIFFE ID the service must present.
-    pub spiffe_id: String,
+    /// The SPIFFE ID the service must present; absent for a tool outside the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+    /// The HTTPS base URL of a tool outside the mesh (`[[external]]`); absent for the mesh's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<String>,
     /// Attributes configured for that SPIFFE ID.
     #[serde(default)]
     pub attributes: Attributes,

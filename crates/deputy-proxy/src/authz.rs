@@ -20,7 +20,7 @@ use http_body_util::BodyExt as _;
 use spiffe::SpiffeId;
 
 use crate::body::{Body, BoxError};
-use crate::config::PolicyConfig;
+use crate::config::{PolicyConfig, Reach};
 use crate::problem::{Problem, ProblemKind};
 
 /// The task a call belongs to, as the policy sees it.
@@ -128,10 +128,19 @@ fn input(
             trust_domain: peer.trust_domain().to_string(),
             attributes: attributes(peer),
         }),
-        service: parties.service.map(|service| ServiceRef {
-            name: service.name.clone(),
-            spiffe_id: service.spiffe_id.to_string(),
-            attributes: attributes(&service.spiffe_id),
+        service: parties.service.map(|service| match &service.reach {
+            Reach::Mesh(peer) => ServiceRef {
+                name: service.name.clone(),
+                spiffe_id: Some(peer.spiffe_id.to_string()),
+                external: None,
+                attributes: attributes(&peer.spiffe_id),
+            },
+            Reach::External(external) => ServiceRef {
+                name: service.name.clone(),
+                spiffe_id: None,
+                external: Some(external.base.to_string()),
+                attributes: Default::default(),
+            },
         }),
         principal,
         task,

@@ -57,17 +57,71 @@ impl LocalAgent {
     }
 }
 
-/// A service agents may call: an agent or tool on this node or another.
+/// A service agents may call: an agent or tool of the mesh, on this node or another, or an HTTPS
+/// tool outside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     /// The name agents call it by (the Host of their requests).
     pub name: String,
+    /// It serves MCP: calls to it are judged by tool, so their bodies must be readable JSON.
+    pub mcp: bool,
+    /// How deputyd reaches it.
+    pub reach: Reach,
+}
+
+/// How deputyd reaches a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// Through the deputyd that fronts it, over mTLS with the calling agent's SVID.
+    Mesh(MeshPeer),
+    /// Directly, over HTTPS: a tool outside the mesh, which cannot verify a chain.
+    External(External),
+}
+
+/// A service of the mesh: who it is and where its deputyd listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshPeer {
     /// The SPIFFE ID its server certificate must carry.
     pub spiffe_id: SpiffeId,
     /// `host:port` of the deputyd that fronts it.
     pub address: String,
-    /// It serves MCP: calls to it are judged by tool, so their bodies must be readable JSON.
-    pub mcp: bool,
+}
+
+/// A tool outside the mesh (`[[external]]`): a SaaS API, say, called with a credential deputyd
+/// injects. It gets no chain (it could not verify one); it gets the task's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct External {
+    /// `https://HOST[:PORT][/PREFIX]`: an agent's `/items` goes to `PREFIX/items`.
+    pub base: http::Uri,
+    /// The roots its server certificate must chain to; empty: the system's roots.
+    pub roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// The header carrying the task's id on every call that belongs to a task.
+    pub task_header: http::HeaderName,
+    /// Without a policy, the local agents that may call it (no deputyd at the other end
+    /// checks the call); with one, the policy decides and this is empty.
+    pub callers: Vec<String>,
+}
+
+impl Service {
+    /// A service of the mesh.
+    pub fn mesh(name: impl Into<String>, spiffe_id: SpiffeId, address: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            mcp: false,
+            reach: Reach::Mesh(MeshPeer {
+                spiffe_id,
+                address: address.into(),
+            }),
+        }
+    }
+
+    /// Its SPIFFE ID, if it is of the mesh.
+    pub fn spiffe_id(&self) -> Option<&SpiffeId> {
+        match &self.reach {
+            Reach::Mesh(peer) => Some(&peer.spiffe_id),
+            Reach::External(_) => None,
+        }
+    }
 }
 
 /// Timeouts of the data path.
@@ -155,6 +209,8 @@ pub struct ProxyConfig {
     pub without_policy: crate::admission::WithoutPolicy,
     /// The agents' current credentials, which `inject` headers are rendered from.
     pub credentials: deputy_secrets::CredentialStore,
+    /// Credentials issued per task (`per_task` secrets), if any agent declares one.
+    pub task_secrets: Option<deputy_secrets::task::TaskSecrets>,
 }
 
 /// How the data path asks the policy.

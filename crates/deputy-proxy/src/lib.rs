@@ -19,6 +19,7 @@ pub mod config;
 pub mod connections;
 pub mod context;
 mod delegation;
+mod external;
 mod held_bytes;
 pub mod inbound;
 mod media_type;
@@ -44,8 +45,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use admission::WithoutPolicy;
 pub use config::{
-    Delegation, FactsCell, Injection, Limits, ListenAddr, LocalAgent, PolicyConfig, PolicyFacts,
-    ProxyConfig, Service, Timeouts,
+    Delegation, External, FactsCell, Injection, Limits, ListenAddr, LocalAgent, MeshPeer,
+    PolicyConfig, PolicyFacts, ProxyConfig, Reach, Service, Timeouts,
 };
 pub use connections::{ConnectionInfo, DrainReason, Registry};
 pub use held_bytes::HeldBytes;
@@ -71,6 +72,9 @@ pub enum ProxyError {
     /// The TLS configuration cannot be built.
     #[error("cannot build the TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// An external service's HTTPS client cannot be built.
+    #[error("{0}")]
+    External(String),
     /// An agent is in the proxy config but not in the identity manager.
     #[error("agent {0} has no identity; configure it as an [[agent]]")]
     NoIdentity(String),
@@ -117,6 +121,10 @@ impl Proxy {
             limits,
             registry.clone(),
         ));
+        let externals = Arc::new(
+            external::Externals::new(&config.services, &config.timeouts, &limits)
+                .map_err(ProxyError::External)?,
+        );
         let contexts = Arc::new(context::ContextStore::new(
             config.delegation.max_contexts,
             budgets,
@@ -181,10 +189,8 @@ impl Proxy {
             for agent in &config.agents {
                 if !services.iter().any(|s| s.name == agent.name) {
                     services.push(Service {
-                        name: agent.name.clone(),
-                        spiffe_id: agent.spiffe_id.clone(),
-                        address: address.clone(),
                         mcp: agent.mcp,
+                        ..Service::mesh(&agent.name, agent.spiffe_id.clone(), &address)
                     });
                 }
             }
@@ -204,6 +210,7 @@ impl Proxy {
                 material: materials[&agent.name].clone(),
                 routes: routes.clone(),
                 pool: pool.clone(),
+                externals: externals.clone(),
                 timeouts: config.timeouts,
                 signers: Default::default(),
                 links: Default::default(),
@@ -213,6 +220,7 @@ impl Proxy {
                 limits,
                 slots: connections::Slots::new(limits.max_connections),
                 credentials: config.credentials.clone(),
+                task_secrets: config.task_secrets.clone(),
             });
             let stop = cancel.child_token();
             outbound_listeners.insert(agent.name.clone(), stop.clone());

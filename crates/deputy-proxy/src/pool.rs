@@ -16,7 +16,7 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use crate::body::Body;
-use crate::config::{Limits, Service, Timeouts};
+use crate::config::{Limits, MeshPeer, Timeouts};
 use crate::connections::{
     ConnectionHandle, Ended, InFlight, Opening, Registry, Side, serve_until_drained, system_time,
 };
@@ -42,6 +42,15 @@ struct Pooled {
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
+
+/// A mesh service as the pool reaches it.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The name agents call it by, sent as SNI.
+    pub name: &'a str,
+    /// Who it is and where its deputyd listens.
+    pub peer: &'a MeshPeer,
+}
 
 /// The pool.
 #[derive(Debug)]
@@ -70,20 +79,20 @@ impl Pool {
         }
     }
 
-    /// A ready sender to `service` as `agent` holding `material`, reusing a pooled connection
+    /// A ready sender to the mesh service `name` at `peer` as `agent` holding `material`, reusing a pooled connection
     /// made with the same SVID, and the request counted in flight on that connection (counted
     /// here, before the connection is handed out: a drain that came between handing it out and
     /// counting the request would close the connection under it).
     pub async fn sender(
         &self,
         agent: &str,
-        service: &Service,
+        service: &Target<'_>,
         material: &TlsMaterial,
     ) -> Result<(SendRequest<Body>, InFlight), ConnectError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots
-                .entry((agent.to_owned(), service.name.clone()))
+                .entry((agent.to_owned(), service.name.to_owned()))
                 .or_default()
                 .clone()
         };
@@ -118,43 +127,48 @@ impl Pool {
     async fn connect(
         &self,
         agent: &str,
-        service: &Service,
+        service: &Target<'_>,
         material: &TlsMaterial,
     ) -> Result<(SendRequest<Body>, ConnectionHandle), ConnectError> {
         let unavailable = |detail: String| ConnectError {
             kind: ProblemKind::UpstreamUnavailable,
             detail,
         };
-        let config = client_config(material, service.spiffe_id.clone(), self.bundles.clone())
-            .map_err(|e| unavailable(format!("cannot build the TLS client: {e}")))?;
-        let server_name = ServerName::try_from(service.name.clone()).map_err(|_| {
+        let config = client_config(
+            material,
+            service.peer.spiffe_id.clone(),
+            self.bundles.clone(),
+        )
+        .map_err(|e| unavailable(format!("cannot build the TLS client: {e}")))?;
+        let server_name = ServerName::try_from(service.name.to_owned()).map_err(|_| {
             unavailable(format!(
                 "service name {:?} cannot be sent as SNI",
                 service.name
             ))
         })?;
         let verified_under = self.registry.current_bundles();
-        let connect = async {
-            let tcp = TcpStream::connect(&service.address).await.map_err(|e| {
+        let connect =
+            async {
+                let tcp = TcpStream::connect(&service.peer.address).await.map_err(|e| {
                 unavailable(format!(
                     "cannot connect to {} at {}: {e}; is its deputyd running and its inbound \
                      listener reachable?",
-                    service.name, service.address
+                    service.name, service.peer.address
                 ))
             })?;
-            let _ = tcp.set_nodelay(true);
-            tokio_rustls::TlsConnector::from(config)
-                .connect(server_name, tcp)
-                .await
-                .map_err(|e| handshake_error(service, &e))
-        };
+                let _ = tcp.set_nodelay(true);
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(server_name, tcp)
+                    .await
+                    .map_err(|e| handshake_error(service, &e))
+            };
         let tls = tokio::time::timeout(self.timeouts.connect, connect)
             .await
             .map_err(|_| {
                 metrics::handshake_failed("outbound", "timeout");
                 unavailable(format!(
                     "connecting to {} at {} took longer than {:?}",
-                    service.name, service.address, self.timeouts.connect
+                    service.name, service.peer.address, self.timeouts.connect
                 ))
             })??;
         metrics::handshake_succeeded("outbound");
@@ -169,13 +183,13 @@ impl Pool {
         let mut registration = self.registry.register(Opening {
             side: Side::Pool,
             agent: agent.to_owned(),
-            remote: service.address.clone(),
+            remote: service.peer.address.clone(),
             local_expires: Some(system_time(material.not_after)),
             peer_chain,
             verified_under,
         });
         let handle = registration.handle();
-        let name = service.name.clone();
+        let name = service.name.to_owned();
         tokio::spawn(async move {
             // A client connection has no shutdown of its own: drained, it is handed out no
             // more and closed once its requests are answered.
@@ -188,7 +202,7 @@ impl Pool {
     }
 }
 
-fn handshake_error(service: &Service, error: &std::io::Error) -> ConnectError {
+fn handshake_error(service: &Target<'_>, error: &std::io::Error) -> ConnectError {
     match peer_cert_error(error) {
         Some(e @ PeerCertError::IdentityMismatch { .. }) => {
             metrics::handshake_failed("outbound", "peer_identity_mismatch");
@@ -197,7 +211,7 @@ fn handshake_error(service: &Service, error: &std::io::Error) -> ConnectError {
                 detail: format!(
                     "refused to send the request to {} at {}: {e}. Check the service's \
                      spiffe_id and address in deputyd's config",
-                    service.name, service.address
+                    service.name, service.peer.address
                 ),
             }
         }
@@ -205,7 +219,7 @@ fn handshake_error(service: &Service, error: &std::io::Error) -> ConnectError {
             metrics::handshake_failed("outbound", "peer_not_trusted");
             ConnectError {
                 kind: ProblemKind::PeerNotTrusted,
-                detail: format!("{} at {}: {e}", service.name, service.address),
+                detail: format!("{} at {}: {e}", service.name, service.peer.address),
             }
         }
         None => {
@@ -214,7 +228,7 @@ fn handshake_error(service: &Service, error: &std::io::Error) -> ConnectError {
                 kind: ProblemKind::UpstreamUnavailable,
                 detail: format!(
                     "the TLS handshake with {} at {} failed: {error}",
-                    service.name, service.address
+                    service.name, service.peer.address
                 ),
             }
         }

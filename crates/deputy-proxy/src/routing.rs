@@ -178,12 +178,11 @@ mod tests {
     }
 
     fn routes() -> Routes {
-        Routes::new(&[Service {
-            name: "billing".into(),
-            spiffe_id: "spiffe://example.org/agent/billing".parse().expect("id"),
-            address: "127.0.0.1:15008".into(),
-            mcp: false,
-        }])
+        Routes::new(&[Service::mesh(
+            "billing",
+            "spiffe://example.org/agent/billing".parse().expect("id"),
+            "127.0.0.1:15008",
+        )])
     }
 
     fn request(uri: &str, host: Option<&str>) -> Request<()> {

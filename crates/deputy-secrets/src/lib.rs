@@ -5,6 +5,7 @@
 //! - [`plan`]: when to renew or replace a token or lease (pure).
 //! - [`SecretsManager`]: one loop per agent that logs in, keeps every secret current and revokes
 //!   it all when the agent is removed or deputyd stops; `/status` reads [`AgentSecretsStatus`].
+//! - [`task`]: credentials issued per task, revoked when the task's chain expires.
 //! - [`CredentialStore`]: the current credentials, which the data path delivers from.
 //! - [`template`]: header values such as `Bearer {{ secret.crm.token }}`.
 //! - [`files`]: credentials rendered into files (mode 0400, the agent's uid) for agents that
@@ -17,6 +18,7 @@ pub mod plan;
 pub mod secret;
 pub mod spec;
 pub mod store;
+pub mod task;
 pub mod template;
 pub mod vault;
 
@@ -38,6 +40,7 @@ pub use vault::{Vault, VaultError, VaultSettings};
 #[derive(Debug)]
 pub struct SecretsManager {
     store: CredentialStore,
+    tasks: task::TaskSecrets,
     agents: Mutex<HashMap<String, Running>>,
     statuses: Mutex<Vec<Arc<Mutex<AgentSecretsStatus>>>>,
 }
@@ -71,6 +74,12 @@ impl SecretsManager {
         backoff: (Duration, Duration),
     ) -> Self {
         let store = CredentialStore::new(&agents);
+        let tasks = task::TaskSecrets::new(
+            vault.clone(),
+            jwt.clone(),
+            &agents,
+            CancellationToken::new(),
+        );
         let mut running = HashMap::new();
         let mut statuses = Vec::new();
         for spec in agents {
@@ -104,6 +113,7 @@ impl SecretsManager {
         }
         Self {
             store,
+            tasks,
             agents: Mutex::new(running),
             statuses: Mutex::new(statuses),
         }
@@ -112,6 +122,11 @@ impl SecretsManager {
     /// The current credentials.
     pub fn store(&self) -> &CredentialStore {
         &self.store
+    }
+
+    /// The credentials issued per task.
+    pub fn tasks(&self) -> &task::TaskSecrets {
+        &self.tasks
     }
 
     /// Every agent's login and secrets, for `/status`.
@@ -128,6 +143,7 @@ impl SecretsManager {
     /// The agent was removed: its credentials are withdrawn and revoked (its Vault tokens
     /// revoked, which revokes their leases). Returns once Vault answered (or could not).
     pub async fn remove_agent(&self, agent: &str) {
+        self.tasks.remove_agent(agent);
         let running = self.agents.lock().ok().and_then(|mut a| a.remove(agent));
         if let Some(running) = running {
             running.stop().await;
@@ -139,6 +155,7 @@ impl SecretsManager {
 
     /// deputyd stops: every agent's credentials are revoked.
     pub async fn shutdown(&self) {
+        self.tasks.shutdown().await;
         let all: Vec<Running> = self
             .agents
             .lock()

@@ -50,6 +50,10 @@ pub struct SecretSpec {
     pub name: String,
     /// Where it comes from.
     pub source: Source,
+    /// Issued per task (`per_task = true`): a credential of its own for each task that needs
+    /// it, revoked when the task's chain expires ([`crate::task`]); otherwise one standing
+    /// credential for the agent.
+    pub per_task: bool,
 }
 
 /// The secrets of one agent, and the Vault role it logs in as.

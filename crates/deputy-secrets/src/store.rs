@@ -85,6 +85,7 @@ mod tests {
             role: "a".into(),
             secrets: vec![SecretSpec {
                 name: "db".into(),
+                per_task: false,
                 source: Source::Database {
                     mount: "database".into(),
                     role: "ro".into(),

@@ -5,7 +5,9 @@
 //! [`CredentialStore`]; a render whose credential is missing fails, so nothing is ever sent with
 //! a hole where the credential should be.
 
-use crate::secret::SecretString;
+use std::sync::Arc;
+
+use crate::secret::{Credential, SecretString};
 use crate::store::CredentialStore;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,13 +103,20 @@ impl Template {
         store: &CredentialStore,
         agent: &str,
     ) -> Result<SecretString, RenderError> {
+        self.render_with(|secret| store.get(agent, secret))
+    }
+
+    /// The value, with each secret's credential from `credential` (a task's own, say).
+    pub fn render_with(
+        &self,
+        credential: impl Fn(&str) -> Option<Arc<Credential>>,
+    ) -> Result<SecretString, RenderError> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.push_str(text),
                 Part::Field { secret, field } => {
-                    let credential = store
-                        .get(agent, secret)
+                    let credential = credential(secret)
                         .ok_or_else(|| RenderError::Unavailable(secret.clone()))?;
                     let value = credential
                         .field(field)
@@ -126,10 +135,8 @@ impl Template {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     use super::*;
-    use crate::secret::Credential;
     use crate::spec::{AgentSecrets, SecretSpec, Source};
 
     #[test]
@@ -141,6 +148,7 @@ mod tests {
             role: "a".into(),
             secrets: vec![SecretSpec {
                 name: "crm".into(),
+                per_task: false,
                 source: Source::Kv {
                     mount: "secret".into(),
                     path: "crm".into(),

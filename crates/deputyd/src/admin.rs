@@ -92,6 +92,8 @@ struct StatusDocument {
     /// Each agent's Vault login and secrets: states, expiries and Vault's reasons, never a
     /// value; empty without `[vault]`.
     secrets: Vec<deputy_secrets::AgentSecretsStatus>,
+    /// The tasks holding credentials of their own (`per_task` secrets), until when.
+    task_secrets: Vec<deputy_secrets::task::TaskStatus>,
     log: LogStatus,
 }
 
@@ -123,6 +125,11 @@ async fn status(State(state): State<AdminState>) -> Json<StatusDocument> {
             .secrets
             .as_ref()
             .map(|s| s.statuses())
+            .unwrap_or_default(),
+        task_secrets: state
+            .secrets
+            .as_ref()
+            .map(|s| s.tasks().statuses())
             .unwrap_or_default(),
         log: LogStatus {
             dropped_lines: crate::logging::dropped_lines(),

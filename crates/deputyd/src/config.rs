@@ -16,14 +16,13 @@
 //! separate steps; validation collects every problem so that an operator fixes a file in one
 //! pass.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deputy_delegation::VerifyOptions;
-use deputy_identity::{IdentityManagerConfig, parse_spiffe_id};
-use deputy_proxy::{Delegation, ProxyConfig, Service, Timeouts};
+use deputy_identity::IdentityManagerConfig;
+use deputy_proxy::{Delegation, ProxyConfig, Timeouts};
 use serde::Deserialize;
 use spiffe::TrustDomain;
 
@@ -110,7 +109,9 @@ struct RawConfig {
     #[serde(default)]
     agent: Vec<RawAgent>,
     #[serde(default)]
-    service: Vec<RawService>,
+    service: Vec<crate::services_config::RawService>,
+    #[serde(default)]
+    external: Vec<crate::services_config::RawExternal>,
     #[serde(default)]
     originate: Vec<RawOriginate>,
 }
@@ -187,16 +188,6 @@ impl Default for RawState {
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/deputy")
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawService {
-    name: String,
-    spiffe_id: String,
-    address: String,
-    #[serde(default)]
-    mcp: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,67 +305,13 @@ impl RawConfig {
             &mut problems,
         );
 
-        let mut services = Vec::new();
-        let mut service_names = HashSet::new();
-        for (i, service) in self.service.iter().enumerate() {
-            let at = format!("service[{i}] ({:?})", service.name);
-            // Routes are case-insensitive (a Host header is): names are compared lower-cased,
-            // so that `Triage` cannot shadow the local agent `triage`.
-            let route = service.name.to_ascii_lowercase();
-            if !service_names.insert(route.clone()) {
-                problems.push(format!(
-                    "{at}: another service has the same name (names are case-insensitive)"
-                ));
-            }
-            if service.name.is_empty()
-                || rustls_pki_types::ServerName::try_from(service.name.as_str()).is_err()
-            {
-                problems.push(format!(
-                    "{at}: name must be a DNS-style name (letters, digits, '-', '.'): agents \
-                     use it as the Host of their requests and deputyd sends it as SNI"
-                ));
-            }
-            if !service.address.contains(':') {
-                problems.push(format!(
-                    "{at}: address {:?} needs a port, such as 10.0.0.7:15008",
-                    service.address
-                ));
-            }
-            match parse_spiffe_id(&service.spiffe_id) {
-                Ok(id) => {
-                    if let Some(agent) = local.iter().find(|a| a.name == route)
-                        && agent.spiffe_id != id
-                    {
-                        problems.push(format!(
-                            "{at}: a local agent has this name with SPIFFE ID {}; a service and \
-                             a local agent of one name are the same workload",
-                            agent.spiffe_id
-                        ));
-                    }
-                    services.push(Service {
-                        name: route,
-                        spiffe_id: id,
-                        address: service.address.clone(),
-                        mcp: service.mcp,
-                    });
-                }
-                Err(e) => problems.push(format!("{at}: {e}")),
-            }
-        }
-
-        for agent in &local {
-            for injection in &agent.inject {
-                let known = services.iter().any(|s| s.name == injection.service)
-                    || local.iter().any(|a| a.name == injection.service);
-                if !known {
-                    problems.push(format!(
-                        "agent {:?}: inject names no service {:?}; add a [[service]] of that \
-                         name (or name a local agent)",
-                        agent.name, injection.service
-                    ));
-                }
-            }
-        }
+        let services = crate::services_config::validate_services(
+            &self.service,
+            &self.external,
+            &local,
+            self.policy.is_some(),
+            &mut problems,
+        );
 
         let inbound = self.inbound.as_ref().and_then(|inbound| {
             inbound
@@ -477,6 +414,7 @@ impl RawConfig {
                     credentials: deputy_secrets::CredentialStore::new(
                         secrets.as_ref().map_or(&[][..], |s| &s.agents),
                     ),
+                    task_secrets: None,
                 },
                 policy,
                 secrets,

@@ -129,6 +129,7 @@ impl Daemon {
                 let backoff = (config.identity.min_backoff, config.identity.max_backoff);
                 let manager = Arc::new(crate::secrets::start(settings, &identities, backoff)?);
                 proxy_config.credentials = manager.store().clone();
+                proxy_config.task_secrets = Some(manager.tasks().clone());
                 Some(manager)
             }
             None => None,

@@ -4,7 +4,8 @@
 //!   [`agent_config`]: its `[[agent]]` sections; [`admission_config`]: what is served without
 //!   a policy; [`policy_config`]: its `[policy]` section; [`limits_config`]: its `[limits]`;
 //!   [`secrets_config`]: `[vault]` and the agents' secrets and injected headers;
-//!   [`pgproxy_config`]: their PostgreSQL auth proxies.
+//!   [`pgproxy_config`]: their PostgreSQL auth proxies; [`services_config`]: `[[service]]`
+//!   and `[[external]]`.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/status` and `/connections` on the admin
 //!   listener.
 //! - [`systemd`]: READY=1, STATUS= and watchdog pings when run by systemd.
@@ -23,6 +24,7 @@ pub mod pgproxy_config;
 pub mod policy_config;
 pub mod secrets;
 pub mod secrets_config;
+pub mod services_config;
 pub mod systemd;
 
 pub use config::{Config, ConfigError};

@@ -77,6 +77,9 @@ pub(crate) struct RawSecret {
     database: Option<RawDatabase>,
     #[serde(default)]
     kv: Option<RawKv>,
+    /// A credential of its own for each task, revoked when the task's chain expires.
+    #[serde(default)]
+    per_task: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -224,9 +227,16 @@ pub(crate) fn validate_agent(
                 "{here}: the Vault path {path:?} has an empty or '..' segment"
             ));
         }
+        if secret.per_task && !matches!(source, Source::Database { .. }) {
+            problems.push(format!(
+                "{here}: per_task applies to database secrets (a lease to revoke when the task \
+                 ends); a KV secret is the same for every task"
+            ));
+        }
         specs.push(SecretSpec {
             name: secret.name.clone(),
             source,
+            per_task: secret.per_task,
         });
     }
     let mut injections = Vec::new();
@@ -296,6 +306,11 @@ pub(crate) fn validate_agent(
                         problems.push(format!(
                             "{here}: the contents read secret {secret:?}, which the agent does \
                              not declare"
+                        ));
+                    } else if specs.iter().any(|s| s.name == secret && s.per_task) {
+                        problems.push(format!(
+                            "{here}: the contents read secret {secret:?}, which is issued per \
+                             task; a file belongs to no task (inject it instead)"
                         ));
                     }
                 }

@@ -150,6 +150,8 @@ pub(crate) enum TaskPlan {
         named: bool,
         scopes: Vec<String>,
         budget: Option<u64>,
+        /// How long the link lives (`Deputy-Task-Ttl`, at most [`ORIGIN_TTL`]).
+        ttl: Duration,
     },
     /// The agent continues the task behind a `Deputy-Context` handle.
     Continue {
@@ -157,6 +159,8 @@ pub(crate) enum TaskPlan {
         context: Arc<Context>,
         scopes: Option<Vec<String>>,
         budget: Option<u64>,
+        /// How long the link lives, within the received chain's life.
+        ttl: Duration,
     },
 }
 
@@ -166,6 +170,20 @@ impl TaskPlan {
         match self {
             Self::Continue { context, .. } => Some(context),
             Self::None | Self::Originate { .. } => None,
+        }
+    }
+
+    /// When the task's chain, as this call carries it, expires: what a credential issued for
+    /// the task lives until.
+    pub(crate) fn expires_at(&self, now: SystemTime) -> Option<SystemTime> {
+        match self {
+            Self::None => None,
+            Self::Originate { ttl, .. } => Some(now + *ttl),
+            Self::Continue { context, ttl, .. } => {
+                let chain_end = std::time::UNIX_EPOCH
+                    + Duration::from_secs(u64::try_from(context.expires()).unwrap_or(0));
+                Some(chain_end.min(now + *ttl))
+            }
         }
     }
 
@@ -227,6 +245,7 @@ pub(crate) fn plan(call: &OutboundCall<'_>, headers: &HeaderMap) -> Result<TaskP
         ..
     } = *call;
     let budget = requested_budget(headers)?;
+    let ttl = requested_ttl(headers)?;
     if let Some(handle) = header(headers, CONTEXT) {
         if headers.contains_key("deputy-principal") {
             return Err((
@@ -262,6 +281,7 @@ pub(crate) fn plan(call: &OutboundCall<'_>, headers: &HeaderMap) -> Result<TaskP
             context,
             scopes: requested_scopes(headers),
             budget,
+            ttl,
         });
     }
     let Some(principal) = header(headers, "deputy-principal") else {
@@ -291,6 +311,7 @@ pub(crate) fn plan(call: &OutboundCall<'_>, headers: &HeaderMap) -> Result<TaskP
         named: named.is_some(),
         scopes,
         budget,
+        ttl,
     })
 }
 
@@ -325,6 +346,14 @@ pub(crate) fn sign(
             ),
         ));
     }
+    let Some(delegate) = call.service.spiffe_id() else {
+        // A tool outside the mesh gets no chain (it could not verify one) but its call still
+        // counts against the budget of the task it serves.
+        if let TaskPlan::Continue { context, .. } = &plan {
+            spend(call.agent, context)?;
+        }
+        return Ok(None);
+    };
     match plan {
         TaskPlan::None => Ok(None),
         TaskPlan::Originate {
@@ -333,13 +362,16 @@ pub(crate) fn sign(
             named,
             scopes,
             budget,
+            ttl,
         } => originate_task(
             call,
-            &principal,
-            &task,
-            named,
-            narrowed.unwrap_or(scopes),
-            budget,
+            delegate,
+            (&principal, &task, named),
+            OriginGrant {
+                scopes: narrowed.unwrap_or(scopes),
+                budget,
+                ttl,
+            },
         )
         .map(Some),
         TaskPlan::Continue {
@@ -347,31 +379,50 @@ pub(crate) fn sign(
             context,
             scopes,
             budget,
-        } => continue_task(call, &handle, &context, narrowed.or(scopes), budget).map(Some),
+            ttl,
+        } => continue_task(
+            call,
+            delegate,
+            &handle,
+            &context,
+            narrowed.or(scopes),
+            budget,
+            ttl,
+        )
+        .map(Some),
     }
 }
 
-fn originate_task(
-    call: &OutboundCall<'_>,
-    principal: &str,
-    task: &str,
-    named: bool,
+/// What a task's first link grants its delegate.
+struct OriginGrant {
     scopes: Vec<String>,
     budget: Option<u64>,
+    ttl: Duration,
+}
+
+/// Signs the first link of the task `(principal, task, named by the agent)` to `delegate`.
+fn originate_task(
+    call: &OutboundCall<'_>,
+    delegate: &SpiffeId,
+    (principal, task, named): (&str, &str, bool),
+    OriginGrant {
+        scopes,
+        budget,
+        ttl,
+    }: OriginGrant,
 ) -> Result<String, Refusal> {
     let OutboundCall {
         signers,
         links,
         material,
-        service,
         now,
         ..
     } = *call;
     // A named task may reuse its link; a generated one is new on every call anyway.
     let reuse_key = named.then(|| {
         format!(
-            "origin\n{}\n{}\n{principal}\n{task}\n{scopes:?}\n{budget:?}",
-            material.serial, service.spiffe_id
+            "origin\n{}\n{delegate}\n{principal}\n{task}\n{scopes:?}\n{budget:?}\n{ttl:?}",
+            material.serial
         )
     });
     if let Some(header) = reuse_key
@@ -382,10 +433,10 @@ fn originate_task(
     }
     let signer = signer_of(signers, material)?;
     let grant = Grant {
-        delegate: service.spiffe_id.clone(),
+        delegate: delegate.clone(),
         scopes: Some(scopes),
         budget_calls: budget,
-        ttl: ORIGIN_TTL,
+        ttl,
     };
     let chain = originate(&signer, principal, task, &grant, now).map_err(extension_refusal)?;
     if let Some(key) = reuse_key {
@@ -398,17 +449,18 @@ fn originate_task(
 /// signs a link to the service, narrowing scope and budget as asked.
 fn continue_task(
     call: &OutboundCall<'_>,
+    delegate: &SpiffeId,
     handle: &str,
     context: &Context,
     scopes: Option<Vec<String>>,
     budget: Option<u64>,
+    ttl: Duration,
 ) -> Result<String, Refusal> {
     let OutboundCall {
         agent,
         signers,
         links,
         material,
-        service,
         now,
         ..
     } = *call;
@@ -422,8 +474,33 @@ fn continue_task(
             remaining: left.saturating_sub(1),
         }));
     }
+    let remaining = spend(agent, context)?;
+    let reuse_key = format!(
+        "extend\n{}\n{delegate}\n{handle}\n{scopes:?}\n{budget:?}\n{ttl:?}",
+        material.serial
+    );
+    if let Some(header) = links.get(&reuse_key, unix(now), remaining) {
+        return Ok(header);
+    }
+    let grant = Grant {
+        delegate: delegate.clone(),
+        scopes,
+        budget_calls: budget,
+        ttl,
+    };
+    let chain = extend(&context.chain, &signer, &grant, remaining, now).map_err(|e| {
+        // The call is not made: it does not count.
+        context.refund();
+        extension_refusal(e)
+    })?;
+    links.put(reuse_key, &chain, unix(now));
+    Ok(chain)
+}
+
+/// Counts one call against the received link's budget; what is left, if it is limited.
+fn spend(agent: &LocalAgent, context: &Context) -> Result<Option<u64>, Refusal> {
     // Read now, not when the request arrived: the link may have expired while it waited.
-    let remaining = context
+    context
         .spend(unix(SystemTime::now()))
         .map_err(|error| match error {
             deputy_state::LedgerError::Exhausted { limit } => (
@@ -436,27 +513,7 @@ fn continue_task(
                 ),
             ),
             other => crate::context::budget_refusal(other),
-        })?;
-    let reuse_key = format!(
-        "extend\n{}\n{}\n{handle}\n{scopes:?}\n{budget:?}",
-        material.serial, service.spiffe_id
-    );
-    if let Some(header) = links.get(&reuse_key, unix(now), remaining) {
-        return Ok(header);
-    }
-    let grant = Grant {
-        delegate: service.spiffe_id.clone(),
-        scopes,
-        budget_calls: budget,
-        ttl: ORIGIN_TTL,
-    };
-    let chain = extend(&context.chain, &signer, &grant, remaining, now).map_err(|e| {
-        // The call is not made: it does not count.
-        context.refund();
-        extension_refusal(e)
-    })?;
-    links.put(reuse_key, &chain, unix(now));
-    Ok(chain)
+        })
 }
 
 fn signer_of(signers: &SignerCache, material: &TlsMaterial) -> Result<Arc<LinkSigner>, Refusal> {
@@ -490,6 +547,39 @@ fn requested_budget(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
             })
         })
         .transpose()
+}
+
+/// `Deputy-Task-Ttl`: how long the link signed for this call lives, in seconds or as `10m`;
+/// it can only shorten the default ([`ORIGIN_TTL`]), and a continued task's link never outlives
+/// the chain it extends.
+fn requested_ttl(headers: &HeaderMap) -> Result<Duration, Refusal> {
+    let Some(text) = header(headers, "deputy-task-ttl") else {
+        return Ok(ORIGIN_TTL);
+    };
+    let ttl = text
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .or_else(|_| humantime::parse_duration(text))
+        .map_err(|_| {
+            (
+                ProblemKind::BadRequest,
+                format!(
+                    "Deputy-Task-Ttl {text:?} is not a duration; send seconds or a duration such \
+                     as `600` or `10m`"
+                ),
+            )
+        })?;
+    if ttl < Duration::from_secs(1) || ttl > ORIGIN_TTL {
+        return Err((
+            ProblemKind::BadRequest,
+            format!(
+                "Deputy-Task-Ttl {text:?} is outside 1s..={}s; a link lives at most {}s",
+                ORIGIN_TTL.as_secs(),
+                ORIGIN_TTL.as_secs()
+            ),
+        ));
+    }
+    Ok(ttl)
 }
 
 fn extension_refusal(error: ExtendError) -> Refusal {

@@ -35,11 +35,15 @@ pub(crate) struct Call<'a> {
     pub(crate) plan: Option<TaskPlan>,
     /// `decide`: the policy's narrower scope for the next link.
     pub(crate) narrowed: Option<Vec<String>>,
+    /// `task-secrets`: the task's own credentials the injected headers read, by secret.
+    pub(crate) task_credentials: Vec<(String, Arc<deputy_secrets::Credential>)>,
     /// `connect`: the pooled connection's sender.
     pub(crate) sender: Option<SendRequest<Body>>,
     /// `sign`: the chain to send, and the received context its budget was spent under.
     pub(crate) chain: Option<String>,
     pub(crate) spent_under: Option<Arc<Context>>,
+    /// `sign`: the id of the task the call belongs to, if any.
+    pub(crate) task: Option<String>,
     /// The call counted on its connections until its response ends.
     pub(crate) in_flight: Vec<InFlight>,
     /// `send`: the answer for the agent.
@@ -64,9 +68,11 @@ impl<'a> Call<'a> {
             material: None,
             plan: None,
             narrowed: None,
+            task_credentials: Vec::new(),
             sender: None,
             chain: None,
             spent_under: None,
+            task: None,
             in_flight: vec![in_flight],
             response: None,
         }

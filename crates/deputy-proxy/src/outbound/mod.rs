@@ -46,6 +46,8 @@ pub(crate) struct Outbound {
     pub(crate) material: Material,
     pub(crate) routes: Routes,
     pub(crate) pool: Arc<Pool>,
+    /// Clients of the tools outside the mesh.
+    pub(crate) externals: Arc<crate::external::Externals>,
     pub(crate) timeouts: Timeouts,
     pub(crate) signers: crate::delegation::SignerCache,
     /// Links this agent signed recently, for reuse.
@@ -62,6 +64,8 @@ pub(crate) struct Outbound {
     pub(crate) slots: Slots,
     /// The credentials `agent.inject` renders from.
     pub(crate) credentials: deputy_secrets::CredentialStore,
+    /// Credentials issued per task.
+    pub(crate) task_secrets: Option<deputy_secrets::task::TaskSecrets>,
 }
 
 /// Accepts callers until cancelled.

@@ -95,10 +95,12 @@ enum Due {
 
 pub(crate) async fn run(ctx: AgentContext, cancel: CancellationToken) {
     let (min, max) = ctx.backoff;
+    // A per-task secret is issued for each task that needs it, not here (`crate::task`).
     let mut secrets: Vec<Secret> = ctx
         .spec
         .secrets
         .iter()
+        .filter(|spec| !spec.per_task)
         .map(|spec| Secret {
             spec: spec.clone(),
             held: None,
@@ -594,6 +596,7 @@ pub(crate) fn initial_status(spec: &AgentSecrets) -> AgentSecretsStatus {
         secrets: spec
             .secrets
             .iter()
+            .filter(|s| !s.per_task)
             .map(|s| SecretStatus {
                 name: s.name.clone(),
                 kind: s.source.kind(),

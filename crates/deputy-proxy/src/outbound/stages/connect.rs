@@ -1,7 +1,10 @@
-//! `connect`: a pooled mTLS connection to the service's deputyd, made with the agent's SVID.
+//! `connect`: a pooled mTLS connection to the service's deputyd, made with the agent's SVID
+//! (a tool outside the mesh is connected to by `send`).
 
 use super::Call;
+use crate::config::Reach;
 use crate::pipeline::Waiting;
+use crate::pool::Target;
 use crate::problem::Problem;
 
 pub(super) fn connect<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
@@ -10,6 +13,14 @@ pub(super) fn connect<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             .service
             .as_ref()
             .ok_or_else(|| call.missing("connect", "service"))?;
+        let Reach::Mesh(peer) = &service.reach else {
+            // A tool outside the mesh is reached at `send`, by its own pooled HTTPS client.
+            return Ok(());
+        };
+        let target = Target {
+            name: &service.name,
+            peer,
+        };
         let material = call
             .material
             .as_ref()
@@ -17,7 +28,7 @@ pub(super) fn connect<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         let (sender, in_flight) = call
             .outbound
             .pool
-            .sender(&call.outbound.agent.name, service, material)
+            .sender(&call.outbound.agent.name, &target, material)
             .await
             .map_err(|e| Problem::new(e.kind, e.detail, call.request_id))?;
         if let Some(task) = call.plan.as_ref().and_then(|p| p.task()) {

@@ -1,16 +1,19 @@
 //! `decide`: the policy's decision, when one is configured: may this agent make this call? Its
-//! narrower scope, if any, is kept for the next link.
+//! narrower scope, if any, is kept for the next link. Without a policy, the service's deputyd
+//! decides, or for a tool outside the mesh, its `callers`.
 
 use deputy_policy::Direction;
 
 use super::Call;
 use crate::authz;
-use crate::pipeline::Waiting;
+use crate::config::Reach;
+use crate::pipeline::{Outcome, Waiting};
+use crate::problem::{Problem, ProblemKind};
 
 pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
     Box::pin(async move {
         let Some(policy) = &call.outbound.policy else {
-            return Ok(());
+            return without_policy(call);
         };
         let request = call
             .request
@@ -44,4 +47,30 @@ pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         call.narrowed = record.decision.scope;
         Ok(())
     })
+}
+
+/// Nothing at the other end of a call to a tool outside the mesh checks it: its `callers` are
+/// who may make it.
+fn without_policy(call: &Call<'_>) -> Outcome {
+    let service = call
+        .service
+        .as_ref()
+        .ok_or_else(|| call.missing("decide", "service"))?;
+    let Reach::External(external) = &service.reach else {
+        return Ok(());
+    };
+    let agent = &call.outbound.agent.name;
+    if external.callers.iter().any(|c| c == agent) {
+        return Ok(());
+    }
+    Err(Problem::new(
+        ProblemKind::PeerNotAllowed,
+        format!(
+            "agent {agent} may not call {}: it is not among that external service's callers \
+             ({:?}); add it to `callers` in deputyd's [[external]]",
+            service.name, external.callers
+        ),
+        call.request_id,
+    )
+    .into())
 }

@@ -47,9 +47,17 @@ pub(super) fn inject(call: &mut Call<'_>) -> Outcome {
     // agent must not take the injected header with it.
     strip_hop_by_hop(request.headers_mut());
     for injection in injections {
+        let store = &call.outbound.credentials;
+        let task_credentials = &call.task_credentials;
         let value = injection
             .value
-            .render(&call.outbound.credentials, &agent.name)
+            .render_with(|secret| {
+                task_credentials
+                    .iter()
+                    .find(|(name, _)| name == secret)
+                    .map(|(_, credential)| credential.clone())
+                    .or_else(|| store.get(&agent.name, secret))
+            })
             .map_err(|e| {
                 Problem::new(
                     ProblemKind::SecretUnavailable,

@@ -10,13 +10,15 @@ mod limits;
 mod plan;
 mod route;
 mod send;
+mod send_external;
 mod sign;
+mod task_secrets;
 
 use super::call::Call;
 use crate::pipeline::Stage;
 
 /// The stages every outbound call passes, in order.
-pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 10] {
+pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 11] {
     [
         // Attested first: a caller that is not the agent's is told that, whatever the limits.
         Stage::Now("attest", attest::check),
@@ -25,6 +27,8 @@ pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 10] {
         Stage::Now("identity", identity::take),
         Stage::Now("plan", plan::plan_task),
         Stage::Later("decide", decide::decide),
+        // A task's own credentials, issued on its first call that needs them.
+        Stage::Later("task-secrets", task_secrets::obtain),
         // After the decision (the policy never sees a credential), before the connection (a
         // call that cannot carry its credential goes nowhere).
         Stage::Now("inject", inject::inject),

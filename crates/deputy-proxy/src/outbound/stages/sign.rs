@@ -12,6 +12,7 @@ pub(super) fn sign(call: &mut Call<'_>) -> Outcome {
         .take()
         .ok_or_else(|| call.missing("sign", "task plan"))?;
     let spent_under = plan.context().cloned();
+    call.task = plan.task().map(str::to_owned);
     let narrowed = call.narrowed.take();
     let chain = delegation::sign(&call.delegation("sign")?, plan, narrowed)
         .map_err(|(kind, detail)| Problem::new(kind, detail, call.request_id))?;
