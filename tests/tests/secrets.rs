@@ -36,9 +36,14 @@ fn recording_upstream() -> (String, Arc<Mutex<Vec<String>>>) {
                 if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                     break;
                 }
+                // Names lower-cased (they are case-insensitive); values as they came.
+                let line = match line.split_once(':') {
+                    Some((name, value)) => format!("{}:{value}", name.to_ascii_lowercase()),
+                    None => line,
+                };
                 head.push_str(&line);
             }
-            record.lock().expect("lock").push(head.to_ascii_lowercase());
+            record.lock().expect("lock").push(head);
             let _ = reader
                 .get_mut()
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
@@ -76,6 +81,7 @@ allow_peers = ["spiffe://example.org/agent/alpha", "spiffe://example.org/agent/b
 name = "alpha"
 spiffe_id = "spiffe://example.org/agent/alpha"
 outbound = "127.0.0.1:0"
+upstream = "http://{upstream}"
 uids = [{uid}]
 originate = ["user:*"]
 [[agent.secret]]
@@ -109,12 +115,18 @@ listen = "127.0.0.1:0"
 upstream = "{pg}"
 database = "appdb"
 secret = "db"
+[[agent.postgres]]
+listen = "unix://{dir}/.s.PGSQL.{task_port}"
+upstream = "{pg}"
+database = "appdb"
+secret = "taskdb"
 
 [[agent]]
 name = "beta"
 spiffe_id = "spiffe://example.org/agent/beta"
 outbound = "127.0.0.1:0"
 uids = [{}]
+originate = ["user:*"]
 [[agent.secret]]
 name = "crm"
 kv = {{ path = "agents/beta" }}
@@ -151,11 +163,16 @@ timeout = "2s"
         file_uid = uid + 7001,
         saas = saas.addr,
         saas_ca = saas_ca.display(),
+        task_port = TASK_PROXY_PORT,
     );
     let path = dir.join("deputyd.toml");
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// alpha's PostgreSQL proxy for its per-task secret listens on `DIR/.s.PGSQL.{this}`, where a
+/// libpq client with `host=DIR port={this}` finds it.
+const TASK_PROXY_PORT: u16 = 6543;
 
 fn secret_status(admin: &str, agent: &str) -> serde_json::Value {
     deputy_tests::status_of(admin)["secrets"]
@@ -430,7 +447,7 @@ async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_c
     let received = setup.seen.lock().expect("lock").clone();
     assert_eq!(received.len(), 1, "{received:?}");
     assert!(
-        received[0].contains(&format!("authorization: bearer {token}")),
+        received[0].contains(&format!("authorization: Bearer {token}")),
         "{received:?}"
     );
 
@@ -478,7 +495,7 @@ async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_c
         .cloned()
         .unwrap_or_default();
     assert!(
-        last.contains(&format!("authorization: bearer {token}")),
+        last.contains(&format!("authorization: Bearer {token}")),
         "{last}"
     );
     assert_eq!(setup.seen.lock().expect("lock").len(), 2, "TRACE was sent");
@@ -538,7 +555,7 @@ async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_c
         .cloned()
         .unwrap_or_default();
     assert!(
-        last.contains(&format!("authorization: bearer {rotated}")),
+        last.contains(&format!("authorization: Bearer {rotated}")),
         "{last}"
     );
 
@@ -837,9 +854,10 @@ async fn a_task_gets_a_database_user_of_its_own_which_is_dropped_when_its_chain_
     .await;
     assert!(setup.saas.received().is_empty());
 
-    // Task "short" (its link lives 4 s): two calls, one database user of its own.
+    // Task "short" (its link lives 15 s, time enough for what follows on a loaded machine):
+    // two calls, one database user of its own.
     for _ in 0..2 {
-        let response = report_call(&setup, Some(("short", "4"))).await;
+        let response = report_call(&setup, Some(("short", "15"))).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
     // Task "long": another user.
@@ -884,4 +902,106 @@ async fn a_task_gets_a_database_user_of_its_own_which_is_dropped_when_its_chain_
         "{:?}",
         vault_users(&pg)
     );
+}
+
+/// A session through alpha's per-task proxy, naming the task by `context`.
+async fn task_session(
+    dir: &Path,
+    context: Option<&str>,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let options = context.map_or_else(String::new, |c| {
+        format!(" options='-c search_path=public -c deputy.context={c}'")
+    });
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host={} port={TASK_PROXY_PORT} user=alpha dbname=appdb{options}",
+            dir.display()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn current_user(client: &tokio_postgres::Client) -> String {
+    client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .expect("current_user")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_session_naming_its_task_logs_in_as_the_tasks_user_and_ends_with_the_task() {
+    let setup = Setup::start("1h");
+    setup.alpha_ready("t0ken-for-sessions");
+    let dir = setup._dir.path().to_owned();
+
+    // beta starts a task for alice whose chain lives 15 s (time enough for what follows on a
+    // loaded machine), and calls alpha: alpha is handed the task's context.
+    let mut call = client::get("alpha", "/work", Protocol::Http1);
+    for (name, value) in [
+        ("deputy-principal", "user:alice@example.org"),
+        ("deputy-scope", "reports:read"),
+        ("deputy-task-ttl", "15"),
+    ] {
+        call.headers_mut()
+            .insert(name, value.parse().expect("header value"));
+    }
+    let beta = setup.node.outbound("beta");
+    let response = client::send_as(my_uid() + 7000, &beta, Protocol::Http1, call)
+        .await
+        .expect("call");
+    assert_eq!(response.status(), StatusCode::OK);
+    let handle = setup
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .flat_map(|head| head.lines())
+        .find_map(|line| line.strip_prefix("deputy-context: "))
+        .expect("alpha got a context")
+        .trim()
+        .to_owned();
+
+    // A session that names no task cannot use a per-task secret; it is told how to name one.
+    let refused = task_session(&dir, None).await.expect_err("refused");
+    assert!(
+        format!("{refused:?}").contains("deputy.context"),
+        "{refused:?}"
+    );
+
+    // Named by its context, a session logs in as the task's own user (not alpha's standing
+    // one); a second session of the task is the same user.
+    let session = task_session(&dir, Some(&handle)).await.expect("session");
+    let user = current_user(&session).await;
+    assert_eq!(names(&session).await.expect("select"), ["one"]);
+    let second = task_session(&dir, Some(&handle)).await.expect("session");
+    assert_eq!(current_user(&second).await, user);
+    let standing = proxy_session(&node_field(
+        &setup.node,
+        "PostgreSQL proxy bound",
+        "postgres=",
+    ))
+    .await
+    .expect("standing session");
+    assert_ne!(current_user(&standing).await, user);
+    assert!(vault_users(&setup.pg).contains(&user));
+
+    // The task's chain expires: its sessions are closed and its user is dropped; alpha's
+    // standing session goes on.
+    eventually(
+        "the task's sessions closed",
+        Duration::from_secs(60),
+        || (session.is_closed() && second.is_closed()).then_some(()),
+    );
+    eventually("the task's user dropped", Duration::from_secs(30), || {
+        (!vault_users(&setup.pg).contains(&user)).then_some(())
+    });
+    assert_eq!(names(&standing).await.expect("select"), ["one"]);
+    let ended = task_session(&dir, Some(&handle))
+        .await
+        .expect_err("refused");
+    assert!(format!("{ended:?}").contains("expired"), "{ended:?}");
 }

@@ -9,9 +9,12 @@
 //! uses the new credential.
 //!
 //! - [`wire`]: the messages the proxy reads and writes itself (pure).
+//! - [`task`]: the standing credential, or the task's own for a per-task secret (the session
+//!   names its task's `Deputy-Context` handle).
 
 mod login;
 pub mod session;
+pub mod task;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -20,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use deputy_proxy::outbound::OutboundListener;
 use deputy_proxy::{ListenAddr, ProxyError};
-use deputy_secrets::CredentialStore;
+pub use task::Credentials;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +76,7 @@ impl PgProxies {
     /// Binds every listener (an error names the one that could not be bound) and serves them.
     pub async fn start(
         configs: Vec<PgProxyConfig>,
-        store: CredentialStore,
+        credentials: Credentials,
     ) -> Result<Self, ProxyError> {
         let cancel = CancellationToken::new();
         let mut agents: HashMap<String, CancellationToken> = HashMap::new();
@@ -92,7 +95,7 @@ impl PgProxies {
             tasks.spawn(session::serve(
                 Arc::new(config.clone()),
                 listener,
-                store.clone(),
+                credentials.clone(),
                 stop,
             ));
             bound.push((config, addr));

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use deputy_proxy::attest::{tcp_caller_uid, unix_caller_uid};
 use deputy_proxy::outbound::OutboundListener;
-use deputy_secrets::{Credential, CredentialStore};
+use deputy_secrets::Credential;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
@@ -14,6 +14,7 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::login::{LoginError, login};
+use crate::task::{Credentials, take_context};
 use crate::wire::{self, First};
 use crate::{PgProxyConfig, PgUpstream};
 
@@ -37,7 +38,7 @@ type Stream = Either<TcpStream, UnixStream>;
 pub(crate) async fn serve(
     config: Arc<PgProxyConfig>,
     listener: OutboundListener,
-    store: CredentialStore,
+    credentials: Credentials,
     stop: CancellationToken,
 ) {
     let mut sessions = tokio::task::JoinSet::new();
@@ -49,8 +50,9 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok(client) => {
-                let (config, store, stop) = (config.clone(), store.clone(), stop.clone());
-                sessions.spawn(async move { session(config, store, client, stop).await });
+                let (config, credentials, stop) =
+                    (config.clone(), credentials.clone(), stop.clone());
+                sessions.spawn(async move { session(config, credentials, client, stop).await });
             }
             Err(e) => {
                 tracing::warn!(agent = %config.agent, error = %e, "PostgreSQL proxy accept failed");
@@ -64,7 +66,7 @@ pub(crate) async fn serve(
 
 async fn session(
     config: Arc<PgProxyConfig>,
-    store: CredentialStore,
+    credentials: Credentials,
     client: Client,
     stop: CancellationToken,
 ) {
@@ -94,7 +96,7 @@ async fn session(
             return;
         }
     }
-    let parameters =
+    let mut parameters =
         match tokio::time::timeout(STARTUP_TIMEOUT, startup(&mut client, &config)).await {
             Ok(Ok(Some(parameters))) => parameters,
             // A cancel request, handled; or the client went away.
@@ -105,14 +107,20 @@ async fn session(
             }
             Err(_) => return,
         };
-    let Some(credential) = store.get(agent, &config.secret) else {
-        let message = format!(
-            "deputyd holds no working credential for agent {agent}'s secret {:?} now (Vault has \
-             not issued it, or it lapsed); see the secrets on deputyd's /status",
-            config.secret
-        );
-        let _ = client.write_all(&wire::fatal("28000", &message)).await;
-        return;
+    let followed = match take_context(&mut parameters) {
+        Ok(context) => {
+            credentials
+                .for_session(agent, &config.secret, context.as_deref())
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let (credential, watch) = match followed {
+        Ok(followed) => followed,
+        Err(message) => {
+            let _ = client.write_all(&wire::fatal("28000", &message)).await;
+            return;
+        }
     };
     let (Some(user), Some(password)) = (credential.field("username"), credential.field("password"))
     else {
@@ -155,7 +163,6 @@ async fn session(
     tracing::info!(%agent, secret = %config.secret, generation = credential.generation,
         database = %config.database, "PostgreSQL session opened");
     metrics::gauge!(SESSIONS, "agent" => agent.to_owned()).increment(1.0);
-    let watch = store.watch(agent, &config.secret);
     let reason = tokio::select! {
         () = stop.cancelled() => "deputyd stopped serving the agent",
         reason = lapse(watch, &credential) => reason,

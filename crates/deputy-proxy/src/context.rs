@@ -260,6 +260,33 @@ impl ContextStore {
     }
 }
 
+/// The tasks behind the `Deputy-Context` handles this node issued, for what joins a task
+/// outside an HTTP call (a PostgreSQL proxy session naming its handle).
+#[derive(Debug, Clone)]
+pub struct TaskContexts(pub(crate) std::sync::Arc<ContextStore>);
+
+impl TaskContexts {
+    /// The task behind `handle` if it was issued to `agent` and its chain is live, and when its
+    /// chain expires.
+    pub fn resolve(
+        &self,
+        agent: &str,
+        handle: &str,
+    ) -> Result<(deputy_secrets::task::TaskRef, std::time::SystemTime), String> {
+        let now = std::time::SystemTime::now();
+        let unix = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let context = self
+            .0
+            .lookup(handle, agent, unix)
+            .map_err(|e| e.to_string())?;
+        let expires = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(u64::try_from(context.expires()).unwrap_or(0));
+        Ok((crate::delegation::context_task_ref(&context), expires))
+    }
+}
+
 /// The refusal of a call the ledger cannot count.
 pub(crate) fn budget_refusal(error: LedgerError) -> (ProblemKind, String) {
     match error {

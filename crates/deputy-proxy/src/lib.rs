@@ -88,6 +88,7 @@ pub struct Proxy {
     /// Each agent's outbound listener, stopped when the agent is removed.
     outbound_listeners: HashMap<String, CancellationToken>,
     registry: Arc<connections::Registry>,
+    contexts: Arc<context::ContextStore>,
     grace: std::time::Duration,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
@@ -232,6 +233,7 @@ impl Proxy {
             outbound_addrs,
             outbound_listeners,
             registry,
+            contexts,
             grace: limits.drain_grace,
             cancel,
             tasks,
@@ -241,6 +243,11 @@ impl Proxy {
     /// Every open connection, for `/connections`.
     pub fn connections(&self) -> Arc<connections::Registry> {
         self.registry.clone()
+    }
+
+    /// The tasks behind the context handles this node delivered to its agents.
+    pub fn task_contexts(&self) -> context::TaskContexts {
+        context::TaskContexts(self.contexts.clone())
     }
 
     /// Removes `agent` from the data path (a reload dropped it): its outbound listener stops

@@ -142,13 +142,23 @@ impl Daemon {
         )?;
         tracing::info!(state = %state.path().display(), budgeted_links = budgets.len(),
             "state opened");
+        let proxy =
+            deputy_proxy::Proxy::start(proxy_config, &identities, Arc::new(budgets)).await?;
+        if let Some(inbound) = proxy.inbound_addr() {
+            tracing::info!(%inbound, "inbound mTLS listener bound");
+        }
+        for (agent, addr) in proxy.outbound_addrs() {
+            tracing::info!(%agent, outbound = %show_listen(addr), "outbound listener bound");
+        }
         let postgres = match &secrets {
             Some(manager) if !config.postgres.is_empty() => {
-                let proxies = deputy_pgproxy::PgProxies::start(
-                    config.postgres.clone(),
-                    manager.store().clone(),
-                )
-                .await?;
+                let credentials = deputy_pgproxy::Credentials {
+                    store: manager.store().clone(),
+                    // A session names its task by the context handle this node delivered.
+                    tasks: Some((manager.tasks().clone(), proxy.task_contexts())),
+                };
+                let proxies =
+                    deputy_pgproxy::PgProxies::start(config.postgres.clone(), credentials).await?;
                 for (proxy, bound) in proxies.bound() {
                     tracing::info!(agent = %proxy.agent, database = %proxy.database,
                         upstream = %proxy.upstream, postgres = %show_listen(bound),
@@ -158,14 +168,6 @@ impl Daemon {
             }
             _ => None,
         };
-        let proxy =
-            deputy_proxy::Proxy::start(proxy_config, &identities, Arc::new(budgets)).await?;
-        if let Some(inbound) = proxy.inbound_addr() {
-            tracing::info!(%inbound, "inbound mTLS listener bound");
-        }
-        for (agent, addr) in proxy.outbound_addrs() {
-            tracing::info!(%agent, outbound = %show_listen(addr), "outbound listener bound");
-        }
         let cancel = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
 

@@ -40,14 +40,11 @@ pub(crate) fn validate(
                  agent runs as"
             ));
         }
-        let declared = secrets.and_then(|s| s.secrets.iter().find(|s| s.name == proxy.secret));
-        match declared.map(|s| (&s.source, s.per_task)) {
-            Some((Source::Database { .. }, false)) => {}
-            Some((Source::Database { .. }, true)) => problems.push(format!(
-                "{here}: secret {:?} is issued per task, and a proxy session carries no task \
-                 yet; give the proxy a standing database secret (inject per-task ones into calls)",
-                proxy.secret
-            )),
+        let declared = secrets
+            .and_then(|s| s.secrets.iter().find(|s| s.name == proxy.secret))
+            .map(|s| &s.source);
+        match declared {
+            Some(Source::Database { .. }) => {}
             Some(_) => problems.push(format!(
                 "{here}: secret {:?} is not a database secret; give one with database = {{ role \
                  = \"...\" }}",

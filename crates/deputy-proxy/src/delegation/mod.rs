@@ -187,6 +187,22 @@ impl TaskPlan {
         }
     }
 
+    /// The task as a credential issued for it is keyed: its id, principal and originator
+    /// (`agent` is the calling agent's SPIFFE ID, the originator of a task it starts).
+    pub(crate) fn task_ref(&self, agent: &SpiffeId) -> Option<deputy_secrets::task::TaskRef> {
+        match self {
+            Self::None => None,
+            Self::Originate {
+                principal, task, ..
+            } => Some(deputy_secrets::task::TaskRef {
+                id: task.clone(),
+                principal: principal.clone(),
+                originator: agent.to_string(),
+            }),
+            Self::Continue { context, .. } => Some(context_task_ref(context)),
+        }
+    }
+
     /// The task's id, if the call carries one.
     pub(crate) fn task(&self) -> Option<&str> {
         match self {
@@ -229,6 +245,15 @@ impl TaskPlan {
                 originator: context.chain.originator().to_owned(),
             }),
         }
+    }
+}
+
+/// The task a received context continues, as credentials issued for it are keyed.
+pub(crate) fn context_task_ref(context: &Context) -> deputy_secrets::task::TaskRef {
+    deputy_secrets::task::TaskRef {
+        id: context.chain.task().to_owned(),
+        principal: context.chain.principal().to_owned(),
+        originator: context.chain.originator().to_owned(),
     }
 }
 

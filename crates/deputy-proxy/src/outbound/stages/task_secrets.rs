@@ -33,7 +33,8 @@ pub(super) fn obtain<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             .plan
             .as_ref()
             .ok_or_else(|| call.missing("task-secrets", "task plan"))?;
-        let (Some(task), Some(until)) = (plan.task(), plan.expires_at(call.now)) else {
+        let agent_id = &agent.spiffe_id;
+        let (Some(task), Some(until)) = (plan.task_ref(agent_id), plan.expires_at(call.now)) else {
             return Err(Problem::new(
                 ProblemKind::SecretUnavailable,
                 format!(
@@ -46,18 +47,32 @@ pub(super) fn obtain<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             )
             .into());
         };
+        // A call its budget no longer allows is refused at `sign`; it must not make the task a
+        // credential first.
+        if plan.context().is_some_and(|c| c.remaining() == Some(0)) {
+            return Err(Problem::new(
+                ProblemKind::BudgetExhausted,
+                format!(
+                    "agent {} has made all the calls its delegation allows in task {:?}; the \
+                     delegator must grant a new budget",
+                    agent.name, task.id
+                ),
+                call.request_id,
+            )
+            .into());
+        }
         let mut obtained = Vec::with_capacity(wanted.len());
         for secret in wanted {
             let credential = tasks
-                .credential(&agent.name, task, secret, until)
+                .credential(&agent.name, &task, secret, until)
                 .await
                 .map_err(|e| {
                     Problem::new(
                         ProblemKind::SecretUnavailable,
                         format!(
-                            "the call to {} needs secret {secret:?} for task {task:?}, which \
+                            "the call to {} needs secret {secret:?} for task {:?}, which \
                              deputyd could not obtain: {e}; it was not sent",
-                            service.name
+                            service.name, task.id
                         ),
                         call.request_id,
                     )
