@@ -10,6 +10,7 @@ pub mod mesh;
 pub mod opa;
 pub mod opa_abi;
 pub mod peers;
+pub mod policed;
 pub mod postgres;
 pub mod spire;
 pub mod tls_client;

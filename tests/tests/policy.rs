@@ -3,150 +3,12 @@
 //! the callee's; denials carry the decision id and reasons; MCP calls are judged by tool while
 //! their bodies stream; a broken policy never replaces a good one.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use deputy_tests::client::{self, Protocol};
-use deputy_tests::mesh::Mesh;
+use deputy_tests::policed::{
+    ALPHA, BETA, assert_denied, call, mesh_data, policed_mesh, policed_mesh_on, task, with_task,
+};
 use http::{Method, StatusCode};
-
-const ALPHA: &str = "spiffe://example.org/agent/alpha";
-const BETA: &str = "spiffe://example.org/agent/beta";
-
-/// The shipped policy's modules with `data` beside them, in `dir/name`.
-fn policy_dir(dir: &Path, name: &str, data: &serde_json::Value) -> PathBuf {
-    let target = dir.join(name);
-    std::fs::create_dir_all(&target).expect("policy dir");
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/authz");
-    for entry in std::fs::read_dir(&shipped).expect("shipped policy") {
-        let path = entry.expect("entry").path();
-        let file = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        if file.ends_with(".rego") && !file.ends_with("_test.rego") {
-            std::fs::copy(&path, target.join(&file)).expect("copy");
-        }
-    }
-    std::fs::write(target.join("data.json"), data.to_string()).expect("data.json");
-    target
-}
-
-fn mesh_data(originate: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
-        "services": {
-            "beta": {"callers": [ALPHA], "scopes": ["tickets:read", "tickets:write", "customers:read"]},
-            "carol": {"callers": [BETA]},
-        },
-        "originate": originate,
-        "limits": {"max_depth": 4, "max_depth_by_service": {}},
-        "business_hours": {
-            "days": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
-            "start": 0, "end": 24,
-        },
-        "customers": {"c-1001": {"team": "eu"}, "c-2002": {"team": "us"}},
-        "mcp": {"tools": {ALPHA: ["search_tickets"]}, "irreversible_tools": ["refund"]},
-    })
-}
-
-/// A mesh whose nodes enforce the shipped policy. node2 knows alpha as a support agent of team
-/// eu; node1 knows nothing about it (so only node2's inbound check applies support rules).
-fn policed_mesh() -> (Mesh, tempfile::TempDir, PathBuf) {
-    policed_mesh_on(false)
-}
-
-/// [`policed_mesh`], on the Rego sources or (`wasm`) on bundles `opa build -t wasm` compiled.
-fn policed_mesh_on(wasm: bool) -> (Mesh, tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node1 = policy_dir(
-        dir.path(),
-        "node1",
-        &mesh_data(serde_json::json!({ALPHA: ["user:*"]})),
-    );
-    let node2 = policy_dir(
-        dir.path(),
-        "node2",
-        &mesh_data(serde_json::json!({ALPHA: ["user:*"]})),
-    );
-    let section = |dir: &Path, extra: &str| {
-        let source = if wasm {
-            let name = format!(
-                "{}.tar.gz",
-                dir.file_name().expect("name").to_string_lossy()
-            );
-            let bundle =
-                deputy_tests::opa::build_wasm(dir.parent().expect("parent"), &name, &[dir], &[]);
-            format!("engine = \"wasm\"\nbundle = \"{}\"", bundle.display())
-        } else {
-            format!("dir = \"{}\"", dir.display())
-        };
-        format!(
-            "[policy]\n{source}\ntime_zone = \"Europe/Paris\"\nwatch_interval = \"200ms\"\n{extra}"
-        )
-    };
-    let node1_policy = section(&node1, "");
-    let node2_policy = section(
-        &node2,
-        &format!("[policy.attributes.\"{ALPHA}\"]\nkind = \"support\"\nteam = \"eu\"\n"),
-    );
-    let mesh = Mesh::start_with("1h", Some((&node1_policy, &node2_policy)));
-    (mesh, dir, node1)
-}
-
-async fn call(
-    outbound: &str,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (StatusCode, serde_json::Value) {
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "beta");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let request = request.body(client::full(body.to_vec())).expect("request");
-    match client::send(outbound, Protocol::Http1, request).await {
-        Ok(response) => (response.status(), client::json(response).await),
-        // The connection was cut: what a caller sees when deputyd aborts a request stream.
-        Err(e) => (StatusCode::BAD_GATEWAY, serde_json::json!({"error": e})),
-    }
-}
-
-fn task(principal: &str) -> [(&'static str, String); 2] {
-    [
-        ("deputy-principal", principal.to_owned()),
-        ("deputy-scope", "tickets:read, users:read".to_owned()),
-    ]
-}
-
-fn with_task<'a>(task: &'a [(&'static str, String); 2]) -> Vec<(&'a str, &'a str)> {
-    task.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
-fn assert_denied(status: StatusCode, body: &serde_json::Value, kind: &str, reason: &str) -> String {
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    assert_eq!(body["type"], format!("urn:deputy:problem:{kind}"), "{body}");
-    let id = body["decision_id"]
-        .as_str()
-        .expect("a decision id")
-        .to_owned();
-    assert!(
-        body["detail"].as_str().expect("detail").contains(&id),
-        "{body}"
-    );
-    let reasons = body["reasons"].as_array().expect("reasons");
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.as_str().is_some_and(|r| r.contains(reason))),
-        "expected a reason containing {reason:?}: {body}"
-    );
-    id
-}
 
 /// A task for alice is allowed at both ends, and the policy narrows its scopes to what beta
 /// accepts; returns what beta saw.
@@ -235,7 +97,8 @@ async fn the_policy_decides_both_ends_of_every_call() {
         "{body}"
     );
 
-    // An irreversible action needs approval, which is a refusal until approvals exist.
+    // An irreversible action needs approval: the call is held until an operator approves it
+    // (tests/approvals.rs).
     let (status, body) = call(&alpha, Method::DELETE, "/tickets/9", &[], b"").await;
     assert_denied(
         status,

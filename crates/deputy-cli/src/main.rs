@@ -1,5 +1,6 @@
 //! `deputy`: run the embedded issuer or a local mesh, and fetch, inspect and validate SVIDs.
 
+mod approvals;
 mod chain;
 mod demo_agent;
 mod dev;
@@ -35,6 +36,9 @@ enum Command {
     /// Evaluate, test and check policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// List, show, approve and deny calls held for a human's approval (the operator socket).
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
     /// Start a local mesh: an issuer and a deputyd with two sample agents, until Ctrl-C.
     Dev(dev::DevArgs),
     /// Run a small example agent: an HTTP service that shows who called it (for `deputy dev`
@@ -61,6 +65,7 @@ fn main() -> std::process::ExitCode {
             Command::Jwt(command) => jwt::run(command).await,
             Command::Chain(command) => chain::run(command).await,
             Command::Policy(command) => policy::run(command).await,
+            Command::Approvals(command) => approvals::run(command).await,
             Command::Dev(args) => dev::run(args).await,
             Command::DemoAgent(args) => demo_agent::run(args).await,
             Command::Node(args) => deputyd::run(args)

@@ -37,6 +37,12 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Whether the call is allowed only once a human approves it (an allowed decision with
+    /// `approval.required`). The data path enforces it: the call is held until approved.
+    pub fn needs_approval(&self) -> bool {
+        self.allow && self.approval.as_ref().is_some_and(|a| a.required)
+    }
+
     /// A denial with one reason.
     pub fn deny(reason: impl Into<String>) -> Self {
         Self {
@@ -147,18 +153,6 @@ impl Decision {
             approval,
             scope,
         };
-        // Approvals are enforced by a later part of Deputy; until then, a call that needs one
-        // is denied with the policy's reason, never let through.
-        if decision.allow
-            && let Some(approval) = decision.approval.as_ref().filter(|a| a.required)
-        {
-            decision.allow = false;
-            decision.reasons.push(format!(
-                "approval required: {} (approvals are not yet enforced by this deputyd, so the \
-                 call is denied)",
-                approval.reason
-            ));
-        }
         if !decision.allow && decision.reasons.is_empty() {
             decision.reasons.push("denied by policy".to_owned());
         }
@@ -215,19 +209,21 @@ mod tests {
     }
 
     #[test]
-    fn an_approval_obligation_denies_with_its_reason_until_approvals_exist() {
+    fn an_approval_obligation_is_carried_with_its_reason() {
         let d = read(json!({
             "allow": true,
             "approval": {"required": true, "reason": "payments over 100 EUR"}
         }));
-        assert!(!d.allow);
-        assert!(
-            d.reasons
-                .iter()
-                .any(|r| r.contains("payments over 100 EUR"))
+        assert!(d.allow && d.needs_approval());
+        assert_eq!(
+            d.approval.map(|a| a.reason),
+            Some("payments over 100 EUR".to_owned())
         );
         let d = read(json!({"allow": true, "approval": {"required": false}}));
-        assert!(d.allow);
+        assert!(d.allow && !d.needs_approval());
+        // A denial needs no approval: nothing would make it pass.
+        let d = read(json!({"allow": false, "approval": {"required": true, "reason": "x"}}));
+        assert!(!d.allow && !d.needs_approval());
     }
 
     #[test]

@@ -193,7 +193,7 @@ pub(crate) async fn judge(
     let input = input(config, parties, task, request_facts, now);
     let record = decide(config, &input);
     deputy_policy::record::log_decision(&record, &input, request_id, config.log_inputs);
-    if let Some(problem) = refusal(&record, request_id) {
+    if let Some(problem) = refusal(&record, parties.direction, request_id) {
         return Err(problem);
     }
     parts
@@ -234,17 +234,24 @@ fn decide_timed(policy: &deputy_policy::Policy, input: &PolicyInput) -> Decision
 /// that long in coming, so it waited on the policy.
 const WAITED_TOO_LONG: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// The refusal a decision calls for, if any.
-fn refusal(record: &DecisionRecord, request_id: &str) -> Option<Problem> {
-    if record.decision.allow {
-        return None;
-    }
-    let (kind, what) = match &record.decision.approval {
-        Some(approval) if approval.required => (
+/// The refusal a decision calls for, if any. A decision that needs an approval is refused at
+/// the receiving end only: the calling end holds the call until an operator approves it (its
+/// `approve` stage), while the receiving end has no way to ask the caller's operator.
+fn refusal(record: &DecisionRecord, direction: Direction, request_id: &str) -> Option<Problem> {
+    let (kind, what) = if record.decision.needs_approval() {
+        if direction == Direction::Outbound {
+            return None;
+        }
+        (
             ProblemKind::ApprovalRequired,
-            "this call needs a human's approval first, which this deputyd cannot ask for yet",
-        ),
-        _ => (ProblemKind::PolicyDenied, "the policy denied this call"),
+            "the receiving end's policy asks for an approval, which is asked for where a call \
+             starts: make the rule apply to outbound calls (input.direction == \"outbound\") so \
+             the caller's deputyd holds the call for its operator",
+        )
+    } else if record.decision.allow {
+        return None;
+    } else {
+        (ProblemKind::PolicyDenied, "the policy denied this call")
     };
     let detail = format!(
         "{what}: {} (decision {}, policy revision {})",

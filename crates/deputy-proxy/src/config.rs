@@ -211,6 +211,11 @@ pub struct ProxyConfig {
     pub credentials: deputy_secrets::CredentialStore,
     /// Credentials issued per task (`per_task` secrets), if any agent declares one.
     pub task_secrets: Option<deputy_secrets::task::TaskSecrets>,
+    /// Where calls held for a human's approval are recorded (`None`: a call that needs one is
+    /// refused).
+    pub approvals: Option<std::sync::Arc<deputy_state::Approvals>>,
+    /// How long an approval may wait to be decided and redeemed.
+    pub approval_ttl: Duration,
 }
 
 /// How the data path asks the policy.

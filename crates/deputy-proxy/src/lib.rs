@@ -222,6 +222,8 @@ impl Proxy {
                 slots: connections::Slots::new(limits.max_connections),
                 credentials: config.credentials.clone(),
                 task_secrets: config.task_secrets.clone(),
+                approvals: config.approvals.clone(),
+                approval_ttl: i64::try_from(config.approval_ttl.as_secs()).unwrap_or(i64::MAX),
             });
             let stop = cancel.child_token();
             outbound_listeners.insert(agent.name.clone(), stop.clone());

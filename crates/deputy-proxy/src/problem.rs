@@ -52,6 +52,9 @@ pub enum ProblemKind {
     PolicyDenied,
     /// The policy allows the call only once a human approves it.
     ApprovalRequired,
+    /// The approval the call names does not let it through (pending, denied, used, expired, or
+    /// for another call).
+    ApprovalRefused,
     /// The request body is refused (a JSON-RPC body Deputy cannot judge safely).
     BodyRefused,
     /// The request body is in an encoding or media type deputyd cannot inspect for the policy.
@@ -91,6 +94,7 @@ impl ProblemKind {
             Self::ExtensionRefused => "urn:deputy:problem:extension-refused",
             Self::PolicyDenied => "urn:deputy:problem:policy-denied",
             Self::ApprovalRequired => "urn:deputy:problem:approval-required",
+            Self::ApprovalRefused => "urn:deputy:problem:approval-refused",
             Self::BodyRefused => "urn:deputy:problem:body-refused",
             Self::BodyNotInspectable => "urn:deputy:problem:body-not-inspectable",
             Self::PeerNotAllowed => "urn:deputy:problem:peer-not-allowed",
@@ -122,6 +126,7 @@ impl ProblemKind {
             Self::ExtensionRefused => "Delegation refused",
             Self::PolicyDenied => "Denied by policy",
             Self::ApprovalRequired => "Approval required",
+            Self::ApprovalRefused => "Approval refused",
             Self::BodyRefused => "Request body refused",
             Self::BodyNotInspectable => "Request body cannot be inspected",
             Self::PeerNotAllowed => "Peer not allowed",
@@ -145,7 +150,8 @@ impl ProblemKind {
             | Self::ExtensionRefused
             | Self::PolicyDenied
             | Self::PeerNotAllowed
-            | Self::ApprovalRequired => StatusCode::FORBIDDEN,
+            | Self::ApprovalRequired
+            | Self::ApprovalRefused => StatusCode::FORBIDDEN,
             Self::BodyNotInspectable => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::ChainTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -181,6 +187,10 @@ pub struct Problem {
     /// The policy's reasons, when a policy refused the call.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
+    /// The approval the call waits for, or named: the agent retries with `Deputy-Approval` and
+    /// this id once an operator approved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
     #[serde(skip)]
     kind: ProblemKind,
 }
@@ -196,8 +206,15 @@ impl Problem {
             request_id: request_id.to_owned(),
             decision_id: None,
             reasons: Vec::new(),
+            approval_id: None,
             kind,
         }
+    }
+
+    /// Names the approval the call waits for.
+    pub fn with_approval(mut self, id: &str) -> Self {
+        self.approval_id = Some(id.to_owned());
+        self
     }
 
     /// Names the policy decision behind the refusal, with its reasons.

@@ -7,12 +7,15 @@
 //! a C build and SQL for lookups that are all by key.
 //!
 //! - [`BudgetLedger`]: the calls spent under each received delegation link, until it expires.
+//! - [`Approvals`]: calls a policy allows once a human approves them, bound to exactly that call.
 
+pub mod approvals;
 mod budget;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use approvals::{Approval, ApprovalError, ApprovalState, Approvals, Binding};
 pub use budget::{BudgetLedger, LedgerError};
 
 /// The database file inside the state directory.

@@ -52,6 +52,8 @@ pub struct Config {
     pub secrets: Option<crate::secrets_config::SecretsConfig>,
     /// The agents' PostgreSQL auth proxies.
     pub postgres: Vec<deputy_pgproxy::PgProxyConfig>,
+    /// Calls held for approval, and the operator socket.
+    pub approvals: crate::approvals_config::ApprovalsConfig,
 }
 
 /// A configuration that cannot be used.
@@ -114,6 +116,8 @@ struct RawConfig {
     external: Vec<crate::services_config::RawExternal>,
     #[serde(default)]
     originate: Vec<RawOriginate>,
+    #[serde(default)]
+    approvals: crate::approvals_config::RawApprovals,
 }
 
 #[derive(Debug, Deserialize)]
@@ -374,6 +378,7 @@ impl RawConfig {
             policy_set,
             &mut problems,
         );
+        let approvals = self.approvals.validate(&mut problems);
 
         match (trust_domain, admin_listen) {
             (Some(trust_domain), Some(admin_listen)) if problems.is_empty() => Ok(Config {
@@ -415,10 +420,13 @@ impl RawConfig {
                         secrets.as_ref().map_or(&[][..], |s| &s.agents),
                     ),
                     task_secrets: None,
+                    approvals: None,
+                    approval_ttl: approvals.ttl,
                 },
                 policy,
                 secrets,
                 postgres,
+                approvals,
             }),
             _ => Err(problems),
         }

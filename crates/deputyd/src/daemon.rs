@@ -140,8 +140,21 @@ impl Daemon {
             config.proxy.delegation.max_budgeted_links,
             unix_now(),
         )?;
+        let approvals = Arc::new(deputy_state::Approvals::open(
+            &state,
+            config.approvals.max_pending,
+            unix_now(),
+        )?);
+        proxy_config.approvals = Some(approvals.clone());
         tracing::info!(state = %state.path().display(), budgeted_links = budgets.len(),
             "state opened");
+        // Bound before the data path serves: a call held for approval names where to decide it.
+        let operator_socket = config
+            .approvals
+            .socket
+            .as_deref()
+            .map(crate::operator::bind)
+            .transpose()?;
         let proxy =
             deputy_proxy::Proxy::start(proxy_config, &identities, Arc::new(budgets)).await?;
         if let Some(inbound) = proxy.inbound_addr() {
@@ -186,6 +199,16 @@ impl Daemon {
                 tracing::error!(error = %e, "admin listener failed");
             }
         });
+        if let (Some(listener), Some(path)) = (operator_socket, &config.approvals.socket) {
+            tracing::info!(socket = %path.display(), operators = ?config.approvals.operators,
+                "operator socket bound");
+            tasks.spawn(crate::operator::serve(
+                listener,
+                approvals,
+                config.approvals.operators.clone(),
+                cancel.clone(),
+            ));
+        }
         tasks.spawn(report_to_systemd(identities.clone(), cancel.clone()));
         if let Some(serving) = &policy {
             let stop = cancel.clone();

@@ -5,7 +5,8 @@
 //!   a policy; [`policy_config`]: its `[policy]` section; [`limits_config`]: its `[limits]`;
 //!   [`secrets_config`]: `[vault]` and the agents' secrets and injected headers;
 //!   [`pgproxy_config`]: their PostgreSQL auth proxies; [`services_config`]: `[[service]]`
-//!   and `[[external]]`.
+//!   and `[[external]]`; [`approvals_config`]: `[approvals]`.
+//! - [`operator`]: the operator socket, where approvals are decided.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/status` and `/connections` on the admin
 //!   listener.
 //! - [`systemd`]: READY=1, STATUS= and watchdog pings when run by systemd.
@@ -16,10 +17,12 @@
 pub mod admin;
 pub mod admission_config;
 pub mod agent_config;
+pub mod approvals_config;
 pub mod config;
 pub mod daemon;
 pub mod limits_config;
 pub mod logging;
+pub mod operator;
 pub mod pgproxy_config;
 pub mod policy_config;
 pub mod secrets;

@@ -35,6 +35,8 @@ pub(crate) struct Call<'a> {
     pub(crate) plan: Option<TaskPlan>,
     /// `decide`: the policy's narrower scope for the next link.
     pub(crate) narrowed: Option<Vec<String>>,
+    /// `decide`: the policy asks for a human's approval first.
+    pub(crate) approval: Option<super::stages::Obligation>,
     /// `task-secrets`: the task's own credentials the injected headers read, by secret.
     pub(crate) task_credentials: Vec<(String, Arc<deputy_secrets::Credential>)>,
     /// `connect`: the pooled connection's sender.
@@ -68,6 +70,7 @@ impl<'a> Call<'a> {
             material: None,
             plan: None,
             narrowed: None,
+            approval: None,
             task_credentials: Vec::new(),
             sender: None,
             chain: None,

@@ -66,6 +66,10 @@ pub(crate) struct Outbound {
     pub(crate) credentials: deputy_secrets::CredentialStore,
     /// Credentials issued per task.
     pub(crate) task_secrets: Option<deputy_secrets::task::TaskSecrets>,
+    /// Calls held for a human's approval.
+    pub(crate) approvals: Option<Arc<deputy_state::Approvals>>,
+    /// How long an approval may wait to be decided and redeemed, in seconds.
+    pub(crate) approval_ttl: i64,
 }
 
 /// Accepts callers until cancelled.

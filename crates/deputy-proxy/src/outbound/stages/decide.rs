@@ -44,6 +44,19 @@ pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         )
         .await?;
         call.request = Some(request);
+        if record.decision.needs_approval() {
+            let reason = record
+                .decision
+                .approval
+                .as_ref()
+                .map(|a| a.reason.clone())
+                .unwrap_or_default();
+            call.approval = Some(super::Obligation {
+                reasons: vec![format!("approval required: {reason}")],
+                reason,
+                decision_id: record.id.clone(),
+            });
+        }
         call.narrowed = record.decision.scope;
         Ok(())
     })

@@ -1,6 +1,7 @@
 //! The stages of an outbound call, in order: each its own file. A new capability is a new
 //! file here and a line in [`stages`].
 
+mod approve;
 mod attest;
 mod connect;
 mod decide;
@@ -14,11 +15,13 @@ mod send_external;
 mod sign;
 mod task_secrets;
 
+pub(crate) use approve::Obligation;
+
 use super::call::Call;
 use crate::pipeline::Stage;
 
 /// The stages every outbound call passes, in order.
-pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 11] {
+pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 12] {
     [
         // Attested first: a caller that is not the agent's is told that, whatever the limits.
         Stage::Now("attest", attest::check),
@@ -27,6 +30,8 @@ pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 11] {
         Stage::Now("identity", identity::take),
         Stage::Now("plan", plan::plan_task),
         Stage::Later("decide", decide::decide),
+        // Held for a human when the policy asks for one; before anything is issued or spent.
+        Stage::Later("approve", approve::approve),
         // A task's own credentials, issued on its first call that needs them.
         Stage::Later("task-secrets", task_secrets::obtain),
         // After the decision (the policy never sees a credential), before the connection (a

@@ -1,0 +1,160 @@
+//! `approve`: a call the policy allows only once a human approves it (`approval.required`) is
+//! held. Without `Deputy-Approval`, a pending approval bound to exactly this call (agent,
+//! service, method, path, query, a digest of its body, task and principal) is recorded and the
+//! agent is told its id (403 `approval-required`); once an operator approved it, the agent's
+//! retry of the identical call naming it passes, once (the approval is used, durably, before
+//! the call goes on). Anything else naming it is refused (403 `approval-refused`).
+
+use aws_lc_rs::digest;
+use http_body_util::BodyExt as _;
+
+use super::Call;
+use crate::body::full;
+use crate::pipeline::Waiting;
+use crate::problem::{Problem, ProblemKind};
+
+/// The header naming the approval a retry rides on.
+pub(crate) const APPROVAL: &str = "deputy-approval";
+
+/// The largest body a call held for approval may have: it is read whole to be bound.
+pub(crate) const MAX_APPROVAL_BODY: usize = 1024 * 1024;
+
+/// What `decide` found: the policy asks for an approval, for this reason.
+#[derive(Debug, Clone)]
+pub(crate) struct Obligation {
+    pub(crate) reason: String,
+    pub(crate) decision_id: String,
+    pub(crate) reasons: Vec<String>,
+}
+
+pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
+    Box::pin(async move {
+        let Some(obligation) = call.approval.take() else {
+            return Ok(());
+        };
+        let request_id = call.request_id;
+        let refuse = |kind, detail: String| {
+            Problem::new(
+                kind,
+                format!("{detail} (decision {})", obligation.decision_id),
+                request_id,
+            )
+            .with_decision(&obligation.decision_id, &obligation.reasons)
+        };
+        let Some(approvals) = call.outbound.approvals.clone() else {
+            return Err(refuse(
+                ProblemKind::ApprovalRequired,
+                format!(
+                    "this call needs a human's approval ({}), and this deputyd keeps no \
+                     approvals; it was not sent",
+                    obligation.reason
+                ),
+            )
+            .into());
+        };
+        let request = call
+            .request
+            .take()
+            .ok_or_else(|| call.missing("approve", "request"))?;
+        let (parts, body) = request.into_parts();
+        // Bound to its body: a call with another body must not ride on the approval.
+        let body = read_whole(body).await.map_err(|e| {
+            refuse(
+                ProblemKind::BodyRefused,
+                format!("a call held for approval is bound to its body, read whole, and {e}"),
+            )
+        })?;
+        let plan = call
+            .plan
+            .as_ref()
+            .ok_or_else(|| call.missing("approve", "task plan"))?;
+        // A task the agent starts without naming it is a new task on every call, so its id
+        // cannot bind a retry; its principal still does.
+        let unnamed = matches!(
+            plan,
+            crate::delegation::TaskPlan::Originate { named: false, .. }
+        );
+        let task = plan.task_ref(&call.outbound.agent.spiffe_id);
+        let binding = deputy_state::Binding {
+            agent: call.outbound.agent.name.clone(),
+            service: call.service_name(),
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or_default().to_owned(),
+            body_sha256: hex(digest::digest(&digest::SHA256, &body).as_ref()),
+            task: task.as_ref().filter(|_| !unnamed).map(|t| t.id.clone()),
+            principal: task.map(|t| t.principal),
+        };
+        let now = unix(call.now);
+        let named = parts
+            .headers
+            .get(APPROVAL)
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        let Some(id) = named else {
+            let asked = approvals
+                .request(
+                    binding,
+                    &obligation.reason,
+                    request_id,
+                    call.outbound.approval_ttl,
+                    now,
+                )
+                .map_err(|e| refuse(ProblemKind::ApprovalRequired, e.to_string()))?;
+            tracing::info!(agent = %asked.binding.agent, service = %asked.binding.service,
+                approval = %asked.id, reason = %asked.reason, %request_id,
+                "approval asked for; the call is held");
+            return Err(refuse(
+                ProblemKind::ApprovalRequired,
+                format!(
+                    "this call needs a human's approval ({}): approval {} is pending on this \
+                     node (an operator runs `deputy approvals approve {}`); once approved, \
+                     send the identical call again with `Deputy-Approval: {}` before it \
+                     expires",
+                    obligation.reason, asked.id, asked.id, asked.id
+                ),
+            )
+            .with_approval(&asked.id)
+            .into());
+        };
+        let used = approvals.redeem(&id, &binding, now).map_err(|e| {
+            refuse(
+                ProblemKind::ApprovalRefused,
+                format!("{e}; the call was not sent"),
+            )
+            .with_approval(&id)
+        })?;
+        tracing::info!(agent = %used.binding.agent, service = %used.binding.service,
+            approval = %used.id, approved_by = used.decided_by.as_deref().unwrap_or_default(),
+            %request_id, "an approved call passes");
+        call.request = Some(http::Request::from_parts(parts, full(body)));
+        Ok(())
+    })
+}
+
+/// The body, whole (its trailers are not kept: an approved call is sent without them).
+async fn read_whole(mut body: crate::body::Body) -> Result<bytes::Bytes, String> {
+    let mut whole = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("the body failed: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            if whole.len() + data.len() > MAX_APPROVAL_BODY {
+                return Err(format!("this one is over {MAX_APPROVAL_BODY} bytes"));
+            }
+            whole.extend_from_slice(&data);
+        }
+    }
+    Ok(whole.freeze())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+fn unix(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,84 @@
+//! The `[approvals]` section: calls the policy allows only once a human approves them, and the
+//! operator socket where approvals are decided.
+//!
+//! ```toml
+//! [approvals]
+//! socket = "/run/deputy/operator.sock"   # the operator API; off without it
+//! operators = [0]                        # uids that may list, approve and deny (default: root)
+//! ttl = "15m"                            # an approval is decided and redeemed within this
+//! max_pending = 1000                     # past it, new approvals are refused until some are decided
+//! ```
+//!
+//! The operator API is a unix socket checked by the caller's uid (SO_PEERCRED), never the admin
+//! listener: anyone who reaches loopback reaches that one.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawApprovals {
+    socket: Option<PathBuf>,
+    operators: Vec<u32>,
+    #[serde(with = "humantime_serde")]
+    ttl: Duration,
+    max_pending: usize,
+}
+
+impl Default for RawApprovals {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            operators: vec![0],
+            ttl: Duration::from_secs(15 * 60),
+            max_pending: 1000,
+        }
+    }
+}
+
+/// Approvals, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalsConfig {
+    /// The operator socket, if any (without one, approvals are asked for and cannot be decided,
+    /// which `/status` and the refusal say).
+    pub socket: Option<PathBuf>,
+    /// The uids that may decide.
+    pub operators: Vec<u32>,
+    /// How long an approval lives.
+    pub ttl: Duration,
+    /// The most approvals pending at once.
+    pub max_pending: usize,
+}
+
+impl RawApprovals {
+    pub(crate) fn validate(&self, problems: &mut Vec<String>) -> ApprovalsConfig {
+        if self
+            .socket
+            .as_ref()
+            .is_some_and(|s| !s.is_absolute() || s.file_name().is_none())
+        {
+            problems.push("[approvals] socket must be an absolute file path".into());
+        }
+        if self.socket.is_some() && self.operators.is_empty() {
+            problems.push(
+                "[approvals] operators is empty, so nobody could decide an approval; list the \
+                 uids of the people (or their tools) who may"
+                    .into(),
+            );
+        }
+        if self.ttl < Duration::from_secs(10) || self.ttl > Duration::from_secs(7 * 24 * 3600) {
+            problems.push("[approvals] ttl must be between 10s and 7d".into());
+        }
+        if self.max_pending == 0 {
+            problems.push("[approvals] max_pending must be at least 1".into());
+        }
+        ApprovalsConfig {
+            socket: self.socket.clone(),
+            operators: self.operators.clone(),
+            ttl: self.ttl,
+            max_pending: self.max_pending.max(1),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Approvals across real processes: the shipped policy asks for a human before an irreversible
+//! call (DELETE); alpha's deputyd holds the call, records an approval bound to exactly that call,
+//! and an operator decides it with `deputy approvals` on the operator socket. Only the identical
+//! call passes, once, and only after an operator (by uid) approved it; a denial, a changed
+//! body, a reuse and a non-operator are refused; approvals survive a restart of deputyd.
+
+use std::path::Path;
+use std::time::Duration;
+
+use deputy_tests::mesh::Node;
+use deputy_tests::policed::{call, policed_mesh_with};
+use deputy_tests::{binary, deputy_as, my_uid, run};
+use http::{Method, StatusCode};
+
+/// alice's named task, as alpha sends it on every try.
+const TASK: [(&str, &str); 3] = [
+    ("deputy-principal", "user:alice@example.org"),
+    ("deputy-scope", "tickets:read, users:read"),
+    ("deputy-task", "close-ticket-9"),
+];
+
+/// `deputy approvals ARGS --socket SOCKET` as this (operator) uid: its output, and whether it
+/// succeeded.
+fn approvals(socket: &Path, args: &[&str]) -> (bool, String) {
+    let (status, output) = run(std::process::Command::new(binary("deputy"))
+        .arg("approvals")
+        .args(args)
+        .arg("--socket")
+        .arg(socket));
+    (status.success(), output)
+}
+
+/// alpha's DELETE of ticket 9 in alice's task, with `body`, naming `approval` if given.
+async fn delete_ticket(
+    alpha: &str,
+    body: &[u8],
+    approval: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
+    let mut headers = TASK.to_vec();
+    if let Some(id) = approval {
+        headers.push(("deputy-approval", id));
+    }
+    call(alpha, Method::DELETE, "/tickets/9", &headers, body).await
+}
+
+fn approval_id(body: &serde_json::Value) -> String {
+    body["approval_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no approval id: {body}"))
+        .to_owned()
+}
+
+fn refused_because(status: StatusCode, body: &serde_json::Value, says: &str) {
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        body["type"], "urn:deputy:problem:approval-refused",
+        "{body}"
+    );
+    let detail = body["detail"].as_str().expect("detail");
+    assert!(detail.contains(says), "{says:?} not in {detail}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_identical_call_passes_once_after_an_operator_approved_it_even_across_a_restart() {
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let socket = sockets.path().join("operator.sock");
+    let section = format!(
+        "[approvals]\nsocket = \"{}\"\noperators = [{}]\nttl = \"10m\"\n",
+        socket.display(),
+        my_uid()
+    );
+    let (mut mesh, _policies, _) = policed_mesh_with(false, (&section, ""));
+    let alpha = mesh.node1.outbound_of("alpha");
+    let body = br#"{"reason": "duplicate"}"#;
+
+    // The policy asks for a human: the call is held, never sent, and alpha is told the
+    // approval's id and how to have it decided.
+    let (status, held) = delete_ticket(&alpha, body, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{held}");
+    assert_eq!(
+        held["type"], "urn:deputy:problem:approval-required",
+        "{held}"
+    );
+    let id = approval_id(&held);
+    let detail = held["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains(&format!("deputy approvals approve {id}")),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("DELETE /tickets/9 is irreversible"),
+        "{detail}"
+    );
+    // Asked again while pending: the same approval, not a second one.
+    let (_, again) = delete_ticket(&alpha, body, None).await;
+    assert_eq!(approval_id(&again), id);
+
+    let (ok, listed) = approvals(&socket, &["list"]);
+    assert!(ok, "{listed}");
+    assert!(
+        listed.contains(&id) && listed.contains("pending"),
+        "{listed}"
+    );
+
+    // Redeeming before a decision is refused.
+    let (status, body_) = delete_ticket(&alpha, body, Some(&id)).await;
+    refused_because(status, &body_, "still waiting for an operator");
+
+    // A uid that is not an operator cannot approve, even when the socket's file mode lets it
+    // connect (deputyd makes it 0660: reaching it is the first gate, the uid the second).
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
+            .expect("open the socket");
+    }
+    let (status, output) = run(deputy_as(my_uid() + 4242, sockets.path())
+        .args(["approvals", "approve", &id, "--socket"])
+        .arg(&socket));
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("is not an operator"), "{output}");
+
+    let (ok, approved) = approvals(&socket, &["approve", &id, "--note", "checked with alice"]);
+    assert!(ok, "{approved}");
+    assert!(approved.contains("\"approved\""), "{approved}");
+
+    // A changed body does not ride on the approval.
+    let (status, changed) = delete_ticket(&alpha, br#"{"reason": "all"}"#, Some(&id)).await;
+    refused_because(status, &changed, "its body differs");
+
+    // deputyd restarts: the approval is still there.
+    let config = mesh.dir.path().join("node1.toml");
+    mesh.node1.process.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(mesh.node1.process.wait(Duration::from_secs(30)).success());
+    mesh.node1 = Node::start(&config);
+    mesh.node1.wait_ready();
+    let alpha = mesh.node1.outbound_of("alpha");
+
+    // The identical call passes, once.
+    let (status, passed) = delete_ticket(&alpha, body, Some(&id)).await;
+    assert_eq!(status, StatusCode::OK, "{passed}");
+    assert_eq!(passed["agent"], "beta", "{passed}");
+    assert_eq!(passed["method"], "DELETE", "{passed}");
+    let (status, reused) = delete_ticket(&alpha, body, Some(&id)).await;
+    refused_because(status, &reused, "already used");
+
+    // Who approved what is recorded.
+    let (ok, shown) = approvals(&socket, &["show", &id]);
+    assert!(ok, "{shown}");
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
+    assert_eq!(shown["state"], "used", "{shown}");
+    assert_eq!(shown["note"], "checked with alice", "{shown}");
+    assert!(
+        shown["decided_by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with(&format!("uid {}", my_uid()))),
+        "{shown}"
+    );
+    assert_eq!(shown["binding"]["task"], "close-ticket-9", "{shown}");
+    mesh.node1
+        .process
+        .output
+        .wait_for(&format!("approval={id}"), Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_approval_refuses_the_call_with_the_operators_note() {
+    let sockets = tempfile::tempdir().expect("tempdir");
+    let socket = sockets.path().join("operator.sock");
+    let section = format!(
+        "[approvals]\nsocket = \"{}\"\noperators = [{}]\n",
+        socket.display(),
+        my_uid()
+    );
+    let (mesh, _policies, _) = policed_mesh_with(false, (&section, ""));
+    let alpha = mesh.node1.outbound_of("alpha");
+
+    let (_, held) = delete_ticket(&alpha, b"", None).await;
+    let id = approval_id(&held);
+    let (ok, denied) = approvals(&socket, &["deny", &id, "--note", "not during the audit"]);
+    assert!(ok, "{denied}");
+    let (status, body) = delete_ticket(&alpha, b"", Some(&id)).await;
+    refused_because(status, &body, "not during the audit");
+    // A decided approval is not decided again.
+    let (ok, again) = approvals(&socket, &["approve", &id]);
+    assert!(!ok, "{again}");
+    assert!(again.contains("already"), "{again}");
+    // An id that was never issued is unknown.
+    let (status, body) = delete_ticket(&alpha, b"", Some("apr_0000")).await;
+    refused_because(status, &body, "unknown");
+}
