@@ -34,6 +34,8 @@ pub struct HttpsTool {
     /// The PEM of the CA its certificate chains to.
     pub ca_pem: String,
     received: Arc<Mutex<Vec<Received>>>,
+    /// Requests to `/hold...` wait for this to turn true before they are answered.
+    release: tokio::sync::watch::Sender<bool>,
 }
 
 impl HttpsTool {
@@ -73,6 +75,7 @@ impl HttpsTool {
         let addr = listener.local_addr().expect("addr").to_string();
         let received = Arc::new(Mutex::new(Vec::new()));
         let record = received.clone();
+        let (release, released) = tokio::sync::watch::channel(false);
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -83,14 +86,17 @@ impl HttpsTool {
                 while let Ok((tcp, _)) = listener.accept().await {
                     let acceptor = acceptor.clone();
                     let record = record.clone();
+                    let released = released.clone();
                     tokio::spawn(async move {
                         let Ok(tls) = acceptor.accept(tcp).await else {
                             return;
                         };
                         let service = hyper::service::service_fn(move |request| {
                             let record = record.clone();
+                            let mut released = released.clone();
                             async move {
-                                Ok::<_, std::convert::Infallible>(answer(request, &record).await)
+                                let answered = answer(request, &record, &mut released).await;
+                                Ok::<_, std::convert::Infallible>(answered)
                             }
                         });
                         let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -104,7 +110,13 @@ impl HttpsTool {
             addr,
             ca_pem,
             received,
+            release,
         }
+    }
+
+    /// Answers the requests to `/hold...` waiting now, and those that come later.
+    pub fn release(&self) {
+        self.release.send_replace(true);
     }
 
     /// What the tool has received so far.
@@ -116,7 +128,9 @@ impl HttpsTool {
 async fn answer(
     request: Request<Incoming>,
     record: &Mutex<Vec<Received>>,
+    released: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Response<Full<bytes::Bytes>> {
+    let hold = request.uri().path().starts_with("/hold");
     let (parts, body) = request.into_parts();
     let body = body
         .collect()
@@ -133,6 +147,9 @@ async fn answer(
         headers: parts.headers,
         body,
     });
+    if hold {
+        let _ = released.wait_for(|released| *released).await;
+    }
     let mut response = Response::new(Full::new(bytes::Bytes::from_static(b"ok")));
     // A tool that tries to hand the agent mesh facts: deputyd must drop them.
     response.headers_mut().insert(

@@ -28,6 +28,32 @@ pub fn full(bytes: Bytes) -> Body {
         .boxed_unsync()
 }
 
+/// `body` read whole, at most `limit` bytes (its trailers are not kept). For the few calls that
+/// must be bound to their body (an approval, an idempotency key), never for streaming ones.
+pub(crate) async fn read_whole(mut body: Body, limit: usize) -> Result<Bytes, String> {
+    let mut whole = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("the body failed: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            if whole.len() + data.len() > limit {
+                return Err(format!("the body is over {limit} bytes"));
+            }
+            whole.extend_from_slice(&data);
+        }
+    }
+    Ok(whole.freeze())
+}
+
+/// SHA-256 of `bytes`, hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    digest.as_ref().iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
 /// A streamed body, passed on as it arrives, without `Deputy-*` trailers.
 pub fn stream(incoming: hyper::body::Incoming) -> Body {
     incoming
@@ -72,12 +98,14 @@ impl DecisionId {
 }
 
 type Finish = Box<dyn FnOnce(u64, bool) + Send>;
+type Inspect = Box<dyn FnMut(&Bytes) + Send>;
 
 /// Counts the bytes of a body as they stream; calls `finish(bytes, complete)` once.
 pub struct Metered {
     inner: Body,
     bytes: u64,
     counter: Option<Arc<AtomicU64>>,
+    inspect: Option<Inspect>,
     finish: Option<Finish>,
 }
 
@@ -96,6 +124,7 @@ impl Metered {
             inner: stream(incoming),
             bytes: 0,
             counter: Some(counter),
+            inspect: None,
             finish: None,
         }
         .boxed_unsync()
@@ -107,6 +136,23 @@ impl Metered {
             inner,
             bytes: 0,
             counter: None,
+            inspect: None,
+            finish: Some(Box::new(finish)),
+        }
+        .boxed_unsync()
+    }
+
+    /// As [`Metered::finishing`], showing each data frame to `inspect` as it passes.
+    pub(crate) fn inspecting(
+        inner: Body,
+        inspect: impl FnMut(&Bytes) + Send + 'static,
+        finish: impl FnOnce(u64, bool) + Send + 'static,
+    ) -> Body {
+        Self {
+            inner,
+            bytes: 0,
+            counter: None,
+            inspect: Some(Box::new(inspect)),
             finish: Some(Box::new(finish)),
         }
         .boxed_unsync()
@@ -135,6 +181,9 @@ impl HttpBody for Metered {
                     self.bytes += len;
                     if let Some(counter) = &self.counter {
                         counter.fetch_add(len, Ordering::Relaxed);
+                    }
+                    if let Some(inspect) = self.inspect.as_mut() {
+                        inspect(data);
                     }
                 }
             }

@@ -65,6 +65,8 @@ pub struct Service {
     pub name: String,
     /// It serves MCP: calls to it are judged by tool, so their bodies must be readable JSON.
     pub mcp: bool,
+    /// Writes to it must carry an `Idempotency-Key`.
+    pub require_idempotency_key: bool,
     /// How deputyd reaches it.
     pub reach: Reach,
 }
@@ -108,6 +110,7 @@ impl Service {
         Self {
             name: name.into(),
             mcp: false,
+            require_idempotency_key: false,
             reach: Reach::Mesh(MeshPeer {
                 spiffe_id,
                 address: address.into(),
@@ -216,6 +219,9 @@ pub struct ProxyConfig {
     pub approvals: Option<std::sync::Arc<deputy_state::Approvals>>,
     /// How long an approval may wait to be decided and redeemed.
     pub approval_ttl: Duration,
+    /// Where the first responses of writes with an `Idempotency-Key` are kept (`None`: keys are
+    /// passed on unheeded).
+    pub idempotency: Option<std::sync::Arc<deputy_state::IdempotentResponses>>,
 }
 
 /// How the data path asks the policy.

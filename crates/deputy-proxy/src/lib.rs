@@ -122,6 +122,10 @@ impl Proxy {
             limits,
             registry.clone(),
         ));
+        let idempotency = config
+            .idempotency
+            .clone()
+            .map(|kept| Arc::new(outbound::stages::Idempotency::new(kept)));
         let externals = Arc::new(
             external::Externals::new(&config.services, &config.timeouts, &limits)
                 .map_err(ProxyError::External)?,
@@ -223,6 +227,7 @@ impl Proxy {
                 credentials: config.credentials.clone(),
                 task_secrets: config.task_secrets.clone(),
                 approvals: config.approvals.clone(),
+                idempotency: idempotency.clone(),
                 approval_ttl: i64::try_from(config.approval_ttl.as_secs()).unwrap_or(i64::MAX),
             });
             let stop = cancel.child_token();

@@ -35,10 +35,12 @@ impl<C> Stage<C> {
     }
 }
 
-/// Runs `stages` in order over `call`; on a refusal, returns it with the refusing stage's name.
+/// Runs `stages` in order over `call` until one refuses it (returned with the refusing stage's
+/// name) or `answered(call)` says a stage answered it early (a replayed response).
 pub(crate) async fn run<C: Send>(
     stages: &[Stage<C>],
     call: &mut C,
+    answered: fn(&C) -> bool,
 ) -> Result<(), (&'static str, Refused)> {
     for stage in stages {
         let outcome = match stage {
@@ -46,6 +48,9 @@ pub(crate) async fn run<C: Send>(
             Stage::Later(_, work) => work(call).await,
         };
         outcome.map_err(|problem| (stage.name(), problem))?;
+        if answered(call) {
+            break;
+        }
     }
     Ok(())
 }
@@ -119,13 +124,24 @@ mod tests {
             Stage::Now("never", first),
         ];
         let mut trace = Trace::default();
-        let (stage, problem) = run(&stages, &mut trace).await.expect_err("refused");
+        let (stage, problem) = run(&stages, &mut trace, |_| false)
+            .await
+            .expect_err("refused");
         assert_eq!(stage, "refuses");
         assert_eq!(problem.kind(), ProblemKind::PolicyDenied);
         assert_eq!(trace.0, ["first", "waits", "refuses"]);
 
         let mut trace = Trace::default();
-        run(&stages[..2], &mut trace).await.expect("all pass");
+        run(&stages[..2], &mut trace, |_| false)
+            .await
+            .expect("all pass");
+        assert_eq!(trace.0, ["first", "waits"]);
+
+        // A stage that answers the call ends it, without a refusal.
+        let mut trace = Trace::default();
+        run(&stages, &mut trace, |t| t.0.len() == 2)
+            .await
+            .expect("answered");
         assert_eq!(trace.0, ["first", "waits"]);
     }
 

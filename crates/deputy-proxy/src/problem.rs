@@ -52,6 +52,12 @@ pub enum ProblemKind {
     PolicyDenied,
     /// The policy allows the call only once a human approves it.
     ApprovalRequired,
+    /// The service requires an `Idempotency-Key` on writes, and the call has none.
+    IdempotencyKeyRequired,
+    /// A request with the same `Idempotency-Key` is still in flight.
+    IdempotencyConflict,
+    /// The `Idempotency-Key` was used for another request.
+    IdempotencyKeyReused,
     /// The approval the call names does not let it through (pending, denied, used, expired, or
     /// for another call).
     ApprovalRefused,
@@ -95,6 +101,9 @@ impl ProblemKind {
             Self::PolicyDenied => "urn:deputy:problem:policy-denied",
             Self::ApprovalRequired => "urn:deputy:problem:approval-required",
             Self::ApprovalRefused => "urn:deputy:problem:approval-refused",
+            Self::IdempotencyKeyRequired => "urn:deputy:problem:idempotency-key-required",
+            Self::IdempotencyConflict => "urn:deputy:problem:idempotency-conflict",
+            Self::IdempotencyKeyReused => "urn:deputy:problem:idempotency-key-reused",
             Self::BodyRefused => "urn:deputy:problem:body-refused",
             Self::BodyNotInspectable => "urn:deputy:problem:body-not-inspectable",
             Self::PeerNotAllowed => "urn:deputy:problem:peer-not-allowed",
@@ -127,6 +136,9 @@ impl ProblemKind {
             Self::PolicyDenied => "Denied by policy",
             Self::ApprovalRequired => "Approval required",
             Self::ApprovalRefused => "Approval refused",
+            Self::IdempotencyKeyRequired => "Idempotency key required",
+            Self::IdempotencyConflict => "Request in flight",
+            Self::IdempotencyKeyReused => "Idempotency key reused",
             Self::BodyRefused => "Request body refused",
             Self::BodyNotInspectable => "Request body cannot be inspected",
             Self::PeerNotAllowed => "Peer not allowed",
@@ -140,7 +152,12 @@ impl ProblemKind {
     pub fn status(self) -> StatusCode {
         match self {
             Self::UnknownService => StatusCode::NOT_FOUND,
-            Self::MissingTarget | Self::BadRequest | Self::BodyRefused => StatusCode::BAD_REQUEST,
+            Self::MissingTarget
+            | Self::BadRequest
+            | Self::BodyRefused
+            | Self::IdempotencyKeyRequired => StatusCode::BAD_REQUEST,
+            Self::IdempotencyConflict => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::CallerNotAttested
             | Self::ChainRejected
             | Self::OriginationRefused

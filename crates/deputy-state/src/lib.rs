@@ -8,15 +8,19 @@
 //!
 //! - [`BudgetLedger`]: the calls spent under each received delegation link, until it expires.
 //! - [`Approvals`]: calls a policy allows once a human approves them, bound to exactly that call.
+//! - [`IdempotentResponses`]: the first response to a write with an `Idempotency-Key`, for its
+//!   retries.
 
 pub mod approvals;
 mod budget;
+pub mod idempotency;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use approvals::{Approval, ApprovalError, ApprovalState, Approvals, Binding};
 pub use budget::{BudgetLedger, LedgerError};
+pub use idempotency::{IdempotentResponses, Kept};
 
 /// The database file inside the state directory.
 pub const DATABASE_FILE: &str = "deputyd.redb";

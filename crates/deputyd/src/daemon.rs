@@ -146,6 +146,12 @@ impl Daemon {
             unix_now(),
         )?);
         proxy_config.approvals = Some(approvals.clone());
+        // A day of first responses, 10,000 at most: retries come within minutes.
+        proxy_config.idempotency = Some(Arc::new(deputy_state::IdempotentResponses::open(
+            &state,
+            10_000,
+            24 * 3600,
+        )?));
         tracing::info!(state = %state.path().display(), budgeted_links = budgets.len(),
             "state opened");
         // Bound before the data path serves: a call held for approval names where to decide it.

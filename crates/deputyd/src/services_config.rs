@@ -13,6 +13,7 @@
 //! ca_file = "/etc/deputy/github-roots.pem"   # default: the system's roots
 //! task_header = "deputy-task"                 # default
 //! callers = ["triage"]                        # without [policy]: who may call it
+//! require_idempotency_key = true               # writes without an Idempotency-Key are refused
 //! ```
 
 use std::collections::HashSet;
@@ -32,6 +33,8 @@ pub(crate) struct RawService {
     address: String,
     #[serde(default)]
     mcp: bool,
+    #[serde(default)]
+    require_idempotency_key: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +50,8 @@ pub(crate) struct RawExternal {
     callers: Vec<String>,
     #[serde(default)]
     mcp: bool,
+    #[serde(default)]
+    require_idempotency_key: bool,
 }
 
 fn default_task_header() -> String {
@@ -104,6 +109,7 @@ pub(crate) fn validate_services(
                 }
                 validated.push(Service {
                     mcp: service.mcp,
+                    require_idempotency_key: service.require_idempotency_key,
                     ..Service::mesh(route, id, &service.address)
                 });
             }
@@ -146,6 +152,7 @@ pub(crate) fn validate_services(
             validated.push(Service {
                 name: route,
                 mcp: external.mcp,
+                require_idempotency_key: external.require_idempotency_key,
                 reach: Reach::External(External {
                     base,
                     roots,

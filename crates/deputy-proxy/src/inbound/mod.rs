@@ -197,7 +197,7 @@ async fn handle(
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let (arrival, request) = Arrival::of(request);
     let mut call = Call::new(inbound, connection, &request_id, request, in_flight);
-    let ran = pipeline::run(&stages::stages(), &mut call).await;
+    let ran = pipeline::run(&stages::stages(), &mut call, |_| false).await;
     let response = pipeline::answer(
         ran,
         call.response.take(),

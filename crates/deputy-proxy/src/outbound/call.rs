@@ -35,6 +35,11 @@ pub(crate) struct Call<'a> {
     pub(crate) plan: Option<TaskPlan>,
     /// `decide`: the policy's narrower scope for the next link.
     pub(crate) narrowed: Option<Vec<String>>,
+    /// A stage answered the call itself (`response` holds a replay): the stages after it do
+    /// not run.
+    pub(crate) answered_early: bool,
+    /// `idempotency`: the first try of a write under its key, whose response `remember` keeps.
+    pub(crate) first_try: Option<super::stages::FirstTry>,
     /// `decide`: the policy asks for a human's approval first.
     pub(crate) approval: Option<super::stages::Obligation>,
     /// `task-secrets`: the task's own credentials the injected headers read, by secret.
@@ -71,6 +76,8 @@ impl<'a> Call<'a> {
             plan: None,
             narrowed: None,
             approval: None,
+            answered_early: false,
+            first_try: None,
             task_credentials: Vec::new(),
             sender: None,
             chain: None,

@@ -66,6 +66,8 @@ pub(crate) struct Outbound {
     pub(crate) credentials: deputy_secrets::CredentialStore,
     /// Credentials issued per task.
     pub(crate) task_secrets: Option<deputy_secrets::task::TaskSecrets>,
+    /// Kept responses of writes with an `Idempotency-Key`.
+    pub(crate) idempotency: Option<Arc<stages::Idempotency>>,
     /// Calls held for a human's approval.
     pub(crate) approvals: Option<Arc<deputy_state::Approvals>>,
     /// How long an approval may wait to be decided and redeemed, in seconds.
@@ -200,7 +202,8 @@ async fn handle(
     let request_id = uuid::Uuid::now_v7().to_string();
     let (arrival, request) = Arrival::of(request);
     let mut call = Call::new(outbound, caller, &request_id, request, in_flight);
-    let ran = pipeline::run(&stages::stages(), &mut call).await;
+    // A stage may answer early (an idempotent replay): its response ends the call.
+    let ran = pipeline::run(&stages::stages(), &mut call, |c| c.answered_early).await;
     let service = call.service_name();
     let response = pipeline::answer(
         ran,

@@ -5,11 +5,8 @@
 //! retry of the identical call naming it passes, once (the approval is used, durably, before
 //! the call goes on). Anything else naming it is refused (403 `approval-refused`).
 
-use aws_lc_rs::digest;
-use http_body_util::BodyExt as _;
-
 use super::Call;
-use crate::body::full;
+use crate::body::{full, read_whole, sha256_hex};
 use crate::pipeline::Waiting;
 use crate::problem::{Problem, ProblemKind};
 
@@ -58,7 +55,7 @@ pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             .ok_or_else(|| call.missing("approve", "request"))?;
         let (parts, body) = request.into_parts();
         // Bound to its body: a call with another body must not ride on the approval.
-        let body = read_whole(body).await.map_err(|e| {
+        let body = read_whole(body, MAX_APPROVAL_BODY).await.map_err(|e| {
             refuse(
                 ProblemKind::BodyRefused,
                 format!("a call held for approval is bound to its body, read whole, and {e}"),
@@ -81,7 +78,7 @@ pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             method: parts.method.to_string(),
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().unwrap_or_default().to_owned(),
-            body_sha256: hex(digest::digest(&digest::SHA256, &body).as_ref()),
+            body_sha256: sha256_hex(&body),
             task: task.as_ref().filter(|_| !unnamed).map(|t| t.id.clone()),
             principal: task.map(|t| t.principal),
         };
@@ -128,29 +125,6 @@ pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             %request_id, "an approved call passes");
         call.request = Some(http::Request::from_parts(parts, full(body)));
         Ok(())
-    })
-}
-
-/// The body, whole (its trailers are not kept: an approved call is sent without them).
-async fn read_whole(mut body: crate::body::Body) -> Result<bytes::Bytes, String> {
-    let mut whole = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("the body failed: {e}"))?;
-        if let Ok(data) = frame.into_data() {
-            if whole.len() + data.len() > MAX_APPROVAL_BODY {
-                return Err(format!("this one is over {MAX_APPROVAL_BODY} bytes"));
-            }
-            whole.extend_from_slice(&data);
-        }
-    }
-    Ok(whole.freeze())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::new(), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
     })
 }
 

@@ -5,6 +5,7 @@ mod approve;
 mod attest;
 mod connect;
 mod decide;
+mod idempotency;
 mod identity;
 mod inject;
 mod limits;
@@ -16,12 +17,14 @@ mod sign;
 mod task_secrets;
 
 pub(crate) use approve::Obligation;
+pub(crate) use idempotency::FirstTry;
+pub(crate) use idempotency::Idempotency;
 
 use super::call::Call;
 use crate::pipeline::Stage;
 
 /// The stages every outbound call passes, in order.
-pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 12] {
+pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 14] {
     [
         // Attested first: a caller that is not the agent's is told that, whatever the limits.
         Stage::Now("attest", attest::check),
@@ -32,6 +35,9 @@ pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 12] {
         Stage::Later("decide", decide::decide),
         // Held for a human when the policy asks for one; before anything is issued or spent.
         Stage::Later("approve", approve::approve),
+        // A retry of a write already done is answered with its first response here: nothing
+        // after this (credentials, budget, the service) sees it.
+        Stage::Later("idempotency", idempotency::check),
         // A task's own credentials, issued on its first call that needs them.
         Stage::Later("task-secrets", task_secrets::obtain),
         // After the decision (the policy never sees a credential), before the connection (a
@@ -42,5 +48,6 @@ pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 12] {
         Stage::Later("connect", connect::connect),
         Stage::Now("sign", sign::sign),
         Stage::Later("send", send::send),
+        Stage::Now("remember", idempotency::remember),
     ]
 }
