@@ -36,7 +36,18 @@ async fn delete_ticket(
     body: &[u8],
     approval: Option<&str>,
 ) -> (StatusCode, serde_json::Value) {
+    delete_ticket_as(alpha, "application/json", body, approval).await
+}
+
+/// [`delete_ticket`] with its body sent as `content_type`.
+async fn delete_ticket_as(
+    alpha: &str,
+    content_type: &str,
+    body: &[u8],
+    approval: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
     let mut headers = TASK.to_vec();
+    headers.push(("content-type", content_type));
     if let Some(id) = approval {
         headers.push(("deputy-approval", id));
     }
@@ -123,9 +134,12 @@ async fn only_the_identical_call_passes_once_after_an_operator_approved_it_even_
     assert!(ok, "{approved}");
     assert!(approved.contains("\"approved\""), "{approved}");
 
-    // A changed body does not ride on the approval.
+    // A changed body does not ride on the approval, nor the same bytes as another media type.
     let (status, changed) = delete_ticket(&alpha, br#"{"reason": "all"}"#, Some(&id)).await;
     refused_because(status, &changed, "its body differs");
+    let (status, changed) =
+        delete_ticket_as(&alpha, "application/merge-patch+json", body, Some(&id)).await;
+    refused_because(status, &changed, "its headers differ");
 
     // deputyd restarts: the approval is still there.
     let config = mesh.dir.path().join("node1.toml");

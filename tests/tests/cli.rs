@@ -488,7 +488,15 @@ fn policy_check_eval_and_test_work_on_the_shipped_policy() {
         .arg(&policy));
     assert_eq!(status.code(), Some(2), "{text}");
     assert!(text.contains("business hours"), "{text}");
-    for path in [allowed, denied] {
+    let held = case("payment-needs-approval");
+    let (status, text) = run(deputy()
+        .arg("eval")
+        .arg("--input")
+        .arg(&held)
+        .arg("--dir")
+        .arg(&policy));
+    assert_eq!(status.code(), Some(3), "allowed once approved: {text}");
+    for path in [allowed, denied, held] {
         let _ = std::fs::remove_file(path);
     }
 

@@ -117,23 +117,29 @@ fn print_table(answer: &serde_json::Value) {
         println!("no approvals");
         return;
     }
-    println!(
-        "{:<40} {:<9} {:<12} {:<12} {:<7} {:<24} reason",
-        "id", "state", "agent", "service", "method", "path"
-    );
     for a in rows {
         let b = &a["binding"];
+        let field = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+        let query = b["query"].as_str().filter(|q| !q.is_empty());
         println!(
-            "{:<40} {:<9} {:<12} {:<12} {:<7} {:<24} {}",
-            a["id"].as_str().unwrap_or_default(),
-            a["state"].as_str().unwrap_or_default(),
-            b["agent"].as_str().unwrap_or_default(),
-            b["service"].as_str().unwrap_or_default(),
-            b["method"].as_str().unwrap_or_default(),
-            b["path"].as_str().unwrap_or_default(),
-            a["reason"].as_str().unwrap_or_default(),
+            "{}  {}  {} -> {}  {} {}{}",
+            field(&a["id"]),
+            field(&a["state"]),
+            field(&b["agent"]),
+            field(&b["service"]),
+            field(&b["method"]),
+            field(&b["path"]),
+            query.map(|q| format!("?{q}")).unwrap_or_default(),
+        );
+        println!(
+            "    for {} in task {}; {} body bytes; why: {}",
+            field(&b["principal"]),
+            field(&b["task"]),
+            a["body_bytes"],
+            field(&a["reason"]),
         );
     }
+    println!("(deputy approvals show ID: the whole call, its body's start included)");
 }
 
 async fn request(

@@ -40,7 +40,8 @@ impl Source {
 /// `deputy policy ...`
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum PolicyCommand {
-    /// Decide one input document and print the decision (exit 0 allowed, 2 denied).
+    /// Decide one input document and print the decision (exit 0 allowed, 2 denied, 3 allowed
+    /// once a human approves).
     ///
     /// With `--inputs`, decide every line of a JSON Lines file instead (inputs, or decision log
     /// `input` values) and print one JSON line per input with the raw value and the decision.
@@ -104,7 +105,10 @@ pub(crate) async fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
             }
             println!("{}", serde_json::to_string_pretty(&decision)?);
             eprintln!("engine {}, revision {}", policy.kind(), policy.revision());
-            Ok(if decision.allow {
+            // Allowed only once a human approves is not allowed yet: 3, distinct from a denial.
+            Ok(if decision.needs_approval() {
+                ExitCode::from(3)
+            } else if decision.allow {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)

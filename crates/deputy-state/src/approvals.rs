@@ -19,6 +19,12 @@ const APPROVALS: TableDefinition<'static, &str, &str> = TableDefinition::new("ap
 /// How long a decided, used or expired approval is kept after its expiry, for `list` and `show`.
 pub const KEPT_AFTER_EXPIRY: i64 = 24 * 3600;
 
+/// The most approvals one agent may have pending: one agent cannot fill the node's bound.
+pub const MAX_PENDING_PER_AGENT: usize = 100;
+
+/// How much of a body the operator is shown.
+const PREVIEW_BYTES: usize = 4096;
+
 /// Exactly the call an approval is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Binding {
@@ -32,6 +38,9 @@ pub struct Binding {
     pub path: String,
     /// Its query, as sent (empty without one).
     pub query: String,
+    /// Its headers that change what the body means (`Content-Type`, `Content-Encoding`, method
+    /// overrides), as sent (`name: value` lines).
+    pub headers: String,
     /// SHA-256 of its body, hex.
     pub body_sha256: String,
     /// The task it belongs to, if any.
@@ -49,6 +58,7 @@ impl Binding {
             ("method", self.method == other.method),
             ("path", self.path == other.path),
             ("query", self.query == other.query),
+            ("headers", self.headers == other.headers),
             ("body", self.body_sha256 == other.body_sha256),
             ("task", self.task == other.task),
             ("principal", self.principal == other.principal),
@@ -82,6 +92,11 @@ pub struct Approval {
     pub binding: Binding,
     /// Why the policy asks for it.
     pub reason: String,
+    /// What the operator is shown of the body: its first 4 KiB as text (control characters
+    /// escaped), and its length.
+    pub body_preview: String,
+    /// The body's length in bytes.
+    pub body_bytes: usize,
     /// The request that asked for it.
     pub request_id: String,
     /// When it was asked for, unix seconds.
@@ -160,6 +175,15 @@ pub enum ApprovalError {
          list) before more are asked for"
     )]
     Full(usize),
+    /// Too many approvals pending for one agent.
+    #[error(
+        "agent {agent} has {MAX_PENDING_PER_AGENT} approvals pending already; they must be \
+         decided before it asks for more"
+    )]
+    AgentFull {
+        /// The agent.
+        agent: String,
+    },
     /// The state database failed.
     #[error("the approval could not be recorded durably: {0}")]
     Store(String),
@@ -210,13 +234,30 @@ impl Approvals {
     pub fn request(
         &self,
         binding: Binding,
+        body: &[u8],
         reason: &str,
         request_id: &str,
         ttl_seconds: i64,
         now: i64,
     ) -> Result<Approval, ApprovalError> {
         let _writer = self.lock();
-        let all = self.all().map_err(ApprovalError::Store)?;
+        let mut all = self.all().map_err(ApprovalError::Store)?;
+        // Those kept long enough go now, not only at start.
+        let stale: Vec<String> = all
+            .iter()
+            .filter(|a| a.expires_at + KEPT_AFTER_EXPIRY <= now)
+            .map(|a| a.id.clone())
+            .collect();
+        if !stale.is_empty() {
+            self.write(|table| {
+                for id in &stale {
+                    table.remove(id.as_str())?;
+                }
+                Ok(())
+            })
+            .map_err(ApprovalError::Store)?;
+            all.retain(|a| !stale.contains(&a.id));
+        }
         if let Some(pending) = all.iter().find(|a| {
             a.state == ApprovalState::Pending && !a.is_expired(now) && a.binding == binding
         }) {
@@ -229,10 +270,27 @@ impl Approvals {
         if pending >= self.max_pending {
             return Err(ApprovalError::Full(self.max_pending));
         }
+        let of_agent = all
+            .iter()
+            .filter(|a| {
+                a.state == ApprovalState::Pending
+                    && !a.is_expired(now)
+                    && a.binding.agent == binding.agent
+            })
+            .count();
+        if of_agent >= MAX_PENDING_PER_AGENT {
+            return Err(ApprovalError::AgentFull {
+                agent: binding.agent,
+            });
+        }
         let approval = Approval {
             id: format!("apr_{}", uuid::Uuid::now_v7().simple()),
             binding,
-            reason: reason.to_owned(),
+            reason: printable(reason),
+            body_preview: printable(&String::from_utf8_lossy(
+                &body[..body.len().min(PREVIEW_BYTES)],
+            )),
+            body_bytes: body.len(),
             request_id: request_id.to_owned(),
             created_at: now,
             expires_at: now.saturating_add(ttl_seconds),
@@ -372,6 +430,20 @@ impl Approvals {
     }
 }
 
+/// `text` with control characters escaped, so that what an agent's call put in it cannot drive
+/// the operator's terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 fn store(error: impl std::fmt::Display) -> ApprovalError {
     ApprovalError::Store(error.to_string())
 }
@@ -387,6 +459,7 @@ mod tests {
             method: "POST".into(),
             path: "/payments/refunds".into(),
             query: String::new(),
+            headers: "content-type: application/json".into(),
             body_sha256: body.into(),
             task: Some("t-1".into()),
             principal: Some("user:alice".into()),
@@ -402,11 +475,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let approvals = open(dir.path());
         let asked = approvals
-            .request(binding("b1"), "refunds move money", "r1", 600, 1000)
+            .request(binding("b1"), b"{}", "refunds move money", "r1", 600, 1000)
             .expect("asked");
         // Asked again while pending: the same approval.
         let again = approvals
-            .request(binding("b1"), "refunds move money", "r2", 600, 1001)
+            .request(binding("b1"), b"{}", "refunds move money", "r2", 600, 1001)
             .expect("asked");
         assert_eq!(again.id, asked.id);
         assert_eq!(
@@ -437,7 +510,7 @@ mod tests {
         let id = {
             let approvals = open(dir.path());
             let asked = approvals
-                .request(binding("b"), "why", "r", 60, 1000)
+                .request(binding("b"), b"", "why", "r", 60, 1000)
                 .expect("asked");
             approvals
                 .decide(&asked.id, true, "op", None, 1010)
@@ -460,7 +533,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let approvals = open(dir.path());
         let a = approvals
-            .request(binding("a"), "why", "r", 60, 1000)
+            .request(binding("a"), b"", "why", "r", 60, 1000)
             .expect("a");
         approvals
             .decide(&a.id, false, "op", Some("not today"), 1001)
@@ -474,14 +547,36 @@ mod tests {
             .expect_err("denied");
         assert!(denied.to_string().contains("not today"), "{denied}");
         approvals
-            .request(binding("b"), "why", "r", 60, 1000)
+            .request(binding("b"), b"", "why", "r", 60, 1000)
             .expect("b");
         approvals
-            .request(binding("c"), "why", "r", 60, 1000)
+            .request(binding("c"), b"", "why", "r", 60, 1000)
             .expect("c");
         assert_eq!(
-            approvals.request(binding("d"), "why", "r", 60, 1000),
+            approvals.request(binding("d"), b"", "why", "r", 60, 1000),
             Err(ApprovalError::Full(2))
         );
+    }
+
+    #[test]
+    fn what_the_operator_is_shown_cannot_drive_a_terminal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let approvals = open(dir.path());
+        let body = "{\"a\":\"\x1b[2J\"}".as_bytes();
+        let asked = approvals
+            .request(binding("x"), body, "tool \x1b]0;pwned\x07", "r", 60, 1000)
+            .expect("asked");
+        assert!(!asked.reason.contains('\x1b'), "{:?}", asked.reason);
+        assert!(
+            !asked.body_preview.contains('\x1b'),
+            "{:?}",
+            asked.body_preview
+        );
+        assert!(
+            asked.body_preview.starts_with("{\"a\":"),
+            "{:?}",
+            asked.body_preview
+        );
+        assert_eq!(asked.body_bytes, body.len());
     }
 }

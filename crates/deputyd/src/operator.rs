@@ -46,10 +46,19 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    // Only a socket left by an earlier run is replaced: a file the path names by mistake is
+    // not deputyd's to delete.
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
+            .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", path.display()))?,
+        Ok(_) => anyhow::bail!(
+            "[approvals] socket {} exists and is not a socket; point the setting at a path of \
+             its own",
+            path.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => anyhow::bail!("cannot replace {}: {e}", path.display()),
+        Err(e) => anyhow::bail!("cannot check {}: {e}", path.display()),
     }
     let listener = UnixListener::bind(path)
         .map_err(|e| anyhow::anyhow!("cannot bind the operator socket {}: {e}", path.display()))?;
@@ -104,9 +113,9 @@ fn operator(state: &OperatorState, caller: Caller) -> Result<String, Refusal> {
                 "the operator socket refused a caller that is not an operator"
             );
             Err(Refusal(format!(
-                "uid {} is not an operator of this deputyd; its [approvals] operators are {:?}",
+                "uid {} is not an operator of this deputyd; an operator lists it in \
+                 [approvals] operators",
                 uid.map_or_else(|| "(unknown)".to_owned(), |u| u.to_string()),
-                state.operators
             )))
         }
     }

@@ -78,6 +78,7 @@ pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             method: parts.method.to_string(),
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().unwrap_or_default().to_owned(),
+            headers: meaning_headers(&parts.headers),
             body_sha256: sha256_hex(&body),
             task: task.as_ref().filter(|_| !unnamed).map(|t| t.id.clone()),
             principal: task.map(|t| t.principal),
@@ -91,12 +92,33 @@ pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             let asked = approvals
                 .request(
                     binding,
+                    &body,
                     &obligation.reason,
                     request_id,
                     call.outbound.approval_ttl,
                     now,
                 )
-                .map_err(|e| refuse(ProblemKind::ApprovalRequired, e.to_string()))?;
+                .map_err(|e| {
+                    let kind = match e {
+                        deputy_state::ApprovalError::Store(_) => ProblemKind::Internal,
+                        _ => ProblemKind::Overloaded,
+                    };
+                    tracing::warn!(error = %e, %request_id, "an approval could not be asked for");
+                    refuse(
+                        kind,
+                        format!(
+                            "this call needs a human's approval ({}), which could not be \
+                             recorded: {}; it was not sent",
+                            obligation.reason,
+                            match e {
+                                deputy_state::ApprovalError::Store(_) => {
+                                    "deputyd's state database failed (see its log)".to_owned()
+                                }
+                                other => other.to_string(),
+                            }
+                        ),
+                    )
+                })?;
             tracing::info!(agent = %asked.binding.agent, service = %asked.binding.service,
                 approval = %asked.id, reason = %asked.reason, %request_id,
                 "approval asked for; the call is held");
@@ -126,6 +148,27 @@ pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         call.request = Some(http::Request::from_parts(parts, full(body)));
         Ok(())
     })
+}
+
+/// The headers that change what a body means, which an approval binds too: the same bytes
+/// under another media type, encoding or method override are another call.
+fn meaning_headers(headers: &http::HeaderMap) -> String {
+    const MEANING: [&str; 5] = [
+        "content-type",
+        "content-encoding",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ];
+    MEANING
+        .iter()
+        .flat_map(|name| {
+            headers
+                .get_all(*name)
+                .iter()
+                .map(move |v| format!("{name}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+        })
+        .collect()
 }
 
 fn unix(time: std::time::SystemTime) -> i64 {
