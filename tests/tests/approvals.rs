@@ -188,6 +188,22 @@ async fn a_denied_approval_refuses_the_call_with_the_operators_note() {
     let (mesh, _policies, _) = policed_mesh_with(false, (&section, ""));
     let alpha = mesh.node1.outbound_of("alpha");
 
+    // A dry run says an approval would be asked for, and asks for none.
+    let mut dry = TASK.to_vec();
+    dry.push(("deputy-dry-run", "true"));
+    let (status, report) = call(&alpha, Method::DELETE, "/tickets/9", &dry, b"").await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["outbound"]["approval"]["required"], true, "{report}");
+    assert!(
+        report["outbound"]["approval"]["verdict"]
+            .as_str()
+            .is_some_and(|v| v.contains("would be asked for")),
+        "{report}"
+    );
+    assert!(report["inbound"]["decision_id"].is_string(), "{report}");
+    let (ok, listed) = approvals(&socket, &["list"]);
+    assert!(ok && listed.contains("no approvals"), "{listed}");
+
     let (_, held) = delete_ticket(&alpha, b"", None).await;
     let id = approval_id(&held);
     let (ok, denied) = approvals(&socket, &["deny", &id, "--note", "not during the audit"]);

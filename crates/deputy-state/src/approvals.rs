@@ -361,31 +361,23 @@ impl Approvals {
         Ok(approval)
     }
 
+    /// Whether the call `binding` would pass on approval `id` now (a dry run): as [`redeem`],
+    /// without using it.
+    ///
+    /// [`redeem`]: Approvals::redeem
+    pub fn check(&self, id: &str, binding: &Binding, now: i64) -> Result<Approval, ApprovalError> {
+        let approval = self.get(id)?;
+        verdict(&approval, binding, now)?;
+        Ok(approval)
+    }
+
     /// The call `binding` redeems approval `id`: it passes only if the approval is approved,
     /// unexpired, unused and for exactly this call; it is then used, durably, before the call
     /// goes on.
     pub fn redeem(&self, id: &str, binding: &Binding, now: i64) -> Result<Approval, ApprovalError> {
         let _writer = self.lock();
         let mut approval = self.get(id)?;
-        if let Some(what) = approval.binding.first_difference(binding) {
-            return Err(ApprovalError::Mismatch {
-                id: id.to_owned(),
-                what,
-            });
-        }
-        match approval.state {
-            ApprovalState::Used => return Err(ApprovalError::Used(id.to_owned())),
-            _ if approval.is_expired(now) => return Err(ApprovalError::Expired(id.to_owned())),
-            ApprovalState::Pending => return Err(ApprovalError::Pending(id.to_owned())),
-            ApprovalState::Denied => {
-                return Err(ApprovalError::Denied {
-                    id: id.to_owned(),
-                    by: approval.decided_by.unwrap_or_default(),
-                    note: approval.note,
-                });
-            }
-            ApprovalState::Approved => {}
-        }
+        verdict(&approval, binding, now)?;
         approval.state = ApprovalState::Used;
         approval.used_at = Some(now);
         self.put(&approval)?;
@@ -442,6 +434,25 @@ fn printable(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Whether `approval` lets the call `binding` through at `now`.
+fn verdict(approval: &Approval, binding: &Binding, now: i64) -> Result<(), ApprovalError> {
+    let id = approval.id.clone();
+    if let Some(what) = approval.binding.first_difference(binding) {
+        return Err(ApprovalError::Mismatch { id, what });
+    }
+    match approval.state {
+        ApprovalState::Used => Err(ApprovalError::Used(id)),
+        _ if approval.is_expired(now) => Err(ApprovalError::Expired(id)),
+        ApprovalState::Pending => Err(ApprovalError::Pending(id)),
+        ApprovalState::Denied => Err(ApprovalError::Denied {
+            id,
+            by: approval.decided_by.clone().unwrap_or_default(),
+            note: approval.note.clone(),
+        }),
+        ApprovalState::Approved => Ok(()),
+    }
 }
 
 fn store(error: impl std::fmt::Display) -> ApprovalError {

@@ -76,6 +76,8 @@ pub(crate) struct OutboundCall<'a> {
     pub(crate) now: SystemTime,
     /// A policy decides which agents may start tasks (the `originate` patterns do not apply).
     pub(crate) origination_by_policy: bool,
+    /// A dry run: budgets are checked, not spent.
+    pub(crate) dry_run: bool,
 }
 
 /// Links this agent signed recently, reused for identical calls so that the receiving deputyd
@@ -375,7 +377,7 @@ pub(crate) fn sign(
         // A tool outside the mesh gets no chain (it could not verify one) but its call still
         // counts against the budget of the task it serves.
         if let TaskPlan::Continue { context, .. } = &plan {
-            spend(call.agent, context)?;
+            spend(call.agent, context, call.dry_run)?;
         }
         return Ok(None);
     };
@@ -499,7 +501,7 @@ fn continue_task(
             remaining: left.saturating_sub(1),
         }));
     }
-    let remaining = spend(agent, context)?;
+    let remaining = spend(agent, context, call.dry_run)?;
     let reuse_key = format!(
         "extend\n{}\n{delegate}\n{handle}\n{scopes:?}\n{budget:?}\n{ttl:?}",
         material.serial
@@ -522,23 +524,32 @@ fn continue_task(
     Ok(chain)
 }
 
-/// Counts one call against the received link's budget; what is left, if it is limited.
-fn spend(agent: &LocalAgent, context: &Context) -> Result<Option<u64>, Refusal> {
-    // Read now, not when the request arrived: the link may have expired while it waited.
-    context
-        .spend(unix(SystemTime::now()))
-        .map_err(|error| match error {
-            deputy_state::LedgerError::Exhausted { limit } => (
-                ProblemKind::BudgetExhausted,
-                format!(
-                    "agent {} has made all {limit} call(s) its delegation allows in task {}; \
+/// Counts one call against the received link's budget; what is left, if it is limited. A dry
+/// run counts nothing: it is refused only if the real call would be.
+fn spend(agent: &LocalAgent, context: &Context, dry_run: bool) -> Result<Option<u64>, Refusal> {
+    let spent = if dry_run {
+        match context.remaining() {
+            Some(0) => Err(deputy_state::LedgerError::Exhausted {
+                limit: context.chain.last().budget.as_ref().map_or(0, |b| b.calls),
+            }),
+            left => Ok(left),
+        }
+    } else {
+        // Read now, not when the request arrived: the link may have expired while it waited.
+        context.spend(unix(SystemTime::now()))
+    };
+    spent.map_err(|error| match error {
+        deputy_state::LedgerError::Exhausted { limit } => (
+            ProblemKind::BudgetExhausted,
+            format!(
+                "agent {} has made all {limit} call(s) its delegation allows in task {}; \
                  the delegator must grant a new budget",
-                    agent.name,
-                    context.chain.task()
-                ),
+                agent.name,
+                context.chain.task()
             ),
-            other => crate::context::budget_refusal(other),
-        })
+        ),
+        other => crate::context::budget_refusal(other),
+    })
 }
 
 fn signer_of(signers: &SignerCache, material: &TlsMaterial) -> Result<Arc<LinkSigner>, Refusal> {

@@ -28,6 +28,9 @@ pub(crate) struct Call<'a> {
     /// `peer`: the `Deputy-Delegation` header the peer sent, before the peer's headers were
     /// dropped (`Err`: not visible ASCII).
     pub(crate) chain: Option<Result<String, ()>>,
+    /// `peer`: the calling deputyd asked for a dry run: everything but delivery (no context is
+    /// issued, the agent is not called).
+    pub(crate) dry_run: bool,
     /// `verify-chain`: the verified chain, if the peer sent one.
     pub(crate) verified: Option<VerifiedChain>,
     /// The call counted on its connection until its response ends.
@@ -52,6 +55,7 @@ impl<'a> Call<'a> {
             request: Some(request),
             asked: None,
             chain: None,
+            dry_run: false,
             verified: None,
             in_flight: Some(in_flight),
             response: None,

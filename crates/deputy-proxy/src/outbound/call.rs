@@ -35,6 +35,8 @@ pub(crate) struct Call<'a> {
     pub(crate) plan: Option<TaskPlan>,
     /// `decide`: the policy's narrower scope for the next link.
     pub(crate) narrowed: Option<Vec<String>>,
+    /// `plan`: the agent asked for a dry run (`Deputy-Dry-Run: true`); what the stages found.
+    pub(crate) dry_run: Option<super::stages::DryRun>,
     /// A stage answered the call itself (`response` holds a replay): the stages after it do
     /// not run.
     pub(crate) answered_early: bool,
@@ -76,6 +78,7 @@ impl<'a> Call<'a> {
             plan: None,
             narrowed: None,
             approval: None,
+            dry_run: None,
             answered_early: false,
             first_try: None,
             task_credentials: Vec::new(),
@@ -119,6 +122,7 @@ impl<'a> Call<'a> {
             service,
             now: self.now,
             origination_by_policy: self.outbound.policy.is_some(),
+            dry_run: self.dry_run.is_some(),
         })
     }
 }

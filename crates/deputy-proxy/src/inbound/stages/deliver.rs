@@ -14,6 +14,31 @@ pub(super) fn deliver<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             .ok_or_else(|| call.missing("deliver", "request"))?;
         let (inbound, agent) = (call.inbound, &call.connection.agent);
         let decision_id = DecisionId::of(request.extensions());
+        if call.dry_run {
+            let chain = call.verified.as_ref().map(|v| {
+                serde_json::json!({
+                    "task": v.task(),
+                    "principal": v.principal(),
+                    "originator": v.originator(),
+                    "links": v.links.len(),
+                })
+            });
+            let report = serde_json::json!({
+                "dry_run": true,
+                "delivered": false,
+                "agent": agent.name,
+                "decision_id": decision_id,
+                "chain": chain,
+            });
+            let mut response = http::Response::new(crate::body::full(report.to_string().into()));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            DecisionId::mark(&mut response, decision_id);
+            call.response = Some(response);
+            return Ok(());
+        }
         let timeout = inbound.timeouts.request;
         let problem = |kind, detail| problem_response(&Problem::new(kind, detail, call.request_id));
         let mut response =

@@ -7,6 +7,10 @@ use crate::delegation::inbound_facts;
 use crate::pipeline::Outcome;
 
 pub(super) fn issue(call: &mut Call<'_>) -> Outcome {
+    if call.dry_run {
+        // No context for a call that is not delivered; `deliver` reports the chain's facts.
+        return Ok(());
+    }
     let Some(verified) = call.verified.take() else {
         return Ok(());
     };

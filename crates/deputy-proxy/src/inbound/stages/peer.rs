@@ -17,6 +17,11 @@ pub(super) fn admit(call: &mut Call<'_>) -> Outcome {
         .headers()
         .get(DELEGATION)
         .map(|v| v.to_str().map(str::to_owned).map_err(drop));
+    // A dry run only takes effects away (nothing is delivered or issued), so the peer may ask.
+    let dry_run = request
+        .headers()
+        .get("deputy-dry-run")
+        .is_some_and(|v| v.as_bytes() == b"true");
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
     strip_all_deputy_headers(headers);
@@ -28,6 +33,7 @@ pub(super) fn admit(call: &mut Call<'_>) -> Outcome {
         headers.insert(REQUEST_ID, value);
     }
     call.chain = chain;
+    call.dry_run = dry_run;
     if inbound.policy.is_none() {
         inbound
             .without_policy

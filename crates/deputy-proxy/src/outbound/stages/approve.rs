@@ -88,6 +88,24 @@ pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             .headers
             .get(APPROVAL)
             .map(|v| v.to_str().unwrap_or_default().to_owned());
+        if let Some(dry) = call.dry_run.as_mut() {
+            // Nothing is asked for or used: the answer says what would happen.
+            let verdict = match &named {
+                None => "an approval would be asked for; the call would be held".to_owned(),
+                Some(id) => match approvals.check(id, &binding, now) {
+                    Ok(_) => format!("approval {id} would let the call through"),
+                    Err(e) => e.to_string(),
+                },
+            };
+            dry.approval = Some(serde_json::json!({
+                "required": true,
+                "reason": obligation.reason,
+                "approval_id": named,
+                "verdict": verdict,
+            }));
+            call.request = Some(http::Request::from_parts(parts, full(body)));
+            return Ok(());
+        }
         let Some(id) = named else {
             let asked = approvals
                 .request(

@@ -168,6 +168,21 @@ pub(super) fn check<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
                 format!("the kept responses cannot be read ({e}); the write was not sent"),
             )
         })?;
+        if let Some(dry) = call.dry_run.as_mut() {
+            let in_flight = idempotency
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&scope);
+            dry.idempotency = Some(match kept {
+                Some((kept, _)) if kept.fingerprint == fingerprint => "replay",
+                Some(_) => "reused",
+                None if in_flight => "conflict",
+                None => "first",
+            });
+            call.request = Some(http::Request::from_parts(parts, full(body)));
+            return Ok(());
+        }
         if let Some((kept, kept_body)) = kept {
             if kept.fingerprint != fingerprint {
                 return Err(refuse(

@@ -43,6 +43,28 @@ pub(super) fn inject(call: &mut Call<'_>) -> Outcome {
         )
         .into());
     }
+    if let Some(dry) = call.dry_run.as_mut() {
+        // Not added (nothing leaves deputyd on a dry run): whether each could be.
+        let tasks = call.outbound.task_secrets.as_ref();
+        for injection in injections {
+            let per_task = injection
+                .value
+                .secrets()
+                .any(|s| tasks.is_some_and(|t| t.is_per_task(&agent.name, s)));
+            if per_task {
+                continue;
+            }
+            let available = injection
+                .value
+                .render(&call.outbound.credentials, &agent.name)
+                .is_ok();
+            dry.credentials.push(serde_json::json!({
+                "header": injection.header.as_str(),
+                "available": available,
+            }));
+        }
+        return Ok(());
+    }
     // The connection's own headers go now, not at send: `Connection: authorization` from the
     // agent must not take the injected header with it.
     strip_hop_by_hop(request.headers_mut());

@@ -5,6 +5,7 @@ mod approve;
 mod attest;
 mod connect;
 mod decide;
+mod dry_run;
 mod idempotency;
 mod identity;
 mod inject;
@@ -17,6 +18,7 @@ mod sign;
 mod task_secrets;
 
 pub(crate) use approve::Obligation;
+pub(crate) use dry_run::DryRun;
 pub(crate) use idempotency::FirstTry;
 pub(crate) use idempotency::Idempotency;
 

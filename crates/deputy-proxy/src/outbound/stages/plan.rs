@@ -16,6 +16,9 @@ pub(super) fn plan_task(call: &mut Call<'_>) -> Outcome {
     if let Some(task) = plan.task() {
         call.caller.handle.saw_task(task);
     }
+    if super::dry_run::asked(request.headers(), call.request_id)? {
+        call.dry_run = Some(super::DryRun::default());
+    }
     call.plan = Some(plan);
     Ok(())
 }

@@ -31,6 +31,9 @@ pub(super) fn send<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         if let Ok(id) = HeaderValue::from_str(call.request_id) {
             headers.insert(REQUEST_ID, id);
         }
+        if call.dry_run.is_some() {
+            return dry_run(call, &service, request, decision_id).await;
+        }
         let mut response = match &service.reach {
             Reach::Mesh(_) => to_mesh(call, request).await?,
             Reach::External(external) => {
@@ -48,6 +51,40 @@ pub(super) fn send<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         call.response = Some(response);
         Ok(())
     })
+}
+
+/// A dry run: the service's deputyd is asked to run its end too (and deliver nothing); a tool
+/// outside the mesh is not called. The answer reports both ends.
+async fn dry_run(
+    call: &mut Call<'_>,
+    service: &crate::config::Service,
+    mut request: Request<crate::body::Body>,
+    decision_id: Option<String>,
+) -> crate::pipeline::Outcome {
+    let far_end = match service.reach {
+        Reach::External(_) => None,
+        Reach::Mesh(_) => {
+            request
+                .headers_mut()
+                .insert(super::dry_run::DRY_RUN, HeaderValue::from_static("true"));
+            let response = to_mesh(call, request).await?;
+            let status = response.status();
+            let body = crate::body::read_whole(response.into_body(), 64 * 1024)
+                .await
+                .unwrap_or_default();
+            let answer = serde_json::from_slice(&body).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+            });
+            Some((status, answer))
+        }
+    };
+    let found = call.dry_run.take().unwrap_or_default();
+    let mut response = super::dry_run::answer(&found, &service.name, decision_id, far_end);
+    if let Ok(id) = HeaderValue::from_str(call.request_id) {
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
+    call.response = Some(response);
+    Ok(())
 }
 
 /// To the service's deputyd, over the pooled connection `connect` got, with the chain `sign`

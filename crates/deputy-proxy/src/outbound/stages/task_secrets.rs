@@ -61,6 +61,16 @@ pub(super) fn obtain<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             )
             .into());
         }
+        if let Some(dry) = call.dry_run.as_mut() {
+            dry.credentials.extend(wanted.iter().map(|secret| {
+                serde_json::json!({
+                    "secret": secret,
+                    "per_task": true,
+                    "verdict": "issued for the task by the real call",
+                })
+            }));
+            return Ok(());
+        }
         let mut obtained = Vec::with_capacity(wanted.len());
         for secret in wanted {
             let credential = tasks
