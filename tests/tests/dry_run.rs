@@ -1,7 +1,8 @@
 //! Dry runs across real processes: `Deputy-Dry-Run: true` on a call user -> alpha -> beta ->
 //! carol runs both ends (chain, budget, the receiving deputyd) and delivers nothing: the answer
-//! says it would be delivered, carol is not called, and beta's one-call budget is still whole
-//! for the real call; once spent, a dry run says the real call would be refused.
+//! says it would be delivered, carol is not called, and beta's two-call budget is still whole
+//! for the real calls (a dry run the chain refuses gives nothing back); once spent, a dry run
+//! says the real call would be refused.
 
 use deputy_tests::client::{self, Protocol};
 use deputy_tests::mesh::Mesh;
@@ -31,7 +32,7 @@ async fn a_dry_run_runs_both_ends_and_delivers_and_spends_nothing() {
     let alpha = mesh.node1.outbound_of("alpha");
     let beta = mesh.node2.outbound_of("beta");
 
-    // alice's task reaches beta with a budget of one call.
+    // alice's task reaches beta with a budget of two calls.
     let (status, facts) = call(
         &alpha,
         "beta",
@@ -39,7 +40,7 @@ async fn a_dry_run_runs_both_ends_and_delivers_and_spends_nothing() {
             ("deputy-principal", "user:alice@example.org"),
             ("deputy-scope", "tickets:read"),
             ("deputy-task", "task-dry"),
-            ("deputy-budget", "1"),
+            ("deputy-budget", "2"),
         ],
     )
     .await;
@@ -69,10 +70,26 @@ async fn a_dry_run_runs_both_ends_and_delivers_and_spends_nothing() {
         assert!(report.get("caller").is_none(), "{report}");
     }
 
-    // The budget is whole: the real call goes through, once.
+    // The budget is whole: a real call goes through.
     let (status, carol) = call(&beta, "carol", &continued).await;
     assert_eq!(status, StatusCode::OK, "{carol}");
     assert_eq!(carol["agent"], "carol", "{carol}");
+
+    // A dry run the chain refuses (a wider scope than beta holds) gives nothing back: the
+    // budget has exactly one call left, not two.
+    let wider = [
+        ("deputy-context", handle.as_str()),
+        ("deputy-dry-run", "true"),
+        ("deputy-scope", "tickets:write"),
+    ];
+    let (status, report) = call(&beta, "carol", &wider).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{report}");
+    assert_eq!(
+        report["type"], "urn:deputy:problem:scope-escalation",
+        "{report}"
+    );
+    let (status, carol) = call(&beta, "carol", &continued).await;
+    assert_eq!(status, StatusCode::OK, "{carol}");
     let (status, spent) = call(&beta, "carol", &continued).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{spent}");
 

@@ -63,13 +63,24 @@ async fn write(
     key: Option<&str>,
     body: &'static str,
 ) -> http::Response<hyper::body::Incoming> {
+    write_in(node, Some("order-7"), path, key, body).await
+}
+
+/// [`write`] in alice's task `task` (`None`: one alpha does not name, a new one on every call).
+async fn write_in(
+    node: &NodeProcess,
+    task: Option<&str>,
+    path: &str,
+    key: Option<&str>,
+    body: &'static str,
+) -> http::Response<hyper::body::Incoming> {
     let mut call = client::get("orders", path, Protocol::Http1);
     *call.method_mut() = Method::POST;
     *call.body_mut() = client::full(body);
     let headers = [
         ("deputy-principal", Some("user:alice@example.org")),
         ("deputy-scope", Some("orders:write")),
-        ("deputy-task", Some("order-7")),
+        ("deputy-task", task),
         ("content-type", Some("application/json")),
         ("idempotency-key", key),
     ];
@@ -108,9 +119,12 @@ async fn a_retried_write_is_answered_once_even_across_a_restart() {
     let first = write(&node, "/orders", Some("k-1"), r#"{"sku": 1}"#).await;
     assert_eq!(first.status(), StatusCode::OK);
     assert!(!first.headers().contains_key("deputy-idempotent-replay"));
+    let first_id = first.headers()["deputy-request-id"].clone();
     assert_eq!(client::text(first).await, "ok");
     let retry = write(&node, "/orders", Some("k-1"), r#"{"sku": 1}"#).await;
     assert_eq!(retry.status(), StatusCode::OK);
+    // The replay is this call's answer: its own request id, not the first's.
+    assert_ne!(retry.headers()["deputy-request-id"], first_id);
     assert!(
         retry.headers().contains_key("deputy-idempotent-replay"),
         "{:?}\n{}",
@@ -119,6 +133,32 @@ async fn a_retried_write_is_answered_once_even_across_a_restart() {
     );
     assert_eq!(client::text(retry).await, "ok");
     assert_eq!(tool.received().len(), 1, "the retry reached the tool");
+
+    // A task alpha does not name is a new task on every call: its retry is still a replay.
+    for _ in 0..2 {
+        let unnamed = write_in(&node, None, "/orders", Some("k-u"), r#"{"sku": 9}"#).await;
+        assert_eq!(unnamed.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        tool.received().len(),
+        2,
+        "an unnamed task's retry reached the tool"
+    );
+    // The same key in another task is another write.
+    let other_task = write_in(
+        &node,
+        Some("order-8"),
+        "/orders",
+        Some("k-1"),
+        r#"{"sku": 1}"#,
+    )
+    .await;
+    assert!(
+        !other_task
+            .headers()
+            .contains_key("deputy-idempotent-replay")
+    );
+    assert_eq!(tool.received().len(), 3);
 
     // The same key for another request is refused.
     let other = write(&node, "/orders", Some("k-1"), r#"{"sku": 2}"#).await;
@@ -136,7 +176,7 @@ async fn a_retried_write_is_answered_once_even_across_a_restart() {
     let retry = write(&node, "/orders", Some("k-1"), r#"{"sku": 1}"#).await;
     assert_eq!(retry.status(), StatusCode::OK);
     assert_eq!(retry.headers()["deputy-idempotent-replay"], "true");
-    assert_eq!(tool.received().len(), 1, "the retry reached the tool");
+    assert_eq!(tool.received().len(), 3, "the retry reached the tool");
 
     // A duplicate while the first is still in flight is told so.
     let held = {
@@ -164,7 +204,7 @@ async fn a_retried_write_is_answered_once_even_across_a_restart() {
     eventually(
         "the held write reached the tool",
         Duration::from_secs(10),
-        || (tool.received().len() == 2).then_some(()),
+        || (tool.received().len() == 4).then_some(()),
     );
     let duplicate = write(&node, "/hold/orders", Some("k-2"), r#"{"sku": 3}"#).await;
     client::expect_problem(
@@ -181,5 +221,5 @@ async fn a_retried_write_is_answered_once_even_across_a_restart() {
     );
     let retry = write(&node, "/hold/orders", Some("k-2"), r#"{"sku": 3}"#).await;
     assert_eq!(retry.headers()["deputy-idempotent-replay"], "true");
-    assert_eq!(tool.received().len(), 2);
+    assert_eq!(tool.received().len(), 4);
 }

@@ -1,10 +1,11 @@
 //! Idempotency keys (the IETF `Idempotency-Key` draft): the first response to a write, kept per
 //! (agent, task, service, key) so that a retry is answered with it instead of being done twice.
 //!
-//! Bounded three ways: a response body over `max_body` is not kept (a retry of it is done
-//! again, which the data path says), at most `max_records` are kept (the oldest goes first),
-//! and a record lives `ttl`. Records are committed before the response reaches the agent, so a
-//! retry after a restart is still a replay.
+//! Bounded three ways: a response body over the data path's bound is not kept (the record says
+//! the write was done), at most `max_records` are kept (the oldest goes first),
+//! and a record lives `ttl`. A record is committed once its response has streamed to the agent
+//! (until then a retry is told the first is in flight), so a retry after a restart is still a
+//! replay.
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
@@ -29,6 +30,14 @@ pub struct Kept {
     pub headers: Vec<(String, String)>,
     /// When it was kept, unix seconds.
     pub kept_at: i64,
+    /// Whether its body was kept: `false` when the answer was cut or too large to keep (the
+    /// write was done; its answer cannot be replayed).
+    #[serde(default = "kept_whole")]
+    pub body_kept: bool,
+}
+
+fn kept_whole() -> bool {
+    true
 }
 
 /// The node's kept responses.
@@ -134,6 +143,7 @@ mod tests {
             status: 201,
             headers: vec![("content-type".into(), "application/json".into())],
             kept_at: at,
+            body_kept: true,
         }
     }
 

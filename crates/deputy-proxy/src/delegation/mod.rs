@@ -515,12 +515,18 @@ fn continue_task(
         budget_calls: budget,
         ttl,
     };
+    let dry_run = call.dry_run;
     let chain = extend(&context.chain, &signer, &grant, remaining, now).map_err(|e| {
-        // The call is not made: it does not count.
-        context.refund();
+        // The call is not made: it does not count (a dry run counted nothing).
+        if !dry_run {
+            context.refund();
+        }
         extension_refusal(e)
     })?;
-    links.put(reuse_key, &chain, unix(now));
+    // A dry run's link was signed with one call more left than a real call's: never reused.
+    if !dry_run {
+        links.put(reuse_key, &chain, unix(now));
+    }
     Ok(chain)
 }
 
@@ -529,6 +535,9 @@ fn continue_task(
 fn spend(agent: &LocalAgent, context: &Context, dry_run: bool) -> Result<Option<u64>, Refusal> {
     let spent = if dry_run {
         match context.remaining() {
+            _ if context.expires() <= unix(SystemTime::now()) => {
+                Err(deputy_state::LedgerError::Expired)
+            }
             Some(0) => Err(deputy_state::LedgerError::Exhausted {
                 limit: context.chain.last().budget.as_ref().map_or(0, |b| b.calls),
             }),

@@ -170,7 +170,7 @@ pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
 
 /// The headers that change what a body means, which an approval binds too: the same bytes
 /// under another media type, encoding or method override are another call.
-fn meaning_headers(headers: &http::HeaderMap) -> String {
+pub(super) fn meaning_headers(headers: &http::HeaderMap) -> String {
     const MEANING: [&str; 5] = [
         "content-type",
         "content-encoding",

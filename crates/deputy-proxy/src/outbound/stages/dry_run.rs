@@ -49,18 +49,46 @@ pub(crate) fn answer(
     decision_id: Option<String>,
     far_end: Option<(StatusCode, serde_json::Value)>,
 ) -> Response<Body> {
-    let (status, outcome, far) = match far_end {
-        None => (
+    // What this end found decides first, in the order of the stages: the real call would stop
+    // here.
+    let held = found
+        .approval
+        .as_ref()
+        .and_then(|a| a["verdict"].as_str())
+        .filter(|v| !v.contains("would let the call through"));
+    let missing_credential = found
+        .credentials
+        .iter()
+        .any(|c| c["available"] == serde_json::Value::Bool(false));
+    let here = match (found.idempotency, held) {
+        (Some("replay"), _) => Some("would be answered with the kept response".to_owned()),
+        (Some("conflict"), _) => Some("would be refused: the same key is in flight".to_owned()),
+        (Some("reused"), _) => {
+            Some("would be refused: the key was used for another request".to_owned())
+        }
+        (_, Some(verdict)) => Some(format!("would be held here: {verdict}")),
+        _ if missing_credential => {
+            Some("would be refused: a credential it must carry is not available".to_owned())
+        }
+        _ => None,
+    };
+    let (status, outcome, far) = match (here, far_end) {
+        (Some(here), far) => (
+            StatusCode::OK,
+            here,
+            far.map_or(serde_json::Value::Null, |(_, far)| far),
+        ),
+        (None, None) => (
             StatusCode::OK,
             format!("would be sent to {service}"),
             serde_json::Value::Null,
         ),
-        Some((status, far)) if status.is_success() => (
+        (None, Some((status, far))) if status.is_success() => (
             StatusCode::OK,
             format!("would be delivered to {service}"),
             far,
         ),
-        Some((status, far)) => (
+        (None, Some((status, far))) => (
             status,
             format!("would be refused by {service}'s deputyd"),
             far,

@@ -133,18 +133,34 @@ pub(super) fn check<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
                 format!("a write with an Idempotency-Key is compared with its retries by its body, and {e}"),
             )
         })?;
-        let task = call
-            .plan
-            .as_ref()
-            .and_then(|p| p.task_ref(&call.outbound.agent.spiffe_id));
+        let plan = call.plan.as_ref();
+        // A task the agent starts without naming it is a new task on every call: its retries
+        // are scoped by its principal, not its generated id.
+        let unnamed = matches!(
+            plan,
+            Some(crate::delegation::TaskPlan::Originate { named: false, .. })
+        );
+        let task = plan.and_then(|p| p.task_ref(&call.outbound.agent.spiffe_id));
         // Per task (its id, principal and originator): another task's key is another key.
         let task = task.map_or_else(
             || "-".to_owned(),
-            |t| format!("{}\n{}\n{}", t.originator, t.principal, t.id),
+            |t| {
+                let id = if unnamed { "-" } else { t.id.as_str() };
+                format!("{}|{}|{}", t.originator, t.principal, id)
+            },
         );
-        let scope = format!(
-            "{}\n{task}\n{}\n{key}",
-            call.outbound.agent.name, service.name
+        // Hashed from length-prefixed parts: no part can pass for two.
+        let scope = sha256_hex(
+            [
+                call.outbound.agent.name.as_str(),
+                task.as_str(),
+                service.name.as_str(),
+                key.as_str(),
+            ]
+            .iter()
+            .map(|part| format!("{}:{part}", part.len()))
+            .collect::<String>()
+            .as_bytes(),
         );
         let content_type = parts
             .headers
@@ -153,28 +169,31 @@ pub(super) fn check<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             .unwrap_or_default();
         let fingerprint = sha256_hex(
             format!(
-                "{}\n{}\n{}\n{content_type}\n{}",
+                "{}\n{}\n{}\n{content_type}\n{}\n{}",
                 parts.method,
                 parts.uri.path(),
                 parts.uri.query().unwrap_or_default(),
+                super::approve::meaning_headers(&parts.headers),
                 sha256_hex(&body)
             )
             .as_bytes(),
         );
         let now = unix(call.now);
-        let kept = idempotency.kept.get(&scope, now).map_err(|e| {
-            refuse(
-                ProblemKind::Internal,
-                format!("the kept responses cannot be read ({e}); the write was not sent"),
-            )
-        })?;
+        let read_kept = || {
+            idempotency.kept.get(&scope, now).map_err(|e| {
+                refuse(
+                    ProblemKind::Internal,
+                    format!("the kept responses cannot be read ({e}); the write was not sent"),
+                )
+            })
+        };
         if let Some(dry) = call.dry_run.as_mut() {
             let in_flight = idempotency
                 .in_flight
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(&scope);
-            dry.idempotency = Some(match kept {
+            dry.idempotency = Some(match read_kept()? {
                 Some((kept, _)) if kept.fingerprint == fingerprint => "replay",
                 Some(_) => "reused",
                 None if in_flight => "conflict",
@@ -183,24 +202,8 @@ pub(super) fn check<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             call.request = Some(http::Request::from_parts(parts, full(body)));
             return Ok(());
         }
-        if let Some((kept, kept_body)) = kept {
-            if kept.fingerprint != fingerprint {
-                return Err(refuse(
-                    ProblemKind::IdempotencyKeyReused,
-                    format!(
-                        "Idempotency-Key {key:?} was used for another request to {} in this \
-                         task; a key names one write: use a new key for a new request",
-                        service.name
-                    ),
-                )
-                .into());
-            }
-            tracing::info!(agent = %call.outbound.agent.name, service = %service.name,
-                status = kept.status, %request_id, "an idempotent retry answered with the kept response");
-            call.response = Some(replay(&kept, kept_body));
-            call.answered_early = true;
-            return Ok(());
-        }
+        // Reserved before the kept responses are read: a first try that finishes between the
+        // two cannot be missed, so no write is done twice.
         let Some(reservation) = idempotency.reserve(&scope) else {
             return Err(refuse(
                 ProblemKind::IdempotencyConflict,
@@ -212,6 +215,47 @@ pub(super) fn check<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             )
             .into());
         };
+        if let Some((kept, kept_body)) = read_kept()? {
+            drop(reservation);
+            if kept.fingerprint != fingerprint {
+                return Err(refuse(
+                    ProblemKind::IdempotencyKeyReused,
+                    format!(
+                        "Idempotency-Key {key:?} was used for another request to {} in this \
+                         task; a key names one write: use a new key for a new request",
+                        service.name
+                    ),
+                )
+                .into());
+            }
+            if !kept.body_kept {
+                return Err(refuse(
+                    ProblemKind::IdempotencyConflict,
+                    format!(
+                        "the write with Idempotency-Key {key:?} to {} was done (status {}), and \
+                         its answer was cut or too large to keep; it is not done again: check \
+                         its outcome with {}",
+                        service.name, kept.status, service.name
+                    ),
+                )
+                .into());
+            }
+            tracing::info!(agent = %call.outbound.agent.name, service = %service.name,
+                status = kept.status, %request_id, "an idempotent retry answered with the kept response");
+            let mut response = replay(&kept, kept_body);
+            if let Ok(id) = HeaderValue::from_str(request_id) {
+                response
+                    .headers_mut()
+                    .insert(crate::routing::REQUEST_ID, id);
+            }
+            crate::body::DecisionId::mark(
+                &mut response,
+                crate::body::DecisionId::of(&parts.extensions),
+            );
+            call.response = Some(response);
+            call.answered_early = true;
+            return Ok(());
+        }
         call.first_try = Some(FirstTry {
             reservation,
             fingerprint,
@@ -221,8 +265,11 @@ pub(super) fn check<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
     })
 }
 
-/// After `send`: the response of a first try is kept as it streams to the agent, once it has
-/// ended whole (not a server error: that is for a retry to try again).
+/// After `send`: the response of a first try is kept as it streams to the agent. A success, or
+/// an answer a retry would get again (400, 404, 405, 410, 422), is kept whole; an answer that was
+/// cut or is too large to keep is recorded as done (its retry is refused, not done again). A
+/// server error, a refusal (401, 403, 409, 429) and a problem document are not kept: their retry
+/// is sent again.
 pub(super) fn remember(call: &mut Call<'_>) -> Outcome {
     let (Some(first), Some(idempotency)) =
         (call.first_try.take(), call.outbound.idempotency.clone())
@@ -232,14 +279,18 @@ pub(super) fn remember(call: &mut Call<'_>) -> Outcome {
     let Some(response) = call.response.take() else {
         return Ok(());
     };
-    if response.status().is_server_error() {
+    if !worth_keeping(&response) {
         call.response = Some(response);
         return Ok(());
     }
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
-    let headers: Vec<(String, String)> = parts
-        .headers
+    // What deputyd adds to every answer (its request id, the connection's own headers) is not
+    // the service's: a replay gets the retry's own.
+    let mut stored = parts.headers.clone();
+    crate::routing::strip_hop_by_hop(&mut stored);
+    crate::routing::strip_all_deputy_headers(&mut stored);
+    let headers: Vec<(String, String)> = stored
         .iter()
         .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_owned())))
         .collect();
@@ -263,23 +314,49 @@ pub(super) fn remember(call: &mut Call<'_>) -> Outcome {
                 reservation,
                 fingerprint,
             } = first;
-            let body = copy.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let (true, Some(body)) = (complete, body) {
-                let kept = deputy_state::Kept {
-                    fingerprint,
-                    status,
-                    headers,
-                    kept_at: unix(std::time::SystemTime::now()),
-                };
-                if let Err(e) = idempotency.kept.keep(&reservation.scope, &kept, &body) {
-                    tracing::warn!(error = %e, "an idempotent response could not be kept; its retry will be sent again");
-                }
+            let body = copy
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .filter(|_| complete);
+            let kept = deputy_state::Kept {
+                fingerprint,
+                status,
+                headers,
+                kept_at: unix(std::time::SystemTime::now()),
+                body_kept: body.is_some(),
+            };
+            let keep = || {
+                idempotency.kept.keep(
+                    &reservation.scope,
+                    &kept,
+                    body.as_deref().unwrap_or_default(),
+                )
+            };
+            // A durable commit waits on the disk: not on a worker that other calls share.
+            let kept_or = if crate::may_block_in_place() {
+                tokio::task::block_in_place(keep)
+            } else {
+                keep()
+            };
+            if let Err(e) = kept_or {
+                tracing::warn!(error = %e, "an idempotent response could not be kept; its retry will be sent again");
             }
             drop(reservation);
         },
     );
     call.response = Some(Response::from_parts(parts, captured));
     Ok(())
+}
+
+/// Whether a retry should get this answer again.
+fn worth_keeping(response: &Response<Body>) -> bool {
+    let status = response.status();
+    let problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    (status.is_success() || matches!(status.as_u16(), 400 | 404 | 405 | 410 | 422)) && !problem
 }
 
 fn replay(kept: &deputy_state::Kept, body: Vec<u8>) -> Response<Body> {

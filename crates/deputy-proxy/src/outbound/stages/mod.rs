@@ -35,11 +35,11 @@ pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 14] {
         Stage::Now("identity", identity::take),
         Stage::Now("plan", plan::plan_task),
         Stage::Later("decide", decide::decide),
+        // A retry of a write already done is answered with its first response here: nothing
+        // after this (an approval, credentials, budget, the service) sees it.
+        Stage::Later("idempotency", idempotency::check),
         // Held for a human when the policy asks for one; before anything is issued or spent.
         Stage::Later("approve", approve::approve),
-        // A retry of a write already done is answered with its first response here: nothing
-        // after this (credentials, budget, the service) sees it.
-        Stage::Later("idempotency", idempotency::check),
         // A task's own credentials, issued on its first call that needs them.
         Stage::Later("task-secrets", task_secrets::obtain),
         // After the decision (the policy never sees a credential), before the connection (a

@@ -11,7 +11,8 @@ pub(super) fn sign(call: &mut Call<'_>) -> Outcome {
         .plan
         .take()
         .ok_or_else(|| call.missing("sign", "task plan"))?;
-    let spent_under = plan.context().cloned();
+    // A dry run spends nothing, so nothing may be refunded for it later.
+    let spent_under = plan.context().cloned().filter(|_| call.dry_run.is_none());
     call.task = plan.task().map(str::to_owned);
     let narrowed = call.narrowed.take();
     let chain = delegation::sign(&call.delegation("sign")?, plan, narrowed)
