@@ -181,10 +181,10 @@ pub(super) fn check<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         let now = unix(call.now);
         let read_kept = || {
             idempotency.kept.get(&scope, now).map_err(|e| {
-                refuse(
+                Box::new(refuse(
                     ProblemKind::Internal,
                     format!("the kept responses cannot be read ({e}); the write was not sent"),
-                )
+                ))
             })
         };
         if let Some(dry) = call.dry_run.as_mut() {
