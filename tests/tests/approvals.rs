@@ -4,12 +4,14 @@
 //! call passes, once, and only after an operator (by uid) approved it; a denial, a changed
 //! body, a reuse and a non-operator are refused; approvals survive a restart of deputyd.
 
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deputy_tests::mesh::Node;
 use deputy_tests::policed::{call, policed_mesh_with};
-use deputy_tests::{binary, deputy_as, my_uid, run};
+use deputy_tests::{binary, deputy_as, eventually, my_uid, run};
 use http::{Method, StatusCode};
 
 /// alice's named task, as alpha sends it on every try.
@@ -18,6 +20,41 @@ const TASK: [(&str, &str); 3] = [
     ("deputy-scope", "tickets:read, users:read"),
     ("deputy-task", "close-ticket-9"),
 ];
+
+/// A webhook receiver on loopback: every JSON body POSTed to it.
+fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_ok()
+                && let Ok(json) = serde_json::from_slice(&body)
+            {
+                record.lock().expect("lock").push(json);
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (format!("http://{addr}/hook"), seen)
+}
 
 /// `deputy approvals ARGS --socket SOCKET` as this (operator) uid: its output, and whether it
 /// succeeded.
@@ -75,8 +112,9 @@ fn refused_because(status: StatusCode, body: &serde_json::Value, says: &str) {
 async fn only_the_identical_call_passes_once_after_an_operator_approved_it_even_across_a_restart() {
     let sockets = tempfile::tempdir().expect("tempdir");
     let socket = sockets.path().join("operator.sock");
+    let (hook, announced) = webhook();
     let section = format!(
-        "[approvals]\nsocket = \"{}\"\noperators = [{}]\nttl = \"10m\"\n",
+        "[approvals]\nsocket = \"{}\"\noperators = [{}]\nttl = \"10m\"\nwebhook = \"{hook}\"\n",
         socket.display(),
         my_uid()
     );
@@ -105,6 +143,20 @@ async fn only_the_identical_call_passes_once_after_an_operator_approved_it_even_
     // Asked again while pending: the same approval, not a second one.
     let (_, again) = delete_ticket(&alpha, body, None).await;
     assert_eq!(approval_id(&again), id);
+
+    // A person was told once, with what to run, and nothing of the body.
+    let told = eventually("the webhook told", Duration::from_secs(10), || {
+        announced.lock().expect("lock").first().cloned()
+    });
+    assert_eq!(told["approval_id"], id.as_str(), "{told}");
+    assert_eq!(told["path"], "/tickets/9", "{told}");
+    assert!(
+        told["text"]
+            .as_str()
+            .is_some_and(|t| t.contains(&format!("deputy approvals approve {id}"))),
+        "{told}"
+    );
+    assert!(!told.to_string().contains("duplicate"), "the body was sent: {told}");
 
     let (ok, listed) = approvals(&socket, &["list"]);
     assert!(ok, "{listed}");
@@ -156,6 +208,8 @@ async fn only_the_identical_call_passes_once_after_an_operator_approved_it_even_
     assert_eq!(passed["method"], "DELETE", "{passed}");
     let (status, reused) = delete_ticket(&alpha, body, Some(&id)).await;
     refused_because(status, &reused, "already used");
+
+    assert_eq!(announced.lock().expect("lock").len(), 1, "announced more than once");
 
     // Who approved what is recorded.
     let (ok, shown) = approvals(&socket, &["show", &id]);

@@ -219,6 +219,8 @@ pub struct ProxyConfig {
     pub approvals: Option<std::sync::Arc<deputy_state::Approvals>>,
     /// How long an approval may wait to be decided and redeemed.
     pub approval_ttl: Duration,
+    /// Where a pending approval is announced, if anywhere.
+    pub approval_webhook: Option<crate::webhook::ApprovalWebhook>,
     /// Where the first responses of writes with an `Idempotency-Key` are kept (`None`: keys are
     /// passed on unheeded).
     pub idempotency: Option<std::sync::Arc<deputy_state::IdempotentResponses>>,

@@ -21,6 +21,7 @@ pub mod context;
 mod delegation;
 mod external;
 mod held_bytes;
+mod webhook;
 pub mod inbound;
 mod media_type;
 pub mod metrics;
@@ -50,6 +51,7 @@ pub use config::{
 };
 pub use connections::{ConnectionInfo, DrainReason, Registry};
 pub use held_bytes::HeldBytes;
+pub use webhook::ApprovalWebhook;
 
 /// Largest HTTP/2 frame between nodes: 64 KiB, so that a streamed chunk crosses as one frame
 /// rather than four of the 16 KiB default.
@@ -227,6 +229,7 @@ impl Proxy {
                 credentials: config.credentials.clone(),
                 task_secrets: config.task_secrets.clone(),
                 approvals: config.approvals.clone(),
+                approval_webhook: config.approval_webhook.clone(),
                 idempotency: idempotency.clone(),
                 approval_ttl: i64::try_from(config.approval_ttl.as_secs()).unwrap_or(i64::MAX),
             });

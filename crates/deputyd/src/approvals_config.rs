@@ -7,6 +7,7 @@
 //! operators = [0]                        # uids that may list, approve and deny (default: root)
 //! ttl = "15m"                            # an approval is decided and redeemed within this
 //! max_pending = 1000                     # past it, new approvals are refused until some are decided
+//! webhook = "https://hooks.example.org/T/deputy"  # a JSON POST when an approval is pending
 //! ```
 //!
 //! The operator API is a unix socket checked by the caller's uid (SO_PEERCRED), never the admin
@@ -25,6 +26,7 @@ pub(crate) struct RawApprovals {
     #[serde(with = "humantime_serde")]
     ttl: Duration,
     max_pending: usize,
+    webhook: Option<String>,
 }
 
 impl Default for RawApprovals {
@@ -34,6 +36,7 @@ impl Default for RawApprovals {
             operators: vec![0],
             ttl: Duration::from_secs(15 * 60),
             max_pending: 1000,
+            webhook: None,
         }
     }
 }
@@ -50,6 +53,8 @@ pub struct ApprovalsConfig {
     pub ttl: Duration,
     /// The most approvals pending at once.
     pub max_pending: usize,
+    /// Where a pending approval is announced (https, or http to loopback).
+    pub webhook: Option<http::Uri>,
 }
 
 impl RawApprovals {
@@ -74,11 +79,39 @@ impl RawApprovals {
         if self.max_pending == 0 {
             problems.push("[approvals] max_pending must be at least 1".into());
         }
+        let webhook = self.webhook.as_deref().and_then(|url| {
+            let why = match url.parse::<http::Uri>() {
+                Err(e) => Err(format!("is not a URL ({e})")),
+                Ok(uri) => match (uri.scheme_str(), uri.host()) {
+                    (Some("https"), Some(_)) => Ok(uri),
+                    (Some("http"), Some(host)) if is_loopback(host) => Ok(uri),
+                    (Some("http"), Some(_)) => Err(
+                        "is plain http off loopback; a pending call's facts would cross the \
+                         network in the clear: use https"
+                            .to_owned(),
+                    ),
+                    _ => Err("needs https:// and a host".to_owned()),
+                },
+            };
+            why.map_err(|why| problems.push(format!("[approvals] webhook {url:?} {why}")))
+                .ok()
+        });
         ApprovalsConfig {
+            webhook,
             socket: self.socket.clone(),
             operators: self.operators.clone(),
             ttl: self.ttl,
             max_pending: self.max_pending.max(1),
         }
     }
+}
+
+/// `localhost`, 127.0.0.0/8 or ::1.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -422,6 +422,7 @@ impl RawConfig {
                     task_secrets: None,
                     approvals: None,
                     approval_ttl: approvals.ttl,
+                    approval_webhook: None,
                     idempotency: None,
                 },
                 policy,

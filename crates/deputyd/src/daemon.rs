@@ -146,6 +146,13 @@ impl Daemon {
             unix_now(),
         )?);
         proxy_config.approvals = Some(approvals.clone());
+        proxy_config.approval_webhook = config
+            .approvals
+            .webhook
+            .clone()
+            .map(deputy_proxy::ApprovalWebhook::new)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("cannot make the approval webhook's client: {e}"))?;
         // A day of first responses, 10,000 at most: retries come within minutes.
         proxy_config.idempotency = Some(Arc::new(deputy_state::IdempotentResponses::open(
             &state,

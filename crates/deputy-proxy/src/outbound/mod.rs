@@ -68,6 +68,8 @@ pub(crate) struct Outbound {
     pub(crate) task_secrets: Option<deputy_secrets::task::TaskSecrets>,
     /// Kept responses of writes with an `Idempotency-Key`.
     pub(crate) idempotency: Option<Arc<stages::Idempotency>>,
+    /// Where a pending approval is announced.
+    pub(crate) approval_webhook: Option<crate::webhook::ApprovalWebhook>,
     /// Calls held for a human's approval.
     pub(crate) approvals: Option<Arc<deputy_state::Approvals>>,
     /// How long an approval may wait to be decided and redeemed, in seconds.

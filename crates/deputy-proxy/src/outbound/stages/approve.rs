@@ -140,6 +140,12 @@ pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             tracing::info!(agent = %asked.binding.agent, service = %asked.binding.service,
                 approval = %asked.id, reason = %asked.reason, %request_id,
                 "approval asked for; the call is held");
+            // Announced once, when it is new (a repeated ask gets the same pending approval).
+            if asked.request_id == request_id
+                && let Some(webhook) = &call.outbound.approval_webhook
+            {
+                webhook.announce(&asked);
+            }
             return Err(refuse(
                 ProblemKind::ApprovalRequired,
                 format!(
