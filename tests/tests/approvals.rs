@@ -156,7 +156,10 @@ async fn only_the_identical_call_passes_once_after_an_operator_approved_it_even_
             .is_some_and(|t| t.contains(&format!("deputy approvals approve {id}"))),
         "{told}"
     );
-    assert!(!told.to_string().contains("duplicate"), "the body was sent: {told}");
+    assert!(
+        !told.to_string().contains("duplicate"),
+        "the body was sent: {told}"
+    );
 
     let (ok, listed) = approvals(&socket, &["list"]);
     assert!(ok, "{listed}");
@@ -209,7 +212,11 @@ async fn only_the_identical_call_passes_once_after_an_operator_approved_it_even_
     let (status, reused) = delete_ticket(&alpha, body, Some(&id)).await;
     refused_because(status, &reused, "already used");
 
-    assert_eq!(announced.lock().expect("lock").len(), 1, "announced more than once");
+    assert_eq!(
+        announced.lock().expect("lock").len(),
+        1,
+        "announced more than once"
+    );
 
     // Who approved what is recorded.
     let (ok, shown) = approvals(&socket, &["show", &id]);

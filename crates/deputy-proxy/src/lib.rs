@@ -21,7 +21,6 @@ pub mod context;
 mod delegation;
 mod external;
 mod held_bytes;
-mod webhook;
 pub mod inbound;
 mod media_type;
 pub mod metrics;
@@ -32,6 +31,7 @@ pub mod problem;
 pub mod routing;
 mod server;
 pub mod tls;
+mod webhook;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
