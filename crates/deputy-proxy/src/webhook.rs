@@ -18,18 +18,40 @@ use crate::body::{Body, full};
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where pending approvals are announced.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApprovalWebhook {
     url: Uri,
+    /// `scheme://host:port`, for logs: chat webhooks carry their secret in the path.
+    shown: String,
     client: Client<HttpsConnector<HttpConnector>, Body>,
+}
+
+impl std::fmt::Debug for ApprovalWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApprovalWebhook")
+            .field("url", &self.shown)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ApprovalWebhook {
     /// A webhook at `url` (https, or http to a loopback host), server certificates checked
     /// against the system's roots.
     pub fn new(url: Uri) -> Result<Self, String> {
+        let shown = format!(
+            "{}://{}",
+            url.scheme_str().unwrap_or("?"),
+            url.authority().map_or("?", |a| a.as_str())
+        );
         let mut roots = rustls::RootCertStore::empty();
         roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if url.scheme_str() == Some("https") && roots.is_empty() {
+            return Err(
+                "this host has no system CA roots to check the webhook's certificate with; \
+                 install them (Debian: ca-certificates)"
+                    .into(),
+            );
+        }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -47,6 +69,7 @@ impl ApprovalWebhook {
             .wrap_connector(http);
         Ok(Self {
             url,
+            shown,
             client: Client::builder(TokioExecutor::new()).build(connector),
         })
     }
@@ -55,15 +78,20 @@ impl ApprovalWebhook {
     /// logged, never felt by the call.
     pub(crate) fn announce(&self, approval: &deputy_state::Approval) {
         let b = &approval.binding;
+        // The chat line is read by a person: nothing an agent chose may format it, link from it
+        // or pass for an instruction (its values go through `plain`, quoted).
         let message = serde_json::json!({
             "text": format!(
-                "{} asks to {} {} on {} for {}: {} (approve with `deputy approvals approve {}`)",
-                b.agent,
-                b.method,
-                b.path,
-                b.service,
-                b.principal.as_deref().unwrap_or("no principal"),
-                approval.reason,
+                "Approval {} pending: agent {} asks to {} {:?} on {} for {:?}, because {:?}. \
+                 Look: deputy approvals show {}; decide: deputy approvals approve {} (or deny)",
+                approval.id,
+                plain(&b.agent),
+                plain(&b.method),
+                plain(&b.path),
+                plain(&b.service),
+                plain(b.principal.as_deref().unwrap_or("no principal")),
+                plain(&approval.reason),
+                approval.id,
                 approval.id
             ),
             "approval_id": approval.id,
@@ -81,20 +109,66 @@ impl ApprovalWebhook {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::USER_AGENT, "deputyd")
             .body(full(message.to_string().into()));
-        let (client, url, id) = (self.client.clone(), self.url.clone(), approval.id.clone());
+        let (client, url, id) = (self.client.clone(), self.shown.clone(), approval.id.clone());
         tokio::spawn(async move {
-            let Ok(request) = request else { return };
+            let request = match request {
+                Ok(request) => request,
+                Err(e) => {
+                    tracing::warn!(approval = %id, error = %e, "the approval announcement could not be built");
+                    return;
+                }
+            };
             match tokio::time::timeout(TIMEOUT, client.request(request)).await {
                 Ok(Ok(response)) if response.status().is_success() => {
                     tracing::info!(approval = %id, webhook = %url, "approval announced");
                 }
                 Ok(Ok(response)) => tracing::warn!(approval = %id, webhook = %url,
                     status = response.status().as_u16(), "the approval webhook refused the announcement"),
-                Ok(Err(e)) => tracing::warn!(approval = %id, webhook = %url, error = %e,
-                    "the approval webhook could not be reached"),
+                Ok(Err(e)) => {
+                    // hyper-util's error says "client error (Connect)"; the cause is below it.
+                    let mut why = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(cause) = source {
+                        why.push_str(&format!(": {cause}"));
+                        source = cause.source();
+                    }
+                    tracing::warn!(approval = %id, webhook = %url, error = %why,
+                        "the approval webhook could not be reached");
+                }
                 Err(_) => tracing::warn!(approval = %id, webhook = %url,
                     "the approval webhook did not answer in time"),
             }
         });
+    }
+}
+
+/// `text` as plain words for a chat line: printable ASCII without the characters chat formats
+/// (markup, links, code), at most 200 characters.
+fn plain(text: &str) -> String {
+    const FORMATTING: &str = "`<>|*_~[]()#\\";
+    text.chars()
+        .take(200)
+        .map(|c| {
+            if (c.is_ascii_graphic() || c == ' ') && !FORMATTING.contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain;
+
+    #[test]
+    fn what_an_agent_chose_cannot_format_the_chat_line() {
+        assert_eq!(plain("user:alice@example.org"), "user:alice@example.org");
+        assert_eq!(
+            plain("<https://evil|Approve> `deputy approvals approve apr_x`\n\u{202e}"),
+            "?https://evil?Approve? ?deputy approvals approve apr?x???"
+        );
+        assert_eq!(plain(&"x".repeat(500)).len(), 200);
     }
 }

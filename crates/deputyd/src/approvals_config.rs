@@ -82,6 +82,9 @@ impl RawApprovals {
         let webhook = self.webhook.as_deref().and_then(|url| {
             let why = match url.parse::<http::Uri>() {
                 Err(e) => Err(format!("is not a URL ({e})")),
+                Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+                    Err("holds a user name or password, which is not sent".to_owned())
+                }
                 Ok(uri) => match (uri.scheme_str(), uri.host()) {
                     (Some("https"), Some(_)) => Ok(uri),
                     (Some("http"), Some(host)) if is_loopback(host) => Ok(uri),
@@ -93,7 +96,8 @@ impl RawApprovals {
                     _ => Err("needs https:// and a host".to_owned()),
                 },
             };
-            why.map_err(|why| problems.push(format!("[approvals] webhook {url:?} {why}")))
+            // The URL itself is not repeated: chat webhooks carry their secret in it.
+            why.map_err(|why| problems.push(format!("[approvals] webhook {why}")))
                 .ok()
         });
         ApprovalsConfig {
@@ -106,12 +110,56 @@ impl RawApprovals {
     }
 }
 
-/// `localhost`, 127.0.0.0/8 or ::1.
+/// 127.0.0.0/8 or ::1, written as an address (a name could resolve elsewhere).
 fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn webhook(url: &str) -> Vec<String> {
+        let raw = RawApprovals {
+            webhook: Some(url.to_owned()),
+            ..RawApprovals::default()
+        };
+        let mut problems = Vec::new();
+        raw.validate(&mut problems);
+        problems
+    }
+
+    #[test]
+    fn a_webhook_is_https_or_loopback_and_never_repeated_in_an_error() {
+        assert!(webhook("https://hooks.example.org/T0/secret").is_empty());
+        assert!(webhook("http://127.0.0.1:9000/hook").is_empty());
+        assert!(webhook("http://[::1]:9000/hook").is_empty());
+        for (url, why) in [
+            (
+                "http://hooks.example.org/T0/secret",
+                "plain http off loopback",
+            ),
+            ("http://localhost/hook", "plain http off loopback"),
+            (
+                "https://user:pw@hooks.example.org/x",
+                "user name or password",
+            ),
+            ("ftp://hooks.example.org/x", "needs https"),
+        ] {
+            let problems = webhook(url);
+            assert!(
+                problems.iter().any(|p| p.contains(why)),
+                "{url}: {problems:?}"
+            );
+            assert!(
+                !problems
+                    .iter()
+                    .any(|p| p.contains("secret") || p.contains(":pw")),
+                "{problems:?}"
+            );
+        }
+    }
 }
