@@ -273,16 +273,12 @@ impl TaskContexts {
         agent: &str,
         handle: &str,
     ) -> Result<(deputy_secrets::task::TaskRef, std::time::SystemTime), String> {
-        let now = std::time::SystemTime::now();
-        let unix = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let now = crate::unix(std::time::SystemTime::now());
         let context = self
             .0
-            .lookup(handle, agent, unix)
+            .lookup(handle, agent, now)
             .map_err(|e| e.to_string())?;
-        let expires = std::time::UNIX_EPOCH
-            + std::time::Duration::from_secs(u64::try_from(context.expires()).unwrap_or(0));
+        let expires = crate::at_unix(context.expires());
         Ok((crate::delegation::context_task_ref(&context), expires))
     }
 }

@@ -53,31 +53,22 @@ fn client(
     timeouts: &Timeouts,
     limits: &Limits,
 ) -> Result<Client<HttpsConnector<HttpConnector>, Body>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    if external.roots.is_empty() {
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        if roots.is_empty() {
-            return Err(
-                "this host has no system CA roots; set ca_file to the roots the \
-                        tool's certificate chains to"
-                    .into(),
-            );
-        }
+    let roots = if external.roots.is_empty() {
+        system_roots().ok_or_else(|| {
+            "this host has no system CA roots; set ca_file to the roots the tool's certificate \
+             chains to"
+                .to_owned()
+        })?
     } else {
+        let mut roots = rustls::RootCertStore::empty();
         for root in &external.roots {
             roots
                 .add(root.clone())
                 .map_err(|e| format!("a certificate of ca_file is not a usable root: {e}"))?;
         }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+        roots
+    };
+    let tls = tls_client(roots)?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -95,6 +86,25 @@ fn client(
         .http2_keep_alive_interval(limits.keepalive_interval)
         .http2_keep_alive_timeout(limits.keepalive_timeout)
         .build(https))
+}
+
+/// The system's CA roots, if it has any.
+pub(crate) fn system_roots() -> Option<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    (!roots.is_empty()).then_some(roots)
+}
+
+/// A TLS client (the workspace's aws-lc-rs provider, TLS 1.2 and 1.3, no client certificate)
+/// that checks servers against `roots`.
+pub(crate) fn tls_client(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// Where an agent's request for `path_and_query` goes: under the base URL's path

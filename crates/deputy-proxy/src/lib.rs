@@ -369,6 +369,17 @@ pub async fn bind_local(
     }
 }
 
+/// `time` in unix seconds (0 before the epoch, saturating far after it).
+pub(crate) fn unix(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The time `seconds` after the epoch (the epoch for a negative count).
+pub(crate) fn at_unix(seconds: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+}
+
 /// Whether this thread runs on a multi-threaded tokio runtime, where `block_in_place` may hand
 /// the worker's other tasks to another thread while this one waits.
 pub(crate) fn may_block_in_place() -> bool {

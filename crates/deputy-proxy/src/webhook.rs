@@ -3,7 +3,6 @@
 //! names the call (agent, service, method, path, principal, task, reason, the approval's id and
 //! the command that decides it), never its query or body, which may carry secrets.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Uri, header};
@@ -43,22 +42,19 @@ impl ApprovalWebhook {
             url.scheme_str().unwrap_or("?"),
             url.authority().map_or("?", |a| a.as_str())
         );
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        if url.scheme_str() == Some("https") && roots.is_empty() {
-            return Err(
-                "this host has no system CA roots to check the webhook's certificate with; \
-                 install them (Debian: ca-certificates)"
-                    .into(),
-            );
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        // http (to loopback only, as the configuration allows) needs no roots.
+        let roots = match crate::external::system_roots() {
+            Some(roots) => roots,
+            None if url.scheme_str() == Some("https") => {
+                return Err(
+                    "this host has no system CA roots to check the webhook's certificate with; \
+                     install them (Debian: ca-certificates)"
+                        .into(),
+                );
+            }
+            None => rustls::RootCertStore::empty(),
+        };
+        let tls = crate::external::tls_client(roots)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(TIMEOUT));

@@ -422,7 +422,7 @@ async fn report_to_systemd(identities: Arc<IdentityManager>, cancel: Cancellatio
     }
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

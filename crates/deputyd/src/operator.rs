@@ -207,9 +207,7 @@ fn decide(
         Err(refusal) => return refusal.into_response(),
     };
     let note = body.and_then(|Json(d)| d.note);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = crate::daemon::unix_now();
     match state
         .approvals
         .decide(&id, approved, &by, note.as_deref(), now)

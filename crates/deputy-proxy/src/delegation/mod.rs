@@ -22,6 +22,7 @@ use crate::authz::TaskFacts;
 use crate::config::{LocalAgent, Service};
 use crate::context::{Context, ContextError, ContextStore};
 use crate::problem::ProblemKind;
+use crate::unix;
 
 mod inbound;
 pub(crate) use inbound::{inbound_facts, inbound_task, verify_inbound};
@@ -182,9 +183,7 @@ impl TaskPlan {
             Self::None => None,
             Self::Originate { ttl, .. } => Some(now + *ttl),
             Self::Continue { context, ttl, .. } => {
-                let chain_end = std::time::UNIX_EPOCH
-                    + Duration::from_secs(u64::try_from(context.expires()).unwrap_or(0));
-                Some(chain_end.min(now + *ttl))
+                Some(crate::at_unix(context.expires()).min(now + *ttl))
             }
         }
     }
@@ -637,9 +636,4 @@ fn extension_refusal(error: ExtendError) -> Refusal {
         _ => ProblemKind::ExtensionRefused,
     };
     (kind, error.to_string())
-}
-
-fn unix(time: SystemTime) -> i64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

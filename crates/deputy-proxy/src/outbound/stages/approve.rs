@@ -9,6 +9,7 @@ use super::Call;
 use crate::body::{full, read_whole, sha256_hex};
 use crate::pipeline::Waiting;
 use crate::problem::{Problem, ProblemKind};
+use crate::unix;
 
 /// The header naming the approval a retry rides on.
 pub(crate) const APPROVAL: &str = "deputy-approval";
@@ -193,9 +194,4 @@ pub(super) fn meaning_headers(headers: &http::HeaderMap) -> String {
                 .map(move |v| format!("{name}: {}\n", String::from_utf8_lossy(v.as_bytes())))
         })
         .collect()
-}
-
-fn unix(time: std::time::SystemTime) -> i64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

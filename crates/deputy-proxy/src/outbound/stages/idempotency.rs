@@ -16,6 +16,7 @@ use super::Call;
 use crate::body::{Body, Metered, full, read_whole, sha256_hex};
 use crate::pipeline::{Outcome, Waiting};
 use crate::problem::{Problem, ProblemKind};
+use crate::unix;
 
 /// The request header (draft-ietf-httpapi-idempotency-key-header).
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -383,9 +384,4 @@ fn is_safe(method: &Method) -> bool {
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     )
-}
-
-fn unix(time: std::time::SystemTime) -> i64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
