@@ -12,6 +12,8 @@ pub mod opa_abi;
 pub mod peers;
 pub mod policed;
 pub mod postgres;
+pub mod recording;
+pub mod secrets_setup;
 pub mod spire;
 pub mod tls_client;
 pub mod vault;
@@ -418,17 +420,23 @@ pub fn write_entries(dir: &Path, agents: &[&str], agent_ttl: &str, node_ttl: &st
     std::fs::write(dir.join("entries.toml"), text).expect("write entries");
 }
 
-/// Writes a deputyd config for the issuer in `dir`, admin on an ephemeral port, and returns
-/// its path.
-pub fn write_node_config(dir: &Path, agents: &[&str]) -> PathBuf {
-    let mut text = format!(
+/// The start of a deputyd config for the issuer in `dir`: the trust domain, its sockets (quick
+/// backoffs), the admin listener on an ephemeral port, and the state directory `dir/state`.
+pub fn node_config_head(dir: &Path) -> String {
+    format!(
         "trust_domain = \"example.org\"\n[identity]\nworkload_api = \"unix://{}\"\n\
          delegated_identity_api = \"unix://{}\"\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n[state]\ndir = \"{}\"\n",
         dir.join("workload.sock").display(),
         dir.join("admin.sock").display(),
         dir.join("state").display()
-    );
+    )
+}
+
+/// Writes a deputyd config for the issuer in `dir`, admin on an ephemeral port, and returns
+/// its path.
+pub fn write_node_config(dir: &Path, agents: &[&str]) -> PathBuf {
+    let mut text = node_config_head(dir);
     for agent in agents {
         text.push_str(&format!(
             "[[agent]]\nname = \"{agent}\"\nspiffe_id = \"spiffe://example.org/agent/{agent}\"\n"

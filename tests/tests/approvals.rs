@@ -4,13 +4,12 @@
 //! call passes, once, and only after an operator (by uid) approved it; a denial, a changed
 //! body, a reuse and a non-operator are refused; approvals survive a restart of deputyd.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deputy_tests::mesh::Node;
 use deputy_tests::policed::{call, policed_mesh_with};
+use deputy_tests::recording::{Recorded, RecordingServer};
 use deputy_tests::{binary, deputy_as, eventually, my_uid, run};
 use http::{Method, StatusCode};
 
@@ -22,38 +21,9 @@ const TASK: [(&str, &str); 3] = [
 ];
 
 /// A webhook receiver on loopback: every JSON body POSTed to it.
-fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let record = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            let mut reader = BufReader::new(stream);
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((name, value)) = line.split_once(':')
-                    && name.eq_ignore_ascii_case("content-length")
-                {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_ok()
-                && let Ok(json) = serde_json::from_slice(&body)
-            {
-                record.lock().expect("lock").push(json);
-            }
-            let _ = reader
-                .get_mut()
-                .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (format!("http://{addr}/hook"), seen)
+fn webhook() -> (String, Recorded<Vec<u8>>) {
+    let hook = RecordingServer::start(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+    (format!("http://{}/hook", hook.addr), hook.bodies)
 }
 
 /// `deputy approvals ARGS --socket SOCKET` as this (operator) uid: its output, and whether it
@@ -146,7 +116,9 @@ async fn only_the_identical_call_passes_once_after_an_operator_approved_it_even_
 
     // A person was told once, with what to run, and nothing of the body.
     let told = eventually("the webhook told", Duration::from_secs(10), || {
-        announced.lock().expect("lock").first().cloned()
+        let bodies = announced.lock().expect("lock");
+        let body = bodies.first()?;
+        Some(serde_json::from_slice::<serde_json::Value>(body).expect("a JSON body"))
     });
     assert_eq!(told["approval_id"], id.as_str(), "{told}");
     assert_eq!(told["path"], "/tickets/9", "{told}");

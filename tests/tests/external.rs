@@ -40,15 +40,7 @@ fn start() -> Setup {
     let issuer = IssuerProcess::start(path);
     let uid = my_uid();
     let config = format!(
-        r#"trust_domain = "example.org"
-[identity]
-workload_api = "unix://{dir}/workload.sock"
-delegated_identity_api = "unix://{dir}/admin.sock"
-[admin]
-listen = "127.0.0.1:0"
-[state]
-dir = "{dir}/state"
-
+        r#"{head}
 [[agent]]
 name = "alpha"
 spiffe_id = "spiffe://example.org/agent/alpha"
@@ -81,7 +73,7 @@ url = "https://{untrusted}"
 ca_file = "{saas_ca}"
 callers = ["alpha"]
 "#,
-        dir = path.display(),
+        head = deputy_tests::node_config_head(path),
         beta_uid = uid + 7000,
         saas = saas.addr,
         saas_ca = saas_ca.display(),

@@ -15,15 +15,7 @@ fn config(dir: &Path, tool: &HttpsTool) -> std::path::PathBuf {
     let ca = dir.join("tool-ca.pem");
     std::fs::write(&ca, &tool.ca_pem).expect("write CA");
     let text = format!(
-        r#"trust_domain = "example.org"
-[identity]
-workload_api = "unix://{dir}/workload.sock"
-delegated_identity_api = "unix://{dir}/admin.sock"
-[admin]
-listen = "127.0.0.1:0"
-[state]
-dir = "{dir}/state"
-
+        r#"{head}
 [[agent]]
 name = "alpha"
 spiffe_id = "spiffe://example.org/agent/alpha"
@@ -38,7 +30,7 @@ ca_file = "{ca}"
 callers = ["alpha"]
 require_idempotency_key = true
 "#,
-        dir = dir.display(),
+        head = deputy_tests::node_config_head(dir),
         uid = my_uid(),
         tool = tool.addr,
         ca = ca.display(),
