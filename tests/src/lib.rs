@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod recording;
 pub mod secrets_setup;
 pub mod spire;
+pub mod sse;
 pub mod tls_client;
 pub mod vault;
 

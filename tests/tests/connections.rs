@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use deputy_tests::client::{self, Protocol};
 use deputy_tests::mesh::{Mesh, Node};
+use deputy_tests::sse::{first_event, read_events};
 use deputy_tests::{eventually, http_get};
 use http::StatusCode;
 use http_body_util::BodyExt as _;
@@ -33,32 +34,6 @@ async fn events(mesh: &Mesh, count: u32) -> Incoming {
         panic!("{}: {}", response.status(), client::json(response).await);
     }
     response.into_body()
-}
-
-/// Reads `body` to its end: the events seen, and whether it ended cleanly (not cut).
-async fn read_events(body: &mut Incoming) -> (usize, bool) {
-    let mut text = String::new();
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => {
-                if let Some(data) = frame.data_ref() {
-                    text.push_str(&String::from_utf8_lossy(data));
-                }
-            }
-            Err(_) => return (text.matches("event: tick").count(), false),
-        }
-    }
-    (text.matches("event: tick").count(), true)
-}
-
-/// Waits for the first event, so that the stream is known to be open end to end.
-async fn first_event(body: &mut Incoming) {
-    let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
-        .await
-        .expect("an event within 10 s")
-        .expect("a frame")
-        .expect("not an error");
-    assert!(frame.data_ref().is_some_and(|d| d.starts_with(b"id: 0")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,13 @@ pub(crate) struct Socket {
     socket: PathBuf,
 }
 
+impl Socket {
+    /// The socket's path.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.socket
+    }
+}
+
 /// `deputy approvals ...`
 #[derive(Debug, Subcommand)]
 pub(crate) enum ApprovalsCommand {
@@ -142,7 +149,7 @@ fn print_table(answer: &serde_json::Value) {
     println!("(deputy approvals show ID: the whole call, its body's start included)");
 }
 
-async fn request(
+pub(crate) async fn request(
     socket: &std::path::Path,
     method: &str,
     path: &str,

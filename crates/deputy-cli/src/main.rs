@@ -8,6 +8,7 @@ mod endpoint;
 mod issuer;
 mod jwt;
 mod policy;
+mod revoke;
 mod svid;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,12 @@ enum Command {
     /// List, show, approve and deny calls held for a human's approval (the operator socket).
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCommand),
+    /// Revoke a task, an agent or a principal on a deputyd (the operator socket): new calls
+    /// under it are refused, those in flight cut, and the nodes the task went on to told.
+    Revoke(revoke::RevokeArgs),
+    /// List the revocations in force on a deputyd.
+    #[command(subcommand)]
+    Revocations(revoke::RevocationsCommand),
     /// Start a local mesh: an issuer and a deputyd with two sample agents, until Ctrl-C.
     Dev(dev::DevArgs),
     /// Run a small example agent: an HTTP service that shows who called it (for `deputy dev`
@@ -66,6 +73,8 @@ fn main() -> std::process::ExitCode {
             Command::Chain(command) => chain::run(command).await,
             Command::Policy(command) => policy::run(command).await,
             Command::Approvals(command) => approvals::run(command).await,
+            Command::Revoke(args) => revoke::revoke(args).await,
+            Command::Revocations(command) => revoke::run(command).await,
             Command::Dev(args) => dev::run(args).await,
             Command::DemoAgent(args) => demo_agent::run(args).await,
             Command::Node(args) => deputyd::run(args)

@@ -224,6 +224,8 @@ pub struct ProxyConfig {
     /// Where the first responses of writes with an `Idempotency-Key` are kept (`None`: keys are
     /// passed on unheeded).
     pub idempotency: Option<std::sync::Arc<deputy_state::IdempotentResponses>>,
+    /// The node's revocations (`None`: nothing can be revoked).
+    pub revocations: Option<std::sync::Arc<deputy_state::Revocations>>,
 }
 
 /// How the data path asks the policy.

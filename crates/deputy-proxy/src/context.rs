@@ -125,7 +125,14 @@ pub(crate) enum ContextError {
         "this Deputy-Context expired with its delegation chain; the task must be started again"
     )]
     Expired,
+    /// What it acts under was revoked; the context was dropped.
+    #[error("this Deputy-Context was dropped: {0}")]
+    Revoked(String),
 }
+
+/// Handles of dropped (revoked) contexts remembered, so that an agent still holding one is told
+/// why rather than that it is unknown.
+const REVOKED_HANDLES_KEPT: usize = 1024;
 
 #[derive(Debug)]
 struct Inner {
@@ -135,6 +142,8 @@ struct Inner {
     /// When expired contexts were last swept (unix seconds): a sweep walks the whole store, so
     /// it runs at most once a second; in between, a full store drops its least recently used.
     swept_at: i64,
+    /// Handles dropped by a revocation -> why.
+    revoked: lru::LruCache<String, String>,
 }
 
 /// Every context of this node, shared by the inbound and outbound sides.
@@ -154,6 +163,9 @@ impl ContextStore {
                 by_handle: lru::LruCache::new(capacity),
                 by_link: HashMap::new(),
                 swept_at: i64::MIN,
+                revoked: lru::LruCache::new(
+                    NonZeroUsize::new(REVOKED_HANDLES_KEPT).unwrap_or(NonZeroUsize::MIN),
+                ),
             }),
             random: SystemRandom::new(),
             budgets,
@@ -238,12 +250,20 @@ impl ContextStore {
         agent: &str,
         now: i64,
     ) -> Result<std::sync::Arc<Context>, ContextError> {
-        let context = self
-            .lock()
-            .by_handle
-            .get(handle)
-            .cloned()
-            .ok_or(ContextError::Unknown)?;
+        let context = {
+            let mut inner = self.lock();
+            match inner.by_handle.get(handle).cloned() {
+                Some(context) => context,
+                None => {
+                    return Err(inner
+                        .revoked
+                        .get(handle)
+                        .map_or(ContextError::Unknown, |why| {
+                            ContextError::Revoked(why.clone())
+                        }));
+                }
+            }
+        };
         if context.agent != agent {
             return Err(ContextError::NotYours);
         }
@@ -251,6 +271,50 @@ impl ContextStore {
             return Err(ContextError::Expired);
         }
         Ok(context)
+    }
+
+    /// When the last chain of `task` held here expires, if one is held.
+    pub(crate) fn latest_expiry_of_task(&self, task: &str) -> Option<i64> {
+        self.lock()
+            .by_handle
+            .iter()
+            .filter(|(_, c)| c.chain.task() == task)
+            .map(|(_, c)| c.expires())
+            .max()
+    }
+
+    /// Drops every context `revocation` covers at `now` (their handles are remembered as
+    /// revoked); returns how many.
+    pub(crate) fn revoke(&self, revocation: &deputy_state::Revocation, now: i64) -> usize {
+        let mut inner = self.lock();
+        let covered: Vec<String> = inner
+            .by_handle
+            .iter()
+            .filter(|(_, c)| {
+                let agents = c.chain.actors();
+                revocation.covers(
+                    &deputy_state::CallFacts {
+                        task: Some(c.chain.task()),
+                        principal: Some(c.chain.principal()),
+                        agents: &agents,
+                    },
+                    now,
+                )
+            })
+            .map(|(h, _)| h.clone())
+            .collect();
+        let why = format!(
+            "{} was revoked by {}: {}",
+            revocation.subject, revocation.by, revocation.reason
+        );
+        for handle in &covered {
+            if let Some(context) = inner.by_handle.pop(handle) {
+                forget_link(&mut inner, &context);
+            }
+            inner.revoked.put(handle.clone(), why.clone());
+        }
+        metrics::gauge!(CONTEXTS).set(inner.by_handle.len() as f64);
+        covered.len()
     }
 
     /// How many contexts are held.

@@ -28,6 +28,7 @@ pub mod outbound;
 mod pipeline;
 pub mod pool;
 pub mod problem;
+pub mod revocation;
 pub mod routing;
 mod server;
 pub mod tls;
@@ -91,6 +92,7 @@ pub struct Proxy {
     outbound_listeners: HashMap<String, CancellationToken>,
     registry: Arc<connections::Registry>,
     contexts: Arc<context::ContextStore>,
+    revoker: Arc<revocation::Revoker>,
     grace: std::time::Duration,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
@@ -135,6 +137,16 @@ impl Proxy {
         let contexts = Arc::new(context::ContextStore::new(
             config.delegation.max_contexts,
             budgets,
+        ));
+        let revoker = Arc::new(revocation::Revoker::new(
+            config.revocations.clone(),
+            contexts.clone(),
+            config.task_secrets.clone(),
+            config
+                .agents
+                .iter()
+                .map(|a| (a.name.clone(), a.spiffe_id.to_string()))
+                .collect(),
         ));
 
         let mut materials = HashMap::new();
@@ -181,6 +193,7 @@ impl Proxy {
                 without_policy: config.without_policy.clone(),
                 materials: materials.clone(),
                 registry: registry.clone(),
+                revoker: revoker.clone(),
                 limits,
                 slots: connections::Slots::new(limits.max_connections),
                 handshakes: Arc::new(tokio::sync::Semaphore::new(limits.max_handshakes)),
@@ -224,6 +237,7 @@ impl Proxy {
                 contexts: contexts.clone(),
                 policy: config.policy.clone(),
                 registry: registry.clone(),
+                revoker: revoker.clone(),
                 limits,
                 slots: connections::Slots::new(limits.max_connections),
                 credentials: config.credentials.clone(),
@@ -244,6 +258,7 @@ impl Proxy {
             outbound_listeners,
             registry,
             contexts,
+            revoker,
             grace: limits.drain_grace,
             cancel,
             tasks,
@@ -253,6 +268,11 @@ impl Proxy {
     /// Every open connection, for `/connections`.
     pub fn connections(&self) -> Arc<connections::Registry> {
         self.registry.clone()
+    }
+
+    /// The node's revocations: what the operator socket revokes through.
+    pub fn revoker(&self) -> Arc<revocation::Revoker> {
+        self.revoker.clone()
     }
 
     /// The tasks behind the context handles this node delivered to its agents.

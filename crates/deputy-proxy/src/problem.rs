@@ -58,6 +58,8 @@ pub enum ProblemKind {
     IdempotencyConflict,
     /// The `Idempotency-Key` was used for another request.
     IdempotencyKeyReused,
+    /// The task, an agent taking part, or the principal was revoked.
+    Revoked,
     /// The approval the call names does not let it through (pending, denied, used, expired, or
     /// for another call).
     ApprovalRefused,
@@ -100,6 +102,7 @@ impl ProblemKind {
             Self::ExtensionRefused => "urn:deputy:problem:extension-refused",
             Self::PolicyDenied => "urn:deputy:problem:policy-denied",
             Self::ApprovalRequired => "urn:deputy:problem:approval-required",
+            Self::Revoked => "urn:deputy:problem:revoked",
             Self::ApprovalRefused => "urn:deputy:problem:approval-refused",
             Self::IdempotencyKeyRequired => "urn:deputy:problem:idempotency-key-required",
             Self::IdempotencyConflict => "urn:deputy:problem:idempotency-conflict",
@@ -135,6 +138,7 @@ impl ProblemKind {
             Self::ExtensionRefused => "Delegation refused",
             Self::PolicyDenied => "Denied by policy",
             Self::ApprovalRequired => "Approval required",
+            Self::Revoked => "Revoked",
             Self::ApprovalRefused => "Approval refused",
             Self::IdempotencyKeyRequired => "Idempotency key required",
             Self::IdempotencyConflict => "Request in flight",
@@ -168,6 +172,7 @@ impl ProblemKind {
             | Self::PolicyDenied
             | Self::PeerNotAllowed
             | Self::ApprovalRequired
+            | Self::Revoked
             | Self::ApprovalRefused => StatusCode::FORBIDDEN,
             Self::BodyNotInspectable => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,

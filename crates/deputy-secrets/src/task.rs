@@ -341,6 +341,20 @@ impl TaskSecrets {
         }
     }
 
+    /// Ends every task `covered(agent, task)` names now (it was revoked): its credentials are
+    /// revoked and the sessions that used them close. Returns how many ended.
+    pub fn end_where(&self, covered: impl Fn(&str, &TaskRef) -> bool) -> usize {
+        let tasks = self.inner.lock_tasks();
+        let mut ended = 0;
+        for task in tasks.values().filter(|t| covered(&t.agent, &t.task)) {
+            if !task.ended.is_cancelled() {
+                task.ended.cancel();
+                ended += 1;
+            }
+        }
+        ended
+    }
+
     /// Ends every task (deputyd stops): returns once each one's token is revoked (or Vault
     /// could not be reached).
     pub async fn shutdown(&self) {

@@ -10,10 +10,12 @@
 //! - [`Approvals`]: calls a policy allows once a human approves them, bound to exactly that call.
 //! - [`IdempotentResponses`]: the first response to a write with an `Idempotency-Key`, for its
 //!   retries.
+//! - [`Revocations`]: tasks, agents and principals no call may act under any more.
 
 pub mod approvals;
 mod budget;
 pub mod idempotency;
+pub mod revocations;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use std::sync::Arc;
 pub use approvals::{Approval, ApprovalError, ApprovalState, Approvals, Binding};
 pub use budget::{BudgetLedger, LedgerError};
 pub use idempotency::{IdempotentResponses, Kept};
+pub use revocations::{CallFacts, Revocation, RevocationError, Revocations, Subject};
 
 /// The database file inside the state directory.
 pub const DATABASE_FILE: &str = "deputyd.redb";

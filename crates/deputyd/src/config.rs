@@ -424,6 +424,7 @@ impl RawConfig {
                     approval_ttl: approvals.ttl,
                     approval_webhook: None,
                     idempotency: None,
+                    revocations: None,
                 },
                 policy,
                 secrets,

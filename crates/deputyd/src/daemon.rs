@@ -153,6 +153,8 @@ impl Daemon {
             .map(deputy_proxy::ApprovalWebhook::new)
             .transpose()
             .map_err(|e| anyhow::anyhow!("cannot make the approval webhook's client: {e}"))?;
+        let revocations = Arc::new(deputy_state::Revocations::open(&state, unix_now())?);
+        proxy_config.revocations = Some(revocations);
         // A day of first responses, 10,000 at most: retries come within minutes.
         proxy_config.idempotency = Some(Arc::new(deputy_state::IdempotentResponses::open(
             &state,
@@ -218,6 +220,7 @@ impl Daemon {
             tasks.spawn(crate::operator::serve(
                 listener,
                 approvals,
+                proxy.revoker(),
                 config.approvals.operators.clone(),
                 cancel.clone(),
             ));

@@ -31,7 +31,7 @@ pub(crate) use inbound::{inbound_facts, inbound_task, verify_inbound};
 const CONTEXT: &str = "deputy-context";
 
 /// Lifetime of a link this node starts (capped later links' lifetimes).
-const ORIGIN_TTL: Duration = Duration::from_secs(600);
+pub(crate) const ORIGIN_TTL: Duration = Duration::from_secs(600);
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers

@@ -33,6 +33,8 @@ pub(crate) struct Call<'a> {
     pub(crate) dry_run: bool,
     /// `verify-chain`: the verified chain, if the peer sent one.
     pub(crate) verified: Option<VerifiedChain>,
+    /// `revoked`: the call as the revoker watches it, until its response ends.
+    pub(crate) watched: Option<crate::revocation::Watched>,
     /// The call counted on its connection until its response ends.
     pub(crate) in_flight: Option<InFlight>,
     /// `deliver`: the agent's answer.
@@ -57,6 +59,7 @@ impl<'a> Call<'a> {
             chain: None,
             dry_run: false,
             verified: None,
+            watched: None,
             in_flight: Some(in_flight),
             response: None,
         }

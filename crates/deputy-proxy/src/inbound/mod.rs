@@ -62,6 +62,8 @@ pub(crate) struct Inbound {
     pub(crate) materials: HashMap<String, crate::tls::Material>,
     /// Where connections are registered.
     pub(crate) registry: Arc<Registry>,
+    /// Revocations, and the calls in flight they cut.
+    pub(crate) revoker: Arc<crate::revocation::Revoker>,
     /// Bounds.
     pub(crate) limits: Limits,
     /// This listener's connection slots, for authenticated peers.
@@ -206,6 +208,10 @@ async fn handle(
         "inbound",
         &connection.agent.name,
     );
+    let response = match call.watched.take() {
+        Some(watched) => watched.guard(response),
+        None => response,
+    };
     let in_flight = call.in_flight.take().into_iter().collect();
     let agent = &connection.agent;
     let parties = (

@@ -46,6 +46,8 @@ pub(crate) struct Call<'a> {
     pub(crate) approval: Option<super::stages::Obligation>,
     /// `task-secrets`: the task's own credentials the injected headers read, by secret.
     pub(crate) task_credentials: Vec<(String, Arc<deputy_secrets::Credential>)>,
+    /// `revoked`: the call as the revoker watches it, until its response ends.
+    pub(crate) watched: Option<crate::revocation::Watched>,
     /// `connect`: the pooled connection's sender.
     pub(crate) sender: Option<SendRequest<Body>>,
     /// `sign`: the chain to send, and the received context its budget was spent under.
@@ -82,6 +84,7 @@ impl<'a> Call<'a> {
             answered_early: false,
             first_try: None,
             task_credentials: Vec::new(),
+            watched: None,
             sender: None,
             chain: None,
             spent_under: None,

@@ -58,6 +58,8 @@ pub(crate) struct Outbound {
     pub(crate) policy: Option<PolicyConfig>,
     /// Where connections are registered.
     pub(crate) registry: Arc<Registry>,
+    /// Revocations, and the calls in flight they cut.
+    pub(crate) revoker: Arc<crate::revocation::Revoker>,
     /// Bounds.
     pub(crate) limits: Limits,
     /// This listener's connection slots.
@@ -215,6 +217,10 @@ async fn handle(
         "outbound",
         &outbound.agent.name,
     );
+    let response = match call.watched.take() {
+        Some(watched) => watched.guard(response),
+        None => response,
+    };
     let in_flight = std::mem::take(&mut call.in_flight);
     let parties = (outbound.agent.name.clone(), "-".into(), service);
     let record = arrival.record("outbound", parties, request_id, in_flight);

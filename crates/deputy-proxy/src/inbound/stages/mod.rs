@@ -6,6 +6,7 @@ mod deliver;
 mod issue_context;
 mod limits;
 mod peer;
+mod revoked;
 mod target;
 mod verify_chain;
 
@@ -13,12 +14,14 @@ use super::call::Call;
 use crate::pipeline::Stage;
 
 /// The stages every inbound call passes, in order.
-pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 7] {
+pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 8] {
     [
         Stage::Now("limits", limits::check),
         Stage::Now("target", target::resolve),
         Stage::Now("peer", peer::admit),
         Stage::Now("verify-chain", verify_chain::verify),
+        // Once the chain is known, before the policy is asked or a context issued.
+        Stage::Now("revoked", revoked::check),
         Stage::Later("decide", decide::decide),
         Stage::Now("issue-context", issue_context::issue),
         Stage::Later("deliver", deliver::deliver),

@@ -11,6 +11,7 @@ mod identity;
 mod inject;
 mod limits;
 mod plan;
+mod revoked;
 mod route;
 mod send;
 mod send_external;
@@ -26,7 +27,7 @@ use super::call::Call;
 use crate::pipeline::Stage;
 
 /// The stages every outbound call passes, in order.
-pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 14] {
+pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 15] {
     [
         // Attested first: a caller that is not the agent's is told that, whatever the limits.
         Stage::Now("attest", attest::check),
@@ -34,6 +35,8 @@ pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 14] {
         Stage::Now("route", route::resolve),
         Stage::Now("identity", identity::take),
         Stage::Now("plan", plan::plan_task),
+        // Once the task is known, before anything is decided, held, issued or spent.
+        Stage::Now("revoked", revoked::check),
         Stage::Later("decide", decide::decide),
         // A retry of a write already done is answered with its first response here: nothing
         // after this (an approval, credentials, budget, the service) sees it.

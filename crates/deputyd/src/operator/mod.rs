@@ -1,11 +1,14 @@
 //! The operator API on a unix socket (`[approvals] socket`): approvals listed, shown, approved
-//! and denied by the uids in `[approvals] operators`, each caller told apart by SO_PEERCRED.
-//! Who decided is recorded as the uid and its user name; nothing here is reachable from the
-//! network or from the admin listener.
+//! and denied, and revocations made and listed, by the uids in `[approvals] operators`, each
+//! caller told apart by SO_PEERCRED. Who decided or revoked is recorded as the uid and its user
+//! name; nothing here is reachable from the network or from the admin listener.
 //!
 //! - `GET /v1/approvals`, `GET /v1/approvals/{id}`
 //! - `POST /v1/approvals/{id}/approve`, `POST /v1/approvals/{id}/deny` (body `{"note": "..."}`,
 //!   optional)
+//! - `GET /v1/revocations`, `POST /v1/revocations` ([`revocations`])
+
+mod revocations;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -38,6 +41,7 @@ impl Connected<axum::serve::IncomingStream<'_, UnixListener>> for Caller {
 #[derive(Debug, Clone)]
 struct OperatorState {
     approvals: Arc<Approvals>,
+    revoker: Arc<deputy_proxy::revocation::Revoker>,
     operators: Arc<Vec<u32>>,
 }
 
@@ -71,6 +75,7 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 pub async fn serve(
     listener: UnixListener,
     approvals: Arc<Approvals>,
+    revoker: Arc<deputy_proxy::revocation::Revoker>,
     operators: Vec<u32>,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -79,8 +84,13 @@ pub async fn serve(
         .route("/v1/approvals/{id}", get(show))
         .route("/v1/approvals/{id}/approve", post(approve))
         .route("/v1/approvals/{id}/deny", post(deny))
+        .route(
+            "/v1/revocations",
+            get(revocations::list).post(revocations::revoke),
+        )
         .with_state(OperatorState {
             approvals,
+            revoker,
             operators: Arc::new(operators),
         });
     let served = axum::serve(

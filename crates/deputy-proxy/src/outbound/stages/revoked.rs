@@ -1,0 +1,48 @@
+//! `revoked`: a call under a revoked task or principal, or with a revoked agent in it (the
+//! caller, the service, any actor of the chain it continues), is refused; any other call is
+//! registered so that a revocation while it streams cuts it.
+
+use deputy_state::CallFacts;
+
+use super::Call;
+use crate::config::Reach;
+use crate::delegation::TaskPlan;
+use crate::pipeline::Outcome;
+use crate::problem::Problem;
+
+pub(super) fn check(call: &mut Call<'_>) -> Outcome {
+    let plan = call
+        .plan
+        .as_ref()
+        .ok_or_else(|| call.missing("revoked", "task plan"))?;
+    let caller = call.outbound.agent.spiffe_id.to_string();
+    let target = call.service.as_ref().and_then(|s| match &s.reach {
+        Reach::Mesh(peer) => Some(peer.spiffe_id.to_string()),
+        Reach::External(_) => None,
+    });
+    let mut agents: Vec<&str> = vec![caller.as_str()];
+    agents.extend(target.as_deref());
+    let principal = match plan {
+        TaskPlan::None => None,
+        TaskPlan::Originate { principal, .. } => Some(principal.as_str()),
+        TaskPlan::Continue { context, .. } => {
+            agents.extend(context.chain.actors());
+            Some(context.chain.principal())
+        }
+    };
+    let facts = CallFacts {
+        task: plan.task(),
+        principal,
+        agents: &agents,
+    };
+    match call.outbound.revoker.admit(&facts, crate::unix(call.now)) {
+        Ok(watched) => {
+            call.watched = watched;
+            Ok(())
+        }
+        Err(revocation) => {
+            let (kind, detail) = crate::revocation::refusal(&revocation, "outbound");
+            Err(Problem::new(kind, detail, call.request_id).into())
+        }
+    }
+}

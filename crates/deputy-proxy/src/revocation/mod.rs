@@ -1,0 +1,259 @@
+//! Revocation on the data path: a revoked task, agent or principal is refused at both ends
+//! (`revoked` problem), the calls in flight under it are cut (their streams end with an error,
+//! an HTTP/2 stream is reset), the contexts it was delivered in are dropped, and the
+//! credentials issued for its tasks are revoked (Vault drops their database users; database
+//! sessions that joined the task close).
+//!
+//! Every call is registered here before it is checked, and the revoker records a revocation
+//! before it cuts what is in flight: a call either sees the record or is found by the cut,
+//! whichever comes first.
+
+mod body;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use deputy_state::{CallFacts, Revocation, RevocationError, Revocations, Subject};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::Body;
+use crate::context::ContextStore;
+use crate::problem::ProblemKind;
+
+/// Counter: calls refused because what they act under was revoked, by side.
+pub const REFUSED: &str = "deputy_revoked_calls_refused_total";
+/// Counter: calls in flight cut by a revocation.
+pub const CUT: &str = "deputy_revoked_calls_cut_total";
+
+/// Seconds a revocation outlasts the chains it covers: the clock skew chains are accepted with.
+const CLOCK_SKEW: i64 = 60;
+
+/// A call in flight, as a revocation finds it.
+#[derive(Debug)]
+struct Live {
+    task: Option<String>,
+    principal: Option<String>,
+    agents: Vec<String>,
+    cut: CancellationToken,
+    /// Why it was cut, for the error its stream ends with.
+    why: Arc<OnceLock<String>>,
+}
+
+impl Live {
+    fn covered_by(&self, revocation: &Revocation, now: i64) -> bool {
+        let agents: Vec<&str> = self.agents.iter().map(String::as_str).collect();
+        revocation.covers(
+            &CallFacts {
+                task: self.task.as_deref(),
+                principal: self.principal.as_deref(),
+                agents: &agents,
+            },
+            now,
+        )
+    }
+}
+
+/// What a revocation did on this node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    /// The record in force.
+    pub revocation: Revocation,
+    /// Whether the subject was revoked here before (its bound was extended).
+    pub already: bool,
+    /// Calls in flight that were cut.
+    pub calls_cut: usize,
+    /// Contexts dropped.
+    pub contexts_dropped: usize,
+    /// Tasks whose credentials were revoked.
+    pub task_credentials_ended: usize,
+}
+
+/// The node's revocations, and every call in flight they may cut.
+#[derive(Debug)]
+pub struct Revoker {
+    records: Option<Arc<Revocations>>,
+    live: Mutex<HashMap<u64, Live>>,
+    next_id: AtomicU64,
+    contexts: Arc<ContextStore>,
+    task_secrets: Option<deputy_secrets::task::TaskSecrets>,
+    /// The local agents' SPIFFE IDs by name (credentials are held by name).
+    agents: HashMap<String, String>,
+}
+
+impl Revoker {
+    /// Revocations kept in `records` (`None`: nothing is ever revoked), cutting into
+    /// `contexts` and `task_secrets`.
+    pub(crate) fn new(
+        records: Option<Arc<Revocations>>,
+        contexts: Arc<ContextStore>,
+        task_secrets: Option<deputy_secrets::task::TaskSecrets>,
+        agents: HashMap<String, String>,
+    ) -> Self {
+        Self {
+            records,
+            live: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            contexts,
+            task_secrets,
+            agents,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Live>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a call of `facts` at `now`: registered (so that a later revocation cuts it) and
+    /// checked. Its [`Watched`] must live as long as its response streams.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        facts: &CallFacts<'_>,
+        now: i64,
+    ) -> Result<Option<Watched>, Revocation> {
+        let Some(records) = &self.records else {
+            return Ok(None);
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let cut = CancellationToken::new();
+        let why = Arc::new(OnceLock::new());
+        self.lock().insert(
+            id,
+            Live {
+                task: facts.task.map(str::to_owned),
+                principal: facts.principal.map(str::to_owned),
+                agents: facts.agents.iter().map(|a| (*a).to_owned()).collect(),
+                cut: cut.clone(),
+                why: why.clone(),
+            },
+        );
+        let watched = Watched {
+            revoker: self.clone(),
+            id,
+            cut,
+            why,
+        };
+        if !records.any() {
+            return Ok(Some(watched));
+        }
+        match records.covering(facts, now) {
+            // Dropping `watched` takes the call out again.
+            Some(revocation) => Err(revocation),
+            None => Ok(Some(watched)),
+        }
+    }
+
+    /// Revokes `subject` (an operator, or a node the task came from: `by`) for `reason` until
+    /// `until`: recorded durably first, then whatever is in flight or held under it is cut.
+    pub fn revoke(
+        &self,
+        subject: Subject,
+        reason: &str,
+        by: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<Applied, RevocationError> {
+        let records = self.records.as_ref().ok_or_else(|| {
+            RevocationError::Invalid("this deputyd keeps no state; it cannot revoke".into())
+        })?;
+        let (revocation, new) = records.revoke(subject, reason, by, now, until)?;
+        let why = format!(
+            "{} was revoked by {}: {}",
+            revocation.subject, revocation.by, revocation.reason
+        );
+        let cut: Vec<(CancellationToken, Arc<OnceLock<String>>)> = self
+            .lock()
+            .values()
+            .filter(|live| live.covered_by(&revocation, now))
+            .map(|live| (live.cut.clone(), live.why.clone()))
+            .collect();
+        for (token, reason) in &cut {
+            let _ = reason.set(why.clone());
+            token.cancel();
+        }
+        metrics::counter!(CUT).increment(cut.len() as u64);
+        let contexts_dropped = self.contexts.revoke(&revocation, now);
+        let task_credentials_ended = self.task_secrets.as_ref().map_or(0, |tasks| {
+            tasks.end_where(|agent, task| {
+                let holder = self.agents.get(agent).map_or("", String::as_str);
+                let agents = [task.originator.as_str(), holder];
+                revocation.covers(
+                    &CallFacts {
+                        task: Some(&task.id),
+                        principal: Some(&task.principal),
+                        agents: &agents,
+                    },
+                    now,
+                )
+            })
+        });
+        tracing::warn!(revocation = %revocation.id, subject = %revocation.subject,
+            by = %revocation.by, reason = ?revocation.reason, until = revocation.until,
+            calls_cut = cut.len(), contexts_dropped, task_credentials_ended, "revoked");
+        Ok(Applied {
+            revocation,
+            already: !new,
+            calls_cut: cut.len(),
+            contexts_dropped,
+            task_credentials_ended,
+        })
+    }
+
+    /// How long a revocation of `subject` must last when the operator does not say: a task's,
+    /// until every chain of it that can still be presented here has expired (the chains this
+    /// node starts live at most [`ORIGIN_TTL`](crate::delegation::ORIGIN_TTL)); an agent's or
+    /// a principal's has no natural end (`None`: the operator must give one).
+    pub fn default_until(&self, subject: &Subject, now: i64) -> Option<i64> {
+        let Subject::Task(task) = subject else {
+            return None;
+        };
+        let origin = now.saturating_add(
+            i64::try_from(crate::delegation::ORIGIN_TTL.as_secs()).unwrap_or(i64::MAX),
+        );
+        let received = self.contexts.latest_expiry_of_task(task).unwrap_or(now);
+        Some(origin.max(received).saturating_add(CLOCK_SKEW))
+    }
+
+    /// The revocations in force at `now`, newest first.
+    pub fn list(&self, now: i64) -> Vec<Revocation> {
+        self.records.as_ref().map_or_else(Vec::new, |r| r.list(now))
+    }
+}
+
+/// A call registered with the revoker: cut when what it acts under is revoked; taken out
+/// when dropped.
+#[derive(Debug)]
+pub(crate) struct Watched {
+    revoker: Arc<Revoker>,
+    id: u64,
+    cut: CancellationToken,
+    why: Arc<OnceLock<String>>,
+}
+
+impl Watched {
+    /// `response`, whose body ends with an error the moment the call is revoked (the call
+    /// stays registered until the body is done).
+    pub(crate) fn guard(self, response: http::Response<Body>) -> http::Response<Body> {
+        response.map(|inner| body::Revocable::wrap(inner, self))
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.revoker.lock().remove(&self.id);
+    }
+}
+
+/// The refusal of a call that `revocation` covers.
+pub(crate) fn refusal(revocation: &Revocation, side: &'static str) -> (ProblemKind, String) {
+    metrics::counter!(REFUSED, "side" => side).increment(1);
+    (
+        ProblemKind::Revoked,
+        format!(
+            "{} was revoked by {} ({}), until {}: {}; no call may act under it. Start a new \
+             task once the operator has dealt with the cause",
+            revocation.subject, revocation.by, revocation.id, revocation.until, revocation.reason
+        ),
+    )
+}

@@ -1,0 +1,372 @@
+//! Revocations: a task, an agent or a principal that no call may act under any more, for a
+//! reason, until a time. Kept in the state database (a revocation survives a restart of
+//! deputyd) and in memory (every call is checked against them).
+//!
+//! A record lives until the chains it covers would have expired (a task's) or its time bound
+//! (an agent's or a principal's); then it is dropped: nothing it covers can still be presented.
+
+use std::sync::{Arc, RwLock};
+
+use redb::{ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::{State, StateError, store_error};
+
+/// id -> the revocation as JSON.
+const REVOCATIONS: TableDefinition<'static, &str, &str> = TableDefinition::new("revocations");
+
+/// The most revocations a node keeps at once: each is checked against every call.
+pub const MAX_REVOCATIONS: usize = 4096;
+
+/// Longest bound a revocation may have: a day (chains live minutes; an agent that must stay
+/// out for longer is removed from the configuration, or its registration deleted).
+pub const MAX_BOUND_SECONDS: i64 = 86_400;
+
+/// What is revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum Subject {
+    /// Every chain of this task id.
+    Task(String),
+    /// Every call this agent (a SPIFFE ID) makes, receives, or takes part in through a chain.
+    Agent(String),
+    /// Every chain acting for this principal.
+    Principal(String),
+}
+
+impl Subject {
+    /// `task`, `agent` or `principal`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Task(_) => "task",
+            Self::Agent(_) => "agent",
+            Self::Principal(_) => "principal",
+        }
+    }
+
+    /// The task id, SPIFFE ID or principal.
+    pub fn value(&self) -> &str {
+        match self {
+            Self::Task(v) | Self::Agent(v) | Self::Principal(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind(), self.value())
+    }
+}
+
+/// One revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// `rev_` and hex; unique.
+    pub id: String,
+    /// What it revokes.
+    pub subject: Subject,
+    /// Why, as the operator (or the node it came from) said.
+    pub reason: String,
+    /// Who revoked it: an operator (`uid 1000 (alice)`) or a node (`node spiffe://...`).
+    pub by: String,
+    /// When, unix seconds.
+    pub at: i64,
+    /// Until when, unix seconds: after this nothing it covers can still be presented.
+    pub until: i64,
+}
+
+/// What a call is, for the revocations to judge: its task, principal and every agent in it
+/// (caller, target, each link's delegator and delegate).
+#[derive(Debug, Clone, Copy)]
+pub struct CallFacts<'a> {
+    /// The task the call belongs to, if any.
+    pub task: Option<&'a str>,
+    /// Whom it acts for, if it carries a chain.
+    pub principal: Option<&'a str>,
+    /// The SPIFFE IDs of the agents taking part.
+    pub agents: &'a [&'a str],
+}
+
+impl Revocation {
+    /// Whether this revocation covers `call` at `now`.
+    pub fn covers(&self, call: &CallFacts<'_>, now: i64) -> bool {
+        if now >= self.until {
+            return false;
+        }
+        match &self.subject {
+            Subject::Task(task) => call.task == Some(task.as_str()),
+            Subject::Principal(principal) => call.principal == Some(principal.as_str()),
+            Subject::Agent(agent) => call.agents.contains(&agent.as_str()),
+        }
+    }
+}
+
+/// Why a revocation cannot be recorded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevocationError {
+    /// An empty task id, SPIFFE ID or principal, or an empty reason.
+    #[error("{0}")]
+    Invalid(String),
+    /// [`MAX_REVOCATIONS`] are in force.
+    #[error(
+        "{MAX_REVOCATIONS} revocations are in force on this node already; for a fleet-wide \
+         ban remove the agent's registration instead"
+    )]
+    Full,
+    /// The state database failed.
+    #[error("the revocation could not be recorded durably: {0}")]
+    Store(#[from] StateError),
+}
+
+/// The node's revocations.
+#[derive(Debug)]
+pub struct Revocations {
+    state: State,
+    /// Those in force, for the check on every call; written only with the database.
+    active: RwLock<Arc<Vec<Revocation>>>,
+}
+
+impl Revocations {
+    /// The revocations kept in `state`; those over at `now` are dropped.
+    pub fn open(state: &State, now: i64) -> Result<Self, StateError> {
+        let all = read_all(state)?;
+        let (live, over): (Vec<Revocation>, Vec<Revocation>) =
+            all.into_iter().partition(|r| r.until > now);
+        let revocations = Self {
+            state: state.clone(),
+            active: RwLock::new(Arc::new(live)),
+        };
+        revocations.write(&[], &over)?;
+        Ok(revocations)
+    }
+
+    /// Those in force at `now`, newest first.
+    pub fn list(&self, now: i64) -> Vec<Revocation> {
+        let mut live: Vec<Revocation> = self
+            .snapshot()
+            .iter()
+            .filter(|r| r.until > now)
+            .cloned()
+            .collect();
+        live.sort_by(|a, b| b.at.cmp(&a.at).then(b.id.cmp(&a.id)));
+        live
+    }
+
+    /// The revocation covering `call` at `now`, if one does. Cheap when none is in force.
+    pub fn covering(&self, call: &CallFacts<'_>, now: i64) -> Option<Revocation> {
+        let active = self.snapshot();
+        active.iter().find(|r| r.covers(call, now)).cloned()
+    }
+
+    /// Whether any revocation is in force (the check is skipped when none is).
+    pub fn any(&self) -> bool {
+        !self.snapshot().is_empty()
+    }
+
+    /// Records that `subject` is revoked by `by` for `reason` from `now` until `until`,
+    /// durably. A subject already revoked keeps its record, its bound extended to the later of
+    /// the two; returns the record in force and whether it is new.
+    pub fn revoke(
+        &self,
+        subject: Subject,
+        reason: &str,
+        by: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<(Revocation, bool), RevocationError> {
+        if subject.value().trim().is_empty() {
+            return Err(RevocationError::Invalid(format!(
+                "name the {} to revoke",
+                subject.kind()
+            )));
+        }
+        if reason.trim().is_empty() {
+            return Err(RevocationError::Invalid(
+                "say why (a reason is kept with the revocation and told to every agent it \
+                 refuses)"
+                    .into(),
+            ));
+        }
+        let until = until.min(now.saturating_add(MAX_BOUND_SECONDS));
+        if until <= now {
+            return Err(RevocationError::Invalid(
+                "the revocation would be over at once; give it a bound in the future".into(),
+            ));
+        }
+        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+        let over: Vec<Revocation> = active.iter().filter(|r| r.until <= now).cloned().collect();
+        let mut next: Vec<Revocation> = active.iter().filter(|r| r.until > now).cloned().collect();
+        let (record, new) = match next.iter_mut().find(|r| r.subject == subject) {
+            Some(existing) => {
+                existing.until = existing.until.max(until);
+                (existing.clone(), false)
+            }
+            None => {
+                if next.len() >= MAX_REVOCATIONS {
+                    return Err(RevocationError::Full);
+                }
+                let record = Revocation {
+                    id: format!("rev_{}", uuid::Uuid::now_v7().simple()),
+                    subject,
+                    reason: printable(reason),
+                    by: by.to_owned(),
+                    at: now,
+                    until,
+                };
+                next.push(record.clone());
+                (record, true)
+            }
+        };
+        self.write(std::slice::from_ref(&record), &over)?;
+        *active = Arc::new(next);
+        Ok((record, new))
+    }
+
+    fn snapshot(&self) -> Arc<Vec<Revocation>> {
+        self.active
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn write(&self, put: &[Revocation], remove: &[Revocation]) -> Result<(), StateError> {
+        if put.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let write = self.state.db().begin_write().map_err(store_error)?;
+        {
+            let mut table = write.open_table(REVOCATIONS).map_err(store_error)?;
+            for record in put {
+                let json = serde_json::to_string(record).map_err(store_error)?;
+                table
+                    .insert(record.id.as_str(), json.as_str())
+                    .map_err(store_error)?;
+            }
+            for record in remove {
+                table.remove(record.id.as_str()).map_err(store_error)?;
+            }
+        }
+        write.commit().map_err(store_error)
+    }
+}
+
+fn read_all(state: &State) -> Result<Vec<Revocation>, StateError> {
+    let read = state.db().begin_read().map_err(store_error)?;
+    let table = match read.open_table(REVOCATIONS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(store_error(e)),
+    };
+    let mut all = Vec::new();
+    for row in table.iter().map_err(store_error)? {
+        let (_, json) = row.map_err(store_error)?;
+        all.push(serde_json::from_str(json.value()).map_err(store_error)?);
+    }
+    Ok(all)
+}
+
+/// A reason as plain text of at most 200 characters: it is shown to agents and operators.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &tempfile::TempDir, now: i64) -> Revocations {
+        Revocations::open(&State::open(dir.path()).expect("state"), now).expect("open")
+    }
+
+    const ALPHA: &str = "spiffe://example.org/agent/alpha";
+
+    #[test]
+    fn a_revocation_covers_only_its_subject_until_its_bound_and_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let revocations = open(&dir, 100);
+            assert!(!revocations.any());
+            let (task, new) = revocations
+                .revoke(Subject::Task("t1".into()), "leaked", "uid 0", 100, 160)
+                .expect("task");
+            assert!(new);
+            revocations
+                .revoke(Subject::Agent(ALPHA.into()), "rogue", "uid 0", 100, 130)
+                .expect("agent");
+            let call = |task, principal, agents| CallFacts {
+                task,
+                principal,
+                agents,
+            };
+            let covering = revocations
+                .covering(&call(Some("t1"), Some("user:a"), &[]), 110)
+                .expect("t1 is revoked");
+            assert_eq!(covering.id, task.id);
+            assert!(
+                revocations
+                    .covering(&call(Some("t2"), Some("user:a"), &[]), 110)
+                    .is_none(),
+                "another task goes on"
+            );
+            assert!(
+                revocations
+                    .covering(&call(Some("t2"), None, &[ALPHA]), 110)
+                    .is_some(),
+                "alpha in the chain"
+            );
+            assert!(
+                revocations
+                    .covering(&call(Some("t2"), None, &[ALPHA]), 130)
+                    .is_none(),
+                "the agent's bound is over"
+            );
+            assert!(
+                revocations
+                    .covering(&call(Some("t1"), None, &[]), 160)
+                    .is_none(),
+                "over with the task's chains"
+            );
+        }
+        // A restart keeps what is in force and drops what is over.
+        let revocations = open(&dir, 140);
+        let kept = revocations.list(140);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].subject, Subject::Task("t1".into()));
+        assert_eq!(kept[0].reason, "leaked");
+    }
+
+    #[test]
+    fn revoking_again_extends_the_bound_and_bad_input_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let revocations = open(&dir, 0);
+        let (first, _) = revocations
+            .revoke(Subject::Principal("user:a".into()), "x", "op", 0, 50)
+            .expect("first");
+        let (again, new) = revocations
+            .revoke(Subject::Principal("user:a".into()), "y", "op", 10, 90)
+            .expect("again");
+        assert!(!new);
+        assert_eq!((again.id, again.until), (first.id, 90));
+        for (subject, reason, until) in [
+            (Subject::Task(" ".into()), "r", 10),
+            (Subject::Task("t".into()), " ", 10),
+            (Subject::Task("t".into()), "r", 0),
+        ] {
+            assert!(matches!(
+                revocations.revoke(subject, reason, "op", 0, until),
+                Err(RevocationError::Invalid(_))
+            ));
+        }
+        let (capped, _) = revocations
+            .revoke(Subject::Task("t".into()), "r\u{1b}[31m", "op", 0, i64::MAX)
+            .expect("capped");
+        assert_eq!(capped.until, MAX_BOUND_SECONDS);
+        assert_eq!(capped.reason, "r [31m");
+    }
+}
