@@ -4,6 +4,7 @@
 //! The binaries come from the same target directory as the test executable; the README's test
 //! command builds them first (`cargo build --workspace --bins`).
 
+pub mod chain;
 pub mod client;
 pub mod https_tool;
 pub mod mesh;

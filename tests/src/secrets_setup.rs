@@ -28,7 +28,10 @@ fn node_config(
     let saas_ca = dir.join("saas-ca.pem");
     std::fs::write(&saas_ca, &saas.ca_pem).expect("write the tool's CA");
     let text = format!(
-        r#"{head}[inbound]
+        r#"{head}[approvals]
+socket = "{dir}/operator.sock"
+operators = [{uid}]
+[inbound]
 listen = "127.0.0.1:0"
 allow_peers = ["spiffe://example.org/agent/alpha", "spiffe://example.org/agent/beta"]
 

@@ -72,7 +72,42 @@ pub async fn call_with_headers(
     cert: Option<ClientCert>,
     headers: &[(&str, &str)],
 ) -> Result<String, String> {
-    exchange(addr, sni, cert, Arc::new(AnyServer::default()), headers).await
+    let request = whoami_request(sni, headers);
+    exchange(addr, sni, cert, Arc::new(AnyServer::default()), &request).await
+}
+
+/// `GET /whoami` with `headers`, asking the server to close after answering.
+fn whoami_request(sni: &str, headers: &[(&str, &str)]) -> String {
+    format!(
+        "GET /whoami HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n{}\r\n",
+        headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect::<String>()
+    )
+}
+
+/// POSTs `body` to `path` over TLS with `sni` and `cert`; returns the whole HTTP answer.
+pub async fn post(
+    addr: &str,
+    sni: &str,
+    cert: ClientCert,
+    path: &str,
+    body: &str,
+) -> Result<String, String> {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    exchange(
+        addr,
+        sni,
+        Some(cert),
+        Arc::new(AnyServer::default()),
+        &request,
+    )
+    .await
 }
 
 /// Like [`call`], and also returns the leaf certificate the server presented (DER).
@@ -86,7 +121,8 @@ pub async fn call_inspecting(
         ("Deputy-Peer-Id", "spiffe://example.org/agent/forged"),
         ("Deputy-Principal", "user:mallory"),
     ];
-    let result = exchange(addr, sni, cert, verifier.clone(), &forged).await;
+    let request = whoami_request(sni, &forged);
+    let result = exchange(addr, sni, cert, verifier.clone(), &request).await;
     let presented = verifier
         .presented
         .lock()
@@ -100,7 +136,7 @@ async fn exchange(
     sni: &str,
     cert: Option<ClientCert>,
     verifier: Arc<AnyServer>,
-    headers: &[(&str, &str)],
+    request: &str,
 ) -> Result<String, String> {
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
@@ -127,18 +163,9 @@ async fn exchange(
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    tls.write_all(
-        format!(
-            "GET /whoami HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n{}\r\n",
-            headers
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}\r\n"))
-                .collect::<String>()
-        )
-        .as_bytes(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut answer = String::new();
     tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut answer))
         .await
@@ -149,7 +176,12 @@ async fn exchange(
 
 /// The mesh's real CA, to sign test certificates with.
 pub fn real_ca(mesh: &Mesh) -> Issuer<'static, KeyPair> {
-    let ca = mesh.dir.path().join("ca");
+    real_ca_in(mesh.dir.path())
+}
+
+/// The real CA of the issuer serving from `dir`.
+pub fn real_ca_in(dir: &std::path::Path) -> Issuer<'static, KeyPair> {
+    let ca = dir.join("ca");
     let key = KeyPair::from_pem(&std::fs::read_to_string(ca.join("ca.key")).expect("ca key"))
         .expect("key");
     Issuer::from_ca_cert_pem(

@@ -1,14 +1,21 @@
 //! Revocation through real deputyd processes: `deputy revoke` on a node's operator socket cuts
 //! the streams in flight under what it revokes, refuses new calls under it at that end (the
-//! calling or the receiving one), and leaves every other task alone.
+//! calling or the receiving one), and leaves every other task alone; a task's revocation
+//! follows it down the chain of nodes it crossed (tests/src/chain.rs), and a revocation from a
+//! node that did not extend the task is refused.
+
+/// Where a node takes revocations from other nodes.
+const PATH: &str = "/.well-known/deputy/revocation";
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use deputy_tests::chain::{Chain, agent_id};
 use deputy_tests::client::{self, Protocol};
 use deputy_tests::mesh::Mesh;
 use deputy_tests::sse::{first_event, next_event, read_events};
+use deputy_tests::tls_client::{self, ClientCert};
 use deputy_tests::{binary, my_uid, run};
 use http::StatusCode;
 use hyper::body::Incoming;
@@ -95,8 +102,11 @@ async fn a_revocation_cuts_what_it_covers_refuses_new_calls_and_leaves_the_rest_
     );
     assert!(ok, "{out}");
     let applied: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-    assert_eq!(applied["calls_cut"], 1, "{applied}");
-    assert_eq!(applied["revocation"]["subject"]["value"], "t-revoked");
+    assert_eq!(applied["applied"]["calls_cut"], 1, "{applied}");
+    assert_eq!(
+        applied["applied"]["revocation"]["subject"]["value"],
+        "t-revoked"
+    );
     expect_cut(&mut revoked, "the revoked task's stream").await;
     next_event(&mut other).await;
 
@@ -106,7 +116,7 @@ async fn a_revocation_cuts_what_it_covers_refuses_new_calls_and_leaves_the_rest_
         refused,
         StatusCode::FORBIDDEN,
         "revoked",
-        "task t-revoked was revoked by uid",
+        "task t-revoked was revoked (rev_",
     )
     .await;
     let listed = deputy(&["revocations", "list"], &node1);
@@ -148,4 +158,165 @@ async fn a_revocation_cuts_what_it_covers_refuses_new_calls_and_leaves_the_rest_
         &node1,
     );
     assert!(!ok && out.contains("say how long"), "{out}");
+}
+
+/// a's call to b (`GET /`) in `task` for alice: the context handle b received with it.
+async fn b_context(chain: &Chain, task: &str) -> String {
+    let mut request = client::get("b", "/", Protocol::Http1);
+    for (name, value) in [
+        ("deputy-principal", ALICE),
+        ("deputy-scope", "events:read"),
+        ("deputy-task", task),
+    ] {
+        request
+            .headers_mut()
+            .insert(name, value.parse().expect("header value"));
+    }
+    let response = client::send(&chain.nodes[0].outbound_of("a"), Protocol::Http1, request)
+        .await
+        .expect("a's call");
+    let seen = client::json(response).await;
+    seen["deputy_headers"]["deputy-context"]
+        .as_str()
+        .unwrap_or_else(|| panic!("b got no context: {seen}"))
+        .to_owned()
+}
+
+/// b's call to c's `path`, continuing the task behind `context`.
+async fn b_calls_c(chain: &Chain, context: &str, path: &str) -> http::Response<Incoming> {
+    let mut request = client::get("c", path, Protocol::Http1);
+    request
+        .headers_mut()
+        .insert("deputy-context", context.parse().expect("header value"));
+    client::send(&chain.nodes[1].outbound_of("b"), Protocol::Http1, request)
+        .await
+        .expect("b's call")
+}
+
+/// A minute of c's events, streamed to b in the task behind `context`, open end to end.
+async fn c_stream(chain: &Chain, context: &str) -> Incoming {
+    let response = b_calls_c(chain, context, "/events?count=600").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    first_event(&mut body).await;
+    body
+}
+
+/// A revocation of `task` as a node would send it, signed with `signer`'s key and carrying
+/// `key`.
+fn forged_revocation(signer: &ClientCert, task: &str, key: &str) -> String {
+    let signer =
+        deputy_delegation::LinkSigner::new(&[signer.0.to_vec()], &signer.1.serialize_der())
+            .expect("a signer");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": signer.spiffe_id().to_string(), "task": task, "key": key,
+        "reason": "forged", "by": "nobody", "until": now + 600, "iat": now, "jti": "forged-1",
+    });
+    signer
+        .sign_document("deputy-revocation+jwt", &claims)
+        .expect("sign")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_revoked_at_its_origin_is_cut_on_every_node_it_reached_and_nowhere_else() {
+    let chain = Chain::start();
+    let revoked_context = b_context(&chain, "t-revoked").await;
+    let other_context = b_context(&chain, "t-other").await;
+    let mut revoked = c_stream(&chain, &revoked_context).await;
+    let mut other = c_stream(&chain, &other_context).await;
+
+    // The operator of A revokes the task; A tells B (it extended the task to B), B tells C.
+    let asked = Instant::now();
+    let (ok, out) = deputy(
+        &[
+            "revoke",
+            "--task",
+            "t-revoked",
+            "--reason",
+            "prompt injection",
+        ],
+        &chain.sockets[0],
+    );
+    let answered = Instant::now();
+    assert!(ok, "{out}");
+    let outcome: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let to_b = &outcome["relayed"][0];
+    assert_eq!(
+        (to_b["service"].as_str(), to_b["status"].as_u64()),
+        (Some("b"), Some(200)),
+        "{outcome}"
+    );
+    let to_c = &to_b["answer"]["relayed"][0];
+    assert_eq!(
+        (to_c["service"].as_str(), to_c["status"].as_u64()),
+        (Some("c"), Some(200)),
+        "{outcome}"
+    );
+
+    // The last hop's stream is closed within a second of the operator's answer.
+    let (_, clean) = tokio::time::timeout(Duration::from_secs(1), read_events(&mut revoked))
+        .await
+        .expect("the last hop's stream still open a second after `deputy revoke` answered");
+    assert!(!clean, "the last hop's stream ended as if whole");
+    println!(
+        "revoke to last hop closed: {:?} (deputy revoke answered after {:?})",
+        asked.elapsed(),
+        answered - asked
+    );
+
+    // Every node holds the revocation, and says who sent it on; the other task goes on.
+    let listed = deputy(&["revocations", "list"], &chain.sockets[2]);
+    assert!(
+        listed.0
+            && listed.1.contains("task t-revoked")
+            && listed
+                .1
+                .contains("relayed by spiffe://example.org/deputyd/"),
+        "{listed:?}"
+    );
+    next_event(&mut other).await;
+    let refused = b_calls_c(&chain, &revoked_context, "/").await;
+    client::expect_problem(
+        refused,
+        StatusCode::FORBIDDEN,
+        "context-refused",
+        "prompt injection",
+    )
+    .await;
+    let going_on = b_calls_c(&chain, &other_context, "/").await;
+    assert_eq!(going_on.status(), StatusCode::OK);
+
+    // A revocation of the other task that no node which extended it sent is refused at C:
+    // from a node of the trust domain that never had the task, from an agent's key, or signed
+    // by one SVID and sent with another.
+    let ca = tls_client::real_ca_in(chain.dir.path());
+    let intruder = tls_client::signed(
+        &tls_client::svid_params(&["spiffe://example.org/deputyd/intruder"]),
+        &ca,
+    );
+    let stolen_agent = tls_client::signed(&tls_client::svid_params(&[&agent_id("b")]), &ca);
+    let c_inbound = chain.nodes[2].inbound.clone().expect("C's inbound");
+    let guessed_key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    for (sender, signer, refused_because) in [
+        (&intruder, &intruder, "did not arrive here with the key"),
+        (&stolen_agent, &stolen_agent, "is not one"),
+        (&intruder, &stolen_agent, "but sent by"),
+    ] {
+        let body = forged_revocation(signer, "t-other", guessed_key);
+        let answer = tls_client::post(&c_inbound, "c", tls_client::copy_cert(sender), PATH, &body)
+            .await
+            .expect("C answers");
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        assert!(
+            answer.contains(refused_because),
+            "{refused_because:?} not in {answer}"
+        );
+    }
+    next_event(&mut other).await;
+    let listed = deputy(&["revocations", "list"], &chain.sockets[2]);
+    assert!(listed.0 && !listed.1.contains("t-other"), "{listed:?}");
 }

@@ -213,3 +213,81 @@ async fn a_database_session_naming_its_task_logs_in_as_the_tasks_user_and_ends_w
         .expect_err("refused");
     assert!(format!("{ended:?}").contains("expired"), "{ended:?}");
 }
+
+/// beta's call to alpha in `task` for alice (its link living 10 minutes): the context handle
+/// alpha was handed.
+async fn alpha_context(setup: &Setup, task: &str) -> String {
+    let mut call = client::get("alpha", "/work", Protocol::Http1);
+    for (name, value) in [
+        ("deputy-principal", "user:alice@example.org"),
+        ("deputy-scope", "reports:read"),
+        ("deputy-task", task),
+        ("deputy-task-ttl", "10m"),
+    ] {
+        call.headers_mut()
+            .insert(name, value.parse().expect("header value"));
+    }
+    let beta = setup.node.outbound("beta");
+    let response = client::send_as(my_uid() + 7000, &beta, Protocol::Http1, call)
+        .await
+        .expect("call");
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = setup.seen.lock().expect("lock");
+    seen.last()
+        .and_then(|head| {
+            head.lines()
+                .find_map(|line| line.strip_prefix("deputy-context: "))
+        })
+        .expect("alpha got a context")
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_tasks_sessions_close_and_its_user_is_dropped_while_another_task_keeps_its_own() {
+    let setup = Setup::start("1h");
+    setup.alpha_ready("t0ken-for-revocation");
+    let dir = setup.dir.path().to_owned();
+    let doomed = alpha_context(&setup, "doomed").await;
+    let kept = alpha_context(&setup, "kept").await;
+    let doomed_session = task_session(&dir, Some(&doomed)).await.expect("session");
+    let kept_session = task_session(&dir, Some(&kept)).await.expect("session");
+    let (doomed_user, kept_user) = (
+        current_user(&doomed_session).await,
+        current_user(&kept_session).await,
+    );
+    assert_ne!(doomed_user, kept_user);
+
+    // The operator revokes the task: its token is revoked (Vault drops its user, its lease
+    // with it) and its session is closed, at once rather than when its chain would expire.
+    let (status, out) = deputy_tests::run(
+        std::process::Command::new(deputy_tests::binary("deputy"))
+            .args(["revoke", "--task", "doomed", "--reason", "exfiltration"])
+            .arg("--socket")
+            .arg(dir.join("operator.sock")),
+    );
+    assert!(status.success(), "{out}");
+    let outcome: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(outcome["applied"]["task_credentials_ended"], 1, "{outcome}");
+    eventually(
+        "the revoked task's session closed",
+        Duration::from_secs(10),
+        || doomed_session.is_closed().then_some(()),
+    );
+    eventually(
+        "the revoked task's user dropped",
+        Duration::from_secs(10),
+        || (!vault_users(&setup.pg).contains(&doomed_user)).then_some(()),
+    );
+    let refused = task_session(&dir, Some(&doomed))
+        .await
+        .expect_err("refused");
+    assert!(
+        format!("{refused:?}").contains("exfiltration"),
+        "{refused:?}"
+    );
+
+    // The other task of the same agents keeps its session and its user.
+    assert_eq!(names(&kept_session).await.expect("select"), ["one"]);
+    assert!(vault_users(&setup.pg).contains(&kept_user));
+}

@@ -10,17 +10,20 @@
 //! - [`link`]: claims, signing, hashes. [`scope`]: scope coverage.
 //! - [`extend`](mod@extend): starting and narrowing chains. [`verify`]: the verifier and its
 //!   cache.
+//! - [`signed`]: SVID-signed documents of any type (links, revocations).
 //! - [`error`]: one error, with a stable code, per broken rule.
 
 pub mod error;
 pub mod extend;
 pub mod link;
 pub mod scope;
+pub mod signed;
 pub mod verify;
 
 pub use error::ChainError;
 pub use extend::{ExtendError, Grant, extend, originate};
 pub use link::{Budget, LinkClaims, LinkSigner, SignError, link_hash, unverified_claims};
+pub use signed::{Signed, SignedError, verify_signed};
 pub use verify::{ChainVerifier, VerifiedChain, VerifyOptions};
 
 /// Counter: link verifications answered from the cache.

@@ -129,8 +129,18 @@ impl LinkSigner {
 
     /// Signs `claims` as a link.
     pub fn sign(&self, claims: &LinkClaims) -> Result<String, SignError> {
+        self.sign_document(LINK_TYP, claims)
+    }
+
+    /// Signs `claims` as a document of type `typ` (verified with
+    /// [`verify_signed`](crate::verify_signed)).
+    pub fn sign_document(
+        &self,
+        typ: &str,
+        claims: &impl serde::Serialize,
+    ) -> Result<String, SignError> {
         let mut header = Header::new(self.algorithm);
-        header.typ = Some(LINK_TYP.into());
+        header.typ = Some(typ.into());
         header.x5c = Some(self.x5c.clone());
         jsonwebtoken::encode(&header, claims, &self.key)
             .map_err(|e| SignError::Signing(e.to_string()))

@@ -9,18 +9,13 @@ use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use deputy_identity::TrustAnchors;
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use rustls_pki_types::{CertificateDer, UnixTime};
 use spiffe::SpiffeId;
-use x509_parser::prelude::FromDer;
 
 use crate::error::ChainError;
-use crate::link::{KeyKind, LINK_TYP, LinkClaims, link_hash, public_key_kind};
+use crate::link::{LINK_TYP, LinkClaims, link_hash};
 use crate::scope::first_uncovered;
+use crate::signed::{SignedError, verify_signed};
 
 /// Limits and tolerances of verification.
 #[derive(Debug, Clone, Copy)]
@@ -305,97 +300,24 @@ fn check_link(
     anchors: &TrustAnchors,
     now: SystemTime,
 ) -> Result<CheckedLink, ChainError> {
-    let malformed = |reason: String| ChainError::Malformed { index, reason };
-    let header = jsonwebtoken::decode_header(link)
-        .map_err(|e| malformed(format!("not a compact JWS: {e}")))?;
-    if header.typ.as_deref() != Some(LINK_TYP) {
-        return Err(malformed(format!(
-            "typ is {:?}, not {LINK_TYP:?}",
-            header.typ.unwrap_or_default()
-        )));
-    }
-    let x5c = header
-        .x5c
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| malformed("the header has no x5c certificate chain".into()))?;
-    let chain: Vec<CertificateDer<'static>> = x5c
-        .iter()
-        .map(|c| STANDARD.decode(c).map(CertificateDer::from))
-        .collect::<Result<_, _>>()
-        .map_err(|e| malformed(format!("x5c is not standard base64: {e}")))?;
-    // Certificate times are checked here and again on every use of a cached result, against
-    // the window recorded below.
-    let verify_at = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
-    let signer = anchors
-        .verify_svid(
-            &chain[0],
-            &chain[1..],
-            verify_at,
-            webpki::KeyUsage::client_auth(),
-        )
-        .map_err(|e| ChainError::UntrustedSigner {
-            index,
-            reason: e.to_string(),
+    let signed =
+        verify_signed::<LinkClaims>(link, LINK_TYP, anchors, now).map_err(|e| match e {
+            SignedError::Untrusted(reason) => ChainError::UntrustedSigner { index, reason },
+            SignedError::BadSignature => ChainError::BadSignature { index },
+            SignedError::Malformed(reason) => ChainError::Malformed { index, reason },
         })?;
-    let (valid_from, valid_until, kind, public_key) =
-        leaf_facts(&chain).map_err(|e| malformed(format!("x5c cannot be parsed: {e}")))?;
-    let (algorithm, key) = match (header.alg, kind) {
-        (Algorithm::ES256, KeyKind::P256) => {
-            (Algorithm::ES256, DecodingKey::from_ec_der(&public_key))
-        }
-        (Algorithm::EdDSA, KeyKind::Ed25519) => {
-            (Algorithm::EdDSA, DecodingKey::from_ed_der(&public_key))
-        }
-        (alg, _) => {
-            return Err(malformed(format!(
-                "alg {alg:?} does not match the x5c leaf's key (ES256 for P-256, EdDSA for Ed25519)"
-            )));
-        }
-    };
-    let mut validation = Validation::new(algorithm);
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.required_spec_claims.clear();
-    let claims = jsonwebtoken::decode::<LinkClaims>(link, &key, &validation)
-        .map_err(|e| match e.kind() {
-            ErrorKind::InvalidSignature => ChainError::BadSignature { index },
-            _ => malformed(format!("claims: {e}")),
-        })?
-        .claims;
-    if claims.iss != signer.to_string() {
+    if signed.claims.iss != signed.signer.to_string() {
         return Err(ChainError::IssuerMismatch {
             index,
-            iss: claims.iss,
-            signer: signer.to_string(),
+            iss: signed.claims.iss,
+            signer: signed.signer.to_string(),
         });
     }
     Ok(CheckedLink {
-        claims,
-        certs_valid_from: valid_from,
-        certs_valid_until: valid_until,
+        claims: signed.claims,
+        certs_valid_from: signed.certs_valid_from,
+        certs_valid_until: signed.certs_valid_until,
     })
-}
-
-/// The validity window of the whole chain, and the leaf's key kind and raw public key.
-fn leaf_facts(chain: &[CertificateDer<'_>]) -> Result<(i64, i64, KeyKind, Vec<u8>), String> {
-    let mut from = i64::MIN;
-    let mut until = i64::MAX;
-    let mut leaf = None;
-    for der in chain {
-        let (_, cert) =
-            x509_parser::certificate::X509Certificate::from_der(der).map_err(|e| e.to_string())?;
-        from = from.max(cert.validity().not_before.timestamp());
-        until = until.min(cert.validity().not_after.timestamp());
-        if leaf.is_none() {
-            leaf = Some((
-                public_key_kind(&cert),
-                cert.public_key().subject_public_key.data.to_vec(),
-            ));
-        }
-    }
-    let (kind, key) = leaf.ok_or("empty chain")?;
-    Ok((from, until, kind, key))
 }
 
 pub(crate) fn unix(t: SystemTime) -> i64 {

@@ -284,8 +284,12 @@ impl ContextStore {
     }
 
     /// Drops every context `revocation` covers at `now` (their handles are remembered as
-    /// revoked); returns how many.
-    pub(crate) fn revoke(&self, revocation: &deputy_state::Revocation, now: i64) -> usize {
+    /// revoked); returns the agent and task of each.
+    pub(crate) fn revoke(
+        &self,
+        revocation: &deputy_state::Revocation,
+        now: i64,
+    ) -> Vec<(String, deputy_secrets::task::TaskRef)> {
         let mut inner = self.lock();
         let covered: Vec<String> = inner
             .by_handle
@@ -303,18 +307,20 @@ impl ContextStore {
             })
             .map(|(h, _)| h.clone())
             .collect();
-        let why = format!(
-            "{} was revoked by {}: {}",
-            revocation.subject, revocation.by, revocation.reason
-        );
+        let why = crate::revocation::told(revocation);
+        let mut dropped = Vec::new();
         for handle in &covered {
             if let Some(context) = inner.by_handle.pop(handle) {
                 forget_link(&mut inner, &context);
+                dropped.push((
+                    context.agent.clone(),
+                    crate::delegation::context_task_ref(&context),
+                ));
             }
             inner.revoked.put(handle.clone(), why.clone());
         }
         metrics::gauge!(CONTEXTS).set(inner.by_handle.len() as f64);
-        covered.len()
+        dropped
     }
 
     /// How many contexts are held.

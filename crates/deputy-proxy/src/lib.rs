@@ -147,6 +147,11 @@ impl Proxy {
                 .iter()
                 .map(|a| (a.name.clone(), a.spiffe_id.to_string()))
                 .collect(),
+            Some(revocation::NodeIdentity {
+                material: identities.own().material.clone(),
+                bundles: bundles.clone(),
+            }),
+            registry.clone(),
         ));
 
         let mut materials = HashMap::new();

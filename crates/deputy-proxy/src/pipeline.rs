@@ -35,20 +35,31 @@ impl<C> Stage<C> {
     }
 }
 
+/// How a call's stages ran: to the end, or refused by the named stage.
+pub(crate) type Ran = Result<(), (&'static str, Refused)>;
+
+/// What a run asks of its call between stages.
+pub(crate) struct Checks<C> {
+    /// A stage answered the call early (a replayed response): the rest do not run.
+    pub(crate) answered: fn(&C) -> bool,
+    /// The call was stopped (revoked) while it ran: no further stage runs.
+    pub(crate) stopped: fn(&C) -> Option<Refused>,
+}
+
 /// Runs `stages` in order over `call` until one refuses it (returned with the refusing stage's
-/// name) or `answered(call)` says a stage answered it early (a replayed response).
-pub(crate) async fn run<C: Send>(
-    stages: &[Stage<C>],
-    call: &mut C,
-    answered: fn(&C) -> bool,
-) -> Result<(), (&'static str, Refused)> {
+/// name), `checks.answered` says a stage answered it early, or `checks.stopped` stops it before
+/// its next stage.
+pub(crate) async fn run<C: Send>(stages: &[Stage<C>], call: &mut C, checks: &Checks<C>) -> Ran {
     for stage in stages {
+        if let Some(problem) = (checks.stopped)(call) {
+            return Err((stage.name(), problem));
+        }
         let outcome = match stage {
             Stage::Now(_, work) => work(call),
             Stage::Later(_, work) => work(call).await,
         };
         outcome.map_err(|problem| (stage.name(), problem))?;
-        if answered(call) {
+        if (checks.answered)(call) {
             break;
         }
     }
@@ -58,7 +69,7 @@ pub(crate) async fn run<C: Send>(
 /// The call's answer: the response its last stage left, or its refusal (logged with the stage
 /// that refused).
 pub(crate) fn answer(
-    ran: Result<(), (&'static str, Refused)>,
+    ran: Ran,
     response: Option<http::Response<crate::body::Body>>,
     close: bool,
     request_id: &str,
@@ -97,6 +108,16 @@ mod tests {
     #[derive(Default)]
     struct Trace(Vec<&'static str>);
 
+    fn checks(answered: fn(&Trace) -> bool) -> Checks<Trace> {
+        Checks {
+            answered,
+            stopped: |t| {
+                t.0.contains(&"stop")
+                    .then(|| Problem::new(ProblemKind::Revoked, "cut", "r1").into())
+            },
+        }
+    }
+
     fn first(call: &mut Trace) -> Outcome {
         call.0.push("first");
         Ok(())
@@ -124,7 +145,7 @@ mod tests {
             Stage::Now("never", first),
         ];
         let mut trace = Trace::default();
-        let (stage, problem) = run(&stages, &mut trace, |_| false)
+        let (stage, problem) = run(&stages, &mut trace, &checks(|_| false))
             .await
             .expect_err("refused");
         assert_eq!(stage, "refuses");
@@ -132,17 +153,25 @@ mod tests {
         assert_eq!(trace.0, ["first", "waits", "refuses"]);
 
         let mut trace = Trace::default();
-        run(&stages[..2], &mut trace, |_| false)
+        run(&stages[..2], &mut trace, &checks(|_| false))
             .await
             .expect("all pass");
         assert_eq!(trace.0, ["first", "waits"]);
 
         // A stage that answers the call ends it, without a refusal.
         let mut trace = Trace::default();
-        run(&stages, &mut trace, |t| t.0.len() == 2)
+        run(&stages, &mut trace, &checks(|t| t.0.len() == 2))
             .await
             .expect("answered");
         assert_eq!(trace.0, ["first", "waits"]);
+
+        // A call stopped while it ran takes no further stage.
+        let mut trace = Trace(vec!["stop"]);
+        let (stage, problem) = run(&stages, &mut trace, &checks(|_| false))
+            .await
+            .expect_err("stopped");
+        assert_eq!((stage, problem.kind()), ("first", ProblemKind::Revoked));
+        assert_eq!(trace.0, ["stop"]);
     }
 
     #[test]

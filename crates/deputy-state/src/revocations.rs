@@ -18,6 +18,9 @@ const REVOCATIONS: TableDefinition<'static, &str, &str> = TableDefinition::new("
 /// The most revocations a node keeps at once: each is checked against every call.
 pub const MAX_REVOCATIONS: usize = 4096;
 
+/// Longest task id, SPIFFE ID or principal a revocation names.
+pub const MAX_SUBJECT_BYTES: usize = 512;
+
 /// Longest bound a revocation may have: a day (chains live minutes; an agent that must stay
 /// out for longer is removed from the configuration, or its registration deleted).
 pub const MAX_BOUND_SECONDS: i64 = 86_400;
@@ -123,8 +126,10 @@ pub enum RevocationError {
 #[derive(Debug)]
 pub struct Revocations {
     state: State,
-    /// Those in force, for the check on every call; written only with the database.
+    /// Those in force, for the check on every call; replaced only once the database has them.
     active: RwLock<Arc<Vec<Revocation>>>,
+    /// Held by the one revocation being recorded.
+    writer: std::sync::Mutex<()>,
 }
 
 impl Revocations {
@@ -136,6 +141,7 @@ impl Revocations {
         let revocations = Self {
             state: state.clone(),
             active: RwLock::new(Arc::new(live)),
+            writer: std::sync::Mutex::new(()),
         };
         revocations.write(&[], &over)?;
         Ok(revocations)
@@ -175,9 +181,16 @@ impl Revocations {
         now: i64,
         until: i64,
     ) -> Result<(Revocation, bool), RevocationError> {
-        if subject.value().trim().is_empty() {
+        let value = subject.value();
+        if value.is_empty() || value.trim() != value {
             return Err(RevocationError::Invalid(format!(
-                "name the {} to revoke",
+                "name the {} to revoke, without spaces around it",
+                subject.kind()
+            )));
+        }
+        if value.len() > MAX_SUBJECT_BYTES || value.chars().any(unprintable) {
+            return Err(RevocationError::Invalid(format!(
+                "a {} to revoke is at most {MAX_SUBJECT_BYTES} bytes of printable text",
                 subject.kind()
             )));
         }
@@ -194,7 +207,10 @@ impl Revocations {
                 "the revocation would be over at once; give it a bound in the future".into(),
             ));
         }
-        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+        // One revocation at a time; calls keep reading the records in force while this one is
+        // committed (the new set replaces them only once it is on disk).
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let active = self.snapshot();
         let over: Vec<Revocation> = active.iter().filter(|r| r.until <= now).cloned().collect();
         let mut next: Vec<Revocation> = active.iter().filter(|r| r.until > now).cloned().collect();
         let (record, new) = match next.iter_mut().find(|r| r.subject == subject) {
@@ -219,7 +235,7 @@ impl Revocations {
             }
         };
         self.write(std::slice::from_ref(&record), &over)?;
-        *active = Arc::new(next);
+        *self.active.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         Ok((record, new))
     }
 
@@ -266,10 +282,19 @@ fn read_all(state: &State) -> Result<Vec<Revocation>, StateError> {
     Ok(all)
 }
 
+/// A control character or a direction mark: what could drive a terminal or reorder what an
+/// operator reads.
+fn unprintable(c: char) -> bool {
+    c.is_control()
+        || ('\u{200e}'..='\u{200f}').contains(&c)
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
 /// A reason as plain text of at most 200 characters: it is shown to agents and operators.
 fn printable(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if unprintable(c) { ' ' } else { c })
         .take(200)
         .collect::<String>()
         .trim()

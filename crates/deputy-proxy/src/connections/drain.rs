@@ -26,6 +26,8 @@ pub enum DrainReason {
     MaxAge(Duration),
     /// deputyd is stopping.
     ShuttingDown,
+    /// An agent at either end was revoked (what the revocation says).
+    Revoked(String),
 }
 
 impl DrainReason {
@@ -38,6 +40,7 @@ impl DrainReason {
             Self::AgentRemoved => "agent_removed",
             Self::MaxAge(_) => "max_age",
             Self::ShuttingDown => "shutting_down",
+            Self::Revoked(_) => "revoked",
         }
     }
 }
@@ -58,6 +61,7 @@ impl fmt::Display for DrainReason {
                  tenth so that connections opened together are not renewed together)"
             ),
             Self::ShuttingDown => f.write_str("deputyd is stopping"),
+            Self::Revoked(why) => write!(f, "{why}"),
         }
     }
 }

@@ -279,6 +279,16 @@ impl Registry {
         self.drain_where(|s| s.agent == agent, &DrainReason::AgentRemoved)
     }
 
+    /// Drains the connections of a revoked agent: those of the local agent `local` (its name,
+    /// if it is one of this node's) and those whose peer is `spiffe_id`. Returns how many
+    /// began draining.
+    pub fn drain_revoked(&self, local: Option<&str>, spiffe_id: &str, why: &str) -> usize {
+        self.drain_where(
+            |s| Some(s.agent.as_str()) == local || s.peer.as_deref() == Some(spiffe_id),
+            &DrainReason::Revoked(why.to_owned()),
+        )
+    }
+
     /// The trust bundle in force now: taken before a handshake, it goes in its [`Opening`].
     pub fn current_bundles(&self) -> Option<Arc<X509BundleSet>> {
         self.bundles.borrow().clone()

@@ -31,10 +31,12 @@ pub(crate) struct Call<'a> {
     /// `peer`: the calling deputyd asked for a dry run: everything but delivery (no context is
     /// issued, the agent is not called).
     pub(crate) dry_run: bool,
+    /// `peer`: the key the calling node gave this one for the call's task, if it sent one.
+    pub(crate) revocation_key: Option<String>,
     /// `verify-chain`: the verified chain, if the peer sent one.
     pub(crate) verified: Option<VerifiedChain>,
-    /// `revoked`: the call as the revoker watches it, until its response ends.
-    pub(crate) watched: Option<crate::revocation::Watched>,
+    /// The call as the revoker watches it (`revoked` says what it acts under).
+    pub(crate) watched: Option<&'a crate::revocation::Watched>,
     /// The call counted on its connection until its response ends.
     pub(crate) in_flight: Option<InFlight>,
     /// `deliver`: the agent's answer.
@@ -48,6 +50,7 @@ impl<'a> Call<'a> {
         request_id: &'a str,
         request: Request<Body>,
         in_flight: InFlight,
+        watched: Option<&'a crate::revocation::Watched>,
     ) -> Self {
         Self {
             inbound,
@@ -58,8 +61,9 @@ impl<'a> Call<'a> {
             asked: None,
             chain: None,
             dry_run: false,
+            revocation_key: None,
             verified: None,
-            watched: None,
+            watched,
             in_flight: Some(in_flight),
             response: None,
         }

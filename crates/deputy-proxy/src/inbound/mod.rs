@@ -193,13 +193,37 @@ async fn handle(
     connection: &Connection,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    if request.uri().path() == crate::revocation::PATH {
+        // Not a call: another node revoking a task it extended here. Never delivered.
+        return crate::revocation::receive(inbound, connection, request).await;
+    }
     let in_flight = connection.handle.request_started();
     // One id per call, at both ends: the calling deputyd's, when the peer sent a well-formed one.
     let request_id = crate::routing::peer_request_id(request.headers())
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let (arrival, request) = Arrival::of(request);
-    let mut call = Call::new(inbound, connection, &request_id, request, in_flight);
-    let ran = pipeline::run(&stages::stages(), &mut call, |_| false).await;
+    let watched = inbound.revoker.watch();
+    let mut call = Call::new(
+        inbound,
+        connection,
+        &request_id,
+        request,
+        in_flight,
+        watched.as_ref(),
+    );
+    let checks = pipeline::Checks {
+        answered: |_: &Call<'_>| false,
+        stopped: |c: &Call<'_>| {
+            let why = c.watched?.cut_reason()?;
+            Some(crate::revocation::cut_problem(why, c.request_id))
+        },
+    };
+    let ran = crate::revocation::until_cut(
+        pipeline::run(&stages::stages(), &mut call, &checks),
+        watched.as_ref(),
+        &request_id,
+    )
+    .await;
     let response = pipeline::answer(
         ran,
         call.response.take(),
@@ -208,11 +232,12 @@ async fn handle(
         "inbound",
         &connection.agent.name,
     );
-    let response = match call.watched.take() {
+    let in_flight = call.in_flight.take().into_iter().collect();
+    drop(call);
+    let response = match watched {
         Some(watched) => watched.guard(response),
         None => response,
     };
-    let in_flight = call.in_flight.take().into_iter().collect();
     let agent = &connection.agent;
     let parties = (
         agent.name.clone(),

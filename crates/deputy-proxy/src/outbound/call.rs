@@ -46,8 +46,11 @@ pub(crate) struct Call<'a> {
     pub(crate) approval: Option<super::stages::Obligation>,
     /// `task-secrets`: the task's own credentials the injected headers read, by secret.
     pub(crate) task_credentials: Vec<(String, Arc<deputy_secrets::Credential>)>,
-    /// `revoked`: the call as the revoker watches it, until its response ends.
-    pub(crate) watched: Option<crate::revocation::Watched>,
+    /// The call as the revoker watches it (`revoked` says what it acts under).
+    pub(crate) watched: Option<&'a crate::revocation::Watched>,
+    /// `revoked`: the call's task, what it is and until when, for the key `send` gives the
+    /// next node.
+    pub(crate) task_hops: Option<(String, crate::revocation::TaskFacts, i64)>,
     /// `connect`: the pooled connection's sender.
     pub(crate) sender: Option<SendRequest<Body>>,
     /// `sign`: the chain to send, and the received context its budget was spent under.
@@ -68,6 +71,7 @@ impl<'a> Call<'a> {
         request_id: &'a str,
         request: Request<Body>,
         in_flight: InFlight,
+        watched: Option<&'a crate::revocation::Watched>,
     ) -> Self {
         Self {
             outbound,
@@ -84,7 +88,8 @@ impl<'a> Call<'a> {
             answered_early: false,
             first_try: None,
             task_credentials: Vec::new(),
-            watched: None,
+            watched,
+            task_hops: None,
             sender: None,
             chain: None,
             spent_under: None,

@@ -205,9 +205,29 @@ async fn handle(
     let in_flight = caller.handle.request_started();
     let request_id = uuid::Uuid::now_v7().to_string();
     let (arrival, request) = Arrival::of(request);
-    let mut call = Call::new(outbound, caller, &request_id, request, in_flight);
+    let watched = outbound.revoker.watch();
+    let mut call = Call::new(
+        outbound,
+        caller,
+        &request_id,
+        request,
+        in_flight,
+        watched.as_ref(),
+    );
     // A stage may answer early (an idempotent replay): its response ends the call.
-    let ran = pipeline::run(&stages::stages(), &mut call, |c| c.answered_early).await;
+    let checks = pipeline::Checks {
+        answered: |c: &Call<'_>| c.answered_early,
+        stopped: |c: &Call<'_>| {
+            let why = c.watched?.cut_reason()?;
+            Some(crate::revocation::cut_problem(why, c.request_id))
+        },
+    };
+    let ran = crate::revocation::until_cut(
+        pipeline::run(&stages::stages(), &mut call, &checks),
+        watched.as_ref(),
+        &request_id,
+    )
+    .await;
     let service = call.service_name();
     let response = pipeline::answer(
         ran,
@@ -217,11 +237,12 @@ async fn handle(
         "outbound",
         &outbound.agent.name,
     );
-    let response = match call.watched.take() {
+    let in_flight = std::mem::take(&mut call.in_flight);
+    drop(call);
+    let response = match watched {
         Some(watched) => watched.guard(response),
         None => response,
     };
-    let in_flight = std::mem::take(&mut call.in_flight);
     let parties = (outbound.agent.name.clone(), "-".into(), service);
     let record = arrival.record("outbound", parties, request_id, in_flight);
     record.answer(response)

@@ -7,8 +7,24 @@
 //! Every call is registered here before it is checked, and the revoker records a revocation
 //! before it cuts what is in flight: a call either sees the record or is found by the cut,
 //! whichever comes first.
+//!
+//! A revocation follows the delegation tree (`cascade.rs` sends, `receive.rs` takes): each node
+//! sends it to the nodes it extended the task to (`hops.rs`), which accept it only from a node
+//! that did.
 
 mod body;
+mod cascade;
+mod hops;
+mod receive;
+
+pub(crate) use cascade::NodeIdentity;
+pub use cascade::{Outcome, PATH, Relayed};
+pub(crate) use hops::TaskFacts;
+pub(crate) use receive::receive;
+
+/// The header a node sends a task's revocation key in, to the node it extends the task to
+/// (stripped from what agents send and receive, like every `Deputy-*` header).
+pub(crate) const REVOCATION_KEY: &str = "deputy-revocation-key";
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +84,8 @@ pub struct Applied {
     pub contexts_dropped: usize,
     /// Tasks whose credentials were revoked.
     pub task_credentials_ended: usize,
+    /// Connections drained (an agent's).
+    pub connections_drained: usize,
 }
 
 /// The node's revocations, and every call in flight they may cut.
@@ -80,6 +98,12 @@ pub struct Revoker {
     task_secrets: Option<deputy_secrets::task::TaskSecrets>,
     /// The local agents' SPIFFE IDs by name (credentials are held by name).
     agents: HashMap<String, String>,
+    /// The data path's connections, drained when an agent at either end is revoked.
+    registry: Arc<crate::connections::Registry>,
+    /// Where each task went from here, and the keys it arrived with.
+    pub(crate) hops: hops::Hops,
+    /// This node's own identity, to send revocations on with.
+    node: Option<NodeIdentity>,
 }
 
 impl Revoker {
@@ -90,6 +114,8 @@ impl Revoker {
         contexts: Arc<ContextStore>,
         task_secrets: Option<deputy_secrets::task::TaskSecrets>,
         agents: HashMap<String, String>,
+        node: Option<NodeIdentity>,
+        registry: Arc<crate::connections::Registry>,
     ) -> Self {
         Self {
             records,
@@ -98,6 +124,9 @@ impl Revoker {
             contexts,
             task_secrets,
             agents,
+            hops: hops::Hops::default(),
+            node,
+            registry,
         }
     }
 
@@ -105,43 +134,30 @@ impl Revoker {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits a call of `facts` at `now`: registered (so that a later revocation cuts it) and
-    /// checked. Its [`Watched`] must live as long as its response streams.
-    pub(crate) fn admit(
-        self: &Arc<Self>,
-        facts: &CallFacts<'_>,
-        now: i64,
-    ) -> Result<Option<Watched>, Revocation> {
-        let Some(records) = &self.records else {
-            return Ok(None);
-        };
+    /// Registers a call as it arrives (what it acts under is not known yet): a revocation
+    /// made from now on cuts it once [`Watched::admit`] has said what that is. `None` when
+    /// nothing can be revoked here.
+    pub(crate) fn watch(self: &Arc<Self>) -> Option<Watched> {
+        self.records.as_ref()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let cut = CancellationToken::new();
         let why = Arc::new(OnceLock::new());
         self.lock().insert(
             id,
             Live {
-                task: facts.task.map(str::to_owned),
-                principal: facts.principal.map(str::to_owned),
-                agents: facts.agents.iter().map(|a| (*a).to_owned()).collect(),
+                task: None,
+                principal: None,
+                agents: Vec::new(),
                 cut: cut.clone(),
                 why: why.clone(),
             },
         );
-        let watched = Watched {
+        Some(Watched {
             revoker: self.clone(),
             id,
             cut,
             why,
-        };
-        if !records.any() {
-            return Ok(Some(watched));
-        }
-        match records.covering(facts, now) {
-            // Dropping `watched` takes the call out again.
-            Some(revocation) => Err(revocation),
-            None => Ok(Some(watched)),
-        }
+        })
     }
 
     /// Revokes `subject` (an operator, or a node the task came from: `by`) for `reason` until
@@ -158,10 +174,7 @@ impl Revoker {
             RevocationError::Invalid("this deputyd keeps no state; it cannot revoke".into())
         })?;
         let (revocation, new) = records.revoke(subject, reason, by, now, until)?;
-        let why = format!(
-            "{} was revoked by {}: {}",
-            revocation.subject, revocation.by, revocation.reason
-        );
+        let why = told(&revocation);
         let cut: Vec<(CancellationToken, Arc<OnceLock<String>>)> = self
             .lock()
             .values()
@@ -173,9 +186,15 @@ impl Revoker {
             token.cancel();
         }
         metrics::counter!(CUT).increment(cut.len() as u64);
-        let contexts_dropped = self.contexts.revoke(&revocation, now);
+        let dropped = self.contexts.revoke(&revocation, now);
+        let contexts_dropped = dropped.len();
+        // A task's credentials end with it, and with any context of it that was dropped (an
+        // agent revoked in the middle of its chain).
         let task_credentials_ended = self.task_secrets.as_ref().map_or(0, |tasks| {
             tasks.end_where(|agent, task| {
+                if dropped.iter().any(|(a, t)| a == agent && t == task) {
+                    return true;
+                }
                 let holder = self.agents.get(agent).map_or("", String::as_str);
                 let agents = [task.originator.as_str(), holder];
                 revocation.covers(
@@ -188,21 +207,36 @@ impl Revoker {
                 )
             })
         });
-        tracing::warn!(revocation = %revocation.id, subject = %revocation.subject,
-            by = %revocation.by, reason = ?revocation.reason, until = revocation.until,
-            calls_cut = cut.len(), contexts_dropped, task_credentials_ended, "revoked");
+        // An agent's connections go too (the streams of a task share connections with other
+        // tasks, so a task's are cut stream by stream, above).
+        let connections_drained = match &revocation.subject {
+            Subject::Agent(agent) => {
+                let local = self
+                    .agents
+                    .iter()
+                    .find(|(_, id)| *id == agent)
+                    .map(|(name, _)| name.as_str());
+                self.registry.drain_revoked(local, agent, &why)
+            }
+            Subject::Task(_) | Subject::Principal(_) => 0,
+        };
+        tracing::warn!(revocation = %revocation.id, subject = ?revocation.subject.to_string(),
+            by = ?revocation.by, reason = ?revocation.reason, until = revocation.until,
+            calls_cut = cut.len(), contexts_dropped, task_credentials_ended,
+            connections_drained, "revoked");
         Ok(Applied {
             revocation,
             already: !new,
             calls_cut: cut.len(),
             contexts_dropped,
             task_credentials_ended,
+            connections_drained,
         })
     }
 
     /// How long a revocation of `subject` must last when the operator does not say: a task's,
     /// until every chain of it that can still be presented here has expired (the chains this
-    /// node starts live at most [`ORIGIN_TTL`](crate::delegation::ORIGIN_TTL)); an agent's or
+    /// node starts live at most ten minutes); an agent's or
     /// a principal's has no natural end (`None`: the operator must give one).
     pub fn default_until(&self, subject: &Subject, now: i64) -> Option<i64> {
         let Subject::Task(task) = subject else {
@@ -232,6 +266,36 @@ pub(crate) struct Watched {
 }
 
 impl Watched {
+    /// Records what the call acts under (`facts`), then checks it against the revocations in
+    /// force at `now`. In that order: a revocation made meanwhile either finds the facts (and
+    /// cuts the call) or was recorded before the check (which refuses it).
+    pub(crate) fn admit(&self, facts: &CallFacts<'_>, now: i64) -> Result<(), Revocation> {
+        if let Some(live) = self.revoker.lock().get_mut(&self.id) {
+            live.task = facts.task.map(str::to_owned);
+            live.principal = facts.principal.map(str::to_owned);
+            live.agents = facts.agents.iter().map(|a| (*a).to_owned()).collect();
+        }
+        let Some(records) = &self.revoker.records else {
+            return Ok(());
+        };
+        if !records.any() {
+            return Ok(());
+        }
+        records.covering(facts, now).map_or(Ok(()), Err)
+    }
+
+    /// Why the call was cut, if it was: it must not take another step.
+    pub(crate) fn cut_reason(&self) -> Option<String> {
+        self.cut
+            .is_cancelled()
+            .then(|| self.why.get().cloned().unwrap_or_default())
+    }
+
+    /// Resolves when the call is cut.
+    pub(crate) async fn cut(&self) {
+        self.cut.cancelled().await;
+    }
+
     /// `response`, whose body ends with an error the moment the call is revoked (the call
     /// stays registered until the body is done).
     pub(crate) fn guard(self, response: http::Response<Body>) -> http::Response<Body> {
@@ -245,15 +309,54 @@ impl Drop for Watched {
     }
 }
 
+/// What agents and other nodes are told of `revocation`: what, which record, until when and
+/// why; never who (an operator's uid and name stay in this node's log and records).
+pub(crate) fn told(revocation: &Revocation) -> String {
+    format!(
+        "{} was revoked ({}, until {}): {}",
+        revocation.subject, revocation.id, revocation.until, revocation.reason
+    )
+}
+
 /// The refusal of a call that `revocation` covers.
 pub(crate) fn refusal(revocation: &Revocation, side: &'static str) -> (ProblemKind, String) {
     metrics::counter!(REFUSED, "side" => side).increment(1);
     (
         ProblemKind::Revoked,
         format!(
-            "{} was revoked by {} ({}), until {}: {}; no call may act under it. Start a new \
-             task once the operator has dealt with the cause",
-            revocation.subject, revocation.by, revocation.id, revocation.until, revocation.reason
+            "{}; no call may act under it. Start a new task once the operator has dealt with \
+             the cause",
+            told(revocation)
         ),
     )
+}
+
+/// The refusal of a call cut while it ran, before its next step.
+pub(crate) fn cut_problem(why: String, request_id: &str) -> crate::pipeline::Refused {
+    metrics::counter!(REFUSED, "side" => "in_flight").increment(1);
+    Box::new(crate::problem::Problem::new(
+        ProblemKind::Revoked,
+        format!("{why}; the call was stopped before it went on"),
+        request_id,
+    ))
+}
+
+/// Runs `work` (a call's stages) until it ends or the call is cut; a cut call is answered
+/// with `revoked`, and what it was waiting on is dropped (an upstream request is reset).
+pub(crate) async fn until_cut(
+    work: impl std::future::Future<Output = crate::pipeline::Ran>,
+    watched: Option<&Watched>,
+    request_id: &str,
+) -> crate::pipeline::Ran {
+    let Some(watched) = watched else {
+        return work.await;
+    };
+    tokio::select! {
+        biased;
+        () = watched.cut() => Err((
+            "revoked",
+            cut_problem(watched.cut_reason().unwrap_or_default(), request_id),
+        )),
+        ran = work => ran,
+    }
 }

@@ -6,7 +6,7 @@
 //! - `GET /v1/approvals`, `GET /v1/approvals/{id}`
 //! - `POST /v1/approvals/{id}/approve`, `POST /v1/approvals/{id}/deny` (body `{"note": "..."}`,
 //!   optional)
-//! - `GET /v1/revocations`, `POST /v1/revocations` ([`revocations`])
+//! - `GET /v1/revocations`, `POST /v1/revocations` (`revocations.rs`)
 
 mod revocations;
 

@@ -88,11 +88,12 @@ pub(super) async fn revoke(
             );
         }
     };
-    match state
+    let outcome = state
         .revoker
-        .revoke(subject, &request.reason, &by, now, until)
-    {
-        Ok(applied) => Json(applied).into_response(),
+        .revoke_and_relay(subject, &request.reason, &by, until, true)
+        .await;
+    match outcome {
+        Ok(outcome) => Json(outcome).into_response(),
         Err(e @ RevocationError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e @ RevocationError::Full) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

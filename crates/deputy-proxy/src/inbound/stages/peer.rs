@@ -22,6 +22,11 @@ pub(super) fn admit(call: &mut Call<'_>) -> Outcome {
         .headers()
         .get("deputy-dry-run")
         .is_some_and(|v| v.as_bytes() == b"true");
+    let revocation_key = request
+        .headers()
+        .get(crate::revocation::REVOCATION_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
     strip_all_deputy_headers(headers);
@@ -34,6 +39,7 @@ pub(super) fn admit(call: &mut Call<'_>) -> Outcome {
     }
     call.chain = chain;
     call.dry_run = dry_run;
+    call.revocation_key = revocation_key;
     if inbound.policy.is_none() {
         inbound
             .without_policy

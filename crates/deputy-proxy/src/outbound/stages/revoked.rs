@@ -1,6 +1,7 @@
 //! `revoked`: a call under a revoked task or principal, or with a revoked agent in it (the
 //! caller, the service, any actor of the chain it continues), is refused; any other call is
-//! registered so that a revocation while it streams cuts it.
+//! registered so that a revocation while it streams cuts it. A call of a task keeps what a
+//! revocation of it follows (`send` gives the next node its key).
 
 use deputy_state::CallFacts;
 
@@ -9,6 +10,7 @@ use crate::config::Reach;
 use crate::delegation::TaskPlan;
 use crate::pipeline::Outcome;
 use crate::problem::Problem;
+use crate::revocation::TaskFacts;
 
 pub(super) fn check(call: &mut Call<'_>) -> Outcome {
     let plan = call
@@ -35,9 +37,20 @@ pub(super) fn check(call: &mut Call<'_>) -> Outcome {
         principal,
         agents: &agents,
     };
-    match call.outbound.revoker.admit(&facts, crate::unix(call.now)) {
-        Ok(watched) => {
-            call.watched = watched;
+    let admitted = call
+        .watched
+        .map_or(Ok(()), |w| w.admit(&facts, crate::unix(call.now)));
+    match admitted {
+        Ok(()) => {
+            if let (Some(task), Some(principal), Some(until)) =
+                (plan.task(), principal, plan.expires_at(call.now))
+            {
+                let facts = TaskFacts {
+                    principal: principal.to_owned(),
+                    agents: agents.iter().map(|a| (*a).to_owned()).collect(),
+                };
+                call.task_hops = Some((task.to_owned(), facts, crate::unix(until)));
+            }
             Ok(())
         }
         Err(revocation) => {

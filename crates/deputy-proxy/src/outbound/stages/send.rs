@@ -9,6 +9,7 @@ use crate::body::{Body, DecisionId, stream};
 use crate::config::Reach;
 use crate::pipeline::{Refused, Waiting};
 use crate::problem::{Problem, ProblemKind};
+use crate::revocation::REVOCATION_KEY;
 use crate::routing::{DELEGATION, REQUEST_ID, strip_all_deputy_headers, strip_hop_by_hop};
 
 pub(super) fn send<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
@@ -116,6 +117,9 @@ async fn to_mesh(
     {
         request.headers_mut().insert(DELEGATION, chain);
     }
+    if let Some(key) = revocation_key(call) {
+        request.headers_mut().insert(REVOCATION_KEY, key);
+    }
 
     let timeout = call.outbound.timeouts.request;
     let spent_under = call.spent_under.take();
@@ -142,6 +146,24 @@ async fn to_mesh(
         .into()),
         Err(_) => Err(timed_out(&service, timeout, request_id)),
     }
+}
+
+/// The key the service's node is given for the call's task: what a revocation of the task
+/// sent there later must carry.
+fn revocation_key(call: &Call<'_>) -> Option<HeaderValue> {
+    let (task, facts, until) = call.task_hops.as_ref()?;
+    let service = call.service.as_ref()?;
+    let Reach::Mesh(peer) = &service.reach else {
+        return None;
+    };
+    let key = call.outbound.revoker.hops.key_for(
+        task,
+        facts,
+        (&peer.address, &service.name, &peer.spiffe_id),
+        *until,
+        crate::unix(call.now),
+    )?;
+    HeaderValue::from_str(&key).ok()
 }
 
 pub(super) fn bad_target(error: &dyn std::fmt::Display, request_id: &str) -> Refused {

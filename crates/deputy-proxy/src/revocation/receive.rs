@@ -1,0 +1,120 @@
+//! Taking a revocation from another node, on the inbound listener ([`PATH`]): accepted only
+//! when it is signed by the node's own SVID (a SPIFFE ID under `/deputyd/`), sent over mTLS
+//! with that same SVID, fresh, and carries the key this node received the task with, so only a
+//! node that extended the task here can revoke it here. Then it is applied and sent on, like
+//! an operator's.
+
+use std::time::SystemTime;
+
+use deputy_state::Subject;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::cascade::{Claims, MAX_BYTES, PATH, TYP};
+use crate::body::Body;
+use crate::inbound::{Connection, Inbound};
+
+/// How far a revocation's `iat` may be from this node's clock.
+const FRESH_WITHIN: i64 = 60;
+/// The path of a deputyd's own SPIFFE ID (as `spire/register-deputyd.sh` registers it).
+const NODE_PATH: &str = "/deputyd/";
+
+/// Answers a revocation `request` from the peer of `connection`.
+pub(crate) async fn receive(
+    inbound: &Inbound,
+    connection: &Connection,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let peer = connection.peer.to_string();
+    match accept(inbound, connection, request).await {
+        Ok(answer) => json(StatusCode::OK, &answer),
+        Err((status, why)) => {
+            tracing::warn!(%peer, agent = %connection.agent.name, why = ?why,
+                "refused a revocation from another node");
+            json(status, &serde_json::json!({ "error": why }))
+        }
+    }
+}
+
+async fn accept(
+    inbound: &Inbound,
+    connection: &Connection,
+    request: Request<Incoming>,
+) -> Result<serde_json::Value, (StatusCode, String)> {
+    let forbidden = |why: String| (StatusCode::FORBIDDEN, why);
+    if request.method() != Method::POST {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{PATH} takes a POSTed revocation"),
+        ));
+    }
+    let peer = &connection.peer;
+    if !peer.path().starts_with(NODE_PATH) {
+        return Err(forbidden(format!(
+            "revocations are sent by deputyd nodes over mTLS with their own SVID (a SPIFFE ID \
+             under {NODE_PATH}); {peer} is not one"
+        )));
+    }
+    let body = crate::body::read_whole(crate::body::stream(request.into_body()), MAX_BYTES)
+        .await
+        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    let compact = std::str::from_utf8(&body)
+        .map_err(|_| (StatusCode::BAD_REQUEST, "the body is not UTF-8".to_owned()))?
+        .trim();
+    let now = SystemTime::now();
+    let signed =
+        deputy_delegation::verify_signed::<Claims>(compact, TYP, &inbound.anchors.current(), now)
+            .map_err(|e| forbidden(format!("the revocation does not verify: {e}")))?;
+    let claims = signed.claims;
+    if signed.signer != *peer || claims.iss != peer.to_string() {
+        return Err(forbidden(format!(
+            "the revocation is signed by {} (iss {}) but sent by {peer}; a node sends only its \
+             own revocations",
+            signed.signer, claims.iss
+        )));
+    }
+    let now = crate::unix(now);
+    if (claims.iat - now).abs() > FRESH_WITHIN {
+        return Err(forbidden(format!(
+            "the revocation was signed at {} and this node's clock says {now}; it must be \
+             sent within {FRESH_WITHIN} s (check the clocks)",
+            claims.iat
+        )));
+    }
+    let revoker = &inbound.revoker;
+    if !revoker
+        .hops
+        .arrived_with_key(&claims.task, &claims.key, now)
+    {
+        return Err(forbidden(format!(
+            "task {:?} did not arrive here with the key this revocation carries: a node may \
+             revoke a task here only if it extended that task to this node (an operator of \
+             this node can revoke anything)",
+            claims.task
+        )));
+    }
+    let by = format!("{}, relayed by {}", claims.by, claims.iss);
+    // A task already revoked here was sent on when it was: a cycle in the delegation tree
+    // (A -> B -> A) ends here.
+    let outcome = revoker
+        .revoke_and_relay(
+            Subject::Task(claims.task.clone()),
+            &claims.reason,
+            &by,
+            claims.until,
+            false,
+        )
+        .await
+        .map_err(|e| (StatusCode::CONFLICT, e.to_string()))?;
+    serde_json::to_value(outcome).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(crate::body::full(value.to_string().into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
