@@ -107,16 +107,31 @@ pub(crate) async fn run(command: RevocationsCommand) -> anyhow::Result<ExitCode>
     for r in rows {
         let field = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
         println!(
-            "{}  {} {}  by {}  until {}  why: {}",
+            "{}  {}  by {}  until {}  why: {}",
             field(&r["id"]),
-            field(&r["subject"]["kind"]),
-            field(&r["subject"]["value"]),
+            subject(&r["subject"]),
             field(&r["by"]),
             r["until"],
             field(&r["reason"]),
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A revocation's subject in words: `task ID`, `agent ID`, `principal P`, or an exact task
+/// (`task ID (started by AGENT for P)`, as another node relays it).
+fn subject(subject: &serde_json::Value) -> String {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let (kind, value) = (&subject["kind"], &subject["value"]);
+    if kind == "exact_task" {
+        return format!(
+            "task {} (started by {} for {})",
+            text(&value["id"]),
+            text(&value["originator"]),
+            text(&value["principal"])
+        );
+    }
+    format!("{} {}", text(kind), text(value))
 }
 
 /// `value` without its null fields: deputyd takes exactly one subject.

@@ -300,6 +300,7 @@ impl ContextStore {
                     &deputy_state::CallFacts {
                         task: Some(c.chain.task()),
                         principal: Some(c.chain.principal()),
+                        originator: Some(c.chain.originator()),
                         agents: &agents,
                     },
                     now,

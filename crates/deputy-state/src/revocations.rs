@@ -18,6 +18,10 @@ const REVOCATIONS: TableDefinition<'static, &str, &str> = TableDefinition::new("
 /// The most revocations a node keeps at once: each is checked against every call.
 pub const MAX_REVOCATIONS: usize = 4096;
 
+/// Of those, the most that other nodes relayed: what peers send can never take the places an
+/// operator needs.
+pub const MAX_RELAYED: usize = MAX_REVOCATIONS / 2;
+
 /// Longest task id, SPIFFE ID or principal a revocation names.
 pub const MAX_SUBJECT_BYTES: usize = 512;
 
@@ -35,13 +39,24 @@ pub enum Subject {
     Agent(String),
     /// Every chain acting for this principal.
     Principal(String),
+    /// One task exactly: its id, the principal it acts for and the agent that started it (task
+    /// ids are chosen by whoever starts a task, so the id alone may name several). What one
+    /// node relays to another.
+    ExactTask {
+        /// The task's id.
+        id: String,
+        /// Whom it acts for.
+        principal: String,
+        /// The SPIFFE ID of the agent that started it.
+        originator: String,
+    },
 }
 
 impl Subject {
     /// `task`, `agent` or `principal`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Task(_) => "task",
+            Self::Task(_) | Self::ExactTask { .. } => "task",
             Self::Agent(_) => "agent",
             Self::Principal(_) => "principal",
         }
@@ -51,13 +66,33 @@ impl Subject {
     pub fn value(&self) -> &str {
         match self {
             Self::Task(v) | Self::Agent(v) | Self::Principal(v) => v,
+            Self::ExactTask { id, .. } => id,
+        }
+    }
+
+    /// Every name the subject holds, for validation.
+    fn names(&self) -> Vec<&str> {
+        match self {
+            Self::Task(v) | Self::Agent(v) | Self::Principal(v) => vec![v],
+            Self::ExactTask {
+                id,
+                principal,
+                originator,
+            } => vec![id, principal, originator],
         }
     }
 }
 
 impl std::fmt::Display for Subject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.kind(), self.value())
+        match self {
+            Self::ExactTask {
+                id,
+                principal,
+                originator,
+            } => write!(f, "task {id} (started by {originator} for {principal})"),
+            _ => write!(f, "{} {}", self.kind(), self.value()),
+        }
     }
 }
 
@@ -76,6 +111,9 @@ pub struct Revocation {
     pub at: i64,
     /// Until when, unix seconds: after this nothing it covers can still be presented.
     pub until: i64,
+    /// Another node sent it (it counts against [`MAX_RELAYED`]).
+    #[serde(default)]
+    pub relayed: bool,
 }
 
 /// What a call is, for the revocations to judge: its task, principal and every agent in it
@@ -86,6 +124,8 @@ pub struct CallFacts<'a> {
     pub task: Option<&'a str>,
     /// Whom it acts for, if it carries a chain.
     pub principal: Option<&'a str>,
+    /// The agent that started its task, if it carries a chain.
+    pub originator: Option<&'a str>,
     /// The SPIFFE IDs of the agents taking part.
     pub agents: &'a [&'a str],
 }
@@ -98,6 +138,15 @@ impl Revocation {
         }
         match &self.subject {
             Subject::Task(task) => call.task == Some(task.as_str()),
+            Subject::ExactTask {
+                id,
+                principal,
+                originator,
+            } => {
+                call.task == Some(id.as_str())
+                    && call.principal == Some(principal.as_str())
+                    && call.originator == Some(originator.as_str())
+            }
             Subject::Principal(principal) => call.principal == Some(principal.as_str()),
             Subject::Agent(agent) => call.agents.contains(&agent.as_str()),
         }
@@ -111,12 +160,12 @@ pub enum RevocationError {
     /// An empty task id, SPIFFE ID or principal, or an empty reason.
     #[error("{0}")]
     Invalid(String),
-    /// [`MAX_REVOCATIONS`] are in force.
+    /// [`MAX_REVOCATIONS`] are in force (or, for a relayed one, [`MAX_RELAYED`]).
     #[error(
-        "{MAX_REVOCATIONS} revocations are in force on this node already; for a fleet-wide \
-         ban remove the agent's registration instead"
+        "{0} revocations are in force on this node already; for a fleet-wide ban remove the \
+         agent's registration instead"
     )]
-    Full,
+    Full(usize),
     /// The state database failed.
     #[error("the revocation could not be recorded durably: {0}")]
     Store(#[from] StateError),
@@ -171,28 +220,31 @@ impl Revocations {
     }
 
     /// Records that `subject` is revoked by `by` for `reason` from `now` until `until`,
-    /// durably. A subject already revoked keeps its record, its bound extended to the later of
-    /// the two; returns the record in force and whether it is new.
+    /// durably (`relayed`: another node sent it). A subject already revoked keeps its record,
+    /// its bound extended to the later of the two; returns the record in force and whether it
+    /// is new.
     pub fn revoke(
         &self,
         subject: Subject,
         reason: &str,
         by: &str,
-        now: i64,
-        until: i64,
+        at: (i64, i64),
+        relayed: bool,
     ) -> Result<(Revocation, bool), RevocationError> {
-        let value = subject.value();
-        if value.is_empty() || value.trim() != value {
-            return Err(RevocationError::Invalid(format!(
-                "name the {} to revoke, without spaces around it",
-                subject.kind()
-            )));
-        }
-        if value.len() > MAX_SUBJECT_BYTES || value.chars().any(unprintable) {
-            return Err(RevocationError::Invalid(format!(
-                "a {} to revoke is at most {MAX_SUBJECT_BYTES} bytes of printable text",
-                subject.kind()
-            )));
+        let (now, until) = at;
+        for value in subject.names() {
+            if value.is_empty() || value.trim() != value {
+                return Err(RevocationError::Invalid(format!(
+                    "name the {} to revoke, without spaces around it",
+                    subject.kind()
+                )));
+            }
+            if value.len() > MAX_SUBJECT_BYTES || value.chars().any(unprintable) {
+                return Err(RevocationError::Invalid(format!(
+                    "a {} to revoke is at most {MAX_SUBJECT_BYTES} bytes of printable text",
+                    subject.kind()
+                )));
+            }
         }
         if reason.trim().is_empty() {
             return Err(RevocationError::Invalid(
@@ -214,21 +266,34 @@ impl Revocations {
         let over: Vec<Revocation> = active.iter().filter(|r| r.until <= now).cloned().collect();
         let mut next: Vec<Revocation> = active.iter().filter(|r| r.until > now).cloned().collect();
         let (record, new) = match next.iter_mut().find(|r| r.subject == subject) {
+            Some(existing) if existing.until >= until && over.is_empty() => {
+                // Nothing changes: nothing to write (a peer repeating itself costs no disk).
+                return Ok((existing.clone(), false));
+            }
             Some(existing) => {
                 existing.until = existing.until.max(until);
+                // An operator's word on a subject outweighs a peer's: it no longer counts as
+                // relayed.
+                existing.relayed &= relayed;
                 (existing.clone(), false)
             }
             None => {
-                if next.len() >= MAX_REVOCATIONS {
-                    return Err(RevocationError::Full);
+                let (in_force, limit) = if relayed {
+                    (next.iter().filter(|r| r.relayed).count(), MAX_RELAYED)
+                } else {
+                    (next.iter().filter(|r| !r.relayed).count(), MAX_REVOCATIONS)
+                };
+                if in_force >= limit {
+                    return Err(RevocationError::Full(limit));
                 }
                 let record = Revocation {
                     id: format!("rev_{}", uuid::Uuid::now_v7().simple()),
                     subject,
                     reason: printable(reason),
-                    by: by.to_owned(),
+                    by: printable(by),
                     at: now,
                     until,
+                    relayed,
                 };
                 next.push(record.clone());
                 (record, true)
@@ -318,15 +383,28 @@ mod tests {
             let revocations = open(&dir, 100);
             assert!(!revocations.any());
             let (task, new) = revocations
-                .revoke(Subject::Task("t1".into()), "leaked", "uid 0", 100, 160)
+                .revoke(
+                    Subject::Task("t1".into()),
+                    "leaked",
+                    "uid 0",
+                    (100, 160),
+                    false,
+                )
                 .expect("task");
             assert!(new);
             revocations
-                .revoke(Subject::Agent(ALPHA.into()), "rogue", "uid 0", 100, 130)
+                .revoke(
+                    Subject::Agent(ALPHA.into()),
+                    "rogue",
+                    "uid 0",
+                    (100, 130),
+                    false,
+                )
                 .expect("agent");
             let call = |task, principal, agents| CallFacts {
                 task,
                 principal,
+                originator: None,
                 agents,
             };
             let covering = revocations
@@ -367,14 +445,59 @@ mod tests {
     }
 
     #[test]
+    fn an_exact_task_covers_only_the_task_its_originator_started_for_its_principal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let revocations = open(&dir, 0);
+        let exact = Subject::ExactTask {
+            id: "t1".into(),
+            principal: "user:a".into(),
+            originator: ALPHA.into(),
+        };
+        revocations
+            .revoke(exact, "relayed", "node", (0, 100), true)
+            .expect("revoke");
+        let call = |principal, originator| CallFacts {
+            task: Some("t1"),
+            principal: Some(principal),
+            originator: Some(originator),
+            agents: &[],
+        };
+        assert!(revocations.covering(&call("user:a", ALPHA), 10).is_some());
+        for (principal, originator) in [
+            ("user:b", ALPHA),
+            ("user:a", "spiffe://example.org/agent/mallory"),
+        ] {
+            assert!(
+                revocations
+                    .covering(&call(principal, originator), 10)
+                    .is_none(),
+                "a namesake task of {originator} for {principal} goes on"
+            );
+        }
+        assert!(revocations.list(10)[0].relayed);
+    }
+
+    #[test]
     fn revoking_again_extends_the_bound_and_bad_input_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let revocations = open(&dir, 0);
         let (first, _) = revocations
-            .revoke(Subject::Principal("user:a".into()), "x", "op", 0, 50)
+            .revoke(
+                Subject::Principal("user:a".into()),
+                "x",
+                "op",
+                (0, 50),
+                false,
+            )
             .expect("first");
         let (again, new) = revocations
-            .revoke(Subject::Principal("user:a".into()), "y", "op", 10, 90)
+            .revoke(
+                Subject::Principal("user:a".into()),
+                "y",
+                "op",
+                (10, 90),
+                false,
+            )
             .expect("again");
         assert!(!new);
         assert_eq!((again.id, again.until), (first.id, 90));
@@ -384,12 +507,18 @@ mod tests {
             (Subject::Task("t".into()), "r", 0),
         ] {
             assert!(matches!(
-                revocations.revoke(subject, reason, "op", 0, until),
+                revocations.revoke(subject, reason, "op", (0, until), false),
                 Err(RevocationError::Invalid(_))
             ));
         }
         let (capped, _) = revocations
-            .revoke(Subject::Task("t".into()), "r\u{1b}[31m", "op", 0, i64::MAX)
+            .revoke(
+                Subject::Task("t".into()),
+                "r\u{1b}[31m",
+                "op",
+                (0, i64::MAX),
+                false,
+            )
             .expect("capped");
         assert_eq!(capped.until, MAX_BOUND_SECONDS);
         assert_eq!(capped.reason, "r [31m");

@@ -50,7 +50,11 @@ pub(crate) struct Call<'a> {
     pub(crate) watched: Option<&'a crate::revocation::Watched>,
     /// `revoked`: the call's task, what it is and until when, for the key `send` gives the
     /// next node.
-    pub(crate) task_hops: Option<(String, crate::revocation::TaskFacts, i64)>,
+    pub(crate) task_hops: Option<(
+        crate::revocation::TaskKey,
+        crate::revocation::TaskFacts,
+        i64,
+    )>,
     /// `connect`: the pooled connection's sender.
     pub(crate) sender: Option<SendRequest<Body>>,
     /// `sign`: the chain to send, and the received context its budget was spent under.

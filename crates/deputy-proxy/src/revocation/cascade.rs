@@ -2,7 +2,7 @@
 //! node's own SVID and carrying the key this node gave that node for the task, over mTLS made
 //! with the same SVID to the same inbound listener (and SNI) the task's calls went to.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deputy_delegation::LinkSigner;
@@ -25,21 +25,31 @@ pub const PATH: &str = "/.well-known/deputy/revocation";
 pub(crate) const MAX_BYTES: usize = 64 * 1024;
 /// Longest wait for one node's answer (which includes its own cascade to the nodes after it).
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// Longest a node waits for the nodes after it before it answers (less than its sender waits
+/// for it); the cascade goes on in the background after that.
+const RELAY_WAIT: Duration = Duration::from_secs(8);
 /// Attempts per node: a node that restarts or drops the connection is tried again.
 const ATTEMPTS: u32 = 3;
+/// Rounds remembered: a round that comes back (a cycle, a retry) is not sent on again.
+const ROUNDS: usize = 4096;
 
 /// What one node is told: signed by `iss` (this node's SPIFFE ID).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Claims {
     pub(crate) iss: String,
+    /// The task, exactly: its id, principal and originator.
     pub(crate) task: String,
+    pub(crate) principal: String,
+    pub(crate) originator: String,
     /// The key the receiving node was given with the task.
     pub(crate) key: String,
     pub(crate) reason: String,
     /// Who revoked it first (an operator, on some node).
     pub(crate) by: String,
     pub(crate) until: i64,
+    /// One operator's revocation, as it travels: a node sends a round on once.
+    pub(crate) round: String,
     pub(crate) iat: i64,
     pub(crate) jti: String,
 }
@@ -62,8 +72,12 @@ pub struct Relayed {
     pub task: String,
     /// Its HTTP status, if it answered.
     pub status: Option<u16>,
-    /// Its answer (what it revoked and relayed in turn), or why it could not be told.
-    pub answer: serde_json::Value,
+    /// Nodes that applied it: that node and those after it, as far as they answered.
+    pub reached: u64,
+    /// Nodes after it that could not be told (or had not answered in time).
+    pub failed: u64,
+    /// Why it could not be told, or what it refused.
+    pub error: Option<String>,
 }
 
 /// A revocation applied here, and how sending it on went.
@@ -71,49 +85,133 @@ pub struct Relayed {
 pub struct Outcome {
     /// What it did on this node.
     pub applied: super::Applied,
-    /// The nodes it was sent on to (none when the task was revoked here before: it was sent
-    /// on then).
+    /// The nodes it was sent on to (none when this round came here before: it was sent on
+    /// then).
     pub relayed: Vec<Relayed>,
+}
+
+impl Outcome {
+    /// What a node tells the node that sent it the revocation: counts, not where the task went
+    /// from here (which is no business of the node before).
+    pub(crate) fn summary(&self) -> serde_json::Value {
+        let reached: u64 = self.relayed.iter().map(|r| r.reached).sum();
+        let failed: u64 = self
+            .relayed
+            .iter()
+            .map(|r| r.failed + u64::from(r.status != Some(200)))
+            .sum();
+        serde_json::json!({
+            "revocation": self.applied.revocation.id,
+            "already": self.applied.already,
+            "calls_cut": self.applied.calls_cut,
+            "reached": reached,
+            "failed": failed,
+        })
+    }
+}
+
+/// Who asks for a revocation, and so whether it is sent on.
+#[derive(Debug, Clone)]
+pub enum Asked {
+    /// An operator of this node: a new round, always sent on (a node that missed an earlier
+    /// one is told again).
+    ByOperator,
+    /// The node before, in `round`: sent on unless this round came here before.
+    ByNode {
+        /// The round's id.
+        round: String,
+    },
+}
+
+/// The rounds this node has sent on.
+#[derive(Debug)]
+pub(crate) struct Rounds(Mutex<lru::LruCache<String, ()>>);
+
+impl Default for Rounds {
+    fn default() -> Self {
+        Self(Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(ROUNDS).unwrap_or(std::num::NonZeroUsize::MIN),
+        )))
+    }
+}
+
+impl Rounds {
+    /// Whether `round` is new here (and remembers it).
+    fn first_time(&self, round: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(round.to_owned(), ())
+            .is_none()
+    }
 }
 
 impl Revoker {
     /// Revokes `subject` here (as [`Revoker::revoke`], off the async workers: the record is
-    /// committed to disk) and sends it on to the nodes its tasks went to. `always_relay`: an
-    /// operator's revocation is sent on even when it was in force already (a node that missed
-    /// it is told again); one from another node only the first time (a cycle ends).
+    /// committed to disk) and sends it on to the nodes its tasks went to, waiting a bounded
+    /// time for their answers (the sending goes on in the background past it).
     pub async fn revoke_and_relay(
-        &self,
+        self: &Arc<Self>,
         subject: deputy_state::Subject,
         reason: &str,
         by: &str,
         until: i64,
-        always_relay: bool,
+        asked: Asked,
     ) -> Result<Outcome, deputy_state::RevocationError> {
         let now = crate::unix(std::time::SystemTime::now());
-        let revoke = || self.revoke(subject, reason, by, now, until);
+        let relayed = matches!(asked, Asked::ByNode { .. });
+        let revoke = || self.revoke(subject, reason, by, (now, until), relayed);
         let applied = if crate::may_block_in_place() {
             tokio::task::block_in_place(revoke)
         } else {
             revoke()
         }?;
-        let relayed = if always_relay || !applied.already {
-            self.cascade(&applied.revocation, now).await
-        } else {
-            Vec::new()
+        let round = match asked {
+            Asked::ByOperator => uuid::Uuid::now_v7().simple().to_string(),
+            Asked::ByNode { round } => round,
+        };
+        if !self.rounds.first_time(&round) {
+            return Ok(Outcome {
+                applied,
+                relayed: Vec::new(),
+            });
+        }
+        let revoker = self.clone();
+        let revocation = applied.revocation.clone();
+        let mut sending =
+            tokio::spawn(async move { revoker.cascade(&revocation, &round, now).await });
+        let relayed = match tokio::time::timeout(RELAY_WAIT, &mut sending).await {
+            Ok(Ok(relayed)) => relayed,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "sending a revocation on failed");
+                Vec::new()
+            }
+            Err(_) => vec![Relayed {
+                node: "-".into(),
+                service: "-".into(),
+                task: applied.revocation.subject.value().to_owned(),
+                status: None,
+                reached: 0,
+                failed: 1,
+                error: Some(format!(
+                    "the nodes after this one had not all answered within {RELAY_WAIT:?}; it is \
+                     still being sent on (see deputyd's log)"
+                )),
+            }],
         };
         Ok(Outcome { applied, relayed })
     }
 
-    /// Sends `revocation` to every node a task it covers went to from here; waits for each
-    /// node's answer (which includes the nodes after it), bounded.
-    pub async fn cascade(&self, revocation: &Revocation, now: i64) -> Vec<Relayed> {
+    /// Sends `revocation` to every node a task it covers went to from here, in `round`.
+    async fn cascade(&self, revocation: &Revocation, round: &str, now: i64) -> Vec<Relayed> {
         let targets = self.hops.downstream_of(
             |task, facts| {
                 let agents: Vec<&str> = facts.agents.iter().map(String::as_str).collect();
                 revocation.covers(
                     &CallFacts {
-                        task: Some(task),
-                        principal: Some(&facts.principal),
+                        task: Some(&task.id),
+                        principal: Some(&task.principal),
+                        originator: Some(&task.originator),
                         agents: &agents,
                     },
                     now,
@@ -128,7 +226,7 @@ impl Revoker {
             tracing::error!(revocation = %revocation.id, %why, "a revocation was not sent on");
             targets
                 .iter()
-                .map(|(task, to)| relayed(task, to, None, why.clone().into()))
+                .map(|(task, to)| relayed(&task.id, to, None, Err(why.clone())))
                 .collect()
         };
         let Some(node) = &self.node else {
@@ -148,11 +246,14 @@ impl Revoker {
         let sends = targets.into_iter().map(|(task, to)| {
             let claims = Claims {
                 iss: signer.spiffe_id().to_string(),
-                task,
+                task: task.id,
+                principal: task.principal,
+                originator: task.originator,
                 key: to.key.clone(),
                 reason: revocation.reason.clone(),
                 by: revocation.by.clone(),
                 until: revocation.until,
+                round: round.to_owned(),
                 iat: now,
                 jti: uuid::Uuid::now_v7().simple().to_string(),
             };
@@ -162,13 +263,38 @@ impl Revoker {
     }
 }
 
-fn relayed(task: &str, to: &Downstream, status: Option<u16>, answer: serde_json::Value) -> Relayed {
+/// How sending to `to` went: its status and answer, or why it could not be told.
+fn relayed(
+    task: &str,
+    to: &Downstream,
+    status: Option<u16>,
+    answer: Result<serde_json::Value, String>,
+) -> Relayed {
+    let (reached, failed, error) = match (&answer, status) {
+        (Ok(answer), Some(200)) => (
+            1 + answer["reached"].as_u64().unwrap_or(0),
+            answer["failed"].as_u64().unwrap_or(0),
+            None,
+        ),
+        (Ok(answer), _) => (
+            0,
+            0,
+            Some(
+                answer["error"]
+                    .as_str()
+                    .map_or_else(|| answer.to_string(), str::to_owned),
+            ),
+        ),
+        (Err(why), _) => (0, 0, Some(why.clone())),
+    };
     Relayed {
         node: to.address.clone(),
         service: to.server_name.clone(),
         task: task.to_owned(),
         status,
-        answer,
+        reached,
+        failed,
+        error,
     }
 }
 
@@ -181,7 +307,7 @@ async fn send(
 ) -> Relayed {
     let compact = match signer.sign_document(TYP, &claims) {
         Ok(compact) => compact,
-        Err(e) => return relayed(&claims.task, &to, None, format!("cannot sign: {e}").into()),
+        Err(e) => return relayed(&claims.task, &to, None, Err(format!("cannot sign: {e}"))),
     };
     let mut failure = String::new();
     for attempt in 0..ATTEMPTS {
@@ -192,7 +318,7 @@ async fn send(
             Ok(Ok((status, answer))) => {
                 tracing::info!(task = %claims.task, node = %to.address, service = %to.server_name,
                     status, "revocation sent on");
-                return relayed(&claims.task, &to, Some(status), answer);
+                return relayed(&claims.task, &to, Some(status), Ok(answer));
             }
             Ok(Err(e)) => failure = e,
             Err(_) => failure = format!("no answer within {ANSWER_WITHIN:?}"),
@@ -200,7 +326,7 @@ async fn send(
         tracing::warn!(task = %claims.task, node = %to.address, attempt, error = %failure,
             "sending a revocation on failed");
     }
-    relayed(&claims.task, &to, None, failure.into())
+    relayed(&claims.task, &to, None, Err(failure))
 }
 
 /// POSTs `compact` to `to`'s revocation path: its status and JSON answer.

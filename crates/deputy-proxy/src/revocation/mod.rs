@@ -18,8 +18,8 @@ mod hops;
 mod receive;
 
 pub(crate) use cascade::NodeIdentity;
-pub use cascade::{Outcome, PATH, Relayed};
-pub(crate) use hops::TaskFacts;
+pub use cascade::{Asked, Outcome, PATH, Relayed};
+pub(crate) use hops::{TaskFacts, TaskKey};
 pub(crate) use receive::receive;
 
 /// The header a node sends a task's revocation key in, to the node it extends the task to
@@ -51,6 +51,7 @@ const CLOCK_SKEW: i64 = 60;
 struct Live {
     task: Option<String>,
     principal: Option<String>,
+    originator: Option<String>,
     agents: Vec<String>,
     cut: CancellationToken,
     /// Why it was cut, for the error its stream ends with.
@@ -64,6 +65,7 @@ impl Live {
             &CallFacts {
                 task: self.task.as_deref(),
                 principal: self.principal.as_deref(),
+                originator: self.originator.as_deref(),
                 agents: &agents,
             },
             now,
@@ -104,6 +106,8 @@ pub struct Revoker {
     pub(crate) hops: hops::Hops,
     /// This node's own identity, to send revocations on with.
     node: Option<NodeIdentity>,
+    /// The rounds of revocations this node has sent on.
+    rounds: cascade::Rounds,
 }
 
 impl Revoker {
@@ -126,6 +130,7 @@ impl Revoker {
             agents,
             hops: hops::Hops::default(),
             node,
+            rounds: cascade::Rounds::default(),
             registry,
         }
     }
@@ -147,6 +152,7 @@ impl Revoker {
             Live {
                 task: None,
                 principal: None,
+                originator: None,
                 agents: Vec::new(),
                 cut: cut.clone(),
                 why: why.clone(),
@@ -160,20 +166,22 @@ impl Revoker {
         })
     }
 
-    /// Revokes `subject` (an operator, or a node the task came from: `by`) for `reason` until
-    /// `until`: recorded durably first, then whatever is in flight or held under it is cut.
+    /// Revokes `subject` (an operator, or a node the task came from: `by`, `relayed`) for
+    /// `reason` from `at.0` until `at.1`: recorded durably first, then whatever is in flight or
+    /// held under it is cut.
     pub fn revoke(
         &self,
         subject: Subject,
         reason: &str,
         by: &str,
-        now: i64,
-        until: i64,
+        at: (i64, i64),
+        relayed: bool,
     ) -> Result<Applied, RevocationError> {
+        let now = at.0;
         let records = self.records.as_ref().ok_or_else(|| {
             RevocationError::Invalid("this deputyd keeps no state; it cannot revoke".into())
         })?;
-        let (revocation, new) = records.revoke(subject, reason, by, now, until)?;
+        let (revocation, new) = records.revoke(subject, reason, by, at, relayed)?;
         let why = told(&revocation);
         let cut: Vec<(CancellationToken, Arc<OnceLock<String>>)> = self
             .lock()
@@ -201,6 +209,7 @@ impl Revoker {
                     &CallFacts {
                         task: Some(&task.id),
                         principal: Some(&task.principal),
+                        originator: Some(&task.originator),
                         agents: &agents,
                     },
                     now,
@@ -218,7 +227,7 @@ impl Revoker {
                     .map(|(name, _)| name.as_str());
                 self.registry.drain_revoked(local, agent, &why)
             }
-            Subject::Task(_) | Subject::Principal(_) => 0,
+            Subject::Task(_) | Subject::ExactTask { .. } | Subject::Principal(_) => 0,
         };
         tracing::warn!(revocation = %revocation.id, subject = ?revocation.subject.to_string(),
             by = ?revocation.by, reason = ?revocation.reason, until = revocation.until,
@@ -269,10 +278,11 @@ impl Watched {
     /// Records what the call acts under (`facts`), then checks it against the revocations in
     /// force at `now`. In that order: a revocation made meanwhile either finds the facts (and
     /// cuts the call) or was recorded before the check (which refuses it).
-    pub(crate) fn admit(&self, facts: &CallFacts<'_>, now: i64) -> Result<(), Revocation> {
+    pub(crate) fn admit(&self, facts: &CallFacts<'_>, now: i64) -> Result<(), Box<Revocation>> {
         if let Some(live) = self.revoker.lock().get_mut(&self.id) {
             live.task = facts.task.map(str::to_owned);
             live.principal = facts.principal.map(str::to_owned);
+            live.originator = facts.originator.map(str::to_owned);
             live.agents = facts.agents.iter().map(|a| (*a).to_owned()).collect();
         }
         let Some(records) = &self.revoker.records else {
@@ -281,7 +291,9 @@ impl Watched {
         if !records.any() {
             return Ok(());
         }
-        records.covering(facts, now).map_or(Ok(()), Err)
+        records
+            .covering(facts, now)
+            .map_or(Ok(()), |r| Err(Box::new(r)))
     }
 
     /// Why the call was cut, if it was: it must not take another step.

@@ -7,6 +7,9 @@
 use std::time::SystemTime;
 
 use deputy_state::Subject;
+
+use super::TaskKey;
+use super::cascade::Asked;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -16,6 +19,8 @@ use crate::inbound::{Connection, Inbound};
 
 /// How far a revocation's `iat` may be from this node's clock.
 const FRESH_WITHIN: i64 = 60;
+/// Longest a revocation from another node is kept.
+const MAX_RELAYED_SECONDS: i64 = 3600;
 /// The path of a deputyd's own SPIFFE ID (as `spire/register-deputyd.sh` registers it).
 const NODE_PATH: &str = "/deputyd/";
 
@@ -82,31 +87,41 @@ async fn accept(
         )));
     }
     let revoker = &inbound.revoker;
-    if !revoker
-        .hops
-        .arrived_with_key(&claims.task, &claims.key, now)
-    {
+    let task = TaskKey::new(&claims.task, &claims.principal, &claims.originator);
+    let Some(chains_until) = revoker.hops.arrived_with_key(&task, &claims.key, now) else {
         return Err(forbidden(format!(
-            "task {:?} did not arrive here with the key this revocation carries: a node may \
-             revoke a task here only if it extended that task to this node (an operator of \
-             this node can revoke anything)",
-            claims.task
+            "task {:?} (started by {:?} for {:?}) did not arrive here with the key this \
+             revocation carries: a node may revoke a task here only if it extended that task \
+             to this node (an operator of this node can revoke anything)",
+            claims.task, claims.originator, claims.principal
         )));
-    }
+    };
+    // A peer's revocation lasts no longer than the task's chains known here (and an hour at
+    // most): what a peer sends cannot hold places in this node's records for long.
+    let until = claims
+        .until
+        .min(chains_until.saturating_add(super::CLOCK_SKEW))
+        .min(now.saturating_add(MAX_RELAYED_SECONDS));
     let by = format!("{}, relayed by {}", claims.by, claims.iss);
-    // A task already revoked here was sent on when it was: a cycle in the delegation tree
+    // A round that came here before was sent on then: a cycle in the delegation tree
     // (A -> B -> A) ends here.
     let outcome = revoker
         .revoke_and_relay(
-            Subject::Task(claims.task.clone()),
+            Subject::ExactTask {
+                id: task.id,
+                principal: task.principal,
+                originator: task.originator,
+            },
             &claims.reason,
             &by,
-            claims.until,
-            false,
+            until,
+            Asked::ByNode {
+                round: claims.round,
+            },
         )
         .await
         .map_err(|e| (StatusCode::CONFLICT, e.to_string()))?;
-    serde_json::to_value(outcome).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    Ok(outcome.summary())
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {

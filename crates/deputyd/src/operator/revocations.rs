@@ -90,12 +90,18 @@ pub(super) async fn revoke(
     };
     let outcome = state
         .revoker
-        .revoke_and_relay(subject, &request.reason, &by, until, true)
+        .revoke_and_relay(
+            subject,
+            &request.reason,
+            &by,
+            until,
+            deputy_proxy::revocation::Asked::ByOperator,
+        )
         .await;
     match outcome {
         Ok(outcome) => Json(outcome).into_response(),
         Err(e @ RevocationError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e @ RevocationError::Full) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ RevocationError::Full(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

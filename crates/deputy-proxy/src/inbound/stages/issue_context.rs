@@ -5,6 +5,7 @@
 use super::Call;
 use crate::delegation::inbound_facts;
 use crate::pipeline::Outcome;
+use crate::revocation::{TaskFacts, TaskKey};
 
 pub(super) fn issue(call: &mut Call<'_>) -> Outcome {
     if call.dry_run {
@@ -14,6 +15,23 @@ pub(super) fn issue(call: &mut Call<'_>) -> Outcome {
     let Some(verified) = call.verified.take() else {
         return Ok(());
     };
+    // Allowed: the key the calling node sent with the task is kept, so that a revocation of
+    // the task from that node is accepted here (a call refused earlier leaves nothing).
+    if let Some(key) = &call.revocation_key {
+        let connection = call.connection;
+        let mut agents = vec![
+            connection.peer.to_string(),
+            connection.agent.spiffe_id.to_string(),
+        ];
+        agents.extend(verified.actors().into_iter().map(str::to_owned));
+        call.inbound.revoker.hops.arrived_with(
+            &TaskKey::new(verified.task(), verified.principal(), verified.originator()),
+            &TaskFacts { agents },
+            key,
+            verified.last().exp,
+            crate::unix(call.now),
+        );
+    }
     let facts = inbound_facts(
         &call.inbound.contexts,
         &call.connection.agent.name,

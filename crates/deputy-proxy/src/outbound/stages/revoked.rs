@@ -10,7 +10,7 @@ use crate::config::Reach;
 use crate::delegation::TaskPlan;
 use crate::pipeline::Outcome;
 use crate::problem::Problem;
-use crate::revocation::TaskFacts;
+use crate::revocation::{TaskFacts, TaskKey};
 
 pub(super) fn check(call: &mut Call<'_>) -> Outcome {
     let plan = call
@@ -24,17 +24,21 @@ pub(super) fn check(call: &mut Call<'_>) -> Outcome {
     });
     let mut agents: Vec<&str> = vec![caller.as_str()];
     agents.extend(target.as_deref());
-    let principal = match plan {
-        TaskPlan::None => None,
-        TaskPlan::Originate { principal, .. } => Some(principal.as_str()),
+    let (principal, originator) = match plan {
+        TaskPlan::None => (None, None),
+        TaskPlan::Originate { principal, .. } => (Some(principal.as_str()), Some(caller.as_str())),
         TaskPlan::Continue { context, .. } => {
             agents.extend(context.chain.actors());
-            Some(context.chain.principal())
+            (
+                Some(context.chain.principal()),
+                Some(context.chain.originator()),
+            )
         }
     };
     let facts = CallFacts {
         task: plan.task(),
         principal,
+        originator,
         agents: &agents,
     };
     let admitted = call
@@ -42,14 +46,17 @@ pub(super) fn check(call: &mut Call<'_>) -> Outcome {
         .map_or(Ok(()), |w| w.admit(&facts, crate::unix(call.now)));
     match admitted {
         Ok(()) => {
-            if let (Some(task), Some(principal), Some(until)) =
-                (plan.task(), principal, plan.expires_at(call.now))
-            {
+            if let (Some(id), Some(principal), Some(originator), Some(until)) = (
+                plan.task(),
+                principal,
+                originator,
+                plan.expires_at(call.now),
+            ) {
+                let task = TaskKey::new(id, principal, originator);
                 let facts = TaskFacts {
-                    principal: principal.to_owned(),
                     agents: agents.iter().map(|a| (*a).to_owned()).collect(),
                 };
-                call.task_hops = Some((task.to_owned(), facts, crate::unix(until)));
+                call.task_hops = Some((task, facts, crate::unix(until)));
             }
             Ok(())
         }

@@ -117,7 +117,7 @@ async fn to_mesh(
     {
         request.headers_mut().insert(DELEGATION, chain);
     }
-    if let Some(key) = revocation_key(call) {
+    if let Some(key) = revocation_key(call)? {
         request.headers_mut().insert(REVOCATION_KEY, key);
     }
 
@@ -149,21 +149,28 @@ async fn to_mesh(
 }
 
 /// The key the service's node is given for the call's task: what a revocation of the task
-/// sent there later must carry.
-fn revocation_key(call: &Call<'_>) -> Option<HeaderValue> {
-    let (task, facts, until) = call.task_hops.as_ref()?;
-    let service = call.service.as_ref()?;
-    let Reach::Mesh(peer) = &service.reach else {
-        return None;
+/// sent there later must carry. A call of a task that cannot be given one is refused: a
+/// revocation could not follow it.
+fn revocation_key(call: &Call<'_>) -> Result<Option<HeaderValue>, Refused> {
+    let (Some((task, facts, until)), Some(service)) = (&call.task_hops, &call.service) else {
+        return Ok(None);
     };
-    let key = call.outbound.revoker.hops.key_for(
-        task,
-        facts,
-        (&peer.address, &service.name, &peer.spiffe_id),
-        *until,
-        crate::unix(call.now),
-    )?;
-    HeaderValue::from_str(&key).ok()
+    let Reach::Mesh(peer) = &service.reach else {
+        return Ok(None);
+    };
+    let key = call
+        .outbound
+        .revoker
+        .hops
+        .key_for(
+            task,
+            facts,
+            (&peer.address, &service.name, &peer.spiffe_id),
+            *until,
+            crate::unix(call.now),
+        )
+        .map_err(|e| Problem::new(ProblemKind::Overloaded, e.to_string(), call.request_id))?;
+    Ok(HeaderValue::from_str(&key).ok())
 }
 
 pub(super) fn bad_target(error: &dyn std::fmt::Display, request_id: &str) -> Refused {
