@@ -319,4 +319,31 @@ async fn a_task_revoked_at_its_origin_is_cut_on_every_node_it_reached_and_nowher
     next_event(&mut other).await;
     let listed = deputy(&["revocations", "list"], &chain.sockets[2]);
     assert!(listed.0 && !listed.1.contains("t-other"), "{listed:?}");
+
+    // The principal revoked at the origin: both of alice's tasks went A -> B -> C, and each is
+    // sent on, though one round carries both.
+    let (ok, out) = deputy(
+        &[
+            "revoke",
+            "--principal",
+            ALICE,
+            "--reason",
+            "account closed",
+            "--for",
+            "10m",
+        ],
+        &chain.sockets[0],
+    );
+    assert!(ok, "{out}");
+    let outcome: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let reached: Vec<u64> = outcome["relayed"]
+        .as_array()
+        .expect("relayed")
+        .iter()
+        .map(|r| r["reached"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(reached, [2, 2], "{outcome}");
+    expect_cut(&mut other, "alice's other task, at the last hop").await;
+    let listed = deputy(&["revocations", "list"], &chain.sockets[2]);
+    assert!(listed.0 && listed.1.contains("task t-other"), "{listed:?}");
 }

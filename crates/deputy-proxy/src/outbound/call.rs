@@ -55,6 +55,8 @@ pub(crate) struct Call<'a> {
         crate::revocation::TaskFacts,
         i64,
     )>,
+    /// `connect`: the key the service's node is given for the call's task.
+    pub(crate) revocation_key: Option<http::HeaderValue>,
     /// `connect`: the pooled connection's sender.
     pub(crate) sender: Option<SendRequest<Body>>,
     /// `sign`: the chain to send, and the received context its budget was spent under.
@@ -94,6 +96,7 @@ impl<'a> Call<'a> {
             task_credentials: Vec::new(),
             watched,
             task_hops: None,
+            revocation_key: None,
             sender: None,
             chain: None,
             spent_under: None,

@@ -32,6 +32,9 @@ const RELAY_WAIT: Duration = Duration::from_secs(8);
 const ATTEMPTS: u32 = 3;
 /// Rounds remembered: a round that comes back (a cycle, a retry) is not sent on again.
 const ROUNDS: usize = 4096;
+/// Revocations from other nodes being applied and sent on at once: past it a node is asked
+/// to retry (it does, with a backoff), so that a peer cannot start sendings without bound.
+pub(crate) const RELAYS_AT_ONCE: usize = 32;
 
 /// What one node is told: signed by `iss` (this node's SPIFFE ID).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,12 +97,14 @@ impl Outcome {
     /// What a node tells the node that sent it the revocation: counts, not where the task went
     /// from here (which is no business of the node before).
     pub(crate) fn summary(&self) -> serde_json::Value {
-        let reached: u64 = self.relayed.iter().map(|r| r.reached).sum();
-        let failed: u64 = self
+        let reached = self
             .relayed
             .iter()
-            .map(|r| r.failed + u64::from(r.status != Some(200)))
-            .sum();
+            .fold(0u64, |n, r| n.saturating_add(r.reached));
+        let failed = self.relayed.iter().fold(0u64, |n, r| {
+            n.saturating_add(r.failed)
+                .saturating_add(u64::from(r.status != Some(200)))
+        });
         serde_json::json!({
             "revocation": self.applied.revocation.id,
             "already": self.applied.already,
@@ -120,6 +125,8 @@ pub enum Asked {
     ByNode {
         /// The round's id.
         round: String,
+        /// One of the places for revocations from other nodes, held until the sending ends.
+        place: Arc<tokio::sync::OwnedSemaphorePermit>,
     },
 }
 
@@ -166,9 +173,9 @@ impl Revoker {
         } else {
             revoke()
         }?;
-        let round = match asked {
-            Asked::ByOperator => uuid::Uuid::now_v7().simple().to_string(),
-            Asked::ByNode { round } => round,
+        let (round, place) = match asked {
+            Asked::ByOperator => (uuid::Uuid::now_v7().simple().to_string(), None),
+            Asked::ByNode { round, place } => (round, Some(place)),
         };
         if !self.rounds.first_time(&round) {
             return Ok(Outcome {
@@ -178,26 +185,27 @@ impl Revoker {
         }
         let revoker = self.clone();
         let revocation = applied.revocation.clone();
-        let mut sending =
-            tokio::spawn(async move { revoker.cascade(&revocation, &round, now).await });
+        let mut sending = tokio::spawn(async move {
+            let relayed = revoker.cascade(&revocation, &round, now).await;
+            drop(place);
+            relayed
+        });
         let relayed = match tokio::time::timeout(RELAY_WAIT, &mut sending).await {
             Ok(Ok(relayed)) => relayed,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "sending a revocation on failed");
-                Vec::new()
+                vec![pending(
+                    &applied,
+                    "sending it on failed (see deputyd's log)".into(),
+                )]
             }
-            Err(_) => vec![Relayed {
-                node: "-".into(),
-                service: "-".into(),
-                task: applied.revocation.subject.value().to_owned(),
-                status: None,
-                reached: 0,
-                failed: 1,
-                error: Some(format!(
+            Err(_) => vec![pending(
+                &applied,
+                format!(
                     "the nodes after this one had not all answered within {RELAY_WAIT:?}; it is \
                      still being sent on (see deputyd's log)"
-                )),
-            }],
+                ),
+            )],
         };
         Ok(Outcome { applied, relayed })
     }
@@ -263,6 +271,19 @@ impl Revoker {
     }
 }
 
+/// A relay whose outcome is not known: counted as one node failed (its status is none).
+fn pending(applied: &super::Applied, why: String) -> Relayed {
+    Relayed {
+        node: "-".into(),
+        service: "-".into(),
+        task: applied.revocation.subject.value().to_owned(),
+        status: None,
+        reached: 0,
+        failed: 0,
+        error: Some(why),
+    }
+}
+
 /// How sending to `to` went: its status and answer, or why it could not be told.
 fn relayed(
     task: &str,
@@ -272,7 +293,7 @@ fn relayed(
 ) -> Relayed {
     let (reached, failed, error) = match (&answer, status) {
         (Ok(answer), Some(200)) => (
-            1 + answer["reached"].as_u64().unwrap_or(0),
+            answer["reached"].as_u64().unwrap_or(0).saturating_add(1),
             answer["failed"].as_u64().unwrap_or(0),
             None,
         ),

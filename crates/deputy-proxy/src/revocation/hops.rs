@@ -213,7 +213,8 @@ impl Hops {
         Ok(key)
     }
 
-    /// Remembers that `task` (living until `until`) arrived with `key`.
+    /// Remembers that `task` (living until `until`) arrived with `key`; `false` when it
+    /// already arrived with as many keys as are remembered.
     pub(crate) fn arrived_with(
         &self,
         task: &TaskKey,
@@ -221,13 +222,18 @@ impl Hops {
         key: &str,
         until: i64,
         now: i64,
-    ) {
+    ) -> bool {
         let digest = hash(key);
         let mut table = self.lock();
         let entry = Self::entry(&mut table, task, facts, until, now);
-        if !entry.upstream.contains(&digest) && entry.upstream.len() < PER_TASK {
-            entry.upstream.push(digest);
+        if entry.upstream.contains(&digest) {
+            return true;
         }
+        if entry.upstream.len() >= PER_TASK {
+            return false;
+        }
+        entry.upstream.push(digest);
+        true
     }
 
     /// When `task`'s last chain known here expires, if it arrived here with `key` and has not
@@ -299,7 +305,7 @@ mod tests {
             "expired"
         );
 
-        hops.arrived_with(&task("t2"), &facts, "k-upstream", 100, 0);
+        assert!(hops.arrived_with(&task("t2"), &facts, "k-upstream", 100, 0));
         assert_eq!(
             hops.arrived_with_key(&task("t2"), "k-upstream", 10),
             Some(100)

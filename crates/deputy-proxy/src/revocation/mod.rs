@@ -108,6 +108,8 @@ pub struct Revoker {
     node: Option<NodeIdentity>,
     /// The rounds of revocations this node has sent on.
     rounds: cascade::Rounds,
+    /// Places for revocations from other nodes being applied and sent on.
+    pub(crate) relays: Arc<tokio::sync::Semaphore>,
 }
 
 impl Revoker {
@@ -131,6 +133,7 @@ impl Revoker {
             hops: hops::Hops::default(),
             node,
             rounds: cascade::Rounds::default(),
+            relays: Arc::new(tokio::sync::Semaphore::new(cascade::RELAYS_AT_ONCE)),
             registry,
         }
     }

@@ -79,7 +79,7 @@ async fn accept(
         )));
     }
     let now = crate::unix(now);
-    if (claims.iat - now).abs() > FRESH_WITHIN {
+    if claims.iat.abs_diff(now) > FRESH_WITHIN.unsigned_abs() {
         return Err(forbidden(format!(
             "the revocation was signed at {} and this node's clock says {now}; it must be \
              sent within {FRESH_WITHIN} s (check the clocks)",
@@ -87,6 +87,14 @@ async fn accept(
         )));
     }
     let revoker = &inbound.revoker;
+    let Ok(place) = revoker.relays.clone().try_acquire_owned() else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is applying and sending on as many revocations as it takes at once; \
+             retry shortly"
+                .to_owned(),
+        ));
+    };
     let task = TaskKey::new(&claims.task, &claims.principal, &claims.originator);
     let Some(chains_until) = revoker.hops.arrived_with_key(&task, &claims.key, now) else {
         return Err(forbidden(format!(
@@ -96,15 +104,28 @@ async fn accept(
             claims.task, claims.originator, claims.principal
         )));
     };
-    // A peer's revocation lasts no longer than the task's chains known here (and an hour at
-    // most): what a peer sends cannot hold places in this node's records for long.
+    // A peer's revocation lasts as long as a chain of the task could still arrive here (the
+    // latest known here, or one this task's origin could still sign), an hour at most: what a
+    // peer sends cannot hold places in this node's records for long.
+    let origin_could_sign = now
+        .saturating_add(i64::try_from(crate::delegation::ORIGIN_TTL.as_secs()).unwrap_or(i64::MAX));
     let until = claims
         .until
-        .min(chains_until.saturating_add(super::CLOCK_SKEW))
+        .min(
+            chains_until
+                .max(origin_could_sign)
+                .saturating_add(super::CLOCK_SKEW),
+        )
         .min(now.saturating_add(MAX_RELAYED_SECONDS));
-    let by = format!("{}, relayed by {}", claims.by, claims.iss);
-    // A round that came here before was sent on then: a cycle in the delegation tree
-    // (A -> B -> A) ends here.
+    // Who revoked first, bounded so that the node that relayed it is always named.
+    let first: String = claims.by.chars().take(120).collect();
+    let by = format!("relayed by {}, for {first}", claims.iss);
+    // A round is sent on once per task (a cycle, A -> B -> A, ends here); the same round for
+    // another task (an agent's revocation covering several) still goes on.
+    let round = format!(
+        "{}\0{}\0{}\0{}",
+        claims.round, task.id, task.principal, task.originator
+    );
     let outcome = revoker
         .revoke_and_relay(
             Subject::ExactTask {
@@ -116,7 +137,8 @@ async fn accept(
             &by,
             until,
             Asked::ByNode {
-                round: claims.round,
+                round,
+                place: std::sync::Arc::new(place),
             },
         )
         .await

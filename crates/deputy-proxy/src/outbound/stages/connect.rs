@@ -36,6 +36,8 @@ pub(super) fn connect<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         }
         call.in_flight.push(in_flight);
         call.sender = Some(sender);
+        // Before `sign` spends anything: a call that cannot be followed is refused unspent.
+        call.revocation_key = super::send::revocation_key(call)?;
         Ok(())
     })
 }

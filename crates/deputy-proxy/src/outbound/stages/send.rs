@@ -117,7 +117,7 @@ async fn to_mesh(
     {
         request.headers_mut().insert(DELEGATION, chain);
     }
-    if let Some(key) = revocation_key(call)? {
+    if let Some(key) = call.revocation_key.take() {
         request.headers_mut().insert(REVOCATION_KEY, key);
     }
 
@@ -150,11 +150,14 @@ async fn to_mesh(
 
 /// The key the service's node is given for the call's task: what a revocation of the task
 /// sent there later must carry. A call of a task that cannot be given one is refused: a
-/// revocation could not follow it.
-fn revocation_key(call: &Call<'_>) -> Result<Option<HeaderValue>, Refused> {
+/// revocation could not follow it. A dry run goes nowhere and takes none.
+pub(super) fn revocation_key(call: &Call<'_>) -> Result<Option<HeaderValue>, Refused> {
     let (Some((task, facts, until)), Some(service)) = (&call.task_hops, &call.service) else {
         return Ok(None);
     };
+    if call.dry_run.is_some() {
+        return Ok(None);
+    }
     let Reach::Mesh(peer) = &service.reach else {
         return Ok(None);
     };
