@@ -336,6 +336,8 @@ async fn send(
             tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
         }
         match tokio::time::timeout(ANSWER_WITHIN, post(material, bundles, &to, &compact)).await {
+            // Busy with other nodes' revocations: asked to come back.
+            Ok(Ok((503, answer))) => failure = format!("busy: {answer}"),
             Ok(Ok((status, answer))) => {
                 tracing::info!(task = %claims.task, node = %to.address, service = %to.server_name,
                     status, "revocation sent on");
