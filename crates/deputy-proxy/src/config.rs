@@ -87,6 +87,8 @@ pub struct MeshPeer {
     pub spiffe_id: SpiffeId,
     /// `host:port` of the deputyd that fronts it.
     pub address: String,
+    /// `spiffe_id` as text, made once (calls name it per request).
+    pub id: std::sync::Arc<str>,
 }
 
 /// A tool outside the mesh (`[[external]]`): a SaaS API, say, called with a credential deputyd
@@ -112,6 +114,7 @@ impl Service {
             mcp: false,
             require_idempotency_key: false,
             reach: Reach::Mesh(MeshPeer {
+                id: spiffe_id.to_string().into(),
                 spiffe_id,
                 address: address.into(),
             }),

@@ -182,6 +182,7 @@ impl Proxy {
                             inbound::InboundAgent {
                                 name: a.name.clone(),
                                 spiffe_id: a.spiffe_id.clone(),
+                                id: a.spiffe_id.to_string().into(),
                                 upstream: a.upstream.clone(),
                                 mcp: a.mcp,
                             },
@@ -231,6 +232,7 @@ impl Proxy {
             let (listener, bound) = bind_outbound(listen, &agent.name).await?;
             outbound_addrs.insert(agent.name.clone(), bound);
             let outbound = Arc::new(outbound::Outbound {
+                agent_id: agent.spiffe_id.to_string().into(),
                 agent: agent.clone(),
                 material: materials[&agent.name].clone(),
                 routes: routes.clone(),

@@ -36,6 +36,8 @@ use crate::tls::peer_spiffe_id;
 pub(crate) struct InboundAgent {
     pub(crate) name: String,
     pub(crate) spiffe_id: SpiffeId,
+    /// `spiffe_id` as text, made once.
+    pub(crate) id: Arc<str>,
     pub(crate) upstream: Option<http::Uri>,
     /// It serves MCP (its calls are judged by tool).
     pub(crate) mcp: bool,
@@ -158,6 +160,7 @@ async fn serve_connection(
     });
     let life = crate::connections::lifetime(&slot, &inbound.limits);
     let connection = Arc::new(Connection {
+        peer_id: peer.to_string().into(),
         peer,
         agent,
         handle: registration.handle(),
@@ -183,6 +186,8 @@ async fn serve_connection(
 /// One admitted inbound connection, as each of its requests sees it.
 pub(crate) struct Connection {
     pub(crate) peer: SpiffeId,
+    /// `peer` as text, made once per connection.
+    pub(crate) peer_id: Arc<str>,
     pub(crate) agent: InboundAgent,
     pub(crate) handle: ConnectionHandle,
     pub(crate) slot: Slot,

@@ -43,6 +43,8 @@ pub enum OutboundListener {
 #[derive(Debug)]
 pub(crate) struct Outbound {
     pub(crate) agent: LocalAgent,
+    /// The agent's SPIFFE ID as text, made once.
+    pub(crate) agent_id: Arc<str>,
     pub(crate) material: Material,
     pub(crate) routes: Routes,
     pub(crate) pool: Arc<Pool>,

@@ -2,14 +2,12 @@
 //! the HTTP/2 stream (or closes the HTTP/1.1 connection), so the far end sees the stream cut,
 //! not a clean end it could take for the whole answer.
 
-use std::future::Future as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt as _;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::Watched;
 use crate::body::{Body, BoxError};
@@ -28,16 +26,13 @@ impl std::error::Error for Revoked {}
 
 pub(super) struct Revocable {
     inner: Body,
-    cut: Pin<Box<WaitForCancellationFutureOwned>>,
     watched: Option<Watched>,
 }
 
 impl Revocable {
     pub(super) fn wrap(inner: Body, watched: Watched) -> Body {
-        let cut = Box::pin(watched.cut.clone().cancelled_owned());
         Self {
             inner,
-            cut,
             watched: Some(watched),
         }
         .boxed_unsync()
@@ -56,8 +51,8 @@ impl HttpBody for Revocable {
         let Some(watched) = &this.watched else {
             return Poll::Ready(None);
         };
-        if this.cut.as_mut().poll(cx).is_ready() {
-            let why = watched.why.get().cloned().unwrap_or_default();
+        if watched.signal.poll_cut(cx).is_ready() {
+            let why = watched.signal.why();
             // Out of the registry now: the call is over.
             this.watched = None;
             return Poll::Ready(Some(Err(Box::new(Revoked(why)))));

@@ -16,6 +16,7 @@ mod body;
 mod cascade;
 mod hops;
 mod receive;
+mod signal;
 
 pub(crate) use cascade::NodeIdentity;
 pub use cascade::{Asked, Outcome, PATH, Relayed};
@@ -28,11 +29,10 @@ pub(crate) const REVOCATION_KEY: &str = "deputy-revocation-key";
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use deputy_state::{CallFacts, Revocation, RevocationError, Revocations, Subject};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
 use crate::body::Body;
 use crate::context::ContextStore;
@@ -46,21 +46,20 @@ pub const CUT: &str = "deputy_revoked_calls_cut_total";
 /// Seconds a revocation outlasts the chains it covers: the clock skew chains are accepted with.
 const CLOCK_SKEW: i64 = 60;
 
-/// A call in flight, as a revocation finds it.
-#[derive(Debug)]
-struct Live {
-    task: Option<String>,
-    principal: Option<String>,
-    originator: Option<String>,
-    agents: Vec<String>,
-    cut: CancellationToken,
-    /// Why it was cut, for the error its stream ends with.
-    why: Arc<OnceLock<String>>,
+/// What a call acts under, as the revoker keeps it while the call is in flight. The agents'
+/// SPIFFE IDs are shared (`Arc<str>`, made once per connection or agent): a call copies
+/// pointers, not names.
+#[derive(Debug, Default)]
+pub(crate) struct Acting {
+    pub(crate) task: Option<String>,
+    pub(crate) principal: Option<String>,
+    pub(crate) originator: Option<String>,
+    pub(crate) agents: Vec<Arc<str>>,
 }
 
-impl Live {
+impl Acting {
     fn covered_by(&self, revocation: &Revocation, now: i64) -> bool {
-        let agents: Vec<&str> = self.agents.iter().map(String::as_str).collect();
+        let agents: Vec<&str> = self.agents.iter().map(AsRef::as_ref).collect();
         revocation.covers(
             &CallFacts {
                 task: self.task.as_deref(),
@@ -71,6 +70,13 @@ impl Live {
             now,
         )
     }
+}
+
+/// A call in flight, as a revocation finds it.
+#[derive(Debug)]
+struct Live {
+    acting: Acting,
+    signal: Arc<signal::Signal>,
 }
 
 /// What a revocation did on this node.
@@ -148,24 +154,18 @@ impl Revoker {
     pub(crate) fn watch(self: &Arc<Self>) -> Option<Watched> {
         self.records.as_ref()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let cut = CancellationToken::new();
-        let why = Arc::new(OnceLock::new());
+        let signal = Arc::new(signal::Signal::default());
         self.lock().insert(
             id,
             Live {
-                task: None,
-                principal: None,
-                originator: None,
-                agents: Vec::new(),
-                cut: cut.clone(),
-                why: why.clone(),
+                acting: Acting::default(),
+                signal: signal.clone(),
             },
         );
         Some(Watched {
             revoker: self.clone(),
             id,
-            cut,
-            why,
+            signal,
         })
     }
 
@@ -186,15 +186,14 @@ impl Revoker {
         })?;
         let (revocation, new) = records.revoke(subject, reason, by, at, relayed)?;
         let why = told(&revocation);
-        let cut: Vec<(CancellationToken, Arc<OnceLock<String>>)> = self
+        let cut: Vec<Arc<signal::Signal>> = self
             .lock()
             .values()
-            .filter(|live| live.covered_by(&revocation, now))
-            .map(|live| (live.cut.clone(), live.why.clone()))
+            .filter(|live| live.acting.covered_by(&revocation, now))
+            .map(|live| live.signal.clone())
             .collect();
-        for (token, reason) in &cut {
-            let _ = reason.set(why.clone());
-            token.cancel();
+        for signal in &cut {
+            signal.cut(&why);
         }
         metrics::counter!(CUT).increment(cut.len() as u64);
         let dropped = self.contexts.revoke(&revocation, now);
@@ -273,42 +272,46 @@ impl Revoker {
 pub(crate) struct Watched {
     revoker: Arc<Revoker>,
     id: u64,
-    cut: CancellationToken,
-    why: Arc<OnceLock<String>>,
+    signal: Arc<signal::Signal>,
 }
 
 impl Watched {
     /// Records what the call acts under (`facts`), then checks it against the revocations in
     /// force at `now`. In that order: a revocation made meanwhile either finds the facts (and
     /// cuts the call) or was recorded before the check (which refuses it).
-    pub(crate) fn admit(&self, facts: &CallFacts<'_>, now: i64) -> Result<(), Box<Revocation>> {
-        if let Some(live) = self.revoker.lock().get_mut(&self.id) {
-            live.task = facts.task.map(str::to_owned);
-            live.principal = facts.principal.map(str::to_owned);
-            live.originator = facts.originator.map(str::to_owned);
-            live.agents = facts.agents.iter().map(|a| (*a).to_owned()).collect();
-        }
-        let Some(records) = &self.revoker.records else {
+    pub(crate) fn admit(&self, acting: Acting, now: i64) -> Result<(), Box<Revocation>> {
+        let mut live = self.revoker.lock();
+        let Some(entry) = live.get_mut(&self.id) else {
             return Ok(());
         };
-        if !records.any() {
+        entry.acting = acting;
+        // Checked only when something is revoked at all (the common case costs one load).
+        let Some(records) = self.revoker.records.as_ref().filter(|r| r.any()) else {
             return Ok(());
-        }
+        };
+        let acting = &entry.acting;
+        let agents: Vec<&str> = acting.agents.iter().map(AsRef::as_ref).collect();
         records
-            .covering(facts, now)
+            .covering(
+                &CallFacts {
+                    task: acting.task.as_deref(),
+                    principal: acting.principal.as_deref(),
+                    originator: acting.originator.as_deref(),
+                    agents: &agents,
+                },
+                now,
+            )
             .map_or(Ok(()), |r| Err(Box::new(r)))
     }
 
     /// Why the call was cut, if it was: it must not take another step.
     pub(crate) fn cut_reason(&self) -> Option<String> {
-        self.cut
-            .is_cancelled()
-            .then(|| self.why.get().cloned().unwrap_or_default())
+        self.signal.is_cut().then(|| self.signal.why())
     }
 
     /// Resolves when the call is cut.
     pub(crate) async fn cut(&self) {
-        self.cut.cancelled().await;
+        std::future::poll_fn(|cx| self.signal.poll_cut(cx)).await;
     }
 
     /// `response`, whose body ends with an error the moment the call is revoked (the call

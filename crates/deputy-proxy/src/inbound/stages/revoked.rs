@@ -2,38 +2,30 @@
 //! it (the peer, the local agent, any actor of the chain), is refused; any other call is
 //! registered so that a revocation while it streams cuts it.
 
-use deputy_state::CallFacts;
+use std::sync::Arc;
 
 use super::Call;
 use crate::pipeline::Outcome;
 use crate::problem::Problem;
+use crate::revocation::Acting;
 
 pub(super) fn check(call: &mut Call<'_>) -> Outcome {
+    let Some(watched) = call.watched else {
+        return Ok(());
+    };
     let connection = call.connection;
-    let peer = connection.peer.to_string();
-    let local = connection.agent.spiffe_id.to_string();
-    let mut agents: Vec<&str> = vec![peer.as_str(), local.as_str()];
-    let (task, principal, originator) = match &call.verified {
-        Some(chain) => {
-            agents.extend(chain.actors());
-            (
-                Some(chain.task()),
-                Some(chain.principal()),
-                Some(chain.originator()),
-            )
-        }
-        None => (None, None, None),
-    };
-    let facts = CallFacts {
-        task,
-        principal,
-        originator,
-        agents: &agents,
-    };
-    let admitted = call
-        .watched
-        .map_or(Ok(()), |w| w.admit(&facts, crate::unix(call.now)));
-    match admitted {
+    let mut acting = Acting::default();
+    acting.agents.push(connection.peer_id.clone());
+    acting.agents.push(connection.agent.id.clone());
+    if let Some(chain) = &call.verified {
+        acting
+            .agents
+            .extend(chain.actors().into_iter().map(Arc::from));
+        acting.task = Some(chain.task().to_owned());
+        acting.principal = Some(chain.principal().to_owned());
+        acting.originator = Some(chain.originator().to_owned());
+    }
+    match watched.admit(acting, crate::unix(call.now)) {
         Ok(()) => Ok(()),
         Err(revocation) => {
             let (kind, detail) = crate::revocation::refusal(&revocation, "inbound");

@@ -1,63 +1,64 @@
 //! `revoked`: a call under a revoked task or principal, or with a revoked agent in it (the
 //! caller, the service, any actor of the chain it continues), is refused; any other call is
 //! registered so that a revocation while it streams cuts it. A call of a task keeps what a
-//! revocation of it follows (`send` gives the next node its key).
+//! revocation of it follows (`connect` gives the next node its key).
 
-use deputy_state::CallFacts;
+use std::sync::Arc;
 
 use super::Call;
 use crate::config::Reach;
 use crate::delegation::TaskPlan;
 use crate::pipeline::Outcome;
 use crate::problem::Problem;
-use crate::revocation::{TaskFacts, TaskKey};
+use crate::revocation::{Acting, TaskFacts, TaskKey};
 
 pub(super) fn check(call: &mut Call<'_>) -> Outcome {
     let plan = call
         .plan
         .as_ref()
         .ok_or_else(|| call.missing("revoked", "task plan"))?;
-    let caller = call.outbound.agent.spiffe_id.to_string();
-    let target = call.service.as_ref().and_then(|s| match &s.reach {
-        Reach::Mesh(peer) => Some(peer.spiffe_id.to_string()),
-        Reach::External(_) => None,
-    });
-    let mut agents: Vec<&str> = vec![caller.as_str()];
-    agents.extend(target.as_deref());
-    let (principal, originator) = match plan {
-        TaskPlan::None => (None, None),
-        TaskPlan::Originate { principal, .. } => (Some(principal.as_str()), Some(caller.as_str())),
-        TaskPlan::Continue { context, .. } => {
-            agents.extend(context.chain.actors());
-            (
-                Some(context.chain.principal()),
-                Some(context.chain.originator()),
-            )
+    let Some(watched) = call.watched else {
+        return Ok(());
+    };
+    let caller = &call.outbound.agent_id;
+    let mut acting = Acting::default();
+    acting.agents.push(caller.clone());
+    if let Some(Reach::Mesh(peer)) = call.service.as_ref().map(|s| &s.reach) {
+        acting.agents.push(peer.id.clone());
+    }
+    match plan {
+        TaskPlan::None => {}
+        TaskPlan::Originate { principal, .. } => {
+            acting.principal = Some(principal.clone());
+            acting.originator = Some(caller.to_string());
         }
+        TaskPlan::Continue { context, .. } => {
+            let chain = &context.chain;
+            acting
+                .agents
+                .extend(chain.actors().into_iter().map(Arc::from));
+            acting.principal = Some(chain.principal().to_owned());
+            acting.originator = Some(chain.originator().to_owned());
+        }
+    }
+    acting.task = plan.task().map(str::to_owned);
+    // What a revocation of the task follows from here: its exact name and agents.
+    let hops = match (&acting.task, &acting.principal, &acting.originator) {
+        (Some(id), Some(principal), Some(originator)) => plan.expires_at(call.now).map(|until| {
+            let facts = TaskFacts {
+                agents: acting.agents.iter().map(|a| a.to_string()).collect(),
+            };
+            (
+                TaskKey::new(id, principal, originator),
+                facts,
+                crate::unix(until),
+            )
+        }),
+        _ => None,
     };
-    let facts = CallFacts {
-        task: plan.task(),
-        principal,
-        originator,
-        agents: &agents,
-    };
-    let admitted = call
-        .watched
-        .map_or(Ok(()), |w| w.admit(&facts, crate::unix(call.now)));
-    match admitted {
+    match watched.admit(acting, crate::unix(call.now)) {
         Ok(()) => {
-            if let (Some(id), Some(principal), Some(originator), Some(until)) = (
-                plan.task(),
-                principal,
-                originator,
-                plan.expires_at(call.now),
-            ) {
-                let task = TaskKey::new(id, principal, originator);
-                let facts = TaskFacts {
-                    agents: agents.iter().map(|a| (*a).to_owned()).collect(),
-                };
-                call.task_hops = Some((task, facts, crate::unix(until)));
-            }
+            call.task_hops = hops;
             Ok(())
         }
         Err(revocation) => {
