@@ -11,6 +11,10 @@
 
 use std::path::{Path, PathBuf};
 
+use http::Response;
+use hyper::body::Incoming;
+
+use crate::client::{self, Protocol};
 use crate::mesh::{Node, demo_agent};
 use crate::{IssuerProcess, Process, my_uid, node_config_head, write_entries};
 
@@ -132,5 +136,41 @@ impl Chain {
             agents: vec![b_process, c_process],
             dir,
         }
+    }
+}
+
+impl Chain {
+    /// a's call to b (`GET /`) in `task` for `principal`: the context handle b received with
+    /// it.
+    pub async fn b_context(&self, principal: &str, task: &str) -> String {
+        let mut request = client::get("b", "/", Protocol::Http1);
+        for (name, value) in [
+            ("deputy-principal", principal),
+            ("deputy-scope", "events:read"),
+            ("deputy-task", task),
+        ] {
+            request
+                .headers_mut()
+                .insert(name, value.parse().expect("header value"));
+        }
+        let response = client::send(&self.nodes[0].outbound_of("a"), Protocol::Http1, request)
+            .await
+            .expect("a's call");
+        let seen = client::json(response).await;
+        seen["deputy_headers"]["deputy-context"]
+            .as_str()
+            .unwrap_or_else(|| panic!("b got no context: {seen}"))
+            .to_owned()
+    }
+
+    /// b's call to c's `path`, continuing the task behind `context`.
+    pub async fn b_calls_c(&self, context: &str, path: &str) -> Response<Incoming> {
+        let mut request = client::get("c", path, Protocol::Http1);
+        request
+            .headers_mut()
+            .insert("deputy-context", context.parse().expect("header value"));
+        client::send(&self.nodes[1].outbound_of("b"), Protocol::Http1, request)
+            .await
+            .expect("b's call")
     }
 }

@@ -369,7 +369,12 @@ impl Setup {
         let log = node.process.output.clone();
         assert!(node.process.stop().success());
         let issued = issued(&audit);
+        // deputyd's own audit trail records the calls that carried injected credentials, and
+        // holds none of them.
+        let trail = std::fs::read_to_string(dir.path().join("state/audit/audit.jsonl"))
+            .expect("deputyd's audit trail");
         for (name, text) in [
+            ("deputyd audit trail", trail),
             ("deputyd", log.text()),
             ("issuer", issuer.process.output.text()),
             ("vault", vault.process.output.text()),

@@ -160,42 +160,9 @@ async fn a_revocation_cuts_what_it_covers_refuses_new_calls_and_leaves_the_rest_
     assert!(!ok && out.contains("say how long"), "{out}");
 }
 
-/// a's call to b (`GET /`) in `task` for alice: the context handle b received with it.
-async fn b_context(chain: &Chain, task: &str) -> String {
-    let mut request = client::get("b", "/", Protocol::Http1);
-    for (name, value) in [
-        ("deputy-principal", ALICE),
-        ("deputy-scope", "events:read"),
-        ("deputy-task", task),
-    ] {
-        request
-            .headers_mut()
-            .insert(name, value.parse().expect("header value"));
-    }
-    let response = client::send(&chain.nodes[0].outbound_of("a"), Protocol::Http1, request)
-        .await
-        .expect("a's call");
-    let seen = client::json(response).await;
-    seen["deputy_headers"]["deputy-context"]
-        .as_str()
-        .unwrap_or_else(|| panic!("b got no context: {seen}"))
-        .to_owned()
-}
-
-/// b's call to c's `path`, continuing the task behind `context`.
-async fn b_calls_c(chain: &Chain, context: &str, path: &str) -> http::Response<Incoming> {
-    let mut request = client::get("c", path, Protocol::Http1);
-    request
-        .headers_mut()
-        .insert("deputy-context", context.parse().expect("header value"));
-    client::send(&chain.nodes[1].outbound_of("b"), Protocol::Http1, request)
-        .await
-        .expect("b's call")
-}
-
 /// A minute of c's events, streamed to b in the task behind `context`, open end to end.
 async fn c_stream(chain: &Chain, context: &str) -> Incoming {
-    let response = b_calls_c(chain, context, "/events?count=600").await;
+    let response = chain.b_calls_c(context, "/events?count=600").await;
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     first_event(&mut body).await;
@@ -225,8 +192,8 @@ fn forged_revocation(signer: &ClientCert, task: &str, key: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_revoked_at_its_origin_is_cut_on_every_node_it_reached_and_nowhere_else() {
     let chain = Chain::start();
-    let revoked_context = b_context(&chain, "t-revoked").await;
-    let other_context = b_context(&chain, "t-other").await;
+    let revoked_context = chain.b_context(ALICE, "t-revoked").await;
+    let other_context = chain.b_context(ALICE, "t-other").await;
     let mut revoked = c_stream(&chain, &revoked_context).await;
     let mut other = c_stream(&chain, &other_context).await;
 
@@ -279,7 +246,7 @@ async fn a_task_revoked_at_its_origin_is_cut_on_every_node_it_reached_and_nowher
         "{listed:?}"
     );
     next_event(&mut other).await;
-    let refused = b_calls_c(&chain, &revoked_context, "/").await;
+    let refused = chain.b_calls_c(&revoked_context, "/").await;
     client::expect_problem(
         refused,
         StatusCode::FORBIDDEN,
@@ -287,7 +254,7 @@ async fn a_task_revoked_at_its_origin_is_cut_on_every_node_it_reached_and_nowher
         "prompt injection",
     )
     .await;
-    let going_on = b_calls_c(&chain, &other_context, "/").await;
+    let going_on = chain.b_calls_c(&other_context, "/").await;
     assert_eq!(going_on.status(), StatusCode::OK);
 
     // A revocation of the other task that no node which extended it sent is refused at C:

@@ -168,6 +168,13 @@ async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_c
         issued.values.iter().any(|v| v == token),
         "the KV secret is in the audit log"
     );
+    // deputyd's trail records the calls that carried it (and, checked above, not the value).
+    let trail = std::fs::read_to_string(dir.path().join("state/audit/audit.jsonl"))
+        .expect("deputyd's audit trail");
+    assert!(
+        trail.contains("\"type\":\"call\"") && trail.contains("\"service\":\"echo\""),
+        "{trail}"
+    );
     assert!(
         issued.values.iter().any(|v| v == rotated),
         "the new version too"

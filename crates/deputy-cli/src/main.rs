@@ -1,6 +1,7 @@
 //! `deputy`: run the embedded issuer or a local mesh, and fetch, inspect and validate SVIDs.
 
 mod approvals;
+mod audit;
 mod chain;
 mod demo_agent;
 mod dev;
@@ -46,6 +47,9 @@ enum Command {
     /// List the revocations in force on a deputyd.
     #[command(subcommand)]
     Revocations(revoke::RevocationsCommand),
+    /// Check nodes' audit trails, and ask them who did what for whom.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Start a local mesh: an issuer and a deputyd with two sample agents, until Ctrl-C.
     Dev(dev::DevArgs),
     /// Run a small example agent: an HTTP service that shows who called it (for `deputy dev`
@@ -75,6 +79,7 @@ fn main() -> std::process::ExitCode {
             Command::Approvals(command) => approvals::run(command).await,
             Command::Revoke(args) => revoke::revoke(args).await,
             Command::Revocations(command) => revoke::run(command).await,
+            Command::Audit(command) => audit::run(command),
             Command::Dev(args) => dev::run(args).await,
             Command::DemoAgent(args) => demo_agent::run(args).await,
             Command::Node(args) => deputyd::run(args)

@@ -75,6 +75,9 @@ fn without_deputy_trailers(mut frame: Frame<Bytes>) -> Frame<Bytes> {
 /// decision refused the call) for the access line.
 pub fn problem_response(problem: &crate::problem::Problem) -> http::Response<Body> {
     let mut response = problem.to_response().map(full);
+    response
+        .extensions_mut()
+        .insert(crate::audit::ProblemType(problem.type_uri));
     DecisionId::mark(&mut response, problem.decision_id.clone());
     response
 }
@@ -256,6 +259,7 @@ impl Arrival {
             request_id,
             request_bytes: self.request_bytes,
             in_flight,
+            audit: None,
         }
     }
 }
@@ -284,12 +288,24 @@ pub struct AccessRecord {
     /// The request counted in flight on its connections (the agent's or peer's, and the pooled
     /// one it went out on) until its response ends.
     pub in_flight: Vec<crate::connections::InFlight>,
+    /// The trail the call's record goes to, and what the call acted under.
+    audit: Option<(Arc<deputy_audit::Trail>, Option<crate::audit::Facts>)>,
 }
 
 impl AccessRecord {
+    /// Has the call's record written to `trail` when it is answered, with `facts`.
+    pub(crate) fn audited(
+        mut self,
+        trail: Option<&Arc<deputy_audit::Trail>>,
+        facts: Option<crate::audit::Facts>,
+    ) -> Self {
+        self.audit = trail.map(|t| (t.clone(), facts));
+        self
+    }
+
     /// Counts the answer in the request metrics and wraps its body so that the access line (with
     /// the status and the decision this end made) and byte metrics are written when it ends.
-    pub fn answer(self, response: http::Response<Body>) -> http::Response<Body> {
+    pub fn answer(mut self, response: http::Response<Body>) -> http::Response<Body> {
         let status = response.status().as_u16();
         crate::metrics::request_done(
             self.direction,
@@ -298,6 +314,19 @@ impl AccessRecord {
             self.started.elapsed(),
         );
         let decision_id = DecisionId::of(response.extensions());
+        // Recorded before the answer is handed on: a call whose answer was sent is in the trail.
+        if let Some((trail, facts)) = self.audit.take() {
+            let problem = response
+                .extensions()
+                .get::<crate::audit::ProblemType>()
+                .map(|p| p.0);
+            crate::audit::record(
+                &trail,
+                &self,
+                facts.as_ref(),
+                (status, decision_id.clone(), problem),
+            );
+        }
         response.map(|body| self.log_at_end(body, status, decision_id))
     }
 

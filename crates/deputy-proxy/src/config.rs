@@ -229,6 +229,8 @@ pub struct ProxyConfig {
     pub idempotency: Option<std::sync::Arc<deputy_state::IdempotentResponses>>,
     /// The node's revocations (`None`: nothing can be revoked).
     pub revocations: Option<std::sync::Arc<deputy_state::Revocations>>,
+    /// The node's audit trail (`None`: calls are not recorded).
+    pub audit: Option<std::sync::Arc<deputy_audit::Trail>>,
 }
 
 /// How the data path asks the policy.

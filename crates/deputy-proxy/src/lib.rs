@@ -13,6 +13,7 @@
 
 pub mod admission;
 pub mod attest;
+mod audit;
 mod authz;
 pub mod body;
 pub mod config;
@@ -152,6 +153,7 @@ impl Proxy {
                 bundles: bundles.clone(),
             }),
             registry.clone(),
+            config.audit.clone(),
         ));
 
         let mut materials = HashMap::new();
@@ -200,6 +202,7 @@ impl Proxy {
                 materials: materials.clone(),
                 registry: registry.clone(),
                 revoker: revoker.clone(),
+                audit: config.audit.clone(),
                 limits,
                 slots: connections::Slots::new(limits.max_connections),
                 handshakes: Arc::new(tokio::sync::Semaphore::new(limits.max_handshakes)),
@@ -245,6 +248,7 @@ impl Proxy {
                 policy: config.policy.clone(),
                 registry: registry.clone(),
                 revoker: revoker.clone(),
+                audit: config.audit.clone(),
                 limits,
                 slots: connections::Slots::new(limits.max_connections),
                 credentials: config.credentials.clone(),

@@ -60,6 +60,8 @@ pub enum ProblemKind {
     IdempotencyKeyReused,
     /// The task, an agent taking part, or the principal was revoked.
     Revoked,
+    /// The audit trail cannot be written, and the operator chose to refuse calls then.
+    AuditUnavailable,
     /// The approval the call names does not let it through (pending, denied, used, expired, or
     /// for another call).
     ApprovalRefused,
@@ -103,6 +105,7 @@ impl ProblemKind {
             Self::PolicyDenied => "urn:deputy:problem:policy-denied",
             Self::ApprovalRequired => "urn:deputy:problem:approval-required",
             Self::Revoked => "urn:deputy:problem:revoked",
+            Self::AuditUnavailable => "urn:deputy:problem:audit-unavailable",
             Self::ApprovalRefused => "urn:deputy:problem:approval-refused",
             Self::IdempotencyKeyRequired => "urn:deputy:problem:idempotency-key-required",
             Self::IdempotencyConflict => "urn:deputy:problem:idempotency-conflict",
@@ -139,6 +142,7 @@ impl ProblemKind {
             Self::PolicyDenied => "Denied by policy",
             Self::ApprovalRequired => "Approval required",
             Self::Revoked => "Revoked",
+            Self::AuditUnavailable => "Audit trail unavailable",
             Self::ApprovalRefused => "Approval refused",
             Self::IdempotencyKeyRequired => "Idempotency key required",
             Self::IdempotencyConflict => "Request in flight",
@@ -177,9 +181,10 @@ impl ProblemKind {
             Self::BodyNotInspectable => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
             Self::ChainTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::NoIdentity | Self::Overloaded | Self::SecretUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoIdentity
+            | Self::Overloaded
+            | Self::SecretUnavailable
+            | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::PeerIdentityMismatch | Self::PeerNotTrusted | Self::UpstreamUnavailable => {
                 StatusCode::BAD_GATEWAY
             }

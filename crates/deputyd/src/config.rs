@@ -54,6 +54,8 @@ pub struct Config {
     pub postgres: Vec<deputy_pgproxy::PgProxyConfig>,
     /// Calls held for approval, and the operator socket.
     pub approvals: crate::approvals_config::ApprovalsConfig,
+    /// The audit trail.
+    pub audit: crate::audit_config::AuditConfig,
 }
 
 /// A configuration that cannot be used.
@@ -118,6 +120,8 @@ struct RawConfig {
     originate: Vec<RawOriginate>,
     #[serde(default)]
     approvals: crate::approvals_config::RawApprovals,
+    #[serde(default)]
+    audit: crate::audit_config::RawAudit,
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,6 +383,7 @@ impl RawConfig {
             &mut problems,
         );
         let approvals = self.approvals.validate(&mut problems);
+        let audit = self.audit.validate(&self.state.dir, &mut problems);
 
         match (trust_domain, admin_listen) {
             (Some(trust_domain), Some(admin_listen)) if problems.is_empty() => Ok(Config {
@@ -425,11 +430,13 @@ impl RawConfig {
                     approval_webhook: None,
                     idempotency: None,
                     revocations: None,
+                    audit: None,
                 },
                 policy,
                 secrets,
                 postgres,
                 approvals,
+                audit,
             }),
             _ => Err(problems),
         }

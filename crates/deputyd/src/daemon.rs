@@ -155,6 +155,10 @@ impl Daemon {
             .map_err(|e| anyhow::anyhow!("cannot make the approval webhook's client: {e}"))?;
         let revocations = Arc::new(deputy_state::Revocations::open(&state, unix_now())?);
         proxy_config.revocations = Some(revocations);
+        let trail = deputy_audit::Trail::open(&config.audit.dir, config.audit.on_failure)?;
+        tracing::info!(dir = %config.audit.dir.display(), on_failure = ?config.audit.on_failure,
+            "audit trail opened");
+        proxy_config.audit = Some(trail.clone());
         // A day of first responses, 10,000 at most: retries come within minutes.
         proxy_config.idempotency = Some(Arc::new(deputy_state::IdempotentResponses::open(
             &state,
@@ -221,6 +225,7 @@ impl Daemon {
                 listener,
                 approvals,
                 proxy.revoker(),
+                trail,
                 config.approvals.operators.clone(),
                 cancel.clone(),
             ));

@@ -5,8 +5,8 @@
 //!   a policy; [`policy_config`]: its `[policy]` section; [`limits_config`]: its `[limits]`;
 //!   [`secrets_config`]: `[vault]` and the agents' secrets and injected headers;
 //!   [`pgproxy_config`]: their PostgreSQL auth proxies; [`services_config`]: `[[service]]`
-//!   and `[[external]]`; [`approvals_config`]: `[approvals]`.
-//! - [`operator`]: the operator socket, where approvals are decided.
+//!   and `[[external]]`; [`approvals_config`]: `[approvals]`; [`audit_config`]: `[audit]`.
+//! - [`operator`]: the operator socket, where approvals are decided and revocations made.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/status` and `/connections` on the admin
 //!   listener.
 //! - [`systemd`]: READY=1, STATUS= and watchdog pings when run by systemd.
@@ -18,6 +18,7 @@ pub mod admin;
 pub mod admission_config;
 pub mod agent_config;
 pub mod approvals_config;
+pub mod audit_config;
 pub mod config;
 pub mod daemon;
 pub mod limits_config;

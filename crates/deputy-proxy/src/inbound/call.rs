@@ -35,6 +35,8 @@ pub(crate) struct Call<'a> {
     pub(crate) revocation_key: Option<String>,
     /// `verify-chain`: the verified chain, if the peer sent one.
     pub(crate) verified: Option<VerifiedChain>,
+    /// `revoked`: what the call acts under, for its audit record.
+    pub(crate) audit_facts: Option<crate::audit::Facts>,
     /// The call as the revoker watches it (`revoked` says what it acts under).
     pub(crate) watched: Option<&'a crate::revocation::Watched>,
     /// The call counted on its connection until its response ends.
@@ -64,6 +66,7 @@ impl<'a> Call<'a> {
             revocation_key: None,
             verified: None,
             watched,
+            audit_facts: None,
             in_flight: Some(in_flight),
             response: None,
         }

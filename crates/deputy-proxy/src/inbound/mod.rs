@@ -66,6 +66,8 @@ pub(crate) struct Inbound {
     pub(crate) registry: Arc<Registry>,
     /// Revocations, and the calls in flight they cut.
     pub(crate) revoker: Arc<crate::revocation::Revoker>,
+    /// Where each call's record goes, if anywhere.
+    pub(crate) audit: Option<Arc<deputy_audit::Trail>>,
     /// Bounds.
     pub(crate) limits: Limits,
     /// This listener's connection slots, for authenticated peers.
@@ -238,6 +240,7 @@ async fn handle(
         &connection.agent.name,
     );
     let in_flight = call.in_flight.take().into_iter().collect();
+    let audit_facts = call.audit_facts.take();
     drop(call);
     let response = match watched {
         Some(watched) => watched.guard(response),
@@ -249,6 +252,8 @@ async fn handle(
         connection.peer.to_string(),
         agent.name.clone(),
     );
-    let record = arrival.record("inbound", parties, request_id, in_flight);
+    let record = arrival
+        .record("inbound", parties, request_id, in_flight)
+        .audited(inbound.audit.as_ref(), audit_facts);
     record.answer(response)
 }

@@ -46,6 +46,8 @@ pub(crate) struct Call<'a> {
     pub(crate) approval: Option<super::stages::Obligation>,
     /// `task-secrets`: the task's own credentials the injected headers read, by secret.
     pub(crate) task_credentials: Vec<(String, Arc<deputy_secrets::Credential>)>,
+    /// `revoked`: what the call acts under, for its audit record.
+    pub(crate) audit_facts: Option<crate::audit::Facts>,
     /// The call as the revoker watches it (`revoked` says what it acts under).
     pub(crate) watched: Option<&'a crate::revocation::Watched>,
     /// `revoked`: the call's task, what it is and until when, for the key `send` gives the
@@ -95,6 +97,7 @@ impl<'a> Call<'a> {
             first_try: None,
             task_credentials: Vec::new(),
             watched,
+            audit_facts: None,
             task_hops: None,
             revocation_key: None,
             sender: None,

@@ -62,6 +62,8 @@ pub(crate) struct Outbound {
     pub(crate) registry: Arc<Registry>,
     /// Revocations, and the calls in flight they cut.
     pub(crate) revoker: Arc<crate::revocation::Revoker>,
+    /// Where each call's record goes, if anywhere.
+    pub(crate) audit: Option<Arc<deputy_audit::Trail>>,
     /// Bounds.
     pub(crate) limits: Limits,
     /// This listener's connection slots.
@@ -240,12 +242,15 @@ async fn handle(
         &outbound.agent.name,
     );
     let in_flight = std::mem::take(&mut call.in_flight);
+    let audit_facts = call.audit_facts.take();
     drop(call);
     let response = match watched {
         Some(watched) => watched.guard(response),
         None => response,
     };
     let parties = (outbound.agent.name.clone(), "-".into(), service);
-    let record = arrival.record("outbound", parties, request_id, in_flight);
+    let record = arrival
+        .record("outbound", parties, request_id, in_flight)
+        .audited(outbound.audit.as_ref(), audit_facts);
     record.answer(response)
 }

@@ -108,6 +108,8 @@ pub struct Revoker {
     agents: HashMap<String, String>,
     /// The data path's connections, drained when an agent at either end is revoked.
     registry: Arc<crate::connections::Registry>,
+    /// Where each revocation applied here is recorded.
+    trail: Option<Arc<deputy_audit::Trail>>,
     /// Where each task went from here, and the keys it arrived with.
     pub(crate) hops: hops::Hops,
     /// This node's own identity, to send revocations on with.
@@ -128,6 +130,7 @@ impl Revoker {
         agents: HashMap<String, String>,
         node: Option<NodeIdentity>,
         registry: Arc<crate::connections::Registry>,
+        trail: Option<Arc<deputy_audit::Trail>>,
     ) -> Self {
         Self {
             records,
@@ -141,6 +144,7 @@ impl Revoker {
             rounds: cascade::Rounds::default(),
             relays: Arc::new(tokio::sync::Semaphore::new(cascade::RELAYS_AT_ONCE)),
             registry,
+            trail,
         }
     }
 
@@ -231,6 +235,19 @@ impl Revoker {
             }
             Subject::Task(_) | Subject::ExactTask { .. } | Subject::Principal(_) => 0,
         };
+        if let Some(trail) = &self.trail
+            && let Err(e) = trail.append(deputy_audit::Event::Revocation {
+                id: revocation.id.clone(),
+                subject: revocation.subject.to_string(),
+                by: revocation.by.clone(),
+                reason: revocation.reason.clone(),
+                until: revocation.until,
+                calls_cut: cut.len(),
+            })
+        {
+            tracing::error!(error = %e, revocation = %revocation.id,
+                "a revocation's audit record could not be written");
+        }
         tracing::warn!(revocation = %revocation.id, subject = ?revocation.subject.to_string(),
             by = ?revocation.by, reason = ?revocation.reason, until = revocation.until,
             calls_cut = cut.len(), contexts_dropped, task_credentials_ended,

@@ -42,6 +42,7 @@ impl Connected<axum::serve::IncomingStream<'_, UnixListener>> for Caller {
 struct OperatorState {
     approvals: Arc<Approvals>,
     revoker: Arc<deputy_proxy::revocation::Revoker>,
+    trail: Arc<deputy_audit::Trail>,
     operators: Arc<Vec<u32>>,
 }
 
@@ -76,6 +77,7 @@ pub async fn serve(
     listener: UnixListener,
     approvals: Arc<Approvals>,
     revoker: Arc<deputy_proxy::revocation::Revoker>,
+    trail: Arc<deputy_audit::Trail>,
     operators: Vec<u32>,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -91,6 +93,7 @@ pub async fn serve(
         .with_state(OperatorState {
             approvals,
             revoker,
+            trail,
             operators: Arc::new(operators),
         });
     let served = axum::serve(
@@ -223,6 +226,19 @@ fn decide(
         .decide(&id, approved, &by, note.as_deref(), now)
     {
         Ok(approval) => {
+            let recorded = state.trail.append(deputy_audit::Event::Approval {
+                id: approval.id.clone(),
+                decision: if approved { "approved" } else { "denied" }.to_owned(),
+                by: by.clone(),
+                agent: approval.binding.agent.clone(),
+                service: approval.binding.service.clone(),
+                task: approval.binding.task.clone().unwrap_or_default(),
+                principal: approval.binding.principal.clone().unwrap_or_default(),
+            });
+            if let Err(e) = recorded {
+                tracing::error!(error = %e, approval = %approval.id,
+                    "an approval's audit record could not be written");
+            }
             tracing::info!(approval = %approval.id, agent = %approval.binding.agent,
                 service = %approval.binding.service, method = %approval.binding.method,
                 path = %approval.binding.path, decided_by = %by,

@@ -1,6 +1,7 @@
 //! The stages of an inbound call, in order: each its own file. A new capability is a new file
 //! here and a line in [`stages`].
 
+mod audit;
 mod decide;
 mod deliver;
 mod issue_context;
@@ -14,9 +15,11 @@ use super::call::Call;
 use crate::pipeline::Stage;
 
 /// The stages every inbound call passes, in order.
-pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 8] {
+pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 9] {
     [
         Stage::Now("limits", limits::check),
+        // Nothing happens that is not recorded (unless the operator chose otherwise).
+        Stage::Now("audit", audit::ready),
         Stage::Now("target", target::resolve),
         Stage::Now("peer", peer::admit),
         Stage::Now("verify-chain", verify_chain::verify),

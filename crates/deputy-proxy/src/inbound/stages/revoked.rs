@@ -24,6 +24,14 @@ pub(super) fn check(call: &mut Call<'_>) -> Outcome {
         acting.task = Some(chain.task().to_owned());
         acting.principal = Some(chain.principal().to_owned());
         acting.originator = Some(chain.originator().to_owned());
+        if call.inbound.audit.is_some() {
+            call.audit_facts = Some(crate::audit::Facts {
+                task: acting.task.clone(),
+                principal: acting.principal.clone(),
+                originator: acting.originator.clone(),
+                actors: chain.actors().into_iter().map(str::to_owned).collect(),
+            });
+        }
     }
     match watched.admit(acting, crate::unix(call.now)) {
         Ok(()) => Ok(()),

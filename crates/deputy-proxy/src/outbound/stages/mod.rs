@@ -3,6 +3,7 @@
 
 mod approve;
 mod attest;
+mod audit;
 mod connect;
 mod decide;
 mod dry_run;
@@ -27,10 +28,12 @@ use super::call::Call;
 use crate::pipeline::Stage;
 
 /// The stages every outbound call passes, in order.
-pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 15] {
+pub(crate) fn stages<'a>() -> [Stage<Call<'a>>; 16] {
     [
         // Attested first: a caller that is not the agent's is told that, whatever the limits.
         Stage::Now("attest", attest::check),
+        // Nothing happens that is not recorded (unless the operator chose otherwise).
+        Stage::Now("audit", audit::ready),
         Stage::Now("limits", limits::check),
         Stage::Now("route", route::resolve),
         Stage::Now("identity", identity::take),

@@ -42,6 +42,32 @@ pub(super) fn check(call: &mut Call<'_>) -> Outcome {
         }
     }
     acting.task = plan.task().map(str::to_owned);
+    if call.outbound.audit.is_some() && acting.task.is_some() {
+        call.audit_facts = Some(crate::audit::Facts {
+            task: acting.task.clone(),
+            principal: acting.principal.clone(),
+            originator: acting.originator.clone(),
+            // The chain as it goes out: the one it continues (ending with this agent), or this
+            // agent starting one; then the service it delegates to.
+            actors: match plan {
+                TaskPlan::Continue { context, .. } => context
+                    .chain
+                    .actors()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+                _ => vec![caller.to_string()],
+            }
+            .into_iter()
+            .chain(
+                call.service
+                    .as_ref()
+                    .and_then(|s| s.spiffe_id())
+                    .map(ToString::to_string),
+            )
+            .collect(),
+        });
+    }
     // What a revocation of the task follows from here: its exact name and agents.
     let hops = match (&acting.task, &acting.principal, &acting.originator) {
         (Some(id), Some(principal), Some(originator)) => plan.expires_at(call.now).map(|until| {

@@ -1,0 +1,37 @@
+//! One audit trail per node: every call (with its decision, the task and principal it acted
+//! for, and its outcome), every revocation and approval decision, as typed records appended to
+//! JSON Lines, each carrying the hash of the record before it.
+//!
+//! - [`record`]: the record types, built from typed values: nothing that holds a secret (a
+//!   header value, a body, a query, a credential) has a field to go in.
+//! - [`trail`]: the writer. A record is written (one `write(2)` under a lock) before the call's
+//!   answer leaves deputyd, so a call whose answer was sent is in the file even if deputyd is
+//!   killed; `fsync` runs off the request path, at most every few milliseconds (group
+//!   commit). When the file cannot be written, deputyd refuses calls (`audit-unavailable`) or,
+//!   if the operator chose, serves on and counts what it lost.
+//! - [`verify`]: the chain checked, the first bad record named. [`query`]: who did what for
+//!   whom, across nodes' trails.
+
+pub mod query;
+pub mod record;
+pub mod trail;
+pub mod verify;
+
+pub use record::{CallRecord, Event, Record};
+pub use trail::{AuditError, OnFailure, Trail};
+
+/// The trail's file in its directory.
+pub const FILE: &str = "audit.jsonl";
+
+/// SHA-256 of `line`, hex: what the next record carries as `prev`.
+pub fn hash(line: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line);
+    digest.as_ref().iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// What the first record of a trail carries as `prev`.
+pub const GENESIS: &str = "genesis";

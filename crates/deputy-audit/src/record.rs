@@ -1,0 +1,118 @@
+//! Audit records. Each is an [`Event`] in an envelope that orders and chains it ([`Record`]).
+//! Fields are typed facts (who, for whom, what, how it ended); there is no field a header
+//! value, a body, a query string or a credential could go in.
+
+use serde::{Deserialize, Serialize};
+
+/// One line of the trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Its place in the node's trail, from 1.
+    pub seq: u64,
+    /// When it was written (RFC 3339, UTC).
+    pub time: String,
+    /// The hash of the line before it ([`crate::GENESIS`] for the first).
+    pub prev: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Event {
+    /// deputyd started writing the trail (after a start, or after it could not write).
+    Opened {
+        /// deputyd's version.
+        version: String,
+        /// Records the trail could not take since it was last opened (serve mode).
+        lost: u64,
+    },
+    /// A call, at one end, as it was answered.
+    Call(CallRecord),
+    /// A revocation applied on this node.
+    Revocation {
+        /// The revocation's id.
+        id: String,
+        /// What was revoked, in words.
+        subject: String,
+        /// Who revoked it (an operator, or the node that relayed it).
+        by: String,
+        /// Why.
+        reason: String,
+        /// Until when (unix seconds).
+        until: i64,
+        /// Calls in flight it cut here.
+        calls_cut: usize,
+    },
+    /// An operator decided an approval.
+    Approval {
+        /// The approval's id.
+        id: String,
+        /// `approved` or `denied`.
+        decision: String,
+        /// The operator.
+        by: String,
+        /// The agent whose call it was.
+        agent: String,
+        /// The service it called.
+        service: String,
+        /// The task it was in.
+        task: String,
+        /// Whom it acted for.
+        principal: String,
+    },
+}
+
+/// A call at one end.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// `outbound` (a local agent called out) or `inbound` (a peer called a local agent).
+    pub direction: String,
+    /// The local agent.
+    pub agent: String,
+    /// The verified peer (inbound), or `-`.
+    pub peer: String,
+    /// The service called (outbound) or the local agent (inbound).
+    pub service: String,
+    /// The method.
+    pub method: String,
+    /// The path, without the query (which may carry secrets).
+    pub path: String,
+    /// The status answered.
+    pub status: u16,
+    /// The call's id, the same at both ends.
+    pub request_id: String,
+    /// The policy decision that judged it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_id: Option<String>,
+    /// The problem it was refused with, if it was (`urn:deputy:problem:...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// The task it belonged to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Whom it acted for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// The agent that started the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub originator: Option<String>,
+    /// Every agent of the chain, in order (the delegation, as verified here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actors: Vec<String>,
+}
+
+impl Event {
+    /// The type's name, as written.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Opened { .. } => "opened",
+            Self::Call(_) => "call",
+            Self::Revocation { .. } => "revocation",
+            Self::Approval { .. } => "approval",
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The writer of a node's trail.
+//!
+//! A record is one `write(2)` of one line, under a lock that also keeps the chain (its `seq`
+//! and the hash of the line before). It is in the file (the page cache) before the call's
+//! answer is handed on, so `kill -9` loses none; a thread `fsync`s at most every few
+//! milliseconds when something was written (group commit), so a power loss loses at most
+//! that. A write that fails is undone (the file is cut back to its last whole line) and
+//! counted as lost; [`Trail::available`] then says whether calls may go on.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::record::{Event, Record};
+use crate::{FILE, GENESIS, hash};
+
+/// How often written records are flushed to the disk, at most.
+const SYNC_EVERY: Duration = Duration::from_millis(5);
+/// How often a trail that could not be written is tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// What deputyd does when the trail cannot be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    /// Refuse calls (`audit-unavailable`) until it can be written again: nothing happens that
+    /// is not recorded.
+    #[default]
+    Refuse,
+    /// Serve on, and count the records lost (`deputy_audit_records_lost_total`, and the next
+    /// `opened` record).
+    Serve,
+}
+
+/// The trail cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The directory or file cannot be made, opened or read.
+    #[error(
+        "cannot open the audit trail in {dir}: {message}; give deputyd a directory it may \
+         write ([audit] dir, by default the state directory's audit/)"
+    )]
+    Open {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A record could not be written (the disk is full, the file went away).
+    #[error("the audit record could not be written: {0}")]
+    Write(String),
+}
+
+#[derive(Debug)]
+struct Writer {
+    file: File,
+    /// The length of the file up to its last whole line.
+    len: u64,
+    seq: u64,
+    prev: String,
+}
+
+/// A node's audit trail, open for appending.
+#[derive(Debug)]
+pub struct Trail {
+    writer: Mutex<Writer>,
+    dir: PathBuf,
+    on_failure: OnFailure,
+    healthy: AtomicBool,
+    lost: AtomicU64,
+    dirty: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    last_try: Mutex<Instant>,
+    syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Trail {
+    /// Opens the trail in `dir` (made, mode 0700, if need be), continuing the chain of what is
+    /// there; a partial last line (a crash during a write) is cut off first.
+    pub fn open(dir: &Path, on_failure: OnFailure) -> Result<Arc<Self>, AuditError> {
+        let fail = |message: String| AuditError::Open {
+            dir: dir.to_owned(),
+            message,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| fail(format!("cannot restrict the directory: {e}")))?;
+        }
+        let path = dir.join(FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text)
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if whole < text.len() {
+            tracing::warn!(file = %path.display(), bytes = text.len() - whole,
+                "the audit trail ended in a partial record (deputyd stopped during a write); cut off");
+            file.set_len(whole as u64)
+                .map_err(|e| fail(format!("cannot cut the partial record: {e}")))?;
+        }
+        let (seq, prev) = match text[..whole]
+            .split(|b| *b == b'\n')
+            .rfind(|l| !l.is_empty())
+        {
+            Some(last) => {
+                let record: Record = serde_json::from_slice(last).map_err(|e| {
+                    fail(format!(
+                        "its last record cannot be read ({e}); check it with `deputy audit \
+                         verify`, and move the file aside to start a new trail"
+                    ))
+                })?;
+                (record.seq, hash(last))
+            }
+            None => (0, GENESIS.to_owned()),
+        };
+        file.seek(SeekFrom::End(0))
+            .map_err(|e| fail(e.to_string()))?;
+        let syncing = file.try_clone().map_err(|e| fail(e.to_string()))?;
+        let dirty = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let syncer = {
+            let (dirty, stop) = (dirty.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("audit-sync".into())
+                .spawn(move || sync_until_stopped(&syncing, &dirty, &stop))
+                .map_err(|e| fail(format!("cannot start its syncing thread: {e}")))?
+        };
+        let trail = Arc::new(Self {
+            writer: Mutex::new(Writer {
+                file,
+                len: whole as u64,
+                seq,
+                prev,
+            }),
+            dir: dir.to_owned(),
+            on_failure,
+            healthy: AtomicBool::new(true),
+            lost: AtomicU64::new(0),
+            dirty,
+            stop,
+            last_try: Mutex::new(Instant::now()),
+            syncer: Mutex::new(Some(syncer)),
+        });
+        trail
+            .append(Event::Opened {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                lost: 0,
+            })
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(trail)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What deputyd does when the trail cannot be written.
+    pub fn on_failure(&self) -> OnFailure {
+        self.on_failure
+    }
+
+    /// Records lost since the trail was opened.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Appends `event`. A failure is counted as lost (and the file left at its last whole
+    /// line).
+    pub fn append(&self, event: Event) -> Result<(), AuditError> {
+        let time = now_rfc3339();
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let record = Record {
+            seq: writer.seq + 1,
+            time,
+            prev: writer.prev.clone(),
+            event,
+        };
+        let mut line = serde_json::to_string(&record).map_err(|e| {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            AuditError::Write(e.to_string())
+        })?;
+        let digest = hash(line.as_bytes());
+        line.push('\n');
+        if let Err(e) = writer.file.write_all(line.as_bytes()) {
+            // A part may have gone in: the file is cut back to its last whole line.
+            let len = writer.len;
+            let _ = writer.file.set_len(len);
+            drop(writer);
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            if self.healthy.swap(false, Ordering::AcqRel) {
+                tracing::error!(dir = %self.dir.display(), error = %e,
+                    on_failure = ?self.on_failure, "the audit trail cannot be written");
+            }
+            return Err(AuditError::Write(e.to_string()));
+        }
+        writer.len += line.len() as u64;
+        writer.seq = record.seq;
+        writer.prev = digest;
+        drop(writer);
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether calls may go on: the trail is being written, or the operator chose to serve on
+    /// without it. A trail that failed is tried again at most once a second (an `opened`
+    /// record saying how many were lost).
+    pub fn available(&self) -> bool {
+        if self.healthy.load(Ordering::Acquire) || self.on_failure == OnFailure::Serve {
+            return true;
+        }
+        {
+            let mut last_try = self.last_try.lock().unwrap_or_else(|p| p.into_inner());
+            if last_try.elapsed() < RETRY_EVERY {
+                return false;
+            }
+            *last_try = Instant::now();
+        }
+        let resumed = self.append(Event::Opened {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            lost: self.lost(),
+        });
+        if resumed.is_ok() {
+            self.healthy.store(true, Ordering::Release);
+            tracing::info!(dir = %self.dir.display(), lost = self.lost(),
+                "the audit trail is written again");
+        }
+        resumed.is_ok()
+    }
+}
+
+impl Drop for Trail {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(syncer) = self.syncer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = syncer.join();
+        }
+    }
+}
+
+fn sync_until_stopped(file: &File, dirty: &AtomicBool, stop: &AtomicBool) {
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        if dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = file.sync_data()
+        {
+            tracing::error!(error = %e, "the audit trail could not be flushed to disk");
+        }
+        if stopping {
+            return;
+        }
+        std::thread::sleep(SYNC_EVERY);
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::CallRecord;
+
+    fn call(n: u16) -> Event {
+        Event::Call(CallRecord {
+            direction: "outbound".into(),
+            agent: "a".into(),
+            status: n,
+            request_id: format!("r{n}"),
+            ..CallRecord::default()
+        })
+    }
+
+    #[test]
+    fn records_are_chained_and_the_chain_goes_on_after_a_reopen_and_a_partial_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let trail = Trail::open(dir.path(), OnFailure::Refuse).expect("open");
+            trail.append(call(200)).expect("append");
+        }
+        // A crash in the middle of a write leaves half a line.
+        let path = dir.path().join(FILE);
+        let mut file = OpenOptions::new().append(true).open(&path).expect("file");
+        file.write_all(b"{\"seq\":3,\"ti").expect("partial");
+        drop(file);
+        let trail = Trail::open(dir.path(), OnFailure::Refuse).expect("reopen");
+        trail.append(call(201)).expect("append");
+        drop(trail);
+        let report = crate::verify::verify_dir(dir.path()).expect("verify");
+        assert_eq!(report.records, 4, "{report:?}");
+        assert!(report.first_bad.is_none(), "{report:?}");
+    }
+}

@@ -1,0 +1,149 @@
+//! `deputy audit verify` and `deputy audit query`: check nodes' audit trails, and ask them who
+//! did what for whom.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use deputy_audit::query::{Filter, query};
+use deputy_audit::{Event, verify};
+
+/// `deputy audit ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check that a trail is whole: every record in order and chained to the one before it.
+    /// Names the first record that is not, and says how much of the end nothing vouches for.
+    Verify {
+        /// The trail's directory (`[audit] dir`; by default the state directory's audit/).
+        dir: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Who did what for whom: the calls, revocations and approvals of one or more nodes'
+    /// trails, oldest first.
+    Query {
+        /// The trails' directories (one per node: a task's records on every node it crossed).
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Only this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only calls for this principal.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only calls this agent (a name or SPIFFE ID) made, received or took part in.
+        #[arg(long)]
+        agent: Option<String>,
+        /// From this time (RFC 3339, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time (RFC 3339, UTC).
+        #[arg(long)]
+        until: Option<String>,
+        /// Print JSON Lines (each record with the trail it came from) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `command`.
+pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AuditCommand::Verify { dir, json } => {
+            let report = verify::verify_dir(&dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot read the trail in {}: {e}; name the [audit] dir",
+                    dir.display()
+                )
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else if let Some(bad) = &report.first_bad {
+                println!(
+                    "NOT WHOLE: {} record(s) follow from the start; line {} does not: {}",
+                    report.records, bad.line, bad.why
+                );
+            } else {
+                println!(
+                    "whole: {} record(s) in order, each chained to the one before; the last \
+                     {} is vouched for by nothing after it (its edit or removal cannot be told)",
+                    report.records, report.unprotected_tail
+                );
+            }
+            Ok(if report.first_bad.is_some() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        AuditCommand::Query {
+            dirs,
+            task,
+            principal,
+            agent,
+            since,
+            until,
+            json,
+        } => {
+            let filter = Filter {
+                task,
+                principal,
+                agent,
+                since,
+                until,
+            };
+            let dirs: Vec<&std::path::Path> = dirs.iter().map(PathBuf::as_path).collect();
+            let found = query(&dirs, &filter)?;
+            for f in &found {
+                if json {
+                    println!("{}", serde_json::to_string(f)?);
+                } else {
+                    println!(
+                        "{}  {}  {}",
+                        f.record.time,
+                        f.trail.display(),
+                        line(&f.record.event)
+                    );
+                }
+            }
+            if !json && found.is_empty() {
+                println!("no records");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A record in one line of words.
+fn line(event: &Event) -> String {
+    match event {
+        Event::Call(c) => format!(
+            "{} {} -> {} {} {} {}  task {} for {}  request {}",
+            c.direction,
+            if c.direction == "inbound" {
+                &c.peer
+            } else {
+                &c.agent
+            },
+            c.service,
+            c.method,
+            c.path,
+            c.status,
+            c.task.as_deref().unwrap_or("-"),
+            c.principal.as_deref().unwrap_or("-"),
+            c.request_id
+        ),
+        Event::Revocation {
+            subject,
+            by,
+            reason,
+            ..
+        } => format!("revoked {subject} by {by}: {reason}"),
+        Event::Approval {
+            id, decision, by, ..
+        } => format!("approval {id} {decision} by {by}"),
+        Event::Opened { lost, .. } => format!("trail opened ({lost} record(s) lost before)"),
+        other => other.kind().to_owned(),
+    }
+}

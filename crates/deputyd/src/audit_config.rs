@@ -1,0 +1,53 @@
+//! The `[audit]` section: the node's audit trail.
+//!
+//! ```toml
+//! [audit]
+//! dir = "/var/lib/deputy/audit"   # default: the state directory's audit/
+//! on_failure = "refuse"           # or "serve": keep serving and count what is lost
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use deputy_audit::OnFailure;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawAudit {
+    dir: Option<PathBuf>,
+    on_failure: Option<String>,
+}
+
+/// The audit trail's settings, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Where the trail is written.
+    pub dir: PathBuf,
+    /// What deputyd does when it cannot be written.
+    pub on_failure: OnFailure,
+}
+
+impl RawAudit {
+    pub(crate) fn validate(&self, state_dir: &Path, problems: &mut Vec<String>) -> AuditConfig {
+        let dir = self.dir.clone().unwrap_or_else(|| state_dir.join("audit"));
+        if !dir.is_absolute() {
+            problems.push(format!(
+                "[audit] dir {} must be an absolute path",
+                dir.display()
+            ));
+        }
+        let on_failure = match self.on_failure.as_deref() {
+            None | Some("refuse") => OnFailure::Refuse,
+            Some("serve") => OnFailure::Serve,
+            Some(other) => {
+                problems.push(format!(
+                    "[audit] on_failure {other:?} is neither \"refuse\" (refuse calls while the \
+                     trail cannot be written; the default) nor \"serve\" (serve on, counting \
+                     the records lost)"
+                ));
+                OnFailure::Refuse
+            }
+        };
+        AuditConfig { dir, on_failure }
+    }
+}
