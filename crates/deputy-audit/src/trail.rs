@@ -152,10 +152,7 @@ impl Trail {
             syncer: Mutex::new(Some(syncer)),
         });
         trail
-            .append(Event::Opened {
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                lost: 0,
-            })
+            .write(trail.opened(), false)
             .map_err(|e| fail(e.to_string()))?;
         Ok(trail)
     }
@@ -176,8 +173,28 @@ impl Trail {
     }
 
     /// Appends `event`. A failure is counted as lost (and the file left at its last whole
-    /// line).
+    /// line). The first record written after failures is followed by an `opened` record that
+    /// says how many were lost.
     pub fn append(&self, event: Event) -> Result<(), AuditError> {
+        self.write(event, true)?;
+        if !self.healthy.swap(true, Ordering::AcqRel) {
+            tracing::info!(dir = %self.dir.display(), lost = self.lost(),
+                "the audit trail is written again");
+            let _ = self.write(self.opened(), false);
+        }
+        Ok(())
+    }
+
+    fn opened(&self) -> Event {
+        Event::Opened {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            lost: self.lost(),
+        }
+    }
+
+    /// Writes `event`; a failure marks the trail unwritable and, with `counted`, is a record
+    /// lost (a probe's failure is not).
+    fn write(&self, event: Event, counted: bool) -> Result<(), AuditError> {
         let time = now_rfc3339();
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let record = Record {
@@ -187,7 +204,7 @@ impl Trail {
             event,
         };
         let mut line = serde_json::to_string(&record).map_err(|e| {
-            self.lost.fetch_add(1, Ordering::Relaxed);
+            self.lost.fetch_add(u64::from(counted), Ordering::Relaxed);
             AuditError::Write(e.to_string())
         })?;
         let digest = hash(line.as_bytes());
@@ -197,7 +214,7 @@ impl Trail {
             let len = writer.len;
             let _ = writer.file.set_len(len);
             drop(writer);
-            self.lost.fetch_add(1, Ordering::Relaxed);
+            self.lost.fetch_add(u64::from(counted), Ordering::Relaxed);
             if self.healthy.swap(false, Ordering::AcqRel) {
                 tracing::error!(dir = %self.dir.display(), error = %e,
                     on_failure = ?self.on_failure, "the audit trail cannot be written");
@@ -226,16 +243,13 @@ impl Trail {
             }
             *last_try = Instant::now();
         }
-        let resumed = self.append(Event::Opened {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            lost: self.lost(),
-        });
-        if resumed.is_ok() {
+        let resumed = self.write(self.opened(), false).is_ok();
+        if resumed {
             self.healthy.store(true, Ordering::Release);
             tracing::info!(dir = %self.dir.display(), lost = self.lost(),
                 "the audit trail is written again");
         }
-        resumed.is_ok()
+        resumed
     }
 }
 
