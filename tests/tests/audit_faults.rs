@@ -196,8 +196,7 @@ async fn a_full_disk_refuses_calls_until_the_trail_can_be_written_and_counts_wha
     let text = trail_text(&trail);
     let opened = text
         .lines()
-        .filter(|l| l.contains("\"type\":\"opened\""))
-        .next_back()
+        .rfind(|l| l.contains("\"type\":\"opened\""))
         .expect("an opened record");
     assert!(opened.contains("\"lost\":3"), "{opened}");
 }
