@@ -6,7 +6,8 @@
 //!      -> c (node C: demo agent upstream)
 //! ```
 //!
-//! Each node has an operator socket (this test's uid is its operator) and its own state. Without
+//! Each node has an operator socket (this test's uid is its operator), its own state, and an
+//! audit trail in it that signs a checkpoint every two records. Without
 //! a policy, B and C serve the agents of the trust domain and tasks a starts for users.
 
 use std::path::{Path, PathBuf};
@@ -60,7 +61,8 @@ fn node_config(dir: &Path, name: &str, socket: &Path, rest: &str) -> PathBuf {
         &dir.join(format!("state-{name}")).display().to_string(),
     );
     let text = format!(
-        "{head}[timeouts]\nrequest = \"30s\"\n[approvals]\nsocket = \"{}\"\noperators = [{}]\n{rest}",
+        "{head}[timeouts]\nrequest = \"30s\"\n[audit]\ncheckpoint_records = 2\n\
+         [approvals]\nsocket = \"{}\"\noperators = [{}]\n{rest}",
         socket.display(),
         my_uid()
     );

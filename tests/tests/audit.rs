@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use deputy_tests::chain::{Chain, agent_id};
 use deputy_tests::{binary, run};
@@ -105,10 +106,32 @@ async fn a_task_across_three_nodes_is_recorded_at_every_end_and_joined_by_query(
         "{table}"
     );
 
-    // Each trail is whole; a copy with one record changed is named at the record after it.
+    // Stopped, each node signs a last checkpoint: every trail is whole, and vouched for to its
+    // end by its node's SVID; a copy with one record changed is named at the record after it.
+    let mut chain = chain;
+    for node in &mut chain.nodes {
+        node.process.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(node.process.wait(Duration::from_secs(30)).success());
+    }
+    let bundle = chain.dir.path().join("ca/ca.pem");
+    let bundle = bundle.to_str().expect("path");
     for dir in &dirs {
-        let (ok, out) = audit(&["verify"], &[dir]);
-        assert!(ok && out.starts_with("whole"), "{out}");
+        let (ok, out) = audit(
+            &[
+                "verify",
+                "--bundle",
+                bundle,
+                "--trust-domain",
+                "example.org",
+            ],
+            &[dir],
+        );
+        assert!(
+            ok && out.starts_with("whole")
+                && out.contains("signatures valid (signed by spiffe://example.org/deputyd/")
+                && out.contains("the last 0 record(s)"),
+            "{out}"
+        );
     }
     let copy = chain.dir.path().join("tampered");
     std::fs::create_dir_all(&copy).expect("dir");

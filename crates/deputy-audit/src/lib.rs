@@ -9,16 +9,19 @@
 //!   killed; `fsync` runs off the request path, at most every few milliseconds (group
 //!   commit). When the file cannot be written, deputyd refuses calls (`audit-unavailable`) or,
 //!   if the operator chose, serves on and counts what it lost.
-//! - [`verify`]: the chain checked, the first bad record named. [`query`]: who did what for
-//!   whom, across nodes' trails.
+//! - [`checkpoint`]: every so many records or seconds, a statement signed with the node's SVID
+//!   that vouches for the trail so far.
+//! - [`verify`]: the chain and the checkpoints checked, the first bad record named. [`query`]:
+//!   who did what for whom, across nodes' trails.
 
+pub mod checkpoint;
 pub mod query;
 pub mod record;
 pub mod trail;
 pub mod verify;
 
 pub use record::{CallRecord, Event, Record};
-pub use trail::{AuditError, OnFailure, Trail};
+pub use trail::{AuditError, Checkpoints, OnFailure, Trail};
 
 /// The trail's file in its directory.
 pub const FILE: &str = "audit.jsonl";

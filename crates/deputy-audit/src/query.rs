@@ -76,7 +76,7 @@ impl Filter {
                     && self.principal.as_deref().is_none_or(|p| principal == p)
                     && self.agent.as_deref().is_none_or(|a| agent == a)
             }
-            Event::Opened { .. } => {
+            Event::Opened { .. } | Event::Checkpoint { .. } => {
                 self.task.is_none() && self.principal.is_none() && self.agent.is_none()
             }
         }

@@ -47,6 +47,14 @@ pub enum Event {
         /// Calls in flight it cut here.
         calls_cut: usize,
     },
+    /// A checkpoint: the node's signed statement that the trail held `upto` records, the last
+    /// hashing to this record's `prev` (see [`crate::checkpoint`]).
+    Checkpoint {
+        /// The records it vouches for.
+        upto: u64,
+        /// The signed statement (a compact JWS with the node's SVID chain in `x5c`).
+        jws: String,
+    },
     /// An operator decided an approval.
     Approval {
         /// The approval's id.
@@ -113,6 +121,7 @@ impl Event {
             Self::Call(_) => "call",
             Self::Revocation { .. } => "revocation",
             Self::Approval { .. } => "approval",
+            Self::Checkpoint { .. } => "checkpoint",
         }
     }
 }

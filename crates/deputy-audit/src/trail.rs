@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::Signer;
 use crate::record::{Event, Record};
 use crate::{FILE, GENESIS, hash};
 
@@ -21,6 +22,25 @@ use crate::{FILE, GENESIS, hash};
 const SYNC_EVERY: Duration = Duration::from_millis(5);
 /// How often a trail that could not be written is tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// When checkpoints are written: after so many records, or so long after the last one when
+/// records were written since (`Trail::checkpoint_if_due`, called by a timer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoints {
+    /// Records between two checkpoints, at most.
+    pub every_records: u64,
+    /// Time between two checkpoints, at most (when records were written).
+    pub every: Duration,
+}
+
+impl Default for Checkpoints {
+    fn default() -> Self {
+        Self {
+            every_records: 1000,
+            every: Duration::from_secs(10),
+        }
+    }
+}
 
 /// What deputyd does when the trail cannot be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,12 +95,21 @@ pub struct Trail {
     stop: Arc<AtomicBool>,
     last_try: Mutex<Instant>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpoints: Checkpoints,
+    signer: Mutex<Option<Arc<dyn Signer>>>,
+    /// Records since the last checkpoint, and when it was written.
+    since_checkpoint: AtomicU64,
+    last_checkpoint: Mutex<Instant>,
 }
 
 impl Trail {
     /// Opens the trail in `dir` (made, mode 0700, if need be), continuing the chain of what is
     /// there; a partial last line (a crash during a write) is cut off first.
-    pub fn open(dir: &Path, on_failure: OnFailure) -> Result<Arc<Self>, AuditError> {
+    pub fn open(
+        dir: &Path,
+        on_failure: OnFailure,
+        checkpoints: Checkpoints,
+    ) -> Result<Arc<Self>, AuditError> {
         let fail = |message: String| AuditError::Open {
             dir: dir.to_owned(),
             message,
@@ -150,9 +179,14 @@ impl Trail {
             stop,
             last_try: Mutex::new(Instant::now()),
             syncer: Mutex::new(Some(syncer)),
+            checkpoints,
+            signer: Mutex::new(None),
+            since_checkpoint: AtomicU64::new(0),
+            last_checkpoint: Mutex::new(Instant::now()),
         });
+        let opened = trail.opened();
         trail
-            .write(trail.opened(), false)
+            .write(|_, _| Ok(opened), false)
             .map_err(|e| fail(e.to_string()))?;
         Ok(trail)
     }
@@ -176,13 +210,73 @@ impl Trail {
     /// line). The first record written after failures is followed by an `opened` record that
     /// says how many were lost.
     pub fn append(&self, event: Event) -> Result<(), AuditError> {
-        self.write(event, true)?;
+        self.write(|_, _| Ok(event), true)?;
         if !self.healthy.swap(true, Ordering::AcqRel) {
             tracing::info!(dir = %self.dir.display(), lost = self.lost(),
                 "the audit trail is written again");
-            let _ = self.write(self.opened(), false);
+            let opened = self.opened();
+            let _ = self.write(|_, _| Ok(opened), false);
+        }
+        let since = self.since_checkpoint.fetch_add(1, Ordering::AcqRel) + 1;
+        if since >= self.checkpoints.every_records {
+            self.checkpoint();
         }
         Ok(())
+    }
+
+    /// Signs checkpoints with `signer` from now on (the node's SVID, once deputyd holds it).
+    pub fn set_signer(&self, signer: Arc<dyn Signer>) {
+        *self.signer.lock().unwrap_or_else(|p| p.into_inner()) = Some(signer);
+    }
+
+    /// Writes a checkpoint if records were written since the last and it is time.
+    pub fn checkpoint_if_due(&self) {
+        let due = self
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .elapsed()
+            >= self.checkpoints.every;
+        if due && self.since_checkpoint.load(Ordering::Acquire) > 0 {
+            self.checkpoint();
+        }
+    }
+
+    /// Writes a checkpoint now (nothing without a signer: the trail says so by having none).
+    pub fn checkpoint(&self) {
+        let Some(signer) = self
+            .signer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        let iat = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+        .unwrap_or(i64::MAX);
+        let written = self.write(
+            |seq, prev| {
+                let upto = seq - 1;
+                signer
+                    .sign(upto, prev, iat)
+                    .map(|jws| Event::Checkpoint { upto, jws })
+            },
+            false,
+        );
+        match written {
+            Ok(()) => {
+                self.since_checkpoint.store(0, Ordering::Release);
+                *self
+                    .last_checkpoint
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            }
+            Err(e) => tracing::error!(error = %e, "an audit checkpoint could not be written"),
+        }
     }
 
     fn opened(&self) -> Event {
@@ -192,13 +286,19 @@ impl Trail {
         }
     }
 
-    /// Writes `event`; a failure marks the trail unwritable and, with `counted`, is a record
-    /// lost (a probe's failure is not).
-    fn write(&self, event: Event, counted: bool) -> Result<(), AuditError> {
+    /// Writes the event `make` gives for the record's `seq` and `prev`; a failure marks the
+    /// trail unwritable and, with `counted`, is a record lost (a probe's failure is not).
+    fn write(
+        &self,
+        make: impl FnOnce(u64, &str) -> Result<Event, String>,
+        counted: bool,
+    ) -> Result<(), AuditError> {
         let time = now_rfc3339();
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = writer.seq + 1;
+        let event = make(seq, &writer.prev).map_err(AuditError::Write)?;
         let record = Record {
-            seq: writer.seq + 1,
+            seq,
             time,
             prev: writer.prev.clone(),
             event,
@@ -243,7 +343,8 @@ impl Trail {
             }
             *last_try = Instant::now();
         }
-        let resumed = self.write(self.opened(), false).is_ok();
+        let opened = self.opened();
+        let resumed = self.write(|_, _| Ok(opened), false).is_ok();
         if resumed {
             self.healthy.store(true, Ordering::Release);
             tracing::info!(dir = %self.dir.display(), lost = self.lost(),
@@ -302,7 +403,8 @@ mod tests {
     fn records_are_chained_and_the_chain_goes_on_after_a_reopen_and_a_partial_line() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let trail = Trail::open(dir.path(), OnFailure::Refuse).expect("open");
+            let trail =
+                Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default()).expect("open");
             trail.append(call(200)).expect("append");
         }
         // A crash in the middle of a write leaves half a line.
@@ -310,10 +412,11 @@ mod tests {
         let mut file = OpenOptions::new().append(true).open(&path).expect("file");
         file.write_all(b"{\"seq\":3,\"ti").expect("partial");
         drop(file);
-        let trail = Trail::open(dir.path(), OnFailure::Refuse).expect("reopen");
+        let trail =
+            Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default()).expect("reopen");
         trail.append(call(201)).expect("append");
         drop(trail);
-        let report = crate::verify::verify_dir(dir.path()).expect("verify");
+        let report = crate::verify::verify_dir(dir.path(), None).expect("verify");
         assert_eq!(report.records, 4, "{report:?}");
         assert!(report.first_bad.is_none(), "{report:?}");
     }

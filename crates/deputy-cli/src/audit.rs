@@ -16,6 +16,13 @@ pub(crate) enum AuditCommand {
     Verify {
         /// The trail's directory (`[audit] dir`; by default the state directory's audit/).
         dir: PathBuf,
+        /// PEM CA certificates of the trust domain(s) the node's SVID chains to: its signed
+        /// checkpoints are checked against them (without, only the chain is).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Trust domain of CA certificates that do not name one.
+        #[arg(long)]
+        trust_domain: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -50,8 +57,16 @@ pub(crate) enum AuditCommand {
 /// Runs `command`.
 pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
-        AuditCommand::Verify { dir, json } => {
-            let report = verify::verify_dir(&dir).map_err(|e| {
+        AuditCommand::Verify {
+            dir,
+            bundle,
+            trust_domain,
+            json,
+        } => {
+            let anchors = bundle
+                .map(|b| crate::chain::anchors(&b, trust_domain.as_deref()))
+                .transpose()?;
+            let report = verify::verify_dir(&dir, anchors.as_ref()).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot read the trail in {}: {e}; name the [audit] dir",
                     dir.display()
@@ -65,9 +80,26 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
                     report.records, bad.line, bad.why
                 );
             } else {
+                let signed = if report.signatures_checked {
+                    format!(
+                        "{} checkpoint(s), signatures valid (signed by {})",
+                        report.checkpoints,
+                        if report.signers.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            report.signers.join(", ")
+                        }
+                    )
+                } else {
+                    format!(
+                        "{} checkpoint(s), signatures NOT checked (give --bundle)",
+                        report.checkpoints
+                    )
+                };
                 println!(
-                    "whole: {} record(s) in order, each chained to the one before; the last \
-                     {} is vouched for by nothing after it (its edit or removal cannot be told)",
+                    "whole: {} record(s) in order, each chained to the one before; {signed}; \
+                     the last {} record(s), after the last checkpoint, have only the chain (a \
+                     cut end or a changed last record cannot be told)",
                     report.records, report.unprotected_tail
                 );
             }

@@ -112,7 +112,7 @@ pub(crate) async fn run(command: ChainCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn anchors(path: &PathBuf, fallback: Option<&str>) -> anyhow::Result<TrustAnchors> {
+pub(crate) fn anchors(path: &PathBuf, fallback: Option<&str>) -> anyhow::Result<TrustAnchors> {
     let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut set = X509BundleSet::new();
     let mut by_domain: std::collections::BTreeMap<String, Vec<u8>> = Default::default();

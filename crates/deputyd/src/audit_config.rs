@@ -4,6 +4,8 @@
 //! [audit]
 //! dir = "/var/lib/deputy/audit"   # default: the state directory's audit/
 //! on_failure = "refuse"           # or "serve": keep serving and count what is lost
+//! checkpoint_records = 1000       # a checkpoint signed with the node's SVID after so many
+//! checkpoint_interval = "10s"     #   records, or so long after the last (if any was written)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -16,6 +18,9 @@ use serde::Deserialize;
 pub(crate) struct RawAudit {
     dir: Option<PathBuf>,
     on_failure: Option<String>,
+    checkpoint_records: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    checkpoint_interval: Option<std::time::Duration>,
 }
 
 /// The audit trail's settings, validated.
@@ -25,6 +30,8 @@ pub struct AuditConfig {
     pub dir: PathBuf,
     /// What deputyd does when it cannot be written.
     pub on_failure: OnFailure,
+    /// When checkpoints are signed.
+    pub checkpoints: deputy_audit::Checkpoints,
 }
 
 impl RawAudit {
@@ -48,6 +55,25 @@ impl RawAudit {
                 OnFailure::Refuse
             }
         };
-        AuditConfig { dir, on_failure }
+        let defaults = deputy_audit::Checkpoints::default();
+        let checkpoints = deputy_audit::Checkpoints {
+            every_records: self.checkpoint_records.unwrap_or(defaults.every_records),
+            every: self.checkpoint_interval.unwrap_or(defaults.every),
+        };
+        if checkpoints.every_records == 0
+            || checkpoints.every < std::time::Duration::from_secs(1)
+            || checkpoints.every > std::time::Duration::from_secs(3600)
+        {
+            problems.push(
+                "[audit] checkpoint_records must be at least 1 and checkpoint_interval between \
+                 1s and 1h"
+                    .into(),
+            );
+        }
+        AuditConfig {
+            dir,
+            on_failure,
+            checkpoints,
+        }
     }
 }

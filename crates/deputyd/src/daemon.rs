@@ -155,7 +155,12 @@ impl Daemon {
             .map_err(|e| anyhow::anyhow!("cannot make the approval webhook's client: {e}"))?;
         let revocations = Arc::new(deputy_state::Revocations::open(&state, unix_now())?);
         proxy_config.revocations = Some(revocations);
-        let trail = deputy_audit::Trail::open(&config.audit.dir, config.audit.on_failure)?;
+        let trail = deputy_audit::Trail::open(
+            &config.audit.dir,
+            config.audit.on_failure,
+            config.audit.checkpoints,
+        )?;
+        trail.set_signer(Arc::new(NodeSigner(identities.own().material.clone())));
         tracing::info!(dir = %config.audit.dir.display(), on_failure = ?config.audit.on_failure,
             "audit trail opened");
         proxy_config.audit = Some(trail.clone());
@@ -225,12 +230,13 @@ impl Daemon {
                 listener,
                 approvals,
                 proxy.revoker(),
-                trail,
+                trail.clone(),
                 config.approvals.operators.clone(),
                 cancel.clone(),
             ));
         }
         tasks.spawn(report_to_systemd(identities.clone(), cancel.clone()));
+        tasks.spawn(checkpoint_when_due(trail.clone(), cancel.clone()));
         if let Some(serving) = &policy {
             let stop = cancel.clone();
             let interval = serving.settings.watch_interval;
@@ -396,6 +402,40 @@ fn show_listen(addr: &deputy_proxy::ListenAddr) -> String {
 
 /// Sends READY=1 once every identity has an SVID, then keeps STATUS= current and pings the
 /// watchdog while the runtime is responsive.
+/// Signs audit checkpoints with deputyd's own SVID, whichever it holds at the time.
+#[derive(Debug)]
+struct NodeSigner(deputy_proxy::tls::Material);
+
+impl deputy_audit::checkpoint::Signer for NodeSigner {
+    fn sign(&self, upto: u64, hash: &str, iat: i64) -> Result<String, String> {
+        let material = self
+            .0
+            .borrow()
+            .clone()
+            .ok_or("deputyd holds no SVID of its own now")?;
+        let svid = deputy_delegation::LinkSigner::new(
+            &material.signing.chain_der,
+            &material.signing.key_pkcs8,
+        )
+        .map_err(|e| e.to_string())?;
+        deputy_audit::checkpoint::sign(&svid, upto, hash, iat)
+    }
+}
+
+/// Writes an audit checkpoint when one is due by time, until `cancel`; and one at the end.
+async fn checkpoint_when_due(trail: Arc<deputy_audit::Trail>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let trail = trail.clone();
+        let _ = tokio::task::spawn_blocking(move || trail.checkpoint_if_due()).await;
+    }
+    let _ = tokio::task::spawn_blocking(move || trail.checkpoint()).await;
+}
+
 async fn report_to_systemd(identities: Arc<IdentityManager>, cancel: CancellationToken) {
     let watchdog = systemd::watchdog_interval();
     let mut tick = tokio::time::interval(
