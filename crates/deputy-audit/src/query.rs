@@ -17,10 +17,10 @@ pub struct Filter {
     pub principal: Option<String>,
     /// An agent that called, was called, or is in the call's chain.
     pub agent: Option<String>,
-    /// Records at or after this time (RFC 3339, UTC).
-    pub since: Option<String>,
-    /// Records before this time (RFC 3339, UTC).
-    pub until: Option<String>,
+    /// Records at or after this time.
+    pub since: Option<time::OffsetDateTime>,
+    /// Records before this time.
+    pub until: Option<time::OffsetDateTime>,
 }
 
 /// A selected record and the trail it came from.
@@ -35,11 +35,15 @@ pub struct Found {
 impl Filter {
     /// Whether `record` is selected.
     pub fn matches(&self, record: &Record) -> bool {
-        let time = record.time.as_str();
-        if self.since.as_deref().is_some_and(|since| time < since)
-            || self.until.as_deref().is_some_and(|until| time >= until)
-        {
-            return false;
+        if self.since.is_some() || self.until.is_some() {
+            let Some(time) = parse_time(&record.time) else {
+                return false;
+            };
+            if self.since.is_some_and(|since| time < since)
+                || self.until.is_some_and(|until| time >= until)
+            {
+                return false;
+            }
         }
         match &record.event {
             Event::Call(call) => {
@@ -58,13 +62,23 @@ impl Filter {
                         .is_none_or(|p| call.principal.as_deref() == Some(p))
                     && self.agent.as_deref().is_none_or(named)
             }
-            Event::Revocation { subject, .. } => {
-                self.principal.is_none()
-                    && self.agent.is_none()
+            Event::Revocation {
+                task,
+                principal,
+                agent,
+                ..
+            } => {
+                self.task
+                    .as_deref()
+                    .is_none_or(|t| task.as_deref() == Some(t))
                     && self
-                        .task
+                        .principal
                         .as_deref()
-                        .is_none_or(|t| subject.split_whitespace().nth(1) == Some(t))
+                        .is_none_or(|p| principal.as_deref() == Some(p))
+                    && self
+                        .agent
+                        .as_deref()
+                        .is_none_or(|a| agent.as_deref() == Some(a))
             }
             Event::Approval {
                 task,
@@ -81,6 +95,11 @@ impl Filter {
             }
         }
     }
+}
+
+/// `text` as an RFC 3339 time, if it is one.
+pub fn parse_time(text: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// The records of the trails in `dirs` that `filter` selects, oldest first. A line that is not

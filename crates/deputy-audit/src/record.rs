@@ -38,6 +38,15 @@ pub enum Event {
         id: String,
         /// What was revoked, in words.
         subject: String,
+        /// The task it revokes, if it revokes one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<String>,
+        /// The principal it revokes (or whose task it revokes), if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        principal: Option<String>,
+        /// The agent it revokes, if it revokes one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
         /// Who revoked it (an operator, or the node that relayed it).
         by: String,
         /// Why.

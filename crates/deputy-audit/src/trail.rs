@@ -77,6 +77,8 @@ pub enum AuditError {
 #[derive(Debug)]
 struct Writer {
     file: File,
+    /// A failed write left a partial line that could not be cut off yet.
+    cut_pending: bool,
     /// The length of the file up to its last whole line.
     len: u64,
     seq: u64,
@@ -92,6 +94,8 @@ pub struct Trail {
     healthy: AtomicBool,
     lost: AtomicU64,
     dirty: Arc<AtomicBool>,
+    /// The file at the trail's path is no longer the one being written (removed, renamed).
+    replaced: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     last_try: Mutex<Instant>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -154,19 +158,34 @@ impl Trail {
         };
         file.seek(SeekFrom::End(0))
             .map_err(|e| fail(e.to_string()))?;
+        // One deputyd per trail: two would interleave their chains.
+        file.try_lock().map_err(|e| {
+            fail(format!(
+                "{} is in use by another process ({e}); run one deputyd per [audit] dir",
+                path.display()
+            ))
+        })?;
         let syncing = file.try_clone().map_err(|e| fail(e.to_string()))?;
         let dirty = Arc::new(AtomicBool::new(false));
+        let replaced = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let syncer = {
-            let (dirty, stop) = (dirty.clone(), stop.clone());
+            let watched = Watched {
+                file: syncing,
+                path: path.clone(),
+                dirty: dirty.clone(),
+                replaced: replaced.clone(),
+                stop: stop.clone(),
+            };
             std::thread::Builder::new()
                 .name("audit-sync".into())
-                .spawn(move || sync_until_stopped(&syncing, &dirty, &stop))
+                .spawn(move || watched.sync_until_stopped())
                 .map_err(|e| fail(format!("cannot start its syncing thread: {e}")))?
         };
         let trail = Arc::new(Self {
             writer: Mutex::new(Writer {
                 file,
+                cut_pending: false,
                 len: whole as u64,
                 seq,
                 prev,
@@ -176,6 +195,7 @@ impl Trail {
             healthy: AtomicBool::new(true),
             lost: AtomicU64::new(0),
             dirty,
+            replaced,
             stop,
             last_try: Mutex::new(Instant::now()),
             syncer: Mutex::new(Some(syncer)),
@@ -293,8 +313,27 @@ impl Trail {
         make: impl FnOnce(u64, &str) -> Result<Event, String>,
         counted: bool,
     ) -> Result<(), AuditError> {
-        let time = now_rfc3339();
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken under the lock: times rise with seq.
+        let time = now_rfc3339();
+        // A failed write that could not be cut back must be, before anything follows it.
+        if writer.cut_pending {
+            let len = writer.len;
+            writer
+                .file
+                .set_len(len)
+                .map_err(|e| AuditError::Write(format!("cannot cut a partial record: {e}")))?;
+            writer.cut_pending = false;
+        }
+        if self.replaced.load(Ordering::Acquire) {
+            self.lost.fetch_add(u64::from(counted), Ordering::Relaxed);
+            self.healthy.store(false, Ordering::Release);
+            return Err(AuditError::Write(format!(
+                "{} was removed or replaced while deputyd wrote it; restart deputyd to open \
+                 the trail again (the records since are lost)",
+                self.dir.join(FILE).display()
+            )));
+        }
         let seq = writer.seq + 1;
         let event = make(seq, &writer.prev).map_err(AuditError::Write)?;
         let record = Record {
@@ -312,7 +351,7 @@ impl Trail {
         if let Err(e) = writer.file.write_all(line.as_bytes()) {
             // A part may have gone in: the file is cut back to its last whole line.
             let len = writer.len;
-            let _ = writer.file.set_len(len);
+            writer.cut_pending = writer.file.set_len(len).is_err();
             drop(writer);
             self.lost.fetch_add(u64::from(counted), Ordering::Relaxed);
             if self.healthy.swap(false, Ordering::AcqRel) {
@@ -363,24 +402,52 @@ impl Drop for Trail {
     }
 }
 
-fn sync_until_stopped(file: &File, dirty: &AtomicBool, stop: &AtomicBool) {
-    loop {
-        let stopping = stop.load(Ordering::Acquire);
-        if dirty.swap(false, Ordering::AcqRel)
-            && let Err(e) = file.sync_data()
-        {
-            tracing::error!(error = %e, "the audit trail could not be flushed to disk");
+/// What the syncing thread keeps an eye on.
+struct Watched {
+    file: File,
+    path: PathBuf,
+    dirty: Arc<AtomicBool>,
+    replaced: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Watched {
+    /// Flushes what was written at most every [`SYNC_EVERY`], and notices when the file at the
+    /// path is no longer this one (removed or renamed: records would go nowhere anyone reads).
+    fn sync_until_stopped(self) {
+        use std::os::unix::fs::MetadataExt as _;
+        let inode = self.file.metadata().map(|m| (m.dev(), m.ino())).ok();
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            if self.dirty.swap(false, Ordering::AcqRel)
+                && let Err(e) = self.file.sync_data()
+            {
+                tracing::error!(error = %e, "the audit trail could not be flushed to disk");
+            }
+            let here = std::fs::metadata(&self.path)
+                .map(|m| (m.dev(), m.ino()))
+                .ok();
+            if here != inode && !self.replaced.swap(true, Ordering::AcqRel) {
+                tracing::error!(file = %self.path.display(),
+                    "the audit trail's file was removed or replaced; its records are lost \
+                     until deputyd is restarted");
+            }
+            if stopping {
+                return;
+            }
+            std::thread::sleep(SYNC_EVERY);
         }
-        if stopping {
-            return;
-        }
-        std::thread::sleep(SYNC_EVERY);
     }
 }
 
+/// Now, as RFC 3339 in UTC with nine fraction digits always: every record's time has the
+/// same width, so their text sorts as their times do.
 fn now_rfc3339() -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+    );
     time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
+        .format(FORMAT)
         .unwrap_or_default()
 }
 
@@ -419,5 +486,32 @@ mod tests {
         let report = crate::verify::verify_dir(dir.path(), None).expect("verify");
         assert_eq!(report.records, 4, "{report:?}");
         assert!(report.first_bad.is_none(), "{report:?}");
+    }
+
+    #[test]
+    fn one_writer_per_trail_and_a_removed_file_is_noticed_and_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trail =
+            Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default()).expect("open");
+        let second = Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default());
+        assert!(
+            second
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("in use by another process")),
+            "{second:?}"
+        );
+        std::fs::remove_file(dir.path().join(FILE)).expect("remove");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !trail.replaced.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "the removal was not noticed");
+            std::thread::sleep(SYNC_EVERY);
+        }
+        let refused = trail.append(call(200)).expect_err("nowhere to write");
+        assert!(
+            refused.to_string().contains("removed or replaced"),
+            "{refused}"
+        );
+        assert_eq!(trail.lost(), 1);
+        assert!(!trail.available());
     }
 }

@@ -42,12 +42,12 @@ pub(crate) enum AuditCommand {
         /// Only calls this agent (a name or SPIFFE ID) made, received or took part in.
         #[arg(long)]
         agent: Option<String>,
-        /// From this time (RFC 3339, UTC).
-        #[arg(long)]
-        since: Option<String>,
-        /// Before this time (RFC 3339, UTC).
-        #[arg(long)]
-        until: Option<String>,
+        /// From this time (RFC 3339: `2026-12-04T10:00:00Z`).
+        #[arg(long, value_parser = rfc3339)]
+        since: Option<time::OffsetDateTime>,
+        /// Before this time (RFC 3339).
+        #[arg(long, value_parser = rfc3339)]
+        until: Option<time::OffsetDateTime>,
         /// Print JSON Lines (each record with the trail it came from) instead of a table.
         #[arg(long)]
         json: bool,
@@ -147,8 +147,31 @@ pub(crate) fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn rfc3339(text: &str) -> Result<time::OffsetDateTime, String> {
+    deputy_audit::query::parse_time(text)
+        .ok_or_else(|| format!("{text:?} is not an RFC 3339 time (2026-12-04T10:00:00Z)"))
+}
+
+/// `text` with control characters escaped: what agents and peers chose (a path, a task, a
+/// principal) cannot drive the terminal.
+fn shown(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 /// A record in one line of words.
 fn line(event: &Event) -> String {
+    shown(&words(event))
+}
+
+fn words(event: &Event) -> String {
     match event {
         Event::Call(c) => format!(
             "{} {} -> {} {} {} {}  task {} for {}  request {}",

@@ -239,6 +239,20 @@ impl Revoker {
             && let Err(e) = trail.append(deputy_audit::Event::Revocation {
                 id: revocation.id.clone(),
                 subject: revocation.subject.to_string(),
+                task: match &revocation.subject {
+                    Subject::Task(id) | Subject::ExactTask { id, .. } => Some(id.clone()),
+                    Subject::Agent(_) | Subject::Principal(_) => None,
+                },
+                principal: match &revocation.subject {
+                    Subject::Principal(p) | Subject::ExactTask { principal: p, .. } => {
+                        Some(p.clone())
+                    }
+                    Subject::Task(_) | Subject::Agent(_) => None,
+                },
+                agent: match &revocation.subject {
+                    Subject::Agent(a) => Some(a.clone()),
+                    _ => None,
+                },
                 by: revocation.by.clone(),
                 reason: revocation.reason.clone(),
                 until: revocation.until,
