@@ -28,12 +28,14 @@ pub const FILE: &str = "audit.jsonl";
 
 /// SHA-256 of `line`, hex: what the next record carries as `prev`.
 pub fn hash(line: &[u8]) -> String {
-    use std::fmt::Write as _;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, line);
-    digest.as_ref().iter().fold(String::new(), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    let mut out = String::with_capacity(64);
+    for byte in digest.as_ref() {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    out
 }
 
 /// What the first record of a trail carries as `prev`.

@@ -11,7 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::Signer;
@@ -94,6 +94,8 @@ pub struct Trail {
     healthy: AtomicBool,
     lost: AtomicU64,
     dirty: Arc<AtomicBool>,
+    /// Wakes the syncing thread when the first record of a batch is written.
+    wake: Arc<Condvar>,
     /// The file at the trail's path is no longer the one being written (removed, renamed).
     replaced: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -167,6 +169,7 @@ impl Trail {
         })?;
         let syncing = file.try_clone().map_err(|e| fail(e.to_string()))?;
         let dirty = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(Condvar::new());
         let replaced = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let syncer = {
@@ -174,6 +177,7 @@ impl Trail {
                 file: syncing,
                 path: path.clone(),
                 dirty: dirty.clone(),
+                wake: wake.clone(),
                 replaced: replaced.clone(),
                 stop: stop.clone(),
             };
@@ -195,6 +199,7 @@ impl Trail {
             healthy: AtomicBool::new(true),
             lost: AtomicU64::new(0),
             dirty,
+            wake,
             replaced,
             stop,
             last_try: Mutex::new(Instant::now()),
@@ -204,9 +209,8 @@ impl Trail {
             since_checkpoint: AtomicU64::new(0),
             last_checkpoint: Mutex::new(Instant::now()),
         });
-        let opened = trail.opened();
         trail
-            .write(|_, _| Ok(opened), false)
+            .write(|_, _| trail.opened_json(), false)
             .map_err(|e| fail(e.to_string()))?;
         Ok(trail)
     }
@@ -230,12 +234,16 @@ impl Trail {
     /// line). The first record written after failures is followed by an `opened` record that
     /// says how many were lost.
     pub fn append(&self, event: Event) -> Result<(), AuditError> {
-        self.write(|_, _| Ok(event), true)?;
+        // Serialized before the lock: only the envelope (seq, time, prev) is made under it.
+        let body = serde_json::to_string(&event).map_err(|e| {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+            AuditError::Write(e.to_string())
+        })?;
+        self.write(|_, _| Ok(body), true)?;
         if !self.healthy.swap(true, Ordering::AcqRel) {
             tracing::info!(dir = %self.dir.display(), lost = self.lost(),
                 "the audit trail is written again");
-            let opened = self.opened();
-            let _ = self.write(|_, _| Ok(opened), false);
+            let _ = self.write(|_, _| self.opened_json(), false);
         }
         let since = self.since_checkpoint.fetch_add(1, Ordering::AcqRel) + 1;
         if since >= self.checkpoints.every_records {
@@ -281,9 +289,8 @@ impl Trail {
         let written = self.write(
             |seq, prev| {
                 let upto = seq - 1;
-                signer
-                    .sign(upto, prev, iat)
-                    .map(|jws| Event::Checkpoint { upto, jws })
+                let jws = signer.sign(upto, prev, iat)?;
+                serde_json::to_string(&Event::Checkpoint { upto, jws }).map_err(|e| e.to_string())
             },
             false,
         );
@@ -299,18 +306,20 @@ impl Trail {
         }
     }
 
-    fn opened(&self) -> Event {
-        Event::Opened {
+    fn opened_json(&self) -> Result<String, String> {
+        serde_json::to_string(&Event::Opened {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             lost: self.lost(),
-        }
+        })
+        .map_err(|e| e.to_string())
     }
 
-    /// Writes the event `make` gives for the record's `seq` and `prev`; a failure marks the
-    /// trail unwritable and, with `counted`, is a record lost (a probe's failure is not).
+    /// Writes the event (as JSON) `make` gives for the record's `seq` and `prev`; a failure
+    /// marks the trail unwritable and, with `counted`, is a record lost (a probe's failure is
+    /// not).
     fn write(
         &self,
-        make: impl FnOnce(u64, &str) -> Result<Event, String>,
+        make: impl FnOnce(u64, &str) -> Result<String, String>,
         counted: bool,
     ) -> Result<(), AuditError> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
@@ -335,17 +344,20 @@ impl Trail {
             )));
         }
         let seq = writer.seq + 1;
-        let event = make(seq, &writer.prev).map_err(AuditError::Write)?;
-        let record = Record {
-            seq,
-            time,
-            prev: writer.prev.clone(),
-            event,
+        let body = make(seq, &writer.prev).map_err(AuditError::Write)?;
+        // The envelope, then the event's own fields: the line a `Record` reads back.
+        let Some(fields) = body.strip_prefix('{') else {
+            return Err(AuditError::Write("an event is not a JSON object".into()));
         };
-        let mut line = serde_json::to_string(&record).map_err(|e| {
-            self.lost.fetch_add(u64::from(counted), Ordering::Relaxed);
-            AuditError::Write(e.to_string())
-        })?;
+        let mut line = String::with_capacity(body.len() + 160);
+        line.push_str("{\"seq\":");
+        line.push_str(&seq.to_string());
+        line.push_str(",\"time\":\"");
+        line.push_str(&time);
+        line.push_str("\",\"prev\":\"");
+        line.push_str(&writer.prev);
+        line.push_str("\",");
+        line.push_str(fields);
         let digest = hash(line.as_bytes());
         line.push('\n');
         if let Err(e) = writer.file.write_all(line.as_bytes()) {
@@ -361,10 +373,13 @@ impl Trail {
             return Err(AuditError::Write(e.to_string()));
         }
         writer.len += line.len() as u64;
-        writer.seq = record.seq;
+        writer.seq = seq;
         writer.prev = digest;
         drop(writer);
-        self.dirty.store(true, Ordering::Release);
+        // The syncing thread is woken once per batch, not per record.
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -382,8 +397,7 @@ impl Trail {
             }
             *last_try = Instant::now();
         }
-        let opened = self.opened();
-        let resumed = self.write(|_, _| Ok(opened), false).is_ok();
+        let resumed = self.write(|_, _| self.opened_json(), false).is_ok();
         if resumed {
             self.healthy.store(true, Ordering::Release);
             tracing::info!(dir = %self.dir.display(), lost = self.lost(),
@@ -396,33 +410,53 @@ impl Trail {
 impl Drop for Trail {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.wake.notify_one();
         if let Some(syncer) = self.syncer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = syncer.join();
         }
     }
 }
 
+/// How often the syncing thread looks whether the file was removed or replaced.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
 /// What the syncing thread keeps an eye on.
 struct Watched {
     file: File,
     path: PathBuf,
     dirty: Arc<AtomicBool>,
+    wake: Arc<Condvar>,
     replaced: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
 impl Watched {
-    /// Flushes what was written at most every [`SYNC_EVERY`], and notices when the file at the
-    /// path is no longer this one (removed or renamed: records would go nowhere anyone reads).
+    /// Sleeps until records are written, lets a batch gather for at most [`SYNC_EVERY`], flushes
+    /// it; and at least every [`LOOK_EVERY`] looks whether the file at the path is still this
+    /// one (removed or renamed, records would go nowhere anyone reads). Idle, it costs nothing.
     fn sync_until_stopped(self) {
         use std::os::unix::fs::MetadataExt as _;
         let inode = self.file.metadata().map(|m| (m.dev(), m.ino())).ok();
+        let idle = Mutex::new(());
         loop {
-            let stopping = self.stop.load(Ordering::Acquire);
-            if self.dirty.swap(false, Ordering::AcqRel)
-                && let Err(e) = self.file.sync_data()
             {
-                tracing::error!(error = %e, "the audit trail could not be flushed to disk");
+                let guard = idle.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = self
+                    .wake
+                    .wait_timeout_while(guard, LOOK_EVERY, |()| {
+                        !self.dirty.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire)
+                    })
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            let stopping = self.stop.load(Ordering::Acquire);
+            if self.dirty.load(Ordering::Acquire) {
+                if !stopping {
+                    std::thread::sleep(SYNC_EVERY);
+                }
+                self.dirty.store(false, Ordering::Release);
+                if let Err(e) = self.file.sync_data() {
+                    tracing::error!(error = %e, "the audit trail could not be flushed to disk");
+                }
             }
             let here = std::fs::metadata(&self.path)
                 .map(|m| (m.dev(), m.ino()))
@@ -435,7 +469,6 @@ impl Watched {
             if stopping {
                 return;
             }
-            std::thread::sleep(SYNC_EVERY);
         }
     }
 }
