@@ -1,11 +1,9 @@
 //! Records appended per second to a trail on this machine's disk (the temporary directory's):
-//! a call record as the data path writes it, one thread and four threads at once (they share
-//! the chain's lock), with the group commit's fsync running beside them.
+//! a call record as the data path writes it, with the group commit's fsync running beside.
 //!
 //! Run: `cargo bench -p deputy-audit --bench append` (set `TMPDIR` to the disk to measure).
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use deputy_audit::{CallRecord, Checkpoints, Event, OnFailure, Trail};
@@ -42,17 +40,6 @@ fn append(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             trail.append(black_box(call(n))).expect("append");
-        });
-    });
-    group.throughput(Throughput::Elements(4));
-    group.bench_function("four threads", |b| {
-        b.iter(|| {
-            std::thread::scope(|s| {
-                for t in 0..4u64 {
-                    let trail: &Arc<Trail> = &trail;
-                    s.spawn(move || trail.append(call(t)).expect("append"));
-                }
-            });
         });
     });
     group.finish();
