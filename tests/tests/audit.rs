@@ -106,6 +106,18 @@ async fn a_task_across_three_nodes_is_recorded_at_every_end_and_joined_by_query(
         "{table}"
     );
 
+    // Each node recorded its own identities as they came (its own SVID and its agent's).
+    for (trail, agent) in trails.iter().zip(["a", "b", "c"]) {
+        let text = std::fs::read_to_string(trail.join("audit.jsonl")).expect("trail");
+        for name in ["deputyd", agent] {
+            assert!(
+                text.lines().any(|l| l.contains("\"type\":\"identity\"")
+                    && l.contains(&format!("\"name\":\"{name}\""))),
+                "no identity record of {name}: {text}"
+            );
+        }
+    }
+
     // Stopped, each node signs a last checkpoint: every trail is whole, and vouched for to its
     // end by its node's SVID; a copy with one record changed is named at the record after it.
     let mut chain = chain;

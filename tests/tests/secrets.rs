@@ -172,7 +172,10 @@ async fn a_refused_login_shows_on_status_and_only_the_service_sees_an_injected_c
     let trail = std::fs::read_to_string(dir.path().join("state/audit/audit.jsonl"))
         .expect("deputyd's audit trail");
     assert!(
-        trail.contains("\"type\":\"call\"") && trail.contains("\"service\":\"echo\""),
+        trail.contains("\"type\":\"call\"")
+            && trail.contains("\"service\":\"echo\"")
+            && trail.contains("\"type\":\"lease\"")
+            && trail.contains("\"secret\":\"crm\""),
         "{trail}"
     );
     assert!(

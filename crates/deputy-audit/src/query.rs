@@ -90,7 +90,22 @@ impl Filter {
                     && self.principal.as_deref().is_none_or(|p| principal == p)
                     && self.agent.as_deref().is_none_or(|a| agent == a)
             }
-            Event::Opened { .. } | Event::Checkpoint { .. } => {
+            Event::Identity {
+                name, spiffe_id, ..
+            } => {
+                self.task.is_none()
+                    && self.principal.is_none()
+                    && self
+                        .agent
+                        .as_deref()
+                        .is_none_or(|a| name == a || spiffe_id == a)
+            }
+            Event::Lease { agent, .. } => {
+                self.task.is_none()
+                    && self.principal.is_none()
+                    && self.agent.as_deref().is_none_or(|a| agent == a)
+            }
+            Event::Opened { .. } | Event::Checkpoint { .. } | Event::Policy { .. } => {
                 self.task.is_none() && self.principal.is_none() && self.agent.is_none()
             }
         }

@@ -64,6 +64,42 @@ pub enum Event {
         /// The signed statement (a compact JWS with the node's SVID chain in `x5c`).
         jws: String,
     },
+    /// An identity of the node changed: an SVID arrived (first, or rotated), its source went
+    /// away, or it expired.
+    Identity {
+        /// `deputyd` for the node's own, else the agent's name.
+        name: String,
+        /// Its SPIFFE ID.
+        spiffe_id: String,
+        /// `initializing`, `available`, `source_unavailable` or `expired`.
+        state: String,
+        /// The current SVID's serial.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        serial: Option<String>,
+        /// When it expires (RFC 3339).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
+    },
+    /// An agent's secret from Vault was issued (a new generation), renewed, or changed state
+    /// (never its value).
+    Lease {
+        /// The agent.
+        agent: String,
+        /// The secret's name.
+        secret: String,
+        /// `issued`, `renewed`, or the state it went to.
+        change: String,
+        /// Its generation (how many times it was issued).
+        generation: u64,
+        /// When its lease expires (RFC 3339).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
+    },
+    /// A policy was loaded (at start, or a new revision replaced the serving one).
+    Policy {
+        /// Its revision.
+        revision: String,
+    },
     /// An operator decided an approval.
     Approval {
         /// The approval's id.
@@ -131,6 +167,9 @@ impl Event {
             Self::Revocation { .. } => "revocation",
             Self::Approval { .. } => "approval",
             Self::Checkpoint { .. } => "checkpoint",
+            Self::Identity { .. } => "identity",
+            Self::Lease { .. } => "lease",
+            Self::Policy { .. } => "policy",
         }
     }
 }

@@ -199,6 +199,24 @@ fn words(event: &Event) -> String {
             id, decision, by, ..
         } => format!("approval {id} {decision} by {by}"),
         Event::Opened { lost, .. } => format!("trail opened ({lost} record(s) lost before)"),
+        Event::Identity {
+            name,
+            state,
+            serial,
+            ..
+        } => format!(
+            "identity {name} {state} (serial {})",
+            serial.as_deref().unwrap_or("-")
+        ),
+        Event::Lease {
+            agent,
+            secret,
+            change,
+            generation,
+            ..
+        } => format!("secret {agent}/{secret} {change} (generation {generation})"),
+        Event::Policy { revision } => format!("policy revision {revision} serving"),
+        Event::Checkpoint { upto, .. } => format!("checkpoint: {upto} record(s) signed"),
         other => other.kind().to_owned(),
     }
 }

@@ -237,6 +237,13 @@ impl Daemon {
         }
         tasks.spawn(report_to_systemd(identities.clone(), cancel.clone()));
         tasks.spawn(checkpoint_when_due(trail.clone(), cancel.clone()));
+        tasks.spawn(crate::audit_events::record_changes(
+            trail.clone(),
+            identities.clone(),
+            secrets.clone(),
+            policy.as_ref().map(|p| p.policy.clone()),
+            cancel.clone(),
+        ));
         if let Some(serving) = &policy {
             let stop = cancel.clone();
             let interval = serving.settings.watch_interval;

@@ -19,6 +19,7 @@ pub mod admission_config;
 pub mod agent_config;
 pub mod approvals_config;
 pub mod audit_config;
+mod audit_events;
 pub mod config;
 pub mod daemon;
 pub mod limits_config;
