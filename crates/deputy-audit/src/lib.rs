@@ -38,5 +38,34 @@ pub fn hash(line: &[u8]) -> String {
     out
 }
 
+/// Every file of the trail in `dir`, oldest first: the rotated ones (`audit.SEQ.jsonl`, by
+/// SEQ), then the one being written.
+pub fn files(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut rotated: Vec<std::path::PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("audit.") && n.ends_with(".jsonl") && n != FILE)
+        })
+        .collect();
+    rotated.sort();
+    let current = dir.join(FILE);
+    if current.exists() {
+        rotated.push(current);
+    }
+    Ok(rotated)
+}
+
+/// The whole trail in `dir`, across its files, as one text.
+pub fn read(dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let mut text = Vec::new();
+    for file in files(dir)? {
+        text.extend(std::fs::read(file)?);
+    }
+    Ok(text)
+}
+
 /// What the first record of a trail carries as `prev`.
 pub const GENESIS: &str = "genesis";

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::FILE;
 use crate::record::{Event, Record};
 
 /// What to select; every field set must match.
@@ -122,8 +121,8 @@ pub fn parse_time(text: &str) -> Option<time::OffsetDateTime> {
 pub fn query(dirs: &[&Path], filter: &Filter) -> std::io::Result<Vec<Found>> {
     let mut found = Vec::new();
     for dir in dirs {
-        let text = std::fs::read_to_string(dir.join(FILE))?;
-        for line in text.lines() {
+        let text = crate::read(dir)?;
+        for line in String::from_utf8_lossy(&text).lines() {
             if let Ok(record) = serde_json::from_str::<Record>(line)
                 && filter.matches(&record)
             {

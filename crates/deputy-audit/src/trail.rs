@@ -96,6 +96,12 @@ pub struct Trail {
     dirty: Arc<AtomicBool>,
     /// Wakes the syncing thread when the first record of a batch is written.
     wake: Arc<Condvar>,
+    /// The file being written, as the syncing thread flushes it and knows it (its inode):
+    /// replaced when the trail rotates.
+    current: Arc<Mutex<(File, u64)>>,
+    /// A file that would grow past this many bytes is closed (with a signed checkpoint) and
+    /// renamed `audit.SEQ.jsonl` (SEQ its last record's); the chain goes on in a new one.
+    rotate_bytes: AtomicU64,
     /// The file at the trail's path is no longer the one being written (removed, renamed).
     replaced: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
@@ -143,10 +149,19 @@ impl Trail {
             file.set_len(whole as u64)
                 .map_err(|e| fail(format!("cannot cut the partial record: {e}")))?;
         }
-        let (seq, prev) = match text[..whole]
-            .split(|b| *b == b'\n')
-            .rfind(|l| !l.is_empty())
-        {
+        // An empty file after a rotation continues the chain of the last rotated one.
+        let rotated;
+        let last_text = if whole == 0 {
+            let files = crate::files(dir).map_err(|e| fail(e.to_string()))?;
+            rotated = match files.iter().rev().find(|f| **f != path) {
+                Some(last) => std::fs::read(last).map_err(|e| fail(e.to_string()))?,
+                None => Vec::new(),
+            };
+            &rotated[..]
+        } else {
+            &text[..whole]
+        };
+        let (seq, prev) = match last_text.split(|b| *b == b'\n').rfind(|l| !l.is_empty()) {
             Some(last) => {
                 let record: Record = serde_json::from_slice(last).map_err(|e| {
                     fail(format!(
@@ -167,14 +182,19 @@ impl Trail {
                 path.display()
             ))
         })?;
-        let syncing = file.try_clone().map_err(|e| fail(e.to_string()))?;
+        let current = {
+            use std::os::unix::fs::MetadataExt as _;
+            let syncing = file.try_clone().map_err(|e| fail(e.to_string()))?;
+            let inode = syncing.metadata().map_err(|e| fail(e.to_string()))?.ino();
+            Arc::new(Mutex::new((syncing, inode)))
+        };
         let dirty = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(Condvar::new());
         let replaced = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let syncer = {
             let watched = Watched {
-                file: syncing,
+                current: current.clone(),
                 path: path.clone(),
                 dirty: dirty.clone(),
                 wake: wake.clone(),
@@ -200,6 +220,8 @@ impl Trail {
             lost: AtomicU64::new(0),
             dirty,
             wake,
+            current,
+            rotate_bytes: AtomicU64::new(u64::MAX),
             replaced,
             stop,
             last_try: Mutex::new(Instant::now()),
@@ -343,21 +365,17 @@ impl Trail {
                 self.dir.join(FILE).display()
             )));
         }
+        let body = make(writer.seq + 1, &writer.prev).map_err(AuditError::Write)?;
+        // Only a record of what happened starts a new file (a checkpoint or an `opened` record
+        // was made for the file as it is).
+        if counted
+            && writer.len > 0
+            && writer.len + body.len() as u64 + 200 > self.rotate_bytes.load(Ordering::Relaxed)
+        {
+            self.rotate(&mut writer, &time)?;
+        }
         let seq = writer.seq + 1;
-        let body = make(seq, &writer.prev).map_err(AuditError::Write)?;
-        // The envelope, then the event's own fields: the line a `Record` reads back.
-        let Some(fields) = body.strip_prefix('{') else {
-            return Err(AuditError::Write("an event is not a JSON object".into()));
-        };
-        let mut line = String::with_capacity(body.len() + 160);
-        line.push_str("{\"seq\":");
-        line.push_str(&seq.to_string());
-        line.push_str(",\"time\":\"");
-        line.push_str(&time);
-        line.push_str("\",\"prev\":\"");
-        line.push_str(&writer.prev);
-        line.push_str("\",");
-        line.push_str(fields);
+        let mut line = envelope(seq, &time, &writer.prev, &body)?;
         let digest = hash(line.as_bytes());
         line.push('\n');
         if let Err(e) = writer.file.write_all(line.as_bytes()) {
@@ -380,6 +398,73 @@ impl Trail {
         if !self.dirty.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
         }
+        Ok(())
+    }
+
+    /// Rotates the trail when a file would grow past `bytes`.
+    pub fn set_rotation(&self, bytes: u64) {
+        self.rotate_bytes.store(bytes.max(4096), Ordering::Relaxed);
+    }
+
+    /// Closes the current file with a signed checkpoint (if the node can sign), renames it
+    /// `audit.SEQ.jsonl`, and opens a new one in which the chain goes on.
+    fn rotate(&self, writer: &mut Writer, time: &str) -> Result<(), AuditError> {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            AuditError::Write(format!("cannot rotate the audit trail ({what}): {e}"))
+        };
+        let signer = self
+            .signer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(signer) = signer {
+            let (seq, upto) = (writer.seq + 1, writer.seq);
+            let iat = time::OffsetDateTime::now_utc().unix_timestamp();
+            let jws = signer
+                .sign(upto, &writer.prev, iat)
+                .map_err(|e| failed("signing its checkpoint", &e))?;
+            let body = serde_json::to_string(&Event::Checkpoint { upto, jws })
+                .map_err(|e| failed("its checkpoint", &e))?;
+            let mut line = envelope(seq, time, &writer.prev, &body)?;
+            let digest = hash(line.as_bytes());
+            line.push('\n');
+            writer
+                .file
+                .write_all(line.as_bytes())
+                .map_err(|e| failed("writing its checkpoint", &e))?;
+            writer.len += line.len() as u64;
+            writer.seq = seq;
+            writer.prev = digest;
+        }
+        writer
+            .file
+            .sync_data()
+            .map_err(|e| failed("flushing it", &e))?;
+        let path = self.dir.join(FILE);
+        let closed = self.dir.join(format!("audit.{:020}.jsonl", writer.seq));
+        // Held from the rename until the new file is known: the syncing thread must not take
+        // the rename for a removal.
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        std::fs::rename(&path, &closed).map_err(|e| failed("renaming it", &e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(|e| failed("opening a new file", &e))?;
+        file.try_lock()
+            .map_err(|e| failed("locking the new file", &e))?;
+        use std::os::unix::fs::MetadataExt as _;
+        let syncing = file.try_clone().map_err(|e| failed("the new file", &e))?;
+        let inode = syncing
+            .metadata()
+            .map_err(|e| failed("the new file", &e))?
+            .ino();
+        *current = (syncing, inode);
+        drop(current);
+        writer.file = file;
+        writer.len = 0;
+        tracing::info!(closed = %closed.display(), "the audit trail rotated");
         Ok(())
     }
 
@@ -417,12 +502,30 @@ impl Drop for Trail {
     }
 }
 
+/// A record's line (without its newline): the envelope, then the event's own fields, which
+/// is what a [`Record`] reads back.
+fn envelope(seq: u64, time: &str, prev: &str, body: &str) -> Result<String, AuditError> {
+    let Some(fields) = body.strip_prefix('{') else {
+        return Err(AuditError::Write("an event is not a JSON object".into()));
+    };
+    let mut line = String::with_capacity(body.len() + 160);
+    line.push_str("{\"seq\":");
+    line.push_str(&seq.to_string());
+    line.push_str(",\"time\":\"");
+    line.push_str(time);
+    line.push_str("\",\"prev\":\"");
+    line.push_str(prev);
+    line.push_str("\",");
+    line.push_str(fields);
+    Ok(line)
+}
+
 /// How often the syncing thread looks whether the file was removed or replaced.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// What the syncing thread keeps an eye on.
 struct Watched {
-    file: File,
+    current: Arc<Mutex<(File, u64)>>,
     path: PathBuf,
     dirty: Arc<AtomicBool>,
     wake: Arc<Condvar>,
@@ -436,7 +539,6 @@ impl Watched {
     /// one (removed or renamed, records would go nowhere anyone reads). Idle, it costs nothing.
     fn sync_until_stopped(self) {
         use std::os::unix::fs::MetadataExt as _;
-        let inode = self.file.metadata().map(|m| (m.dev(), m.ino())).ok();
         let idle = Mutex::new(());
         loop {
             {
@@ -454,14 +556,16 @@ impl Watched {
                     std::thread::sleep(SYNC_EVERY);
                 }
                 self.dirty.store(false, Ordering::Release);
-                if let Err(e) = self.file.sync_data() {
+                let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = current.0.sync_data() {
                     tracing::error!(error = %e, "the audit trail could not be flushed to disk");
                 }
             }
-            let here = std::fs::metadata(&self.path)
-                .map(|m| (m.dev(), m.ino()))
-                .ok();
-            if here != inode && !self.replaced.swap(true, Ordering::AcqRel) {
+            let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            let here = std::fs::metadata(&self.path).map(|m| m.ino()).ok();
+            let moved = here != Some(current.1);
+            drop(current);
+            if moved && !self.replaced.swap(true, Ordering::AcqRel) {
                 tracing::error!(file = %self.path.display(),
                     "the audit trail's file was removed or replaced; its records are lost \
                      until deputyd is restarted");
@@ -546,5 +650,45 @@ mod tests {
         );
         assert_eq!(trail.lost(), 1);
         assert!(!trail.available());
+    }
+
+    #[test]
+    fn a_trail_rotates_by_size_and_its_chain_goes_on_across_the_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trail =
+            Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default()).expect("open");
+        trail.set_rotation(4096);
+        for n in 0..40 {
+            trail.append(call(n)).expect("append");
+        }
+        drop(trail);
+        let files = crate::files(dir.path()).expect("files");
+        assert!(files.len() >= 3, "{files:?}");
+        for file in &files {
+            assert!(
+                std::fs::metadata(file).expect("size").len() <= 4096,
+                "{file:?}"
+            );
+        }
+        let report = crate::verify::verify_dir(dir.path(), None).expect("verify");
+        assert_eq!(report.records, 41, "{report:?}");
+        assert!(report.first_bad.is_none(), "{report:?}");
+        // Reopened right after a rotation (the new file empty), the chain goes on.
+        let trail =
+            Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default()).expect("reopen");
+        trail.set_rotation(4096);
+        drop(trail);
+        std::fs::write(dir.path().join(FILE), b"").expect("empty the current file");
+        let trail = Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default())
+            .expect("reopen after a rotation");
+        trail.append(call(1)).expect("append");
+        drop(trail);
+        let report = crate::verify::verify_dir(dir.path(), None).expect("verify");
+        assert!(report.first_bad.is_none(), "{report:?}");
+        let files = crate::files(dir.path()).expect("files");
+        // A rotated file removed from the middle is named.
+        std::fs::remove_file(&files[1]).expect("remove");
+        let report = crate::verify::verify_dir(dir.path(), None).expect("verify");
+        assert!(report.first_bad.is_some_and(|b| b.why.contains("missing")));
     }
 }

@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::checkpoint::{Claims, TYP};
 use crate::record::{Event, Record};
-use crate::{FILE, GENESIS, hash};
+use crate::{GENESIS, hash};
 
 /// What a check found.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -49,7 +49,7 @@ pub struct Bad {
 
 /// Checks the trail in `dir`; checkpoints' signatures against `anchors`, if given.
 pub fn verify_dir(dir: &Path, anchors: Option<&TrustAnchors>) -> std::io::Result<Report> {
-    let text = std::fs::read(dir.join(FILE))?;
+    let text = crate::read(dir)?;
     Ok(verify(&text, anchors))
 }
 
@@ -185,6 +185,7 @@ fn checked(jws: &str, record: &Record, anchors: &TrustAnchors) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::FILE;
     use crate::record::{CallRecord, Event};
     use crate::trail::{OnFailure, Trail};
 

@@ -6,6 +6,7 @@
 //! on_failure = "refuse"           # or "serve": keep serving and count what is lost
 //! checkpoint_records = 1000       # a checkpoint signed with the node's SVID after so many
 //! checkpoint_interval = "10s"     #   records, or so long after the last (if any was written)
+//! rotate_bytes = 67108864         # a file this large is closed and renamed audit.SEQ.jsonl
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub(crate) struct RawAudit {
     checkpoint_records: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     checkpoint_interval: Option<std::time::Duration>,
+    rotate_bytes: Option<u64>,
 }
 
 /// The audit trail's settings, validated.
@@ -32,6 +34,8 @@ pub struct AuditConfig {
     pub on_failure: OnFailure,
     /// When checkpoints are signed.
     pub checkpoints: deputy_audit::Checkpoints,
+    /// The size past which a file is rotated.
+    pub rotate_bytes: u64,
 }
 
 impl RawAudit {
@@ -70,10 +74,15 @@ impl RawAudit {
                     .into(),
             );
         }
+        let rotate_bytes = self.rotate_bytes.unwrap_or(64 * 1024 * 1024);
+        if rotate_bytes < 64 * 1024 {
+            problems.push("[audit] rotate_bytes must be at least 65536".into());
+        }
         AuditConfig {
             dir,
             on_failure,
             checkpoints,
+            rotate_bytes,
         }
     }
 }

@@ -161,6 +161,7 @@ impl Daemon {
             config.audit.checkpoints,
         )?;
         trail.set_signer(Arc::new(NodeSigner(identities.own().material.clone())));
+        trail.set_rotation(config.audit.rotate_bytes);
         tracing::info!(dir = %config.audit.dir.display(), on_failure = ?config.audit.on_failure,
             "audit trail opened");
         proxy_config.audit = Some(trail.clone());
