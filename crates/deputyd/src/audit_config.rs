@@ -7,6 +7,7 @@
 //! checkpoint_records = 1000       # a checkpoint signed with the node's SVID after so many
 //! checkpoint_interval = "10s"     #   records, or so long after the last (if any was written)
 //! rotate_bytes = 67108864         # a file this large is closed and renamed audit.SEQ.jsonl
+//! syslog = "127.0.0.1:5514"       # also send each record there (RFC 5424 over UDP)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ pub(crate) struct RawAudit {
     #[serde(default, with = "humantime_serde")]
     checkpoint_interval: Option<std::time::Duration>,
     rotate_bytes: Option<u64>,
+    syslog: Option<String>,
 }
 
 /// The audit trail's settings, validated.
@@ -36,6 +38,8 @@ pub struct AuditConfig {
     pub checkpoints: deputy_audit::Checkpoints,
     /// The size past which a file is rotated.
     pub rotate_bytes: u64,
+    /// A collector each record is also sent to (syslog over UDP).
+    pub syslog: Option<std::net::SocketAddr>,
 }
 
 impl RawAudit {
@@ -78,11 +82,23 @@ impl RawAudit {
         if rotate_bytes < 64 * 1024 {
             problems.push("[audit] rotate_bytes must be at least 65536".into());
         }
+        let syslog = self.syslog.as_deref().and_then(|address| {
+            address
+                .parse()
+                .map_err(|e| {
+                    problems.push(format!(
+                        "[audit] syslog {address:?} is not an IP address and port ({e}); \
+                         `127.0.0.1:514`"
+                    ));
+                })
+                .ok()
+        });
         AuditConfig {
             dir,
             on_failure,
             checkpoints,
             rotate_bytes,
+            syslog,
         }
     }
 }

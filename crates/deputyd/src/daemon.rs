@@ -162,6 +162,11 @@ impl Daemon {
         )?;
         trail.set_signer(Arc::new(NodeSigner(identities.own().material.clone())));
         trail.set_rotation(config.audit.rotate_bytes);
+        if let Some(collector) = config.audit.syslog {
+            trail.set_export(collector).map_err(|e| {
+                anyhow::anyhow!("cannot send the audit trail to {collector} ([audit] syslog): {e}")
+            })?;
+        }
         tracing::info!(dir = %config.audit.dir.display(), on_failure = ?config.audit.on_failure,
             "audit trail opened");
         proxy_config.audit = Some(trail.clone());

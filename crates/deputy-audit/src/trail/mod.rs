@@ -102,9 +102,13 @@ pub struct Trail {
     /// A file that would grow past this many bytes is closed (with a signed checkpoint) and
     /// renamed `audit.SEQ.jsonl` (SEQ its last record's); the chain goes on in a new one.
     rotate_bytes: AtomicU64,
+    /// Where each record is also sent, as a syslog message (RFC 5424 over UDP), if anywhere.
+    export: Mutex<Option<std::net::UdpSocket>>,
     /// The file at the trail's path is no longer the one being written (removed, renamed).
     replaced: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
+    /// The host's name, for exported messages.
+    hostname: String,
     last_try: Mutex<Instant>,
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpoints: Checkpoints,
@@ -193,7 +197,7 @@ impl Trail {
         let replaced = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let syncer = {
-            let watched = Watched {
+            let watched = sync::Watched {
                 current: current.clone(),
                 path: path.clone(),
                 dirty: dirty.clone(),
@@ -222,8 +226,10 @@ impl Trail {
             wake,
             current,
             rotate_bytes: AtomicU64::new(u64::MAX),
+            export: Mutex::new(None),
             replaced,
             stop,
+            hostname: hostname(),
             last_try: Mutex::new(Instant::now()),
             syncer: Mutex::new(Some(syncer)),
             checkpoints,
@@ -393,11 +399,36 @@ impl Trail {
         writer.len += line.len() as u64;
         writer.seq = seq;
         writer.prev = digest;
+        // Sent in order (under the chain's lock), the record whole: a collector can check the
+        // chain as `verify` does. A datagram lost is not a record lost: the file has it.
+        if let Some(socket) = &*self.export.lock().unwrap_or_else(|p| p.into_inner()) {
+            let message = format!(
+                "<110>1 {time} {} deputyd - audit - {}",
+                self.hostname,
+                line.trim_end()
+            );
+            let _ = socket.send(message.as_bytes());
+        }
         drop(writer);
         // The syncing thread is woken once per batch, not per record.
         if !self.dirty.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
         }
+        Ok(())
+    }
+
+    /// Sends every record from now on to `collector` too, as an RFC 5424 syslog message over
+    /// UDP (facility `log audit`, the record's JSON line as the message).
+    pub fn set_export(&self, collector: std::net::SocketAddr) -> std::io::Result<()> {
+        let local: std::net::SocketAddr = if collector.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = std::net::UdpSocket::bind(local)?;
+        socket.connect(collector)?;
+        socket.set_nonblocking(true)?;
+        *self.export.lock().unwrap_or_else(|p| p.into_inner()) = Some(socket);
         Ok(())
     }
 
@@ -502,6 +533,15 @@ impl Drop for Trail {
     }
 }
 
+/// The host's name (`-`, as RFC 5424 says, when it cannot be read).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or_else(|| "-".to_owned())
+}
+
 /// A record's line (without its newline): the envelope, then the event's own fields, which
 /// is what a [`Record`] reads back.
 fn envelope(seq: u64, time: &str, prev: &str, body: &str) -> Result<String, AuditError> {
@@ -520,63 +560,6 @@ fn envelope(seq: u64, time: &str, prev: &str, body: &str) -> Result<String, Audi
     Ok(line)
 }
 
-/// How often the syncing thread looks whether the file was removed or replaced.
-const LOOK_EVERY: Duration = Duration::from_secs(1);
-
-/// What the syncing thread keeps an eye on.
-struct Watched {
-    current: Arc<Mutex<(File, u64)>>,
-    path: PathBuf,
-    dirty: Arc<AtomicBool>,
-    wake: Arc<Condvar>,
-    replaced: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Watched {
-    /// Sleeps until records are written, lets a batch gather for at most [`SYNC_EVERY`], flushes
-    /// it; and at least every [`LOOK_EVERY`] looks whether the file at the path is still this
-    /// one (removed or renamed, records would go nowhere anyone reads). Idle, it costs nothing.
-    fn sync_until_stopped(self) {
-        use std::os::unix::fs::MetadataExt as _;
-        let idle = Mutex::new(());
-        loop {
-            {
-                let guard = idle.lock().unwrap_or_else(|p| p.into_inner());
-                let _ = self
-                    .wake
-                    .wait_timeout_while(guard, LOOK_EVERY, |()| {
-                        !self.dirty.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire)
-                    })
-                    .unwrap_or_else(|p| p.into_inner());
-            }
-            let stopping = self.stop.load(Ordering::Acquire);
-            if self.dirty.load(Ordering::Acquire) {
-                if !stopping {
-                    std::thread::sleep(SYNC_EVERY);
-                }
-                self.dirty.store(false, Ordering::Release);
-                let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(e) = current.0.sync_data() {
-                    tracing::error!(error = %e, "the audit trail could not be flushed to disk");
-                }
-            }
-            let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            let here = std::fs::metadata(&self.path).map(|m| m.ino()).ok();
-            let moved = here != Some(current.1);
-            drop(current);
-            if moved && !self.replaced.swap(true, Ordering::AcqRel) {
-                tracing::error!(file = %self.path.display(),
-                    "the audit trail's file was removed or replaced; its records are lost \
-                     until deputyd is restarted");
-            }
-            if stopping {
-                return;
-            }
-        }
-    }
-}
-
 /// Now, as RFC 3339 in UTC with nine fraction digits always: every record's time has the
 /// same width, so their text sorts as their times do.
 fn now_rfc3339() -> String {
@@ -588,107 +571,7 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+mod sync;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::record::CallRecord;
-
-    fn call(n: u16) -> Event {
-        Event::Call(CallRecord {
-            direction: "outbound".into(),
-            agent: "a".into(),
-            status: n,
-            request_id: format!("r{n}"),
-            ..CallRecord::default()
-        })
-    }
-
-    #[test]
-    fn records_are_chained_and_the_chain_goes_on_after_a_reopen_and_a_partial_line() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let trail =
-                Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default()).expect("open");
-            trail.append(call(200)).expect("append");
-        }
-        // A crash in the middle of a write leaves half a line.
-        let path = dir.path().join(FILE);
-        let mut file = OpenOptions::new().append(true).open(&path).expect("file");
-        file.write_all(b"{\"seq\":3,\"ti").expect("partial");
-        drop(file);
-        let trail =
-            Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default()).expect("reopen");
-        trail.append(call(201)).expect("append");
-        drop(trail);
-        let report = crate::verify::verify_dir(dir.path(), None).expect("verify");
-        assert_eq!(report.records, 4, "{report:?}");
-        assert!(report.first_bad.is_none(), "{report:?}");
-    }
-
-    #[test]
-    fn one_writer_per_trail_and_a_removed_file_is_noticed_and_counted() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let trail =
-            Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default()).expect("open");
-        let second = Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default());
-        assert!(
-            second
-                .as_ref()
-                .is_err_and(|e| e.to_string().contains("in use by another process")),
-            "{second:?}"
-        );
-        std::fs::remove_file(dir.path().join(FILE)).expect("remove");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !trail.replaced.load(Ordering::Acquire) {
-            assert!(Instant::now() < deadline, "the removal was not noticed");
-            std::thread::sleep(SYNC_EVERY);
-        }
-        let refused = trail.append(call(200)).expect_err("nowhere to write");
-        assert!(
-            refused.to_string().contains("removed or replaced"),
-            "{refused}"
-        );
-        assert_eq!(trail.lost(), 1);
-        assert!(!trail.available());
-    }
-
-    #[test]
-    fn a_trail_rotates_by_size_and_its_chain_goes_on_across_the_files() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let trail =
-            Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default()).expect("open");
-        trail.set_rotation(4096);
-        for n in 0..40 {
-            trail.append(call(n)).expect("append");
-        }
-        drop(trail);
-        let files = crate::files(dir.path()).expect("files");
-        assert!(files.len() >= 3, "{files:?}");
-        for file in &files {
-            assert!(
-                std::fs::metadata(file).expect("size").len() <= 4096,
-                "{file:?}"
-            );
-        }
-        let report = crate::verify::verify_dir(dir.path(), None).expect("verify");
-        assert_eq!(report.records, 41, "{report:?}");
-        assert!(report.first_bad.is_none(), "{report:?}");
-        // Reopened right after a rotation (the new file empty), the chain goes on.
-        let trail =
-            Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default()).expect("reopen");
-        trail.set_rotation(4096);
-        drop(trail);
-        std::fs::write(dir.path().join(FILE), b"").expect("empty the current file");
-        let trail = Trail::open(dir.path(), OnFailure::Refuse, Checkpoints::default())
-            .expect("reopen after a rotation");
-        trail.append(call(1)).expect("append");
-        drop(trail);
-        let report = crate::verify::verify_dir(dir.path(), None).expect("verify");
-        assert!(report.first_bad.is_none(), "{report:?}");
-        let files = crate::files(dir.path()).expect("files");
-        // A rotated file removed from the middle is named.
-        std::fs::remove_file(&files[1]).expect("remove");
-        let report = crate::verify::verify_dir(dir.path(), None).expect("verify");
-        assert!(report.first_bad.is_some_and(|b| b.why.contains("missing")));
-    }
-}
+mod tests;
