@@ -104,4 +104,27 @@ async fn a_dry_run_runs_both_ends_and_delivers_and_spends_nothing() {
     // A value other than true or false is refused.
     let (status, report) = call(&beta, "carol", &[("deputy-dry-run", "yes")]).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{report}");
+
+    // The audit trails mark dry runs as such: carol's node recorded the two that reached it,
+    // beta's node at least those.
+    let marked = |node: &str| {
+        let trail = std::fs::read_to_string(
+            mesh.dir
+                .path()
+                .join(format!("state-{node}/audit/audit.jsonl")),
+        )
+        .expect("trail");
+        trail
+            .lines()
+            .filter(|l| l.contains("\"dry_run\":true") && l.contains("\"service\":\"carol\""))
+            .count()
+    };
+    assert_eq!(
+        marked("node1"),
+        2,
+        "{}",
+        std::fs::read_to_string(mesh.dir.path().join("state-node1/audit/audit.jsonl"))
+            .unwrap_or_default()
+    );
+    assert!(marked("node2") >= 2);
 }

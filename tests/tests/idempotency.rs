@@ -169,6 +169,13 @@ async fn a_retried_write_is_answered_once_even_across_a_restart() {
     assert_eq!(retry.status(), StatusCode::OK);
     assert_eq!(retry.headers()["deputy-idempotent-replay"], "true");
     assert_eq!(tool.received().len(), 3, "the retry reached the tool");
+    // The audit trail marks each replay as such: nothing was done again.
+    let trail = std::fs::read_to_string(dir.path().join("state/audit/audit.jsonl")).expect("trail");
+    let replays = trail
+        .lines()
+        .filter(|l| l.contains("\"replayed\":true"))
+        .count();
+    assert!(replays >= 3, "{replays} replays marked: {trail}");
 
     // A duplicate while the first is still in flight is told so.
     let held = {

@@ -27,6 +27,8 @@ fn call(n: u64) -> Event {
             "spiffe://example.org/agent/alpha".into(),
             "spiffe://example.org/agent/beta".into(),
         ],
+        dry_run: false,
+        replayed: false,
     })
 }
 

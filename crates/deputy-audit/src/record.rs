@@ -156,6 +156,16 @@ pub struct CallRecord {
     /// Every agent of the chain, in order (the delegation, as verified here).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actors: Vec<String>,
+    /// A dry run: nothing was delivered or spent.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
+    /// An idempotent retry answered with the first call's kept response: nothing was done again.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub replayed: bool,
+}
+
+fn is_false(flag: &bool) -> bool {
+    !flag
 }
 
 impl Event {

@@ -20,6 +20,10 @@ pub(crate) struct Facts {
     pub(crate) principal: Option<String>,
     pub(crate) originator: Option<String>,
     pub(crate) actors: Vec<String>,
+    /// A dry run (nothing delivered or spent).
+    pub(crate) dry_run: bool,
+    /// An idempotent replay (answered with a kept response).
+    pub(crate) replayed: bool,
 }
 
 /// The `type` of the problem a response refuses with, for its record.
@@ -68,6 +72,8 @@ pub(crate) fn record(
         principal: facts.principal,
         originator: facts.originator,
         actors: facts.actors,
+        dry_run: facts.dry_run,
+        replayed: facts.replayed,
     };
     if let Err(e) = trail.append(Event::Call(record)) {
         metrics::counter!(LOST).increment(1);

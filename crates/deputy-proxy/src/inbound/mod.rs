@@ -240,7 +240,10 @@ async fn handle(
         &connection.agent.name,
     );
     let in_flight = call.in_flight.take().into_iter().collect();
-    let audit_facts = call.audit_facts.take();
+    let mut audit_facts = call.audit_facts.take();
+    if call.dry_run {
+        audit_facts.get_or_insert_with(Default::default).dry_run = true;
+    }
     drop(call);
     let response = match watched {
         Some(watched) => watched.guard(response),

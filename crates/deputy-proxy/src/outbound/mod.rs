@@ -242,7 +242,10 @@ async fn handle(
         &outbound.agent.name,
     );
     let in_flight = std::mem::take(&mut call.in_flight);
-    let audit_facts = call.audit_facts.take();
+    let mut audit_facts = call.audit_facts.take();
+    if call.answered_early {
+        audit_facts.get_or_insert_with(Default::default).replayed = true;
+    }
     drop(call);
     let response = match watched {
         Some(watched) => watched.guard(response),

@@ -30,6 +30,8 @@ pub(super) fn check(call: &mut Call<'_>) -> Outcome {
                 principal: acting.principal.clone(),
                 originator: acting.originator.clone(),
                 actors: chain.actors().into_iter().map(str::to_owned).collect(),
+                dry_run: call.dry_run,
+                replayed: false,
             });
         }
     }

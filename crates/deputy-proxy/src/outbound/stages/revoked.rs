@@ -42,7 +42,7 @@ pub(super) fn check(call: &mut Call<'_>) -> Outcome {
         }
     }
     acting.task = plan.task().map(str::to_owned);
-    if call.outbound.audit.is_some() && acting.task.is_some() {
+    if call.outbound.audit.is_some() && (acting.task.is_some() || call.dry_run.is_some()) {
         call.audit_facts = Some(crate::audit::Facts {
             task: acting.task.clone(),
             principal: acting.principal.clone(),
@@ -66,6 +66,8 @@ pub(super) fn check(call: &mut Call<'_>) -> Outcome {
                     .map(ToString::to_string),
             )
             .collect(),
+            dry_run: call.dry_run.is_some(),
+            replayed: false,
         });
     }
     // What a revocation of the task follows from here: its exact name and agents.
