@@ -220,10 +220,7 @@ async fn handle(
     );
     let checks = pipeline::Checks {
         answered: |_: &Call<'_>| false,
-        stopped: |c: &Call<'_>| {
-            let why = c.watched?.cut_reason()?;
-            Some(crate::revocation::cut_problem(why, c.request_id))
-        },
+        stopped: |c: &Call<'_>| crate::revocation::stopped(c.watched, c.request_id),
     };
     let ran = crate::revocation::until_cut(
         pipeline::run(&stages::stages(), &mut call, &checks),
@@ -245,10 +242,7 @@ async fn handle(
         audit_facts.get_or_insert_with(Default::default).dry_run = true;
     }
     drop(call);
-    let response = match watched {
-        Some(watched) => watched.guard(response),
-        None => response,
-    };
+    let response = crate::revocation::guard(watched, response);
     let agent = &connection.agent;
     let parties = (
         agent.name.clone(),

@@ -221,10 +221,7 @@ async fn handle(
     // A stage may answer early (an idempotent replay): its response ends the call.
     let checks = pipeline::Checks {
         answered: |c: &Call<'_>| c.answered_early,
-        stopped: |c: &Call<'_>| {
-            let why = c.watched?.cut_reason()?;
-            Some(crate::revocation::cut_problem(why, c.request_id))
-        },
+        stopped: |c: &Call<'_>| crate::revocation::stopped(c.watched, c.request_id),
     };
     let ran = crate::revocation::until_cut(
         pipeline::run(&stages::stages(), &mut call, &checks),
@@ -247,10 +244,7 @@ async fn handle(
         audit_facts.get_or_insert_with(Default::default).replayed = true;
     }
     drop(call);
-    let response = match watched {
-        Some(watched) => watched.guard(response),
-        None => response,
-    };
+    let response = crate::revocation::guard(watched, response);
     let parties = (outbound.agent.name.clone(), "-".into(), service);
     let record = arrival
         .record("outbound", parties, request_id, in_flight)

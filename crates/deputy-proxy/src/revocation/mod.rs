@@ -58,17 +58,19 @@ pub(crate) struct Acting {
 }
 
 impl Acting {
-    fn covered_by(&self, revocation: &Revocation, now: i64) -> bool {
+    /// `judge` of the call's facts, as revocations read them.
+    fn judged<R>(&self, judge: impl FnOnce(&CallFacts<'_>) -> R) -> R {
         let agents: Vec<&str> = self.agents.iter().map(AsRef::as_ref).collect();
-        revocation.covers(
-            &CallFacts {
-                task: self.task.as_deref(),
-                principal: self.principal.as_deref(),
-                originator: self.originator.as_deref(),
-                agents: &agents,
-            },
-            now,
-        )
+        judge(&CallFacts {
+            task: self.task.as_deref(),
+            principal: self.principal.as_deref(),
+            originator: self.originator.as_deref(),
+            agents: &agents,
+        })
+    }
+
+    fn covered_by(&self, revocation: &Revocation, now: i64) -> bool {
+        self.judged(|facts| revocation.covers(facts, now))
     }
 }
 
@@ -320,18 +322,9 @@ impl Watched {
         let Some(records) = self.revoker.records.as_ref().filter(|r| r.any()) else {
             return Ok(());
         };
-        let acting = &entry.acting;
-        let agents: Vec<&str> = acting.agents.iter().map(AsRef::as_ref).collect();
-        records
-            .covering(
-                &CallFacts {
-                    task: acting.task.as_deref(),
-                    principal: acting.principal.as_deref(),
-                    originator: acting.originator.as_deref(),
-                    agents: &agents,
-                },
-                now,
-            )
+        entry
+            .acting
+            .judged(|facts| records.covering(facts, now))
             .map_or(Ok(()), |r| Err(Box::new(r)))
     }
 
@@ -378,6 +371,26 @@ pub(crate) fn refusal(revocation: &Revocation, side: &'static str) -> (ProblemKi
             told(revocation)
         ),
     )
+}
+
+/// Between stages: the refusal of a call that was cut, if it was.
+pub(crate) fn stopped(
+    watched: Option<&Watched>,
+    request_id: &str,
+) -> Option<crate::pipeline::Refused> {
+    let why = watched?.cut_reason()?;
+    Some(cut_problem(why, request_id))
+}
+
+/// `response`, cut with its call if it is watched.
+pub(crate) fn guard(
+    watched: Option<Watched>,
+    response: http::Response<Body>,
+) -> http::Response<Body> {
+    match watched {
+        Some(watched) => watched.guard(response),
+        None => response,
+    }
 }
 
 /// The refusal of a call cut while it ran, before its next step.
