@@ -8,6 +8,9 @@ and checks the peer's SPIFFE ID, as deputyd does.
 
     python3 bench/datapath.py            # builds release binaries, installs the peers if root
     python3 bench/datapath.py --quick    # shorter runs, for a smoke check
+    python3 bench/datapath.py --baseline OLD/deputyd --only "deputyd pair"
+                                         # adds the plain pair on another build of deputyd
+                                         # (a commit before a change), to measure the change
 
 Peers come from Debian packages (stunnel4, haproxy, wrk, nghttp2-client for h2load) and from
 scripts/peers (ghostunnel; opa, which compiles the policy for the wasm pair). Results are
@@ -178,7 +181,7 @@ def wasm_bundle(work, policy):
     return bundle
 
 
-def setup(work, procs, deputy, deputyd):
+def setup(work, procs, deputy, deputyd, baseline=None):
     uid = os.geteuid()
     certs = start_issuer(work, procs, deputy)
     combined = certs / "combined.pem"
@@ -229,6 +232,11 @@ def setup(work, procs, deputy, deputyd):
     outbound, pids = deputyd_pair(work, procs, deputyd, backend, uid, "plain",
                                   agent_extra='originate = ["user:*"]\n')
     setups["deputyd pair"] = {"port": outbound, "pids": pids, "host": "beta"}
+    if baseline:
+        # The same plain pair on another build (its own state directories).
+        outbound, pids = deputyd_pair(work, procs, baseline, backend, uid, "baseline",
+                                      agent_extra='originate = ["user:*"]\n')
+        setups["deputyd pair (baseline build)"] = {"port": outbound, "pids": pids, "host": "beta"}
     # The same pair carrying a delegation chain on every call. One task: alpha's deputyd reuses
     # its link and node2 verifies it from cache. A new task per call: a link signed by node1 and
     # verified cold by node2 on every request (the worst case).
@@ -370,6 +378,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke check")
     parser.add_argument("--no-build", action="store_true", help="use the release binaries as they are")
+    parser.add_argument("--baseline", default="", help="another deputyd binary: its plain pair runs beside this one's")
     parser.add_argument("--only", default="", help="run only the setups whose name contains this (direct always runs)")
     args = parser.parse_args()
     seconds = 3 if args.quick else 10
@@ -384,7 +393,7 @@ def main():
     procs = Processes(work)
     results = {}
     try:
-        setups = setup(work, procs, deputy, deputyd)
+        setups = setup(work, procs, deputy, deputyd, args.baseline or None)
         for name, s in setups.items():
             if name != "direct" and args.only not in name:
                 continue

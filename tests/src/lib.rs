@@ -448,3 +448,15 @@ pub fn write_node_config(dir: &Path, agents: &[&str]) -> PathBuf {
     std::fs::write(&path, text).expect("write config");
     path
 }
+
+/// The records of the audit trail deputyd keeps in `state_dir` (its default place), of type
+/// `kind`, oldest first.
+pub fn audit_records(state_dir: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let path = state_dir.join("audit/audit.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read the audit trail {}: {e}", path.display()));
+    text.lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a JSON record"))
+        .filter(|record| record["type"] == kind)
+        .collect()
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use deputy_tests::mesh::Node;
 use deputy_tests::policed::{call, policed_mesh_with};
 use deputy_tests::recording::{Recorded, RecordingServer};
-use deputy_tests::{binary, deputy_as, eventually, my_uid, run};
+use deputy_tests::{audit_records, binary, deputy_as, eventually, my_uid, run};
 use http::{Method, StatusCode};
 
 /// alice's named task, as alpha sends it on every try.
@@ -207,6 +207,32 @@ async fn only_the_identical_call_passes_once_after_an_operator_approved_it_even_
         .process
         .output
         .wait_for(&format!("approval={id}"), Duration::from_secs(5));
+
+    // The audit trail joins the held call, the operator's decision and the call that went
+    // through by the approval's id.
+    let state = mesh.dir.path().join("state-node1");
+    let calls: Vec<_> = audit_records(&state, "call")
+        .into_iter()
+        .filter(|c| c["approval"] == id.as_str() && c["direction"] == "outbound")
+        .collect();
+    let problems: Vec<_> = calls.iter().map(|c| c["problem"].clone()).collect();
+    assert!(
+        problems.contains(&"urn:deputy:problem:approval-required".into()),
+        "the held call is not recorded with its approval: {calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["status"] == 200 && c["task"] == "close-ticket-9"),
+        "the approved call is not recorded with its approval: {calls:?}"
+    );
+    let decided = audit_records(&state, "approval");
+    assert!(
+        decided
+            .iter()
+            .any(|a| a["id"] == id.as_str() && a["decision"] == "approved"),
+        "{decided:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

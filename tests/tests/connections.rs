@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use deputy_tests::client::{self, Protocol};
 use deputy_tests::mesh::{Mesh, Node};
 use deputy_tests::sse::{first_event, read_events};
-use deputy_tests::{eventually, http_get};
+use deputy_tests::{audit_records, eventually, http_get};
 use http::StatusCode;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -346,4 +346,37 @@ async fn connections_are_listed_and_a_removed_agents_are_drained_on_reload() {
     .await
     .expect("call");
     assert_eq!(delta.status(), StatusCode::OK);
+
+    // The reload is in node2's audit trail: the file it read (its SHA-256) and what it did.
+    let reloads = audit_records(&mesh.dir.path().join("state-node2"), "config");
+    let expected = std::process::Command::new("sha256sum")
+        .arg(&path)
+        .output()
+        .expect("sha256sum");
+    let expected = String::from_utf8_lossy(&expected.stdout)
+        .split_whitespace()
+        .next()
+        .expect("a digest")
+        .to_owned();
+    assert_eq!(reloads.len(), 1, "{reloads:?}");
+    assert_eq!(reloads[0]["outcome"], "applied", "{reloads:?}");
+    assert_eq!(reloads[0]["file_sha256"], expected.as_str(), "{reloads:?}");
+    assert_eq!(
+        reloads[0]["removed"],
+        serde_json::json!(["beta"]),
+        "{reloads:?}"
+    );
+
+    // A file that does not load is recorded as rejected; beta's neighbour is still served.
+    std::fs::write(&path, "this is not TOML [").expect("write");
+    mesh.node2.process.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually(
+        "the rejected reload recorded",
+        Duration::from_secs(10),
+        || {
+            let reloads = audit_records(&mesh.dir.path().join("state-node2"), "config");
+            (reloads.len() == 2)
+                .then(|| assert_eq!(reloads[1]["outcome"], "rejected", "{reloads:?}"))
+        },
+    );
 }

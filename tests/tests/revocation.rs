@@ -16,7 +16,7 @@ use deputy_tests::client::{self, Protocol};
 use deputy_tests::mesh::Mesh;
 use deputy_tests::sse::{first_event, next_event, read_events};
 use deputy_tests::tls_client::{self, ClientCert};
-use deputy_tests::{binary, my_uid, run};
+use deputy_tests::{audit_records, binary, my_uid, run};
 use http::StatusCode;
 use hyper::body::Incoming;
 
@@ -286,6 +286,19 @@ async fn a_task_revoked_at_its_origin_is_cut_on_every_node_it_reached_and_nowher
     next_event(&mut other).await;
     let listed = deputy(&["revocations", "list"], &chain.sockets[2]);
     assert!(listed.0 && !listed.1.contains("t-other"), "{listed:?}");
+    // Each refusal is in C's audit trail, naming the verified sender.
+    let refused = audit_records(&chain.dir.path().join("state-c"), "revocation_refused");
+    let senders: Vec<_> = refused.iter().map(|r| r["peer"].clone()).collect();
+    assert_eq!(
+        senders,
+        [
+            "spiffe://example.org/deputyd/intruder".into(),
+            serde_json::Value::from(agent_id("b")),
+            "spiffe://example.org/deputyd/intruder".into(),
+        ],
+        "{refused:?}"
+    );
+    assert!(refused.iter().all(|r| r["status"] == 403), "{refused:?}");
 
     // The principal revoked at the origin: both of alice's tasks went A -> B -> C, and each is
     // sent on, though one round carries both.

@@ -10,7 +10,7 @@ use deputy_tests::client::{self, Protocol};
 use deputy_tests::secrets_setup::{
     Setup, TASK_PROXY_PORT, names, node_field, proxy_session, secret, secret_status, vault_users,
 };
-use deputy_tests::{eventually, my_uid};
+use deputy_tests::{audit_records, eventually, my_uid};
 use http::StatusCode;
 
 /// A call of alpha's to `reports` in `task` (started for alice, its link living `ttl`), or in
@@ -98,6 +98,35 @@ async fn a_task_gets_a_database_user_of_its_own_which_is_dropped_when_its_chain_
     );
     assert_eq!(tasks_holding_credentials(&admin), ["long"]);
     assert!(vault_users(&setup.pg).contains(&long_user));
+    // The audit trail has each task's credential issued (once: the second call used it) and
+    // the short task's end, as they happened (the end is written once Vault answered the
+    // token's revocation, which may be a moment after the user is gone).
+    eventually(
+        "the short task's end recorded",
+        Duration::from_secs(10),
+        || {
+            let records = audit_records(&setup.dir.path().join("state"), "task_credential");
+            let of = |task: &str, change: &str| {
+                records
+                    .iter()
+                    .filter(|r| r["task"] == task && r["change"] == change && r["agent"] == "alpha")
+                    .count()
+            };
+            let ended = of("short", "ended");
+            assert!(ended <= 1, "{records:?}");
+            (ended == 1).then(|| {
+                assert_eq!(
+                    (
+                        of("short", "issued"),
+                        of("long", "issued"),
+                        of("long", "ended")
+                    ),
+                    (1, 1, 0),
+                    "{records:?}"
+                );
+            })
+        },
+    );
     // alpha's standing database secret is untouched by either task.
     let status = secret_status(&admin, "alpha");
     assert_eq!(secret(&status, "db")["state"], "available", "{status}");

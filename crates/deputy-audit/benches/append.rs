@@ -29,6 +29,7 @@ fn call(n: u64) -> Event {
         ],
         dry_run: false,
         replayed: false,
+        approval: None,
     })
 }
 

@@ -99,12 +99,34 @@ impl Filter {
                         .as_deref()
                         .is_none_or(|a| name == a || spiffe_id == a)
             }
+            Event::TaskCredential {
+                agent,
+                task,
+                principal,
+                originator,
+                ..
+            } => {
+                self.task.as_deref().is_none_or(|t| task == t)
+                    && self.principal.as_deref().is_none_or(|p| principal == p)
+                    && self
+                        .agent
+                        .as_deref()
+                        .is_none_or(|a| agent == a || originator == a)
+            }
+            Event::RevocationRefused { peer, .. } => {
+                self.task.is_none()
+                    && self.principal.is_none()
+                    && self.agent.as_deref().is_none_or(|a| peer == a)
+            }
             Event::Lease { agent, .. } => {
                 self.task.is_none()
                     && self.principal.is_none()
                     && self.agent.as_deref().is_none_or(|a| agent == a)
             }
-            Event::Opened { .. } | Event::Checkpoint { .. } | Event::Policy { .. } => {
+            Event::Opened { .. }
+            | Event::Checkpoint { .. }
+            | Event::Policy { .. }
+            | Event::Config { .. } => {
                 self.task.is_none() && self.principal.is_none() && self.agent.is_none()
             }
         }

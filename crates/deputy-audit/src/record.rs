@@ -100,6 +100,46 @@ pub enum Event {
         /// Its revision.
         revision: String,
     },
+    /// Another node's revocation was refused (forged, stale, or not this node's to take).
+    RevocationRefused {
+        /// The node that sent it (its verified SPIFFE ID).
+        peer: String,
+        /// The status it was answered with.
+        status: u16,
+        /// Why, as the sender was told.
+        why: String,
+    },
+    /// A credential issued for one task (`per_task` secrets) was issued, or the task's
+    /// credentials ended (its Vault token revoked, and with it what the token issued).
+    TaskCredential {
+        /// The agent.
+        agent: String,
+        /// The task.
+        task: String,
+        /// Whom the task acts for.
+        principal: String,
+        /// The agent that started the task.
+        originator: String,
+        /// The secret's name (`*` when every credential of the task ended).
+        secret: String,
+        /// `issued` or `ended`.
+        change: String,
+        /// How many credentials the task was issued so far.
+        generation: u64,
+    },
+    /// The configuration was read again (SIGHUP).
+    Config {
+        /// The SHA-256 of the file as read (which configuration was in force from then on).
+        file_sha256: String,
+        /// `applied`, or `rejected` (the file does not load; what ran before keeps running).
+        outcome: String,
+        /// Agents removed from the data path.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed: Vec<String>,
+        /// What changed but takes effect only on restart, in words.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        on_restart: Vec<String>,
+    },
     /// An operator decided an approval.
     Approval {
         /// The approval's id.
@@ -141,6 +181,9 @@ pub struct CallRecord {
     /// The policy decision that judged it, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision_id: Option<String>,
+    /// The approval it asked for (refused with `approval-required`) or went through with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
     /// The problem it was refused with, if it was (`urn:deputy:problem:...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -176,6 +219,9 @@ impl Event {
             Self::Call(_) => "call",
             Self::Revocation { .. } => "revocation",
             Self::Approval { .. } => "approval",
+            Self::RevocationRefused { .. } => "revocation_refused",
+            Self::TaskCredential { .. } => "task_credential",
+            Self::Config { .. } => "config",
             Self::Checkpoint { .. } => "checkpoint",
             Self::Identity { .. } => "identity",
             Self::Lease { .. } => "lease",

@@ -216,6 +216,30 @@ fn words(event: &Event) -> String {
             ..
         } => format!("secret {agent}/{secret} {change} (generation {generation})"),
         Event::Policy { revision } => format!("policy revision {revision} serving"),
+        Event::TaskCredential {
+            agent,
+            task,
+            secret,
+            change,
+            ..
+        } => format!("task {task}: {agent}'s {secret} {change}"),
+        Event::RevocationRefused { peer, why, .. } => {
+            format!("refused a revocation from {peer}: {why}")
+        }
+        Event::Config {
+            outcome,
+            file_sha256,
+            removed,
+            ..
+        } => format!(
+            "configuration {outcome} (sha256 {}){}",
+            &file_sha256[..file_sha256.len().min(12)],
+            if removed.is_empty() {
+                String::new()
+            } else {
+                format!(", removed {}", removed.join(", "))
+            }
+        ),
         Event::Checkpoint { upto, .. } => format!("checkpoint: {upto} record(s) signed"),
         other => other.kind().to_owned(),
     }

@@ -24,6 +24,8 @@ pub(crate) struct Facts {
     pub(crate) dry_run: bool,
     /// An idempotent replay (answered with a kept response).
     pub(crate) replayed: bool,
+    /// The approval the call asked for or went through with.
+    pub(crate) approval: Option<String>,
 }
 
 /// The `type` of the problem a response refuses with, for its record.
@@ -67,6 +69,7 @@ pub(crate) fn record(
         status,
         request_id: access.request_id.clone(),
         decision_id,
+        approval: facts.approval,
         problem: problem.map(str::to_owned),
         task: facts.task,
         principal: facts.principal,

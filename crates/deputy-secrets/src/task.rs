@@ -55,6 +55,40 @@ pub struct TaskRef {
 
 type Slot = watch::Sender<Option<Arc<Credential>>>;
 
+/// What happened to a task's credentials, as a journal (the audit trail) is told: never a
+/// value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEvent {
+    /// The agent.
+    pub agent: String,
+    /// The task.
+    pub task: TaskRef,
+    /// What happened.
+    pub change: TaskChange,
+}
+
+/// See [`TaskEvent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskChange {
+    /// `secret` was issued for the task (its `generation`th credential).
+    Issued {
+        /// The secret's name.
+        secret: String,
+        /// How many credentials the task was issued so far.
+        generation: u64,
+    },
+    /// The task ended: its credentials were withdrawn and its Vault token revoked (`revoked`
+    /// is false when Vault refused; they end with their TTL then).
+    Ended {
+        /// Whether Vault revoked the token.
+        revoked: bool,
+    },
+}
+
+/// Told of every [`TaskEvent`], in order per task; called on the task's own path, so it must
+/// not block.
+pub type TaskJournal = Arc<dyn Fn(TaskEvent) + Send + Sync>;
+
 /// Every agent's per-task secrets.
 #[derive(Clone)]
 pub struct TaskSecrets {
@@ -78,6 +112,7 @@ struct Inner {
     /// Each task's loop, so that a stop waits for every revocation.
     loops: Mutex<JoinSet<()>>,
     stop: CancellationToken,
+    journal: std::sync::OnceLock<TaskJournal>,
 }
 
 /// One task of one agent.
@@ -192,8 +227,15 @@ impl TaskSecrets {
                 removed: Mutex::default(),
                 loops: Mutex::new(JoinSet::new()),
                 stop,
+                journal: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Tells `journal` of every credential issued and every task ended from now on (once; a
+    /// second journal is ignored).
+    pub fn set_journal(&self, journal: TaskJournal) {
+        let _ = self.inner.journal.set(journal);
     }
 
     /// Whether `secret` of `agent` is issued per task.
@@ -286,6 +328,13 @@ impl TaskSecrets {
             return Err(ended());
         }
         slot.send_replace(Some(credential.clone()));
+        self.inner.tell(
+            &entry,
+            TaskChange::Issued {
+                secret: secret.to_owned(),
+                generation: state.generation,
+            },
+        );
         drop(state);
         // Wake the task's loop: it has a lease to renew now.
         entry.until.send_modify(|_| {});
@@ -467,6 +516,16 @@ impl TaskSecrets {
 }
 
 impl Inner {
+    fn tell(&self, task: &Task, change: TaskChange) {
+        if let Some(journal) = self.journal.get() {
+            journal(TaskEvent {
+                agent: task.agent.clone(),
+                task: task.task.clone(),
+                change,
+            });
+        }
+    }
+
     fn lock_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<(String, TaskRef), Arc<Task>>> {
         self.tasks
             .lock()
@@ -528,13 +587,20 @@ async fn run(inner: Arc<Inner>, task: Arc<Task>) {
     // Taken under the lock a credential is issued under: none is issued after this.
     let session = task.state.lock().await.session.take();
     if let Some(session) = session {
-        match session.revoke_token().await {
-            Ok(()) => tracing::info!(agent = %task.agent, task = %task.task.id,
-                "task ended: its Vault token and credentials revoked"),
-            Err(e) => tracing::warn!(agent = %task.agent, task = %task.task.id, error = %e,
-                "task ended, but revoking its Vault token failed; its credentials end with \
-                 their TTL"),
-        }
+        let revoked = match session.revoke_token().await {
+            Ok(()) => {
+                tracing::info!(agent = %task.agent, task = %task.task.id,
+                    "task ended: its Vault token and credentials revoked");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(agent = %task.agent, task = %task.task.id, error = %e,
+                    "task ended, but revoking its Vault token failed; its credentials end \
+                     with their TTL");
+                false
+            }
+        };
+        inner.tell(&task, TaskChange::Ended { revoked });
     }
     metrics::counter!(TASKS_ENDED, "agent" => task.agent.clone()).increment(1);
 }

@@ -103,6 +103,31 @@ pub(crate) fn changes(before: &Seen, after: &Seen, events: Vec<Event>) -> Vec<Ev
         .collect()
 }
 
+/// Records each task credential issued, and each task's credentials ended, as it happens (a
+/// task may live less than a second: polling would miss it).
+pub(crate) fn task_journal(trail: Arc<Trail>) -> deputy_secrets::task::TaskJournal {
+    Arc::new(move |event: deputy_secrets::task::TaskEvent| {
+        use deputy_secrets::task::TaskChange;
+        let (secret, change, generation) = match event.change {
+            TaskChange::Issued { secret, generation } => (secret, "issued", generation),
+            TaskChange::Ended { revoked: true } => ("*".to_owned(), "ended", 0),
+            TaskChange::Ended { revoked: false } => ("*".to_owned(), "ended, not revoked", 0),
+        };
+        let record = Event::TaskCredential {
+            agent: event.agent,
+            task: event.task.id,
+            principal: event.task.principal,
+            originator: event.task.originator,
+            secret,
+            change: change.to_owned(),
+            generation,
+        };
+        if let Err(e) = trail.append(record) {
+            tracing::error!(error = %e, "a task credential's audit record could not be written");
+        }
+    })
+}
+
 /// Records the node's changes once a second until `cancel`.
 pub(crate) async fn record_changes(
     trail: Arc<Trail>,

@@ -1,6 +1,7 @@
 //! The daemon's wiring: identities, admin listener, systemd, and an orderly stop.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ pub struct Daemon {
     /// The agents the data path serves (a reload may remove some).
     agents: Vec<String>,
     admin_addr: SocketAddr,
+    /// The node's audit trail.
+    trail: Arc<deputy_audit::Trail>,
     cancel: CancellationToken,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -243,6 +246,11 @@ impl Daemon {
         }
         tasks.spawn(report_to_systemd(identities.clone(), cancel.clone()));
         tasks.spawn(checkpoint_when_due(trail.clone(), cancel.clone()));
+        if let Some(manager) = &secrets {
+            manager
+                .tasks()
+                .set_journal(crate::audit_events::task_journal(trail.clone()));
+        }
         tasks.spawn(crate::audit_events::record_changes(
             trail.clone(),
             identities.clone(),
@@ -275,6 +283,7 @@ impl Daemon {
                 .unwrap_or_default(),
             agents: config.proxy.agents.iter().map(|a| a.name.clone()).collect(),
             admin_addr,
+            trail,
             cancel,
             tasks,
         })
@@ -295,18 +304,22 @@ impl Daemon {
     /// `None` when it no longer loads, which keeps the settings in force). A policy that fails
     /// to load is reported and the last good one keeps serving. The source, engine, peek bounds
     /// and watch interval take effect on restart.
-    pub fn reload_policy(&self, settings: Option<&PolicySettings>) {
+    /// Returns what changed but takes effect only on restart.
+    pub fn reload_policy(&self, settings: Option<&PolicySettings>) -> Option<String> {
+        let mut on_restart = None;
         let Some(serving) = &self.policy else {
             if settings.is_some() {
                 tracing::warn!("the configuration now has [policy]; restart deputyd to enforce it");
+                on_restart = Some("[policy] added".to_owned());
             }
-            return;
+            return on_restart;
         };
         match settings {
             Some(settings) => {
                 if settings.source != serving.settings.source {
                     tracing::warn!(serving = %serving.settings.source, configured = %settings.source,
                         "the policy source changed; restart deputyd to switch to it");
+                    on_restart = Some(format!("policy source {}", settings.source));
                 }
                 serving.facts.replace(settings.facts());
                 serving.policy.set_time_limit(settings.eval_timeout);
@@ -325,14 +338,17 @@ impl Daemon {
         // slow load must not keep SIGTERM waiting.
         let policy = serving.policy.clone();
         tokio::task::spawn_blocking(move || policy.reload());
+        on_restart
     }
 
     /// SIGHUP: an agent no longer in `config` is removed from the data path (its listener
     /// closed, its name refused, its connections drained). An agent added, or one whose
-    /// settings changed, takes effect on restart, which is said.
-    pub fn reload_agents(&mut self, config: &Config) {
+    /// settings changed, takes effect on restart, which is said. Returns the agents removed and
+    /// what takes effect only on restart.
+    pub fn reload_agents(&mut self, config: &Config) -> (Vec<String>, Vec<String>) {
+        let (mut removed, mut on_restart) = (Vec::new(), Vec::new());
         let Some(proxy) = self.proxy.as_mut() else {
-            return;
+            return (removed, on_restart);
         };
         let configured: Vec<&str> = config
             .proxy
@@ -346,6 +362,7 @@ impl Daemon {
             }
             let draining = proxy.remove_agent(agent);
             tracing::info!(%agent, draining, "SIGHUP: agent removed; its connections are drained");
+            removed.push(agent.clone());
             if let Some(postgres) = &self.postgres {
                 postgres.remove_agent(agent);
             }
@@ -362,6 +379,7 @@ impl Daemon {
             let before = self.secrets_started.iter().find(|s| &s.agent == agent);
             let after = now.iter().find(|s| &s.agent == agent);
             if before != after {
+                on_restart.push(format!("agent {agent}'s secrets"));
                 tracing::warn!(%agent,
                     "SIGHUP: the agent's secrets changed in the configuration; the ones it \
                      started with stay in force until deputyd restarts");
@@ -371,8 +389,46 @@ impl Daemon {
             .iter()
             .filter(|a| !self.agents.iter().any(|b| b == *a))
         {
+            on_restart.push(format!("agent {added} added"));
             tracing::warn!(agent = %added,
                 "SIGHUP: a new agent is in the configuration; restart deputyd to serve it");
+        }
+        (removed, on_restart)
+    }
+
+    /// SIGHUP: reads the configuration file at `path` again, puts in force what may change
+    /// without a restart, and records in the audit trail which file (its SHA-256) was read and
+    /// what it changed.
+    pub fn reload(&mut self, path: &Path) {
+        tracing::info!("SIGHUP: reloading the agents, the policy and its settings");
+        // Hashed as read: the record names the configuration in force from now on.
+        let file_sha256 = std::fs::read(path)
+            .map_or_else(|_| "unreadable".to_owned(), |t| deputy_audit::hash(&t));
+        let event = match Config::load(path) {
+            Ok(config) => {
+                let (removed, mut on_restart) = self.reload_agents(&config);
+                on_restart.extend(self.reload_policy(config.policy.as_ref()));
+                deputy_audit::Event::Config {
+                    file_sha256,
+                    outcome: "applied".into(),
+                    removed,
+                    on_restart,
+                }
+            }
+            Err(e) => {
+                tracing::error!(config = %path.display(), error = %e,
+                    "SIGHUP: the configuration file does not load; fix it and send SIGHUP again");
+                self.reload_policy(None);
+                deputy_audit::Event::Config {
+                    file_sha256,
+                    outcome: "rejected".into(),
+                    removed: Vec::new(),
+                    on_restart: Vec::new(),
+                }
+            }
+        };
+        if let Err(e) = self.trail.append(event) {
+            tracing::error!(error = %e, "the configuration reload's audit record could not be written");
         }
     }
 
@@ -566,21 +622,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 tracing::info!("interrupt: stopping");
                 break;
             }
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the agents, the policy and its settings");
-                match Config::load(&args.config) {
-                    Ok(config) => {
-                        daemon.reload_agents(&config);
-                        daemon.reload_policy(config.policy.as_ref());
-                    }
-                    Err(e) => {
-                        tracing::error!(config = %args.config.display(), error = %e,
-                            "SIGHUP: the configuration file does not load; fix it and send \
-                             SIGHUP again");
-                        daemon.reload_policy(None);
-                    }
-                }
-            }
+            _ = hup.recv() => daemon.reload(&args.config),
         }
     }
     daemon.shutdown().await;

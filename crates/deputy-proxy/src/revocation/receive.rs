@@ -36,6 +36,16 @@ pub(crate) async fn receive(
         Err((status, why)) => {
             tracing::warn!(%peer, agent = %connection.agent.name, why = ?why,
                 "refused a revocation from another node");
+            if let Some(trail) = &inbound.revoker.trail
+                && let Err(e) = trail.append(deputy_audit::Event::RevocationRefused {
+                    peer: peer.clone(),
+                    status: status.as_u16(),
+                    why: why.clone(),
+                })
+            {
+                tracing::error!(error = %e, %peer,
+                    "a refused revocation's audit record could not be written");
+            }
             json(status, &serde_json::json!({ "error": why }))
         }
     }

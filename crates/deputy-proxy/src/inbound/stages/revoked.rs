@@ -32,6 +32,7 @@ pub(super) fn check(call: &mut Call<'_>) -> Outcome {
                 actors: chain.actors().into_iter().map(str::to_owned).collect(),
                 dry_run: call.dry_run,
                 replayed: false,
+                approval: None,
             });
         }
     }

@@ -147,6 +147,9 @@ pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             {
                 webhook.announce(&asked);
             }
+            call.audit_facts
+                .get_or_insert_with(Default::default)
+                .approval = Some(asked.id.clone());
             return Err(refuse(
                 ProblemKind::ApprovalRequired,
                 format!(
@@ -160,6 +163,11 @@ pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             .with_approval(&asked.id)
             .into());
         };
+        // Named in its record whether it passes or not: the trail joins the call to the
+        // operator's decision.
+        call.audit_facts
+            .get_or_insert_with(Default::default)
+            .approval = Some(id.clone());
         let used = approvals.redeem(&id, &binding, now).map_err(|e| {
             refuse(
                 ProblemKind::ApprovalRefused,

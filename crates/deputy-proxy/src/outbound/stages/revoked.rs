@@ -68,6 +68,7 @@ pub(super) fn check(call: &mut Call<'_>) -> Outcome {
             .collect(),
             dry_run: call.dry_run.is_some(),
             replayed: false,
+            approval: None,
         });
     }
     // What a revocation of the task follows from here: its exact name and agents.
