@@ -52,6 +52,25 @@ async fn agents_call_each_other_over_http1_and_h2c_and_see_the_verified_caller()
             "one request id at both ends: {body}"
         );
     }
+    // `mcp://SERVICE/path` in the request line (seed 1's routing convention) is routed by the
+    // service's name, the path kept.
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(&outbound)
+            .await
+            .expect("connect");
+        stream
+            .write_all(
+                b"GET mcp://beta/tools/list HTTP/1.1\r\nhost: beta\r\nconnection: close\r\n\r\n",
+            )
+            .await
+            .expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\"path\":\"/tools/list\""), "{answer}");
+        assert!(answer.contains(ALPHA), "{answer}");
+    }
     let metrics = mesh.node2.metrics();
     assert!(
         metrics.contains(
@@ -166,6 +185,12 @@ async fn problem(outbound: &str, service: &str) -> (StatusCode, serde_json::Valu
     assert_eq!(
         response.headers()["content-type"],
         "application/problem+json",
+        "{service}"
+    );
+    // Each of these is alpha's own deputyd refusing, and says so (an SDK trusts only this).
+    assert_eq!(
+        response.headers()["deputy-problem-source"],
+        "this-node",
         "{service}"
     );
     (status, client::json(response).await)

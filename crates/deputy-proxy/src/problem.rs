@@ -10,6 +10,17 @@ use serde::Serialize;
 /// The media type of problem responses.
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
+/// Which deputyd refused a call, on a problem an agent receives: `this-node` (the agent's own
+/// deputyd) or `service-node` (the deputyd in front of the service it called). A response
+/// without it came from the service itself, which could write any body: an SDK raises deputyd's
+/// problems only when this header is there (no agent or service can set it: deputyd removes
+/// every `Deputy-*` header an agent answers with).
+pub const SOURCE: &str = "deputy-problem-source";
+/// [`SOURCE`] on a problem of the agent's own deputyd.
+pub const FROM_THIS_NODE: &str = "this-node";
+/// [`SOURCE`] on a problem of the service's deputyd, as the caller's deputyd hands it on.
+pub const FROM_SERVICE_NODE: &str = "service-node";
+
 /// Every kind of refusal the data path can give.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -264,6 +275,9 @@ impl Problem {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        response
+            .headers_mut()
+            .insert(SOURCE, HeaderValue::from_static(FROM_THIS_NODE));
         response
     }
 }

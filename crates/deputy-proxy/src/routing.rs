@@ -202,6 +202,8 @@ mod tests {
             ("/invoices", Some("billing")),
             ("/invoices", Some("billing:80")),
             ("/invoices", Some("BILLING")),
+            // Seed 1's routing convention: the scheme names no protocol, the host the service.
+            ("mcp://billing/tools/call", None),
         ] {
             let service = routes.target_of(&request(uri, host)).expect(uri);
             assert_eq!(service.name, "billing", "{uri} {host:?}");

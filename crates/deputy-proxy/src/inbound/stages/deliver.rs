@@ -46,6 +46,9 @@ pub(super) fn deliver<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
                 Ok(Ok(response)) => {
                     let mut response = response.map(stream);
                     strip_hop_by_hop(response.headers_mut());
+                    // What the caller hears from deputyd (a problem's source) comes from
+                    // deputyd only: the agent cannot pass its answer off as a refusal.
+                    crate::routing::strip_all_deputy_headers(response.headers_mut());
                     response
                 }
                 Ok(Err(e)) => problem(

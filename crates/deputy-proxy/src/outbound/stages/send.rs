@@ -42,9 +42,23 @@ pub(super) fn send<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             }
         };
         strip_hop_by_hop(response.headers_mut());
+        // A problem the service's deputyd answered with (a mesh peer is a deputyd, which
+        // removes its agent's Deputy-* headers); a tool outside the mesh vouches for nothing.
+        let peer_refused = matches!(service.reach, Reach::Mesh(_))
+            && response
+                .headers()
+                .get(crate::problem::SOURCE)
+                .map(HeaderValue::as_bytes)
+                == Some(crate::problem::FROM_THIS_NODE.as_bytes());
         // What the agent hears from deputyd about its call comes from this deputyd only: a
         // peer (or the agent behind it) must not hand it a context handle or forged facts.
         strip_all_deputy_headers(response.headers_mut());
+        if peer_refused {
+            response.headers_mut().insert(
+                crate::problem::SOURCE,
+                HeaderValue::from_static(crate::problem::FROM_SERVICE_NODE),
+            );
+        }
         if let Ok(id) = HeaderValue::from_str(call.request_id) {
             response.headers_mut().insert(REQUEST_ID, id);
         }
