@@ -1,10 +1,12 @@
 //! `deputy`: run the embedded issuer or a local mesh, and fetch, inspect and validate SVIDs.
 
+mod agent_add;
 mod approvals;
 mod audit;
 mod chain;
 mod demo_agent;
 mod dev;
+mod doctor;
 mod endpoint;
 mod issuer;
 mod jwt;
@@ -50,6 +52,12 @@ enum Command {
     /// Check nodes' audit trails, and ask them who did what for whom.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Onboard agents: write and check what a new agent needs.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Check a node: its sockets, SVIDs, policy, Vault, PostgreSQL proxies, audit trail and
+    /// clock, and say what to fix.
+    Doctor(doctor::DoctorArgs),
     /// Start a local mesh: an issuer and a deputyd with two sample agents, until Ctrl-C.
     Dev(dev::DevArgs),
     /// Run a small example agent: an HTTP service that shows who called it (for `deputy dev`
@@ -58,6 +66,14 @@ enum Command {
     /// Run deputyd from this binary (what `deputy dev` starts for each node).
     #[command(hide = true)]
     Node(deputyd::Args),
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Add an agent: its deputyd stanza, its registration (deputy issuer entry, or SPIRE's
+    /// command), what the policy lets it do, a Vault role stub; validated before anything is
+    /// written. Prints what it did and what to run next.
+    Add(agent_add::AddArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -80,6 +96,8 @@ fn main() -> std::process::ExitCode {
             Command::Revoke(args) => revoke::revoke(args).await,
             Command::Revocations(command) => revoke::run(command).await,
             Command::Audit(command) => audit::run(command),
+            Command::Agent(AgentCommand::Add(args)) => agent_add::run(&args),
+            Command::Doctor(args) => doctor::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::DemoAgent(args) => demo_agent::run(args).await,
             Command::Node(args) => deputyd::run(args)

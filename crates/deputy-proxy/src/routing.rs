@@ -126,11 +126,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
-/// Removes every `Deputy-*` header.
+/// Removes every `Deputy-*` header, and every `Deputy_*` one: CGI-style servers (WSGI's
+/// `HTTP_DEPUTY_PRINCIPAL`) read `_` and `-` alike, so an underscore spelling would pass for
+/// the fact.
 pub fn strip_all_deputy_headers(headers: &mut HeaderMap) {
     let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("deputy-"))
+        .filter(|name| {
+            let name = name.as_str();
+            name.starts_with("deputy-") || name.starts_with("deputy_")
+        })
         .cloned()
         .collect();
     for name in names {
@@ -232,7 +237,9 @@ mod tests {
         headers.insert("Deputy-Principal", "user:mallory".parse().expect("value"));
         headers.insert("deputy-delegation", "a.b.c".parse().expect("value"));
         headers.insert("x-other", "kept".parse().expect("value"));
+        headers.insert("deputy_principal", "user:mallory".parse().expect("value"));
         strip_all_deputy_headers(&mut headers);
+        assert!(headers.get("deputy_principal").is_none());
         assert!(headers.get(PEER_ID).is_none());
         assert!(headers.get("deputy-principal").is_none());
         assert!(headers.get(DELEGATION).is_none());

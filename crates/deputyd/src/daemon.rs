@@ -401,10 +401,21 @@ impl Daemon {
     /// what it changed.
     pub fn reload(&mut self, path: &Path) {
         tracing::info!("SIGHUP: reloading the agents, the policy and its settings");
-        // Hashed as read: the record names the configuration in force from now on.
-        let file_sha256 = std::fs::read(path)
-            .map_or_else(|_| "unreadable".to_owned(), |t| deputy_audit::hash(&t));
-        let event = match Config::load(path) {
+        // Read once, hashed as read: the record names the configuration in force from now on.
+        let (file_sha256, loaded) = match std::fs::read_to_string(path) {
+            Ok(text) => (
+                deputy_audit::hash(text.as_bytes()),
+                Config::parse(&text, &path.display().to_string()),
+            ),
+            Err(source) => (
+                "unreadable".to_owned(),
+                Err(crate::ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                }),
+            ),
+        };
+        let event = match loaded {
             Ok(config) => {
                 let (removed, mut on_restart) = self.reload_agents(&config);
                 on_restart.extend(self.reload_policy(config.policy.as_ref()));

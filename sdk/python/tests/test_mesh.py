@@ -174,3 +174,6 @@ def test_the_sdk_refuses_urls_deputyd_would_not_route():
     assert deputy.target("mcp://crm/mcp?x=1") == "http://crm/mcp?x=1"
     assert deputy.target("crm", "tools") == "http://crm/tools"
     assert isinstance(httpx.URL(deputy.target("crm")), httpx.URL)
+    for bad in ("crm/admin?x=", "a@crm", "mcp://a@crm/x", "mcp://crm:8080/x", "CRM"):
+        with pytest.raises(ValueError):
+            deputy.target(bad)

@@ -13,7 +13,7 @@
 //! its PostgreSQL proxy on base+3, PostgreSQL on base+5, Vault on base+6 and base+7).
 
 mod policy;
-mod process;
+pub(crate) mod process;
 mod secrets;
 
 use std::path::{Path, PathBuf};

@@ -40,7 +40,8 @@ pub(crate) async fn receive(
                 && let Err(e) = trail.append(deputy_audit::Event::RevocationRefused {
                     peer: peer.clone(),
                     status: status.as_u16(),
-                    why: why.clone(),
+                    // Bounded: it may quote what the peer sent.
+                    why: why.chars().take(256).collect(),
                 })
             {
                 tracing::error!(error = %e, %peer,

@@ -9,6 +9,7 @@ line too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,14 +27,28 @@ NO_TASK = "none"
 TaskArg = Task | Continue | str | None
 
 
+_SERVICE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+
+def _service(name: str) -> str:
+    if not _SERVICE.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a service name (lower-case letters, digits, '.', '-', '_'): "
+            "deputyd routes by its configured [[service]] names"
+        )
+    return name
+
+
 def target(url_or_service: str, path: str = "/") -> str:
     """The URL deputyd is sent for `mcp://SERVICE/path`, `http://SERVICE/path` or a bare
     service name with `path`."""
     if "://" not in url_or_service:
         if not path.startswith("/"):
             path = "/" + path
-        return f"http://{url_or_service}{path}"
+        return f"http://{_service(url_or_service)}{path}"
     parts = urlsplit(url_or_service)
+    if parts.username or parts.password or parts.port:
+        raise ValueError(f"{url_or_service!r}: name the service alone (no user, password or port)")
     if parts.scheme not in ("mcp", "http"):
         raise ValueError(
             f"{url_or_service!r}: deputyd routes mcp://SERVICE/... and http://SERVICE/...; "
@@ -44,7 +59,7 @@ def target(url_or_service: str, path: str = "/") -> str:
     rest = parts.path or "/"
     if parts.query:
         rest += "?" + parts.query
-    return f"http://{parts.hostname}{rest}"
+    return f"http://{_service(parts.hostname)}{rest}"
 
 
 def call_headers(

@@ -10,12 +10,18 @@ A request deputyd refuses (a tool the policy does not allow, a revoked task, an 
 budget) never reaches the server. The transport answers it as the JSON-RPC error of that
 request (code -32001, the problem in `data`), so `call_tool` raises the `mcp` package's
 `McpError` and the session goes on; [`refusal`] turns that error back into the SDK's
-[`Problem`](deputy.problems.Problem).
+[`Problem`](deputy.problems.Problem), and only an error this process made that way (a server
+answering the same code and data is not taken for deputyd).
+
+`deputy.current()` inside a stateful MCP server (one session, many requests) holds the facts
+of the request that opened the session: run servers behind deputyd with `stateless_http=True`,
+or read each request's own headers.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +29,7 @@ from typing import Any
 import httpx
 
 from .client import CURRENT, AsyncAgent, TaskArg, call_headers, target
-from .problems import BY_KIND, PROBLEM_PREFIX, Problem, problem_of
+from .problems import BY_KIND, PROBLEM_PREFIX, PROBLEM_SOURCE, Problem, problem_of
 
 try:
     from mcp import ClientSession
@@ -34,6 +40,9 @@ except ImportError as e:  # pragma: no cover - said to the user
 
 #: The JSON-RPC error code of a request deputyd refused (in JSON-RPC's server-defined range).
 REFUSED = -32001
+# Marks the errors this process made from deputyd's refusals: an MCP server can answer any
+# JSON-RPC error it likes, code and data included, but cannot know this.
+_MADE_HERE = secrets.token_hex(16)
 
 
 class _RefusalsAsJsonRpcErrors(httpx.AsyncBaseTransport):
@@ -46,22 +55,22 @@ class _RefusalsAsJsonRpcErrors(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         sent = await request.aread()
         response = await self.inner.handle_async_request(request)
+        # Anything but deputyd's refusal streams through untouched (the server's event stream
+        # included); a refusal is a small problem document, read whole.
+        if response.status_code < 400 or response.headers.get(PROBLEM_SOURCE) is None:
+            return response
         await response.aread()
-        response = httpx.Response(
-            response.status_code, headers=response.headers, content=response.content, request=request
-        )
-        problem = problem_of(response)
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-encoding", "content-length")}
+        read = httpx.Response(response.status_code, headers=headers, content=response.content, request=request)
+        problem = problem_of(read)
         try:
-            message = json.loads(sent) if problem is not None else None
+            message = json.loads(sent)
         except ValueError:
             message = None
-        if not isinstance(message, dict) or "id" not in message:
-            return response
-        error = {
-            "jsonrpc": "2.0",
-            "id": message["id"],
-            "error": {"code": REFUSED, "message": str(problem), "data": {"problem": problem.body, "source": problem.source}},
-        }
+        if problem is None or not isinstance(message, dict) or "id" not in message:
+            return read
+        data = {"problem": problem.body, "source": problem.source, "made_here": _MADE_HERE}
+        error = {"jsonrpc": "2.0", "id": message["id"], "error": {"code": REFUSED, "message": str(problem), "data": data}}
         return httpx.Response(200, json=error, request=request)
 
     async def aclose(self) -> None:
@@ -73,8 +82,10 @@ def refusal(error: BaseException) -> Problem | None:
     session request) raised; `None` for any other error."""
     if not isinstance(error, McpError) or error.error.code != REFUSED:
         return None
-    data: Any = error.error.data or {}
-    body = data.get("problem", {}) if isinstance(data, dict) else {}
+    data: Any = error.error.data
+    if not isinstance(data, dict) or data.get("made_here") != _MADE_HERE:
+        return None
+    body = data.get("problem", {})
     kind = str(body.get("type", "")).removeprefix(PROBLEM_PREFIX)
     return BY_KIND.get(kind, Problem)(body, str(data.get("source", "")))
 

@@ -90,7 +90,12 @@ class DeputyWSGIMiddleware:
         token = _enter(verified)
         try:
             # The body is produced here, under the request's facts (a generator would run
-            # after the context is left otherwise).
-            return list(self.app(environ, start_response))
+            # after the context is left otherwise), and closed as PEP 3333 asks.
+            body = self.app(environ, start_response)
+            try:
+                return list(body)
+            finally:
+                if hasattr(body, "close"):
+                    body.close()
         finally:
             _leave(token)

@@ -49,7 +49,8 @@ class Problem(DeputyError):
         self.source = source
         self.type: str = str(body.get("type", ""))
         self.title: str = str(body.get("title", ""))
-        self.status: int = int(body.get("status", 0) or 0)
+        status = body.get("status", 0)
+        self.status: int = status if isinstance(status, int) else 0
         self.detail: str = str(body.get("detail", ""))
         self.request_id: str | None = body.get("request_id")
         self.decision_id: str | None = body.get("decision_id")

@@ -165,9 +165,11 @@ pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         };
         // Named in its record whether it passes or not: the trail joins the call to the
         // operator's decision.
-        call.audit_facts
-            .get_or_insert_with(Default::default)
-            .approval = Some(id.clone());
+        if is_approval_id(&id) {
+            call.audit_facts
+                .get_or_insert_with(Default::default)
+                .approval = Some(id.clone());
+        }
         let used = approvals.redeem(&id, &binding, now).map_err(|e| {
             refuse(
                 ProblemKind::ApprovalRefused,
@@ -202,4 +204,11 @@ pub(super) fn meaning_headers(headers: &http::HeaderMap) -> String {
                 .map(move |v| format!("{name}: {}\n", String::from_utf8_lossy(v.as_bytes())))
         })
         .collect()
+}
+
+/// Whether `id` is shaped as deputyd makes approval ids (`apr_` and 32 hex digits): only such
+/// an id goes into the audit record, not whatever an agent sends.
+fn is_approval_id(id: &str) -> bool {
+    id.strip_prefix("apr_")
+        .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
