@@ -156,4 +156,27 @@ fn the_python_sdks_tests_pass_against_a_real_mesh() {
         !output.contains("skipped") && !output.contains("deselected"),
         "{output}"
     );
+
+    // The SDK is a package pip builds and installs (from a copy: a build writes into its tree).
+    let copy = dir.path().join("sdk-copy");
+    let (status, output) = run(Command::new("cp").arg("-r").arg(sdk_dir()).arg(&copy));
+    assert!(status.success(), "{output}");
+    let site = dir.path().join("site");
+    let (status, output) = run(Command::new(peers::peer("deputy-sdk-python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+        ])
+        .arg("--target")
+        .arg(&site)
+        .arg(&copy));
+    assert!(status.success(), "pip cannot install the SDK:\n{output}");
+    for file in ["deputy/__init__.py", "deputy/mcp.py", "deputy/py.typed"] {
+        assert!(site.join(file).is_file(), "{file} not installed");
+    }
 }
