@@ -29,8 +29,10 @@ fn sdk_dir() -> PathBuf {
 fn python_app(name: &str, env: &[(&str, String)]) -> (Process, String) {
     let mut command = Command::new(peers::peer("deputy-sdk-python"));
     command
-        .arg(sdk_dir().join("tests/mesh/serve.py"))
-        .arg(name)
+        .args(["-m", "deputy.serve", &format!("{name}:app")])
+        .current_dir(sdk_dir().join("tests/mesh"))
+        .env("PYTHONPATH", sdk_dir().join("src"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .envs(env.iter().map(|(k, v)| (k, v)));
     let process = Process::spawn(&mut command);
     let line = process
