@@ -64,6 +64,33 @@ async fn a_new_agent_added_with_one_command_makes_its_first_call() {
     assert!(!ok && output.contains("already has agent beta"), "{output}");
     assert_eq!(std::fs::read_to_string(&config).expect("config"), before);
 
+    // The policy's data names the services an agent may call: an unknown one writes nothing,
+    // neither the data nor the configuration.
+    let data = dir.path().join("data.json");
+    std::fs::write(
+        &data,
+        r#"{"services": {"beta": {"callers": []}}, "originate": {}}"#,
+    )
+    .expect("data");
+    let (ok, output) = deputy(&[
+        "agent",
+        "add",
+        "newbie",
+        "--uid",
+        "1234",
+        "--config",
+        &path(&config),
+        "--policy-data",
+        &path(&data),
+        "--calls",
+        "gamma",
+    ]);
+    assert!(
+        !ok && output.contains("has no service \"gamma\""),
+        "{output}"
+    );
+    assert_eq!(std::fs::read_to_string(&config).expect("config"), before);
+
     // From here, what a new user does, timed.
     let started = Instant::now();
     let outbound = unique_loopback_addr();
@@ -82,8 +109,24 @@ async fn a_new_agent_added_with_one_command_makes_its_first_call() {
         &outbound,
         "--vault-role-dir",
         &path(dir.path()),
+        "--policy-data",
+        &path(&data),
+        "--calls",
+        "beta",
+        "--principals",
+        "user:*",
     ]);
     assert!(ok, "{output}");
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&data).expect("data")).expect("JSON");
+    assert_eq!(
+        data["services"]["beta"]["callers"],
+        serde_json::json!(["spiffe://example.org/agent/newbie"])
+    );
+    assert_eq!(
+        data["originate"]["spiffe://example.org/agent/newbie"],
+        serde_json::json!(["user:*"])
+    );
     for says in [
         "Added agent newbie (spiffe://example.org/agent/newbie)",
         "[[agent]] newbie",

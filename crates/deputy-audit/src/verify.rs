@@ -294,6 +294,50 @@ mod tests {
     }
 
     #[test]
+    fn checkpoints_due_by_count_are_signed_by_whoever_the_waker_wakes_not_the_record() {
+        let domain = deputy_delegation::testing::TestDomain::new("example.org");
+        let node = domain.agent("node");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let checkpoints = crate::Checkpoints {
+            every_records: 2,
+            every: std::time::Duration::from_secs(3600),
+        };
+        let trail = Trail::open(dir.path(), OnFailure::Refuse, checkpoints).expect("open");
+        trail.set_signer(std::sync::Arc::new(TestSigner(node.signer())));
+        let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = woken.clone();
+        trail.checkpoint_in_background(std::sync::Arc::new(move || {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }));
+        let append = |i: u16| {
+            trail
+                .append(Event::Call(CallRecord {
+                    request_id: format!("r{i}"),
+                    ..CallRecord::default()
+                }))
+                .expect("append");
+        };
+        append(1);
+        append(2);
+        append(3);
+        let read = || verify(&std::fs::read(dir.path().join(FILE)).expect("read"), None);
+        // Due after the second record: the waker was told (twice: the third record found it
+        // still due), and no record signed it.
+        assert_eq!(woken.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert_eq!(read().checkpoints, 0);
+        trail.checkpoint_if_due();
+        let report = read();
+        assert_eq!(
+            (report.checkpoints, report.unprotected_tail),
+            (1, 0),
+            "{report:?}"
+        );
+        // Not due again until two more records.
+        trail.checkpoint_if_due();
+        assert_eq!(read().checkpoints, 1);
+    }
+
+    #[test]
     fn a_signed_checkpoint_shows_an_edit_that_the_chain_was_recomputed_to_hide() {
         let domain = deputy_delegation::testing::TestDomain::new("example.org");
         let node = domain.agent("node");

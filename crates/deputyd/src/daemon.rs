@@ -503,12 +503,18 @@ impl deputy_audit::checkpoint::Signer for NodeSigner {
 }
 
 /// Writes an audit checkpoint when one is due by time, until `cancel`; and one at the end.
+/// Checkpoints due by count are signed here too, woken by the record that made one due:
+/// signing is not done on a call's path.
 async fn checkpoint_when_due(trail: Arc<deputy_audit::Trail>, cancel: CancellationToken) {
+    let due = Arc::new(tokio::sync::Notify::new());
+    let wake = due.clone();
+    trail.checkpoint_in_background(Arc::new(move || wake.notify_one()));
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
             _ = tick.tick() => {}
+            () = due.notified() => {}
         }
         let trail = trail.clone();
         let _ = tokio::task::spawn_blocking(move || trail.checkpoint_if_due()).await;

@@ -113,6 +113,9 @@ pub struct Trail {
     syncer: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpoints: Checkpoints,
     signer: Mutex<Option<Arc<dyn Signer>>>,
+    /// Told when a checkpoint is due by count, if someone signs them in the background (else
+    /// the record that makes it due signs it).
+    checkpoint_waker: Mutex<Option<Waker>>,
     /// Records since the last checkpoint, and when it was written.
     since_checkpoint: AtomicU64,
     last_checkpoint: Mutex<Instant>,
@@ -234,6 +237,7 @@ impl Trail {
             syncer: Mutex::new(Some(syncer)),
             checkpoints,
             signer: Mutex::new(None),
+            checkpoint_waker: Mutex::new(None),
             since_checkpoint: AtomicU64::new(0),
             last_checkpoint: Mutex::new(Instant::now()),
         });
@@ -275,9 +279,27 @@ impl Trail {
         }
         let since = self.since_checkpoint.fetch_add(1, Ordering::AcqRel) + 1;
         if since >= self.checkpoints.every_records {
-            self.checkpoint();
+            let waker = self
+                .checkpoint_waker
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            match waker {
+                Some(Waker(wake)) => wake(),
+                None => self.checkpoint(),
+            }
         }
         Ok(())
+    }
+
+    /// Has checkpoints due by count signed in the background: `wake` is called (it must not
+    /// block) and whoever it wakes calls [`checkpoint_if_due`](Self::checkpoint_if_due), off
+    /// the calling thread of the record that made one due (signing takes a while).
+    pub fn checkpoint_in_background(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        *self
+            .checkpoint_waker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Waker(wake));
     }
 
     /// Signs checkpoints with `signer` from now on (the node's SVID, once deputyd holds it).
@@ -285,15 +307,17 @@ impl Trail {
         *self.signer.lock().unwrap_or_else(|p| p.into_inner()) = Some(signer);
     }
 
-    /// Writes a checkpoint if records were written since the last and it is time.
+    /// Writes a checkpoint if one is due: by count, or, when records were written since the
+    /// last, by time.
     pub fn checkpoint_if_due(&self) {
-        let due = self
+        let since = self.since_checkpoint.load(Ordering::Acquire);
+        let by_time = self
             .last_checkpoint
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .elapsed()
             >= self.checkpoints.every;
-        if due && self.since_checkpoint.load(Ordering::Acquire) > 0 {
+        if since >= self.checkpoints.every_records || (by_time && since > 0) {
             self.checkpoint();
         }
     }
@@ -544,6 +568,16 @@ fn hostname() -> String {
 
 /// A record's line (without its newline): the envelope, then the event's own fields, which
 /// is what a [`Record`] reads back.
+/// Wakes whoever signs checkpoints in the background.
+#[derive(Clone)]
+struct Waker(Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Waker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Waker")
+    }
+}
+
 fn envelope(seq: u64, time: &str, prev: &str, body: &str) -> Result<String, AuditError> {
     let Some(fields) = body.strip_prefix('{') else {
         return Err(AuditError::Write("an event is not a JSON object".into()));
