@@ -374,11 +374,44 @@ def idle_memory(port, host, pids, count):
     return before, after
 
 
+def compare(setups, work, seconds, rounds):
+    """This build's plain pair against the baseline's, alternating (A B B A A B ...), so that
+    neither gains from going first or last; prints the medians of each."""
+    names = ["deputyd pair", "deputyd pair (baseline build)"]
+    found = {name: {"cpu_per_100k": [], "p50_ms": [], "p99_ms": [], "rps": []} for name in names}
+    for round_ in range(rounds):
+        for name in (names if round_ % 2 == 0 else names[::-1]):
+            s = setups[name]
+            cpu0 = cpu_seconds(s["pids"])
+            rps, total, errors, _ = wrk(s["port"], s["host"], seconds, 32)
+            if errors:
+                raise RuntimeError(f"{name}: {errors} non-2xx responses; the setup is broken")
+            found[name]["cpu_per_100k"].append((cpu_seconds(s["pids"]) - cpu0) / total * 100_000)
+            found[name]["rps"].append(rps)
+            p50, p99, _ = latency_at_rate(s["port"], s["host"], work, f"{name}-{round_}", 1000, seconds)
+            found[name]["p50_ms"].append(p50)
+            found[name]["p99_ms"].append(p99)
+            log(f"{name} round {round_}: {json.dumps({k: v[-1] for k, v in found[name].items()})}")
+    median = {name: {k: statistics.median(v) for k, v in r.items()} for name, r in found.items()}
+    this, base = median[names[0]], median[names[1]]
+    print(f"Alternating, {rounds} rounds of {seconds}s each, medians:\n")
+    print("| pair | req/s at 32 conns | p50 / p99 at 1000 rps (ms) | CPU s per 100k req |")
+    print("|---|---|---|---|")
+    for name in names:
+        m = median[name]
+        print(f"| {name} | {m['rps']:,.0f} | {m['p50_ms']:.3f} / {m['p99_ms']:.3f} | {m['cpu_per_100k']:.2f} |")
+    print(f"\nThis build against the baseline: CPU {100 * (this['cpu_per_100k'] / base['cpu_per_100k'] - 1):+.1f}%, "
+          f"p99 {this['p99_ms'] - base['p99_ms']:+.3f} ms, p50 {this['p50_ms'] - base['p50_ms']:+.3f} ms")
+    print(f"(raw: {json.dumps(found)})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke check")
     parser.add_argument("--no-build", action="store_true", help="use the release binaries as they are")
     parser.add_argument("--baseline", default="", help="another deputyd binary: its plain pair runs beside this one's")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="with --baseline: only compare the two plain pairs, alternating, this many rounds each")
     parser.add_argument("--only", default="", help="run only the setups whose name contains this (direct always runs)")
     args = parser.parse_args()
     seconds = 3 if args.quick else 10
@@ -394,6 +427,8 @@ def main():
     results = {}
     try:
         setups = setup(work, procs, deputy, deputyd, args.baseline or None)
+        if args.baseline and args.rounds:
+            return compare(setups, work, seconds, args.rounds)
         for name, s in setups.items():
             if name != "direct" and args.only not in name:
                 continue
