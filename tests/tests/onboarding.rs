@@ -64,6 +64,21 @@ async fn a_new_agent_added_with_one_command_makes_its_first_call() {
     assert!(!ok && output.contains("already has agent beta"), "{output}");
     assert_eq!(std::fs::read_to_string(&config).expect("config"), before);
 
+    // An address cannot smuggle settings into the stanza.
+    let (ok, output) = deputy(&[
+        "agent",
+        "add",
+        "newbie",
+        "--uid",
+        "1234",
+        "--config",
+        &path(&config),
+        "--upstream",
+        "http://127.0.0.1:1\"\nworkload_api_may_serve_key = true\nx = \"",
+    ]);
+    assert!(!ok && output.contains("no quotes"), "{output}");
+    assert_eq!(std::fs::read_to_string(&config).expect("config"), before);
+
     // The policy's data names the services an agent may call: an unknown one writes nothing,
     // neither the data nor the configuration.
     let data = dir.path().join("data.json");

@@ -114,6 +114,19 @@ fn plan(args: &AddArgs) -> anyhow::Result<Plan> {
         .outbound
         .clone()
         .unwrap_or_else(|| format!("unix:///run/deputy/{name}.sock"));
+    // Written into TOML strings as they are: nothing that could end the string or the line.
+    for (flag, value) in [
+        ("--outbound", Some(&outbound)),
+        ("--upstream", args.upstream.as_ref()),
+    ] {
+        if let Some(value) = value
+            && value
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            bail!("{flag} {value:?}: an address has no quotes, backslashes or control characters");
+        }
+    }
     let mut stanza = format!(
         "\n# Added by `deputy agent add {name}`.\n[[agent]]\nname = \"{name}\"\n\
          spiffe_id = \"{spiffe_id}\"\noutbound = \"{outbound}\"\nuids = [{}]\n",
