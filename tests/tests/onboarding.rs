@@ -50,35 +50,29 @@ async fn a_new_agent_added_with_one_command_makes_its_first_call() {
     let entries = dir.path().join("entries.toml");
     let path = |p: &Path| p.display().to_string();
 
-    // A mistake writes nothing: an agent of that name exists.
+    // A mistake writes nothing: `deputy agent add` with `extra` arguments fails saying `says`,
+    // and the configuration is as it was.
     let before = std::fs::read_to_string(&config).expect("config");
-    let (ok, output) = deputy(&[
-        "agent",
-        "add",
-        "beta",
-        "--uid",
-        "1234",
-        "--config",
-        &path(&config),
-    ]);
-    assert!(!ok && output.contains("already has agent beta"), "{output}");
-    assert_eq!(std::fs::read_to_string(&config).expect("config"), before);
-
+    let refused = |name: &str, extra: &[&str], says: &str| {
+        let mut args = vec!["agent", "add", name, "--uid", "1234", "--config"];
+        let config_path = path(&config);
+        args.push(&config_path);
+        args.extend_from_slice(extra);
+        let (ok, output) = deputy(&args);
+        assert!(!ok && output.contains(says), "{says:?} not in {output}");
+        assert_eq!(std::fs::read_to_string(&config).expect("config"), before);
+    };
+    // An agent of that name exists.
+    refused("beta", &[], "already has agent beta");
     // An address cannot smuggle settings into the stanza.
-    let (ok, output) = deputy(&[
-        "agent",
-        "add",
+    refused(
         "newbie",
-        "--uid",
-        "1234",
-        "--config",
-        &path(&config),
-        "--upstream",
-        "http://127.0.0.1:1\"\nworkload_api_may_serve_key = true\nx = \"",
-    ]);
-    assert!(!ok && output.contains("no quotes"), "{output}");
-    assert_eq!(std::fs::read_to_string(&config).expect("config"), before);
-
+        &[
+            "--upstream",
+            "http://127.0.0.1:1\"\nworkload_api_may_serve_key = true\nx = \"",
+        ],
+        "no quotes",
+    );
     // The policy's data names the services an agent may call: an unknown one writes nothing,
     // neither the data nor the configuration.
     let data = dir.path().join("data.json");
@@ -87,24 +81,11 @@ async fn a_new_agent_added_with_one_command_makes_its_first_call() {
         r#"{"services": {"beta": {"callers": []}}, "originate": {}}"#,
     )
     .expect("data");
-    let (ok, output) = deputy(&[
-        "agent",
-        "add",
+    refused(
         "newbie",
-        "--uid",
-        "1234",
-        "--config",
-        &path(&config),
-        "--policy-data",
-        &path(&data),
-        "--calls",
-        "gamma",
-    ]);
-    assert!(
-        !ok && output.contains("has no service \"gamma\""),
-        "{output}"
+        &["--policy-data", &path(&data), "--calls", "gamma"],
+        "has no service \"gamma\"",
     );
-    assert_eq!(std::fs::read_to_string(&config).expect("config"), before);
 
     // From here, what a new user does, timed.
     let started = Instant::now();

@@ -194,6 +194,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let trail = Trail::open(dir.path(), OnFailure::Refuse, crate::Checkpoints::default())
             .expect("open");
+        append_calls(&trail, n);
+        drop(trail);
+        std::fs::read(dir.path().join(FILE)).expect("read")
+    }
+
+    /// Appends `n` calls, `r0` to `r{n-1}`.
+    fn append_calls(trail: &Trail, n: u16) {
         for i in 0..n {
             trail
                 .append(Event::Call(CallRecord {
@@ -203,8 +210,6 @@ mod tests {
                 }))
                 .expect("append");
         }
-        drop(trail);
-        std::fs::read(dir.path().join(FILE)).expect("read")
     }
 
     fn lines(text: &[u8]) -> Vec<String> {
@@ -293,9 +298,11 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn checkpoints_due_by_count_are_signed_by_whoever_the_waker_wakes_not_the_record() {
-        let domain = deputy_delegation::testing::TestDomain::new("example.org");
+    /// A trail in a new directory whose checkpoints, due every two records, are signed by a
+    /// test node of `domain`.
+    fn signed_trail(
+        domain: &deputy_delegation::testing::TestDomain,
+    ) -> (tempfile::TempDir, std::sync::Arc<Trail>, String) {
         let node = domain.agent("node");
         let dir = tempfile::tempdir().expect("tempdir");
         let checkpoints = crate::Checkpoints {
@@ -304,6 +311,13 @@ mod tests {
         };
         let trail = Trail::open(dir.path(), OnFailure::Refuse, checkpoints).expect("open");
         trail.set_signer(std::sync::Arc::new(TestSigner(node.signer())));
+        (dir, trail, node.id.to_string())
+    }
+
+    #[test]
+    fn checkpoints_due_by_count_are_signed_by_whoever_the_waker_wakes_not_the_record() {
+        let domain = deputy_delegation::testing::TestDomain::new("example.org");
+        let (dir, trail, _) = signed_trail(&domain);
         let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = woken.clone();
         trail.checkpoint_in_background(std::sync::Arc::new(move || {
@@ -340,26 +354,11 @@ mod tests {
     #[test]
     fn a_signed_checkpoint_shows_an_edit_that_the_chain_was_recomputed_to_hide() {
         let domain = deputy_delegation::testing::TestDomain::new("example.org");
-        let node = domain.agent("node");
         let mut set = spiffe::X509BundleSet::new();
         set.add_bundle(domain.bundle());
         let anchors = TrustAnchors::from_bundles(&set);
-        let dir = tempfile::tempdir().expect("tempdir");
-        let checkpoints = crate::Checkpoints {
-            every_records: 2,
-            every: std::time::Duration::from_secs(3600),
-        };
-        let trail = Trail::open(dir.path(), OnFailure::Refuse, checkpoints).expect("open");
-        trail.set_signer(std::sync::Arc::new(TestSigner(node.signer())));
-        for i in 0..5 {
-            trail
-                .append(Event::Call(CallRecord {
-                    request_id: format!("r{i}"),
-                    status: 200,
-                    ..CallRecord::default()
-                }))
-                .expect("append");
-        }
+        let (dir, trail, node_id) = signed_trail(&domain);
+        append_calls(&trail, 5);
         drop(trail);
         let text = std::fs::read(dir.path().join(FILE)).expect("read");
         let report = verify(&text, Some(&anchors));
@@ -369,7 +368,7 @@ mod tests {
             (2, 1),
             "{report:?}"
         );
-        assert_eq!(report.signers, [node.id.to_string()]);
+        assert_eq!(report.signers, [node_id]);
 
         // A forger changes a call and recomputes the chain after it: the chain alone passes,
         // the first checkpoint after the edit does not.

@@ -69,6 +69,14 @@ impl Report {
         }
     }
 
+    /// `what` accepts connections, or fails with why and `fix`.
+    fn reached(&mut self, result: Result<(), String>, what: String, fix: &str) {
+        match result {
+            Ok(()) => self.ok(format!("{what} accepts")),
+            Err(e) => self.fail(format!("{what}: {e}"), fix),
+        }
+    }
+
     fn count(&self, verdict: Verdict) -> usize {
         self.lines.iter().filter(|(v, ..)| *v == verdict).count()
     }
@@ -123,8 +131,8 @@ async fn socket(report: &mut Report, what: &str, uri: &str) {
         );
         return;
     };
-    match tokio::net::UnixStream::connect(path).await {
-        Ok(_) => report.ok(format!("{what} {uri} accepts connections")),
+    match accepts_unix(Path::new(path)).await {
+        Ok(()) => report.ok(format!("{what} {uri} accepts connections")),
         Err(e) => report.fail(
             format!("{what} {uri}: {e}"),
             format!(
@@ -276,56 +284,45 @@ async fn listeners(report: &mut Report, config: &deputyd::Config) {
         } else {
             inbound.to_string()
         };
-        match accepts(&target).await {
-            Ok(()) => report.ok(format!("inbound mTLS listener {inbound} accepts")),
-            Err(e) => report.fail(
-                format!("inbound mTLS listener {inbound}: {e}"),
-                "deputyd binds it at start: see its log (another process on the port?)",
-            ),
-        }
+        report.reached(
+            accepts(&target).await,
+            format!("inbound mTLS listener {inbound}"),
+            "deputyd binds it at start: see its log (another process on the port?)",
+        );
     }
     for proxy in &config.postgres {
-        let upstream = proxy.upstream.to_string();
         let (listen, bound) = match &proxy.listen {
             deputy_proxy::ListenAddr::Tcp(addr) => {
                 (addr.to_string(), accepts(&addr.to_string()).await)
             }
             deputy_proxy::ListenAddr::Unix(path) => (
                 format!("unix://{}", path.display()),
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(drop)
-                    .map_err(|e| e.to_string()),
+                accepts_unix(path).await,
             ),
         };
-        match bound {
-            Ok(()) => report.ok(format!(
-                "{}'s PostgreSQL proxy {listen} accepts",
-                proxy.agent
-            )),
-            Err(e) => report.fail(
-                format!("{}'s PostgreSQL proxy {listen}: {e}", proxy.agent),
-                "deputyd starts it with [vault]; see its log",
-            ),
-        }
+        report.reached(
+            bound,
+            format!("{}'s PostgreSQL proxy {listen}", proxy.agent),
+            "deputyd starts it with [vault]; see its log",
+        );
         let reachable = match &proxy.upstream {
             deputy_pgproxy::PgUpstream::Tcp(addr) => accepts(addr).await,
-            deputy_pgproxy::PgUpstream::Unix(path) => tokio::net::UnixStream::connect(path)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
+            deputy_pgproxy::PgUpstream::Unix(path) => accepts_unix(path).await,
         };
-        match reachable {
-            Ok(()) => report.ok(format!(
-                "PostgreSQL {upstream} ({}) accepts",
-                proxy.database
-            )),
-            Err(e) => report.fail(
-                format!("PostgreSQL {upstream} ({}): {e}", proxy.database),
-                "start PostgreSQL, or correct the proxy's upstream",
-            ),
-        }
+        report.reached(
+            reachable,
+            format!("PostgreSQL {} ({})", proxy.upstream, proxy.database),
+            "start PostgreSQL, or correct the proxy's upstream",
+        );
     }
+}
+
+/// Whether something accepts connections on the unix socket at `path`.
+async fn accepts_unix(path: &Path) -> Result<(), String> {
+    tokio::net::UnixStream::connect(path)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 fn operator_socket(report: &mut Report, config: &deputyd::Config) {

@@ -54,11 +54,11 @@ pub(crate) fn ready(trail: Option<&Arc<Trail>>, request_id: &str) -> Outcome {
 pub(crate) fn record(
     trail: &Trail,
     access: &AccessRecord,
-    facts: Option<&Facts>,
+    facts: Option<Facts>,
     answer: (u16, Option<String>, Option<&'static str>),
 ) {
     let (status, decision_id, problem) = answer;
-    let facts = facts.cloned().unwrap_or_default();
+    let facts = facts.unwrap_or_default();
     let record = CallRecord {
         direction: access.direction.to_owned(),
         agent: access.agent.clone(),

@@ -320,12 +320,7 @@ impl AccessRecord {
                 .extensions()
                 .get::<crate::audit::ProblemType>()
                 .map(|p| p.0);
-            crate::audit::record(
-                &trail,
-                &self,
-                facts.as_ref(),
-                (status, decision_id.clone(), problem),
-            );
+            crate::audit::record(&trail, &self, facts, (status, decision_id.clone(), problem));
         }
         response.map(|body| self.log_at_end(body, status, decision_id))
     }
