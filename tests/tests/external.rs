@@ -84,8 +84,10 @@ callers = ["alpha"]
     let config_path = path.join("deputyd.toml");
     std::fs::write(&config_path, config).expect("write config");
     let node = NodeProcess::start(&config_path);
-    deputy_tests::eventually("alpha's SVID", Duration::from_secs(20), || {
-        (node.identity("alpha")["state"] == "available").then_some(())
+    // Every agent's SVID (/readyz), not alpha's alone: the tests call as beta too, and a call
+    // before beta's SVID arrives is a 503 (no-identity).
+    deputy_tests::eventually("every SVID of the node", Duration::from_secs(20), || {
+        deputy_tests::http_get(&node.admin, "/readyz").filter(|(code, _)| *code == 200)
     });
     Setup {
         saas,
