@@ -58,3 +58,31 @@ read_only_scopes if {
 		endswith(scope, ":read")
 	}
 }
+
+# The same team rule for MCP tools that take a customer (data.mcp.customer_tools): the customer
+# is the tool's argument /customer_id, which the tool's service declares for the policy to read
+# (`arguments = ["/customer_id"]` in its stanza). A call whose customer the policy cannot see is
+# denied. Listing such a tool is judged without arguments, so only calling it is checked.
+support_tool_call if {
+	input.request.mcp.tool in data.mcp.customer_tools
+	actor.attributes.kind == "support"
+	not listing
+}
+
+listing if input.phase == "list"
+
+tool_customer := object.get(object.get(input.request.mcp, "arguments", {}), "/customer_id", "")
+
+deny contains msg if {
+	support_tool_call
+	tool_customer == ""
+	msg := sprintf("the tool %s takes a customer as /customer_id, which the policy did not see; declare `arguments = [\"/customer_id\"]` for its service", [input.request.mcp.tool])
+}
+
+deny contains msg if {
+	support_tool_call
+	tool_customer != ""
+	team := object.get(object.get(data.customers, tool_customer, {}), "team", "(unknown)")
+	team != object.get(actor.attributes, "team", "(none)")
+	msg := sprintf("customer %v belongs to team %s, not to the agent's team %s", [tool_customer, team, object.get(actor.attributes, "team", "(none)")])
+}

@@ -97,7 +97,18 @@ PRINCIPALS = [None, "user:alice@example.org", "user:bob@example.org", "service:i
 MCP = [None, {"method": "tools/call", "tool": "refund"},
        {"method": "tools/call", "tool": "search_tickets"},
        {"method": "tools/call", "tool": "summarize"}, {"method": "tools/call", "tool": "rm_rf"},
-       {"method": "tools/list"}, {"method": "tools/call"}]
+       {"method": "tools/list"}, {"method": "tools/call"},
+       {"method": "tools/call", "tool": "lookup_customer", "arguments": {"/customer_id": "c-1001"}},
+       {"method": "tools/call", "tool": "lookup_customer", "arguments": {"/customer_id": "c-2002"}},
+       {"method": "tools/call", "tool": "lookup_customer", "arguments": {"/customer_id": 1001}},
+       {"method": "tools/call", "tool": "lookup_customer", "arguments": {"/other": True}},
+       {"method": "tools/call", "tool": "lookup_customer"},
+       {"method": "prompts/get", "prompt": "triage_summary"},
+       {"method": "resources/read", "resource": "crm://customers/c-1001"}]
+A2A = [None, {"method": "message/send"}, {"method": "message/send", "skill": "summarize"},
+       {"method": "message/stream", "skill": "delete_everything"}, {"method": "tasks/cancel"},
+       {"method": "tasks/get"}]
+PHASES = [None, "list"]
 ATTRIBUTES = [{}, {"kind": "support", "team": "eu"}, {"kind": "support", "team": "us"},
               {"kind": "support"}, {"kind": "triage", "team": "eu"}]
 IDS = ["spiffe://example.org/agent/triage", "spiffe://example.org/agent/support-eu",
@@ -144,6 +155,20 @@ def set_mcp(doc, mcp):
         doc["request"].pop("mcp", None)
     else:
         doc["request"]["mcp"] = mcp
+
+
+def set_a2a(doc, a2a):
+    if a2a is None:
+        doc["request"].pop("a2a", None)
+    else:
+        doc["request"]["a2a"] = a2a
+
+
+def set_phase(doc, phase):
+    if phase is None:
+        doc.pop("phase", None)
+    else:
+        doc["phase"] = phase
 
 
 def set_attributes(doc, attributes):
@@ -201,7 +226,8 @@ def drop(doc, field):
 
 MUTATIONS = [
     (set_time, TIMES), (set_method, METHODS), (set_path, PATHS), (set_scope, SCOPES),
-    (set_principal, PRINCIPALS), (set_mcp, MCP), (set_attributes, ATTRIBUTES),
+    (set_principal, PRINCIPALS), (set_mcp, MCP), (set_a2a, A2A), (set_phase, PHASES),
+    (set_attributes, ATTRIBUTES),
     (set_actor_id, IDS), (set_service, SERVICES), (set_depth, [0, 1, 2, 3, 4, 5, 8]),
     (set_new_task, [True, False]), (drop, ["peer", "service", "task"]),
     (set_origin, ORIGINS),

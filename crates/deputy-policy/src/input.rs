@@ -63,6 +63,29 @@ pub struct PolicyInput {
     pub request: RequestInfo,
     /// When.
     pub time: TimeInfo,
+    /// What is decided: the call itself (absent), or one item of an MCP list answer
+    /// (`"list"`: may this caller see it, that is, call it?).
+    #[serde(default, skip_serializing_if = "Phase::is_call")]
+    pub phase: Phase,
+}
+
+/// What a decision is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// The call in the request.
+    #[default]
+    Call,
+    /// One item of a `tools/list`, `prompts/list` or `resources/list` answer, shown as the call
+    /// that would use it (`request.mcp`).
+    List,
+}
+
+impl Phase {
+    /// The decision is on the call itself.
+    pub fn is_call(&self) -> bool {
+        *self == Self::Call
+    }
 }
 
 /// The local agent.
@@ -173,6 +196,9 @@ pub struct RequestInfo {
     /// The MCP call, when the body is MCP JSON-RPC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp: Option<Mcp>,
+    /// The A2A call, when the service is marked as A2A and the body is JSON-RPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a2a: Option<A2a>,
 }
 
 /// An MCP JSON-RPC request, as read from the start of the body.
@@ -184,6 +210,27 @@ pub struct Mcp {
     /// The tool name for `tools/call`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool: Option<String>,
+    /// The prompt name for `prompts/get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The resource URI for `resources/read`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// The tool arguments of a `tools/call` the service declared (`arguments` in its
+    /// stanza), by JSON pointer: strings, numbers, booleans and nulls, present when given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub arguments: BTreeMap<String, serde_json::Value>,
+}
+
+/// An A2A JSON-RPC request, as read from the start of the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct A2a {
+    /// The JSON-RPC method (`message/send`, `message/stream`, `tasks/get`, `tasks/cancel`...).
+    pub method: String,
+    /// The skill the message names (`params.message.metadata.skill`), when it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skill: Option<String>,
 }
 
 /// The time of the decision.
@@ -293,7 +340,7 @@ pub fn mcp_from_body(body: &[u8]) -> Option<Mcp> {
     inspector.feed(body).ok()?;
     inspector.finish().ok()?;
     match inspector.seen() {
-        crate::mcp::Seen::Call(mcp) => Some(mcp),
+        crate::mcp::Seen::Call(crate::mcp::Call::Mcp(mcp)) => Some(mcp),
         _ => None,
     }
 }
@@ -339,7 +386,10 @@ mod tests {
             mcp_from_body(body),
             Some(Mcp {
                 method: "tools/call".into(),
-                tool: Some("refund".into())
+                tool: Some("refund".into()),
+                prompt: None,
+                resource: None,
+                arguments: Default::default(),
             })
         );
         assert_eq!(

@@ -32,6 +32,7 @@ pub fn log_decision(
     };
     let actors = actors(input);
     let mcp = input.request.mcp.as_ref();
+    let a2a = input.request.a2a.as_ref();
     tracing::info!(
         target: DECISION_LOG_TARGET,
         record_version = DECISION_RECORD_VERSION,
@@ -51,6 +52,12 @@ pub fn log_decision(
         path = path_with_query_names(input).as_str(),
         mcp_method = mcp.map(|m| m.method.as_str()),
         mcp_tool = mcp.and_then(|m| m.tool.as_deref()),
+        mcp_prompt = mcp.and_then(|m| m.prompt.as_deref()),
+        mcp_resource = mcp.and_then(|m| m.resource.as_deref()),
+        // The declared arguments' pointers, never their values.
+        mcp_arguments = mcp.filter(|m| !m.arguments.is_empty()).map(argument_names).as_deref(),
+        a2a_method = a2a.map(|a| a.method.as_str()),
+        a2a_skill = a2a.and_then(|a| a.skill.as_deref()),
         allow = record.decision.allow,
         reasons = %serde_json::to_string(&record.decision.reasons).unwrap_or_default(),
         obligations = %obligations(record),
@@ -67,6 +74,15 @@ pub fn log_decision(
             "policy input (log_inputs is on: this may hold secrets)"
         );
     }
+}
+
+/// The pointers of the arguments a call gave: `/customer_id, /filter/team`.
+fn argument_names(mcp: &crate::input::Mcp) -> String {
+    mcp.arguments
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The chain's actors, oldest first, then the last delegate: `a, b, c`.

@@ -9,10 +9,10 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use deputy_delegation::LinkClaims;
 use deputy_policy::input::{
-    Agent, ChainLink, Mcp, Origin, Peer, RequestInfo, ServiceRef, Task, TimeInfo, policy_headers,
+    Agent, ChainLink, Origin, Peer, RequestInfo, ServiceRef, Task, TimeInfo, policy_headers,
     query_params,
 };
-use deputy_policy::mcp::Inspector;
+use deputy_policy::mcp::{Call, Inspector, Protocol};
 use deputy_policy::{DecisionRecord, Direction, INPUT_VERSION, PolicyInput};
 use http::{HeaderMap, Method, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -62,8 +62,8 @@ pub(crate) struct Parties<'a> {
     pub(crate) peer: Option<&'a SpiffeId>,
     /// The called service (outbound).
     pub(crate) service: Option<&'a crate::config::Service>,
-    /// The called side serves MCP: its calls are judged by tool.
-    pub(crate) mcp: bool,
+    /// How the called side's calls are read (MCP, A2A or unmarked).
+    pub(crate) protocol: &'a Protocol,
 }
 
 /// The request line and headers the policy may see.
@@ -72,7 +72,8 @@ pub(crate) struct RequestFacts<'a> {
     pub(crate) method: &'a Method,
     pub(crate) uri: &'a Uri,
     pub(crate) headers: &'a HeaderMap,
-    pub(crate) mcp: Option<Mcp>,
+    /// The JSON-RPC call read from the body.
+    pub(crate) call: Option<Call>,
 }
 
 /// Builds the version-1 input document.
@@ -155,9 +156,17 @@ fn input(
                     .iter()
                     .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
             ),
-            mcp: request.mcp,
+            mcp: match &request.call {
+                Some(Call::Mcp(mcp)) => Some(mcp.clone()),
+                _ => None,
+            },
+            a2a: match request.call {
+                Some(Call::A2a(a2a)) => Some(a2a),
+                _ => None,
+            },
         },
         time: TimeInfo::at(unix, facts.time_zone),
+        phase: Default::default(),
     }
 }
 
@@ -176,19 +185,21 @@ pub(crate) async fn judge(
     let (mut parts, body) = request.into_parts();
     canonical_path(asked.path())
         .map_err(|e| Problem::new(ProblemKind::BadRequest, e, request_id))?;
-    readable_body(&parts.headers, parties.mcp)
+    readable_body(&parts.headers, parties.protocol.is_json_rpc())
         .map_err(|e| Problem::new(ProblemKind::BodyNotInspectable, e, request_id))?;
-    let (mcp, body) = peek(config, body).await.map_err(|(kind, e)| {
-        if kind == ProblemKind::Overloaded {
-            crate::metrics::overloaded(parties.direction.as_str(), "max_inspected_bytes");
-        }
-        Problem::new(kind, e, request_id)
-    })?;
+    let (call, body) = peek(config, parties.protocol, body)
+        .await
+        .map_err(|(kind, e)| {
+            if kind == ProblemKind::Overloaded {
+                crate::metrics::overloaded(parties.direction.as_str(), "max_inspected_bytes");
+            }
+            Problem::new(kind, e, request_id)
+        })?;
     let request_facts = RequestFacts {
         method: &parts.method,
         uri: asked,
         headers: &parts.headers,
-        mcp,
+        call,
     };
     let input = input(config, parties, task, request_facts, now);
     let record = decide(config, &input);
@@ -199,6 +210,9 @@ pub(crate) async fn judge(
     parts
         .extensions
         .insert(crate::body::DecisionId(record.id.clone()));
+    if let Some(lister) = crate::listing::Lister::for_call(&config.policy, input, request_id) {
+        parts.extensions.insert(lister);
+    }
     Ok((http::Request::from_parts(parts, body), record))
 }
 
@@ -269,11 +283,12 @@ fn refusal(record: &DecisionRecord, direction: Direction, request_id: &str) -> O
 /// past it the call is refused 503 `overloaded` (and what it held returned).
 async fn peek(
     config: &PolicyConfig,
+    protocol: &Protocol,
     mut body: Body,
-) -> Result<(Option<Mcp>, Body), (ProblemKind, String)> {
+) -> Result<(Option<Call>, Body), (ProblemKind, String)> {
     let refused = |e: String| (ProblemKind::BodyRefused, e);
     let mut held_bytes = crate::held_bytes::Held::default();
-    let mut inspector = Inspector::new();
+    let mut inspector = Inspector::for_protocol(protocol);
     let mut held = VecDeque::new();
     let mut size = 0usize;
     let mut ended = body.is_end_stream();
@@ -303,14 +318,14 @@ async fn peek(
     if ended {
         inspector.finish().map_err(|e| refused(e.to_string()))?;
     }
-    let mcp = inspector.decide();
+    let call = inspector.decide();
     let rest = Inspecting {
         reservation: (!held.is_empty()).then_some(held_bytes),
         held,
         inner: (!ended).then_some(body),
         inspector,
     };
-    Ok((mcp, rest.boxed_unsync()))
+    Ok((call, rest.boxed_unsync()))
 }
 
 /// Refuses a path the server could route differently from the one the policy judges: dot

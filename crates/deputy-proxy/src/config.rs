@@ -30,8 +30,9 @@ pub struct LocalAgent {
     pub uids: Vec<u32>,
     /// Principals it may start tasks for: exact names or prefixes ending in `*` (`user:*`).
     pub originate: Vec<String>,
-    /// It serves MCP: calls to it are judged by tool, so their bodies must be readable JSON.
-    pub mcp: bool,
+    /// How calls to it are read: as MCP (judged by tool and the arguments it declares) or A2A
+    /// (by method and skill), whose bodies must then be readable JSON; or unmarked.
+    pub protocol: deputy_policy::mcp::Protocol,
     /// Headers deputyd adds to the agent's calls, with credentials the agent never sees.
     pub inject: Vec<Injection>,
 }
@@ -63,8 +64,9 @@ impl LocalAgent {
 pub struct Service {
     /// The name agents call it by (the Host of their requests).
     pub name: String,
-    /// It serves MCP: calls to it are judged by tool, so their bodies must be readable JSON.
-    pub mcp: bool,
+    /// How calls to it are read: as MCP (judged by tool and the arguments it declares) or A2A
+    /// (by method and skill), whose bodies must then be readable JSON; or unmarked.
+    pub protocol: deputy_policy::mcp::Protocol,
     /// Writes to it must carry an `Idempotency-Key`.
     pub require_idempotency_key: bool,
     /// How deputyd reaches it.
@@ -111,7 +113,7 @@ impl Service {
     pub fn mesh(name: impl Into<String>, spiffe_id: SpiffeId, address: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            mcp: false,
+            protocol: deputy_policy::mcp::Protocol::Unmarked,
             require_idempotency_key: false,
             reach: Reach::Mesh(MeshPeer {
                 id: spiffe_id.to_string().into(),

@@ -23,6 +23,7 @@ mod delegation;
 mod external;
 mod held_bytes;
 pub mod inbound;
+mod listing;
 mod media_type;
 pub mod metrics;
 pub mod outbound;
@@ -186,7 +187,7 @@ impl Proxy {
                                 spiffe_id: a.spiffe_id.clone(),
                                 id: a.spiffe_id.to_string().into(),
                                 upstream: a.upstream.clone(),
-                                mcp: a.mcp,
+                                protocol: a.protocol.clone(),
                             },
                         )
                     })
@@ -218,7 +219,7 @@ impl Proxy {
             for agent in &config.agents {
                 if !services.iter().any(|s| s.name == agent.name) {
                     services.push(Service {
-                        mcp: agent.mcp,
+                        protocol: agent.protocol.clone(),
                         ..Service::mesh(&agent.name, agent.spiffe_id.clone(), &address)
                     });
                 }

@@ -78,6 +78,9 @@ pub enum ProblemKind {
     ApprovalRefused,
     /// The request body is refused (a JSON-RPC body Deputy cannot judge safely).
     BodyRefused,
+    /// The service's answer to an MCP list cannot be read as the protocol says, so it cannot
+    /// be filtered; it is refused rather than passed on whole.
+    AnswerRefused,
     /// The request body is in an encoding or media type deputyd cannot inspect for the policy.
     BodyNotInspectable,
     /// Without a policy, the peer is not among those the operator allowed.
@@ -122,6 +125,7 @@ impl ProblemKind {
             Self::IdempotencyConflict => "urn:deputy:problem:idempotency-conflict",
             Self::IdempotencyKeyReused => "urn:deputy:problem:idempotency-key-reused",
             Self::BodyRefused => "urn:deputy:problem:body-refused",
+            Self::AnswerRefused => "urn:deputy:problem:answer-refused",
             Self::BodyNotInspectable => "urn:deputy:problem:body-not-inspectable",
             Self::PeerNotAllowed => "urn:deputy:problem:peer-not-allowed",
             Self::Overloaded => "urn:deputy:problem:overloaded",
@@ -159,6 +163,7 @@ impl ProblemKind {
             Self::IdempotencyConflict => "Request in flight",
             Self::IdempotencyKeyReused => "Idempotency key reused",
             Self::BodyRefused => "Request body refused",
+            Self::AnswerRefused => "Answer refused",
             Self::BodyNotInspectable => "Request body cannot be inspected",
             Self::PeerNotAllowed => "Peer not allowed",
             Self::Overloaded => "Overloaded",
@@ -196,9 +201,10 @@ impl ProblemKind {
             | Self::Overloaded
             | Self::SecretUnavailable
             | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::PeerIdentityMismatch | Self::PeerNotTrusted | Self::UpstreamUnavailable => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::PeerIdentityMismatch
+            | Self::PeerNotTrusted
+            | Self::UpstreamUnavailable
+            | Self::AnswerRefused => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

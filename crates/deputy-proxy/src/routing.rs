@@ -13,7 +13,8 @@ use crate::problem::ProblemKind;
 /// The header carrying the delegation chain: the one `Deputy-*` header a peer may send (it is
 /// verified, then replaced by the facts it proves).
 pub const DELEGATION: &str = "deputy-delegation";
-/// The verified SPIFFE ID of the calling peer, set by the receiving deputyd only.
+/// The verified SPIFFE ID of the calling peer, set by the receiving deputyd only; on the answer
+/// of an A2A service, that of the agent that answered, set by the calling deputyd only.
 pub const PEER_ID: &str = "deputy-peer-id";
 /// The request's id: a join key of both ends' logs, not a fact. The receiving deputyd takes a
 /// peer's only when it is a UUID, and the agent hears it from its own deputyd.

@@ -39,6 +39,11 @@ pub(crate) struct RawAgent {
     originate: Vec<String>,
     #[serde(default)]
     mcp: bool,
+    /// The tool arguments (JSON pointers) the policy may read; MCP services only.
+    #[serde(default)]
+    arguments: Vec<String>,
+    #[serde(default)]
+    a2a: bool,
     /// Accepts `selectors` a workload attestor emits, knowing that any process they describe
     /// can fetch the agent's SVID and key from the Workload API and go around deputyd.
     #[serde(default)]
@@ -194,7 +199,11 @@ pub(crate) fn validate_agents(
                 upstream,
                 uids: agent.uids.clone(),
                 originate: agent.originate.clone(),
-                mcp: agent.mcp,
+                protocol: crate::services_config::protocol(
+                    &format!("agent {:?}", agent.name),
+                    (agent.mcp, agent.a2a, &agent.arguments),
+                    problems,
+                ),
             });
             agents.identities.push(AgentIdentity {
                 name: agent.name.clone(),

@@ -20,6 +20,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use deputy_identity::parse_spiffe_id;
+use deputy_policy::mcp::{ArgumentPointers, Protocol};
 use deputy_proxy::{External, LocalAgent, Reach, Service};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
@@ -33,6 +34,11 @@ pub(crate) struct RawService {
     address: String,
     #[serde(default)]
     mcp: bool,
+    /// The tool arguments (JSON pointers) the policy may read; MCP services only.
+    #[serde(default)]
+    arguments: Vec<String>,
+    #[serde(default)]
+    a2a: bool,
     #[serde(default)]
     require_idempotency_key: bool,
 }
@@ -50,8 +56,40 @@ pub(crate) struct RawExternal {
     callers: Vec<String>,
     #[serde(default)]
     mcp: bool,
+    /// The tool arguments (JSON pointers) the policy may read; MCP services only.
+    #[serde(default)]
+    arguments: Vec<String>,
+    #[serde(default)]
+    a2a: bool,
     #[serde(default)]
     require_idempotency_key: bool,
+}
+
+/// How a service's calls are read, from its `mcp`, `a2a` and `arguments` settings.
+pub(crate) fn protocol(
+    at: &str,
+    (mcp, a2a, arguments): (bool, bool, &[String]),
+    problems: &mut Vec<String>,
+) -> Protocol {
+    if mcp && a2a {
+        problems.push(format!(
+            "{at}: `mcp` and `a2a` are both set; a service speaks one of them"
+        ));
+    }
+    if !arguments.is_empty() && !mcp {
+        problems.push(format!(
+            "{at}: `arguments` are read from MCP tool calls; set `mcp = true` or remove them"
+        ));
+    }
+    match ArgumentPointers::parse(arguments) {
+        _ if a2a => Protocol::A2a,
+        Ok(pointers) if mcp => Protocol::Mcp(pointers),
+        Ok(_) => Protocol::Unmarked,
+        Err(e) => {
+            problems.push(format!("{at}: arguments: {e}"));
+            Protocol::Unmarked
+        }
+    }
 }
 
 fn default_task_header() -> String {
@@ -108,7 +146,11 @@ pub(crate) fn validate_services(
                     ));
                 }
                 validated.push(Service {
-                    mcp: service.mcp,
+                    protocol: protocol(
+                        &at,
+                        (service.mcp, service.a2a, &service.arguments),
+                        problems,
+                    ),
                     require_idempotency_key: service.require_idempotency_key,
                     ..Service::mesh(route, id, &service.address)
                 });
@@ -151,7 +193,11 @@ pub(crate) fn validate_services(
         if let (Some(base), Some(task_header)) = (base, task_header) {
             validated.push(Service {
                 name: route,
-                mcp: external.mcp,
+                protocol: protocol(
+                    &at,
+                    (external.mcp, external.a2a, &external.arguments),
+                    problems,
+                ),
                 require_idempotency_key: external.require_idempotency_key,
                 reach: Reach::External(External {
                     base,

@@ -46,7 +46,7 @@ def test_a_problem_without_deputyds_source_header_is_the_services_own_answer():
 
 
 def test_every_problem_type_has_its_class():
-    assert len(problems.BY_KIND) == 31
+    assert len(problems.BY_KIND) == 32
     assert problems.BY_KIND["approval-required"] is problems.ApprovalRequired
 
 

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 /// The shipped policy's modules (tests stay out: deputyd does not serve them).
-const MODULES: [(&str, &str); 6] = [
+const MODULES: [(&str, &str); 7] = [
     (
         "main.rego",
         include_str!("../../../../policies/authz/main.rego"),
@@ -27,6 +27,10 @@ const MODULES: [(&str, &str); 6] = [
     (
         "mcp.rego",
         include_str!("../../../../policies/authz/mcp.rego"),
+    ),
+    (
+        "a2a.rego",
+        include_str!("../../../../policies/authz/a2a.rego"),
     ),
 ];
 
@@ -56,7 +60,9 @@ pub(crate) fn write(dir: &Path, trust_domain: &str) -> std::io::Result<PathBuf> 
             "mcp": {
                 "tools": {id("alpha"): ["search_tickets"], id("beta"): ["search_tickets"]},
                 "irreversible_tools": ["refund"],
+                "customer_tools": [],
             },
+            "a2a": {"methods": {}, "skills": {}},
         });
         let text = serde_json::to_string_pretty(&document).map_err(std::io::Error::other)?;
         std::fs::write(&data, text + "\n")?;

@@ -39,8 +39,8 @@ pub(crate) struct InboundAgent {
     /// `spiffe_id` as text, made once.
     pub(crate) id: Arc<str>,
     pub(crate) upstream: Option<http::Uri>,
-    /// It serves MCP (its calls are judged by tool).
-    pub(crate) mcp: bool,
+    /// How its calls are read (MCP: by tool and arguments; A2A: by method and skill).
+    pub(crate) protocol: deputy_policy::mcp::Protocol,
 }
 
 /// What every inbound connection needs.

@@ -96,6 +96,9 @@ IdempotencyKeyRequired = _problem("IdempotencyKeyRequired", "idempotency-key-req
 IdempotencyConflict = _problem("IdempotencyConflict", "idempotency-conflict", "A call with this key is still in flight.")
 IdempotencyKeyReused = _problem("IdempotencyKeyReused", "idempotency-key-reused", "The key was used for another request.")
 BodyRefused = _problem("BodyRefused", "body-refused", "The body could not be read or is refused.")
+AnswerRefused = _problem(
+    "AnswerRefused", "answer-refused", "The service answered a list deputyd could not read, so it was not passed on."
+)
 BodyNotInspectable = _problem("BodyNotInspectable", "body-not-inspectable", "The policy needs a body deputyd cannot read.")
 PeerNotAllowed = _problem("PeerNotAllowed", "peer-not-allowed", "The receiving node does not serve this caller.")
 Overloaded = _problem("Overloaded", "overloaded", "deputyd is at a limit; retry later.")

@@ -28,7 +28,7 @@ pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             agent: (&agent.name, &agent.spiffe_id),
             peer: Some(&connection.peer),
             service: None,
-            mcp: agent.mcp,
+            protocol: &agent.protocol,
         };
         let task = call
             .verified

@@ -14,6 +14,10 @@ pub(super) fn deliver<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             .ok_or_else(|| call.missing("deliver", "request"))?;
         let (inbound, agent) = (call.inbound, &call.connection.agent);
         let decision_id = DecisionId::of(request.extensions());
+        let lister = request
+            .extensions()
+            .get::<crate::listing::Lister>()
+            .cloned();
         if call.dry_run {
             let chain = call.verified.as_ref().map(|v| {
                 serde_json::json!({
@@ -49,7 +53,10 @@ pub(super) fn deliver<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
                     // What the caller hears from deputyd (a problem's source) comes from
                     // deputyd only: the agent cannot pass its answer off as a refusal.
                     crate::routing::strip_all_deputy_headers(response.headers_mut());
-                    response
+                    match lister {
+                        Some(lister) => lister.filter(response).await,
+                        None => response,
+                    }
                 }
                 Ok(Err(e)) => problem(
                     ProblemKind::UpstreamUnavailable,

@@ -31,7 +31,7 @@ pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             agent: (&delegation.agent.name, &delegation.agent.spiffe_id),
             peer: None,
             service: Some(delegation.service),
-            mcp: delegation.service.mcp,
+            protocol: &delegation.service.protocol,
         };
         let (request, record) = authz::judge(
             policy,

@@ -23,6 +23,7 @@ pub(super) fn send<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
             .clone()
             .ok_or_else(|| call.missing("send", "service"))?;
         let decision_id = DecisionId::of(request.extensions());
+        let lister = request.extensions_mut().remove::<crate::listing::Lister>();
         let headers = request.headers_mut();
         strip_hop_by_hop(headers);
         headers.remove(header::HOST);
@@ -62,7 +63,18 @@ pub(super) fn send<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         if let Ok(id) = HeaderValue::from_str(call.request_id) {
             response.headers_mut().insert(REQUEST_ID, id);
         }
+        if matches!(service.protocol, deputy_policy::mcp::Protocol::A2a)
+            && let Reach::Mesh(peer) = &service.reach
+            && let Ok(id) = HeaderValue::from_str(&peer.id)
+        {
+            // The agent that answered, as its certificate proved: what an A2A caller checks
+            // an Agent Card against (the card itself is the agent's word, passed on as sent).
+            response.headers_mut().insert(crate::routing::PEER_ID, id);
+        }
         DecisionId::mark(&mut response, decision_id);
+        if let Some(lister) = lister {
+            response = lister.filter(response).await;
+        }
         call.response = Some(response);
         Ok(())
     })

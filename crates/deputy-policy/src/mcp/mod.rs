@@ -1,9 +1,12 @@
-//! Reading the MCP call out of a request body while it streams.
+//! Reading the JSON-RPC call out of a request body while it streams.
 //!
-//! A policy about MCP tools needs the JSON-RPC `method` and, for `tools/call`, the tool `name`
-//! (`params.name`). They are read by a push parser fed the body chunk by chunk: deputyd holds the
-//! body back only until both are known (or a bound is reached), decides, and then lets the body
-//! stream on through the same inspector.
+//! A policy about MCP tools needs the JSON-RPC `method` and what the call is about: the tool of
+//! a `tools/call` or the prompt of a `prompts/get` (`params.name`), the resource of a
+//! `resources/read` (`params.uri`), and the tool arguments the service declared
+//! ([`ArgumentPointers`]). An A2A call is judged by its method and the skill its message names.
+//! They are read by a push parser fed the body chunk by chunk: deputyd holds the body back only
+//! until all are known (or a bound is reached), decides, and then lets the body stream on
+//! through the same inspector.
 //!
 //! The inspector keeps watching after the decision because the agent writes the body and the
 //! server reads all of it: a second top-level `method`, a second `params.name` (JSON parsers
@@ -11,7 +14,44 @@
 //! decision, or a JSON-RPC batch element are all refusals. On the data path a refusal after the
 //! decision aborts the stream, so the server never receives a complete body it could act on.
 
-use crate::input::Mcp;
+mod list;
+mod sse;
+mod watch;
+
+use crate::input::{A2a, Mcp};
+pub use list::{ListKind, Listed, MAX_LIST_BYTES, filter_message, list_kind};
+pub use sse::SseFilter;
+pub use watch::{ArgumentPointers, MAX_ARGUMENT_BYTES, MAX_ARGUMENTS};
+use watch::{Lead, MAX_SCALAR_BYTES, Watch, folded};
+
+/// How a service's calls are read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// MCP (and any JSON-RPC body sent to a service not marked otherwise): judged by method,
+    /// tool, prompt or resource, and the declared tool arguments.
+    Mcp(ArgumentPointers),
+    /// A2A: judged by method and skill.
+    A2a,
+    /// Not marked: a JSON-RPC body is read as MCP without arguments.
+    #[default]
+    Unmarked,
+}
+
+impl Protocol {
+    /// Marked as MCP or A2A: bodies must be readable JSON.
+    pub fn is_json_rpc(&self) -> bool {
+        !matches!(self, Self::Unmarked)
+    }
+}
+
+/// A JSON-RPC call, as the policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// An MCP call (`request.mcp`).
+    Mcp(Mcp),
+    /// An A2A call (`request.a2a`).
+    A2a(A2a),
+}
 
 /// Deepest nesting the inspector follows; deeper bodies are refused (a parser's stack is not a
 /// resource a caller may spend).
@@ -20,19 +60,11 @@ const MAX_DEPTH: usize = 128;
 /// Longest key or watched value captured, in bytes; anything longer cannot be a key we watch.
 const MAX_CAPTURE: usize = 512;
 
-/// The JSON-RPC member a key is read as by a server matching keys without regard to case (with
-/// the Unicode folds `ſ` = `s` and `K` = `k`, as Go's encoding/json does), when it is not that
-/// member exactly.
+/// The JSON-RPC member a key is read as by a server matching keys without regard to case,
+/// when it is not that member exactly.
 fn folds_to_member(key: &str) -> Option<&'static str> {
-    let folded: String = key
-        .chars()
-        .map(|c| match c {
-            '\u{17F}' => 's',
-            '\u{212A}' => 'k',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect();
-    ["jsonrpc", "method", "params", "name", "id"]
+    let folded = folded(key);
+    ["jsonrpc", "method", "params", "name", "uri", "id"]
         .into_iter()
         .find(|member| folded == *member && key != *member)
 }
@@ -93,13 +125,13 @@ pub struct BodyRefused(pub String);
 /// What the inspector knows so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
-    /// Keep feeding: the method (or the tool of a `tools/call`) may still come.
+    /// Keep feeding: the method (or what the call is about) may still come.
     NeedMore,
     /// The body is not a JSON-RPC call: not a JSON object, or an object without a top-level
     /// `method`.
     NotJsonRpc,
     /// The call, as far as the policy needs it.
-    Call(Mcp),
+    Call(Call),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,13 +146,25 @@ enum Frame {
 /// What the string being read is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Capture {
-    /// A key of the top-level object, of `params`, or of a top-level array's element.
+    /// A key of the top-level object, of `params` or an object within it that leads to a
+    /// watched value, or of a top-level array's element.
     Key,
     /// The top-level `method` value.
     Method,
-    /// `params.name`.
-    Tool,
+    /// `params.name` or `params.uri`.
+    Target(Target),
+    /// A watched value (a declared argument, the A2A skill).
+    Watched(usize),
     Ignored,
+}
+
+/// The member of `params` that names what a call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// `params.name`: a tool or a prompt.
+    Name,
+    /// `params.uri`: a resource.
+    Uri,
 }
 
 /// The push parser. Feed it every chunk of the body, in order, then call [`Inspector::finish`].
@@ -128,6 +172,7 @@ enum Capture {
 /// A body is a JSON-RPC call when its top-level value is an object with a string `method`.
 #[derive(Debug, Default)]
 pub struct Inspector {
+    a2a: bool,
     stack: Vec<Frame>,
     /// The last key read at depths 1 and 2.
     key_at: [Option<String>; 3],
@@ -141,12 +186,25 @@ pub struct Inspector {
     /// The top-level value has ended.
     done: bool,
     method: Option<String>,
-    tool: Option<String>,
+    name: Option<String>,
+    uri: Option<String>,
     saw_params: bool,
     /// Inside the top-level `params` object.
     in_params: bool,
+    /// The top-level `params` object has ended.
+    params_closed: bool,
+    watch: Watch,
+    /// The path under `params` of the deepest open object that leads to a watched value; it is
+    /// at stack depth `2 + watch_path.len()`.
+    watch_path: Vec<String>,
+    /// The last key read in that object.
+    watch_key: Option<String>,
+    /// Where the value about to start leads (set at its `:`).
+    next_value: Option<Lead>,
+    /// A watched number, boolean or null being read: its index and bytes so far.
+    scalar: Option<(usize, Vec<u8>)>,
     /// What the decision was made on, once it was.
-    decided: Option<Option<Mcp>>,
+    decided: Option<Option<Call>>,
     refused: Option<BodyRefused>,
     /// The first bytes, held until the body's encoding is known.
     head: Vec<u8>,
@@ -154,9 +212,26 @@ pub struct Inspector {
 }
 
 impl Inspector {
-    /// A new inspector.
+    /// A new inspector for a service not marked as MCP or A2A: a JSON-RPC body is read as MCP
+    /// without arguments.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A new inspector for a service's calls.
+    pub fn for_protocol(protocol: &Protocol) -> Self {
+        match protocol {
+            Protocol::Mcp(pointers) if !pointers.is_empty() => Self {
+                watch: Watch::arguments(pointers),
+                ..Self::default()
+            },
+            Protocol::A2a => Self {
+                a2a: true,
+                watch: Watch::skill(),
+                ..Self::default()
+            },
+            _ => Self::default(),
+        }
     }
 
     /// Feeds the next chunk; a refusal is final.
@@ -208,8 +283,7 @@ impl Inspector {
         match self.first {
             None => Seen::NeedMore,
             Some(b'{') => match &self.method {
-                Some(method) if method != "tools/call" => Seen::Call(self.call(method)),
-                Some(method) if self.tool.is_some() || self.done => Seen::Call(self.call(method)),
+                Some(method) if self.known(method) => Seen::Call(self.call(method)),
                 None if self.done => Seen::NotJsonRpc,
                 _ => Seen::NeedMore,
             },
@@ -218,20 +292,65 @@ impl Inspector {
         }
     }
 
-    fn call(&self, method: &str) -> Mcp {
-        Mcp {
-            method: method.to_owned(),
-            tool: if method == "tools/call" {
-                self.tool.clone()
-            } else {
-                None
-            },
+    /// The member of `params` that names what `method` is about.
+    fn target_of(&self, method: &str) -> Option<Target> {
+        match method {
+            _ if self.a2a => None,
+            "tools/call" | "prompts/get" => Some(Target::Name),
+            "resources/read" => Some(Target::Uri),
+            _ => None,
         }
     }
 
-    /// Fixes what is known now as what the decision is made on, and returns it as the policy's
-    /// `mcp`. From here on, a JSON-RPC member that would change it is a refusal.
-    pub fn decide(&mut self) -> Option<Mcp> {
+    /// `method` is judged on watched values too.
+    fn watches(&self, method: &str) -> bool {
+        !self.watch.is_empty()
+            && if self.a2a {
+                matches!(method, "message/send" | "message/stream")
+            } else {
+                method == "tools/call"
+            }
+    }
+
+    /// Everything `method` is judged on has been read (or can no longer come).
+    fn known(&self, method: &str) -> bool {
+        if self.done || self.params_closed {
+            return true;
+        }
+        let target = match self.target_of(method) {
+            Some(Target::Name) => self.name.is_some(),
+            Some(Target::Uri) => self.uri.is_some(),
+            None => true,
+        };
+        target && (!self.watches(method) || self.watch.all_captured())
+    }
+
+    fn call(&self, method: &str) -> Call {
+        if self.a2a {
+            return Call::A2a(A2a {
+                method: method.to_owned(),
+                skill: self.watch.first_string(),
+            });
+        }
+        let named = |m: &str| (method == m).then(|| self.name.clone()).flatten();
+        Call::Mcp(Mcp {
+            method: method.to_owned(),
+            tool: named("tools/call"),
+            prompt: named("prompts/get"),
+            resource: (method == "resources/read")
+                .then(|| self.uri.clone())
+                .flatten(),
+            arguments: if self.watches(method) {
+                self.watch.values()
+            } else {
+                Default::default()
+            },
+        })
+    }
+
+    /// Fixes what is known now as what the decision is made on, and returns it. From here on,
+    /// a JSON-RPC member that would change it is a refusal.
+    pub fn decide(&mut self) -> Option<Call> {
         if !self.head_done {
             // Fewer than four bytes came before the bound: their encoding cannot be told, so a
             // zero or non-ASCII byte among them (a split byte-order mark) is refused.
@@ -246,15 +365,15 @@ impl Inspector {
                 self.refused = Some(refused);
             }
         }
-        let mcp = match self.seen() {
-            Seen::Call(mcp) => Some(mcp),
-            // The bound came first: a `tools/call` whose tool was not reached is shown without
-            // a tool (the shipped policy denies it); no method yet means none.
+        let call = match self.seen() {
+            Seen::Call(call) => Some(call),
+            // The bound came first: a call whose tool (or arguments) were not reached is shown
+            // without them (the shipped policy denies it); no method yet means none.
             Seen::NeedMore => self.method.as_deref().map(|m| self.call(m)),
             Seen::NotJsonRpc => None,
         };
-        self.decided = Some(mcp.clone());
-        mcp
+        self.decided = Some(call.clone());
+        call
     }
 
     /// The body has ended. A JSON-RPC body that ends inside its object is refused: it is not
@@ -304,6 +423,19 @@ impl Inspector {
                 "the JSON body has an object key that is not a string".into(),
             ));
         }
+        if let Some((i, written)) = &mut self.scalar {
+            if !matches!(byte, b',' | b'}' | b']') && !byte.is_ascii_whitespace() {
+                // One past the longest read is enough to refuse it.
+                if written.len() <= MAX_SCALAR_BYTES {
+                    written.push(byte);
+                }
+                return Ok(());
+            }
+            let (i, written) = (*i, std::mem::take(written));
+            self.scalar = None;
+            self.watched_value()?;
+            self.watch.scalar(i, Some(&written))?;
+        }
         if byte.is_ascii_whitespace() || self.done {
             // After the top-level value nothing is watched: a server reading one JSON value
             // rejects trailing content, and one reading a stream of values is not JSON-RPC.
@@ -316,13 +448,21 @@ impl Inspector {
                 return Ok(());
             }
         }
+        let leads = if matches!(byte, b':' | b',' | b'}' | b']') {
+            Lead::Nothing
+        } else {
+            self.next_value.take().unwrap_or(Lead::Nothing)
+        };
         match byte {
             b'"' => {
                 self.in_string = true;
                 self.escaped = false;
                 self.overflow = false;
                 self.captured.clear();
-                self.capture = Some(self.capture_kind());
+                self.capture = Some(match leads {
+                    Lead::Value(i) => Capture::Watched(i),
+                    _ => self.capture_kind(),
+                });
             }
             b'{' | b'[' => {
                 let opens_params = byte == b'{'
@@ -335,7 +475,18 @@ impl Inspector {
                         "the JSON body nests deeper than {MAX_DEPTH} levels"
                     )));
                 }
-                self.in_params |= opens_params;
+                match leads {
+                    Lead::Value(i) => return Err(self.watch.structured(i)),
+                    Lead::Through if byte == b'{' => {
+                        self.watch_path.extend(self.watch_key.take());
+                    }
+                    _ => {}
+                }
+                if opens_params {
+                    self.in_params = true;
+                    self.watch_path.clear();
+                    self.watch_key = None;
+                }
                 self.stack.push(if byte == b'{' {
                     Frame::Object { key_next: true }
                 } else {
@@ -343,6 +494,12 @@ impl Inspector {
                 });
             }
             b'}' | b']' => {
+                if self.in_params && self.stack.len() == 2 + self.watch_path.len() {
+                    if self.watch_path.pop().is_none() {
+                        self.params_closed = true;
+                    }
+                    self.watch_key = None;
+                }
                 self.stack.pop();
                 let depth = self.stack.len();
                 for key in self.key_at.iter_mut().skip(depth + 1) {
@@ -358,10 +515,28 @@ impl Inspector {
                     *key_next = true;
                 }
             }
-            b':' => {}
-            _ => self.value_starts(),
+            b':' => {
+                if self.in_watched_object()
+                    && let Some(key) = &self.watch_key
+                {
+                    let mut path = self.watch_path.clone();
+                    path.push(key.clone());
+                    self.next_value = Some(self.watch.lead(&path));
+                }
+            }
+            _ => {
+                self.value_starts();
+                if let Lead::Value(i) = leads {
+                    self.scalar = Some((i, vec![byte]));
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The innermost open object is `params` or an object in it leading to a watched value.
+    fn in_watched_object(&self) -> bool {
+        !self.watch.is_empty() && self.in_params && self.stack.len() == 2 + self.watch_path.len()
     }
 
     /// A value (not a key) begins in the current container.
@@ -374,13 +549,16 @@ impl Inspector {
     fn capture_kind(&mut self) -> Capture {
         let depth = self.stack.len();
         match self.stack.last().copied() {
-            Some(Frame::Object { key_next: true }) if depth <= 2 => Capture::Key,
+            Some(Frame::Object { key_next: true }) if depth <= 2 || self.in_watched_object() => {
+                Capture::Key
+            }
             Some(Frame::Object { key_next: true }) => Capture::Ignored,
             Some(Frame::Object { key_next: false }) => {
                 let top_object = self.first == Some(b'{');
                 match (depth, self.key_at[depth.min(2)].as_deref()) {
                     (1, Some("method")) if top_object => Capture::Method,
-                    (2, Some("name")) if self.in_params => Capture::Tool,
+                    (2, Some("name")) if self.in_params => Capture::Target(Target::Name),
+                    (2, Some("uri")) if self.in_params => Capture::Target(Target::Uri),
                     _ => Capture::Ignored,
                 }
             }
@@ -431,20 +609,23 @@ impl Inspector {
         let depth = self.stack.len();
         match kind {
             Capture::Key => {
-                if let Some(Frame::Object { key_next }) = self.stack.last_mut() {
-                    *key_next = false;
-                }
                 // An overlong key is none of the keys watched.
                 let key = text.unwrap_or_default();
-                self.watch_key(depth, &key)?;
-                self.key_at[depth] = Some(key);
+                if self.in_watched_object() {
+                    self.watch.key(&self.watch_path, &key)?;
+                    self.watch_key = Some(key.clone());
+                }
+                if depth <= 2 {
+                    self.watch_key(depth, &key)?;
+                    self.key_at[depth] = Some(key);
+                }
                 Ok(())
             }
-            Capture::Method | Capture::Tool => {
-                let what = if kind == Capture::Method {
-                    "method"
-                } else {
-                    "params.name"
+            Capture::Method | Capture::Target(_) => {
+                let what = match kind {
+                    Capture::Method => "method",
+                    Capture::Target(Target::Name) => "params.name",
+                    _ => "params.uri",
                 };
                 let value = text.ok_or_else(|| {
                     BodyRefused(format!(
@@ -452,6 +633,10 @@ impl Inspector {
                     ))
                 })?;
                 self.set(kind, value)
+            }
+            Capture::Watched(i) => {
+                self.watched_value()?;
+                self.watch.string(i, text)
             }
             Capture::Ignored => Ok(()),
         }
@@ -479,7 +664,8 @@ impl Inspector {
         let twice = match (depth, key) {
             (1, "method") => self.method.is_some(),
             (1, "params") => std::mem::replace(&mut self.saw_params, true),
-            (2, "name") if self.in_params => self.tool.is_some(),
+            (2, "name") if self.in_params => self.name.is_some(),
+            (2, "uri") if self.in_params => self.uri.is_some(),
             _ => false,
         };
         if twice {
@@ -491,31 +677,52 @@ impl Inspector {
         Ok(())
     }
 
-    fn set(&mut self, kind: Capture, value: String) -> Result<(), BodyRefused> {
+    /// A watched value is being captured: refused once the decision was made on a call that
+    /// needed it (it was not there to be judged).
+    fn watched_value(&self) -> Result<(), BodyRefused> {
         let late = match &self.decided {
             None => false,
-            // The decision saw no method: any method now is one the policy did not judge.
-            Some(None) => kind == Capture::Method,
-            // The decision judged a tools/call without its tool.
-            Some(Some(mcp)) => {
-                kind == Capture::Tool && mcp.method == "tools/call" && mcp.tool.is_none()
-            }
+            Some(None) => true,
+            Some(Some(call)) => self.watches(call_method(call)),
         };
         if late {
             return Err(BodyRefused(
-                "the body's JSON-RPC method or tool came after the policy decided on the first \
-                 part of the body; put `method` and `params.name` first"
+                "a value the policy reads (a declared tool argument, the A2A skill) came after \
+                 the policy decided on the first part of the body; send it nearer the start"
                     .into(),
             ));
         }
-        let slot = if kind == Capture::Method {
-            &mut self.method
-        } else {
-            &mut self.tool
+        Ok(())
+    }
+
+    fn set(&mut self, kind: Capture, value: String) -> Result<(), BodyRefused> {
+        let late = match (&self.decided, kind) {
+            (None, _) => false,
+            // The decision saw no method: any method now is one the policy did not judge.
+            (Some(None), kind) => kind == Capture::Method,
+            // The decision judged a call without what it is about.
+            (Some(Some(call)), Capture::Target(target)) => {
+                self.target_of(call_method(call)) == Some(target)
+            }
+            (Some(Some(_)), _) => false,
+        };
+        if late {
+            return Err(BodyRefused(
+                "the body's JSON-RPC method, tool, prompt or resource came after the policy \
+                 decided on the first part of the body; put `method` and `params` first"
+                    .into(),
+            ));
+        }
+        let slot = match kind {
+            Capture::Method => &mut self.method,
+            Capture::Target(Target::Name) => &mut self.name,
+            _ => &mut self.uri,
         };
         if slot.is_some() {
             return Err(BodyRefused(
-                "the JSON-RPC body gives its method or tool twice; Deputy refuses it".into(),
+                "the JSON-RPC body gives its method, tool, prompt or resource twice; Deputy \
+                 refuses it"
+                    .into(),
             ));
         }
         *slot = Some(value);
@@ -523,179 +730,12 @@ impl Inspector {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fed(body: &[u8]) -> Inspector {
-        let mut inspector = Inspector::new();
-        inspector.feed(body).expect("accepted");
-        inspector
-    }
-
-    fn call(method: &str, tool: Option<&str>) -> Seen {
-        Seen::Call(Mcp {
-            method: method.into(),
-            tool: tool.map(Into::into),
-        })
-    }
-
-    #[test]
-    fn the_call_is_known_as_soon_as_method_and_tool_have_passed() {
-        let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"refund","arguments":{"amount":"#;
-        assert_eq!(fed(body).seen(), call("tools/call", Some("refund")));
-        let list = br#"{"jsonrpc":"2.0","method":"tools/list","id":1"#;
-        assert_eq!(fed(list).seen(), call("tools/list", None));
-        // Order of members does not matter; escapes are decoded.
-        let reordered = br#"{"params":{"arguments":{"name":"decoy"},"name":"re\u0066und"},"method":"tools/call"}"#;
-        assert_eq!(fed(reordered).seen(), call("tools/call", Some("refund")));
-    }
-
-    #[test]
-    fn a_call_split_across_chunks_reads_the_same() {
-        let body = br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"search_tickets"}}"#;
-        for split in 1..body.len() {
-            let mut inspector = Inspector::new();
-            inspector.feed(&body[..split]).expect("first part");
-            inspector.feed(&body[split..]).expect("second part");
-            assert_eq!(
-                inspector.seen(),
-                call("tools/call", Some("search_tickets")),
-                "split at {split}"
-            );
-            inspector.finish().expect("complete");
-        }
-    }
-
-    #[test]
-    fn other_bodies_are_not_json_rpc() {
-        assert_eq!(fed(b"plain text").seen(), Seen::NotJsonRpc);
-        assert_eq!(fed(br#"{"amount": 5}"#).seen(), Seen::NotJsonRpc);
-        assert_eq!(fed(br#"[1, {"a": 2}]"#).seen(), Seen::NotJsonRpc);
-        assert_eq!(fed(br#"{"a": {"method": "x"}}"#).seen(), Seen::NotJsonRpc);
-        assert_eq!(fed(br#"{"a": "x"#).seen(), Seen::NeedMore);
-    }
-
-    #[test]
-    fn duplicate_members_and_batches_are_refused() {
-        for body in [
-            &br#"{"method":"tools/list","method":"tools/call"}"#[..],
-            br#"{"method":"tools/call","params":{"name":"a","name":"b"}}"#,
-            br#"{"method":"tools/call","params":{"name":"a"},"params":{"name":"b"}}"#,
-            br#"[{"jsonrpc":"2.0","method":"tools/call"}]"#,
-            br#"[{}, {"method":"tools/call"}]"#,
-        ] {
-            let mut inspector = Inspector::new();
-            let refused = inspector.feed(body);
-            assert!(refused.is_err(), "{}", String::from_utf8_lossy(body));
-            assert!(inspector.feed(b" ").is_err(), "a refusal is final");
-        }
-    }
-
-    #[test]
-    fn nothing_after_the_decision_may_change_what_was_decided() {
-        // Decided with no method in sight (padding first), then a method arrives.
-        let mut inspector = fed(br#"{"pad":"xxxxxxxx","#);
-        assert_eq!(inspector.decide(), None);
-        assert!(inspector.feed(br#""method":"tools/call"}"#).is_err());
-
-        // Decided on a tools/call whose tool was beyond the bound: the tool may not follow.
-        let mut inspector = fed(br#"{"method":"tools/call","pad":"#);
-        assert_eq!(
-            inspector.decide(),
-            Some(Mcp {
-                method: "tools/call".into(),
-                tool: None
-            })
-        );
-        assert!(
-            inspector
-                .feed(br#""x","params":{"name":"refund"}}"#)
-                .is_err()
-        );
-
-        // Decided on the whole call: the rest streams.
-        let mut inspector = fed(br#"{"method":"tools/call","params":{"name":"search"#);
-        inspector.feed(br#"_tickets","#).expect("still the same");
-        inspector.decide();
-        inspector
-            .feed(br#""arguments":{"q":"late \"method\": 1"}}}"#)
-            .expect("arguments stream");
-        inspector.finish().expect("complete");
-    }
-
-    #[test]
-    fn a_json_rpc_body_cut_short_is_refused_at_the_end() {
-        let mut inspector = fed(br#"{"method":"tools/list","#);
-        assert!(inspector.finish().is_err());
-        let mut inspector = fed(br#"{"amount": "#);
-        inspector
-            .finish()
-            .expect("not JSON-RPC: the server judges it");
-    }
-
-    #[test]
-    fn json_in_other_encodings_is_refused_and_a_utf8_bom_is_read_through() {
-        let text = r#"{"method":"tools/call","params":{"name":"drop_database"}}"#;
-        let utf16le: Vec<u8> = text.encode_utf16().flat_map(u16::to_le_bytes).collect();
-        let utf16be: Vec<u8> = text.encode_utf16().flat_map(u16::to_be_bytes).collect();
-        let utf32be: Vec<u8> = text
-            .chars()
-            .flat_map(|c| u32::from(c).to_be_bytes())
-            .collect();
-        for body in [utf16le, utf16be, utf32be] {
-            let mut inspector = Inspector::new();
-            assert!(inspector.feed(&body).is_err(), "{body:02x?}");
-        }
-        let mut bom = vec![0xEF, 0xBB, 0xBF];
-        bom.extend_from_slice(text.as_bytes());
-        assert_eq!(fed(&bom).seen(), call("tools/call", Some("drop_database")));
-        // A control byte inside JSON is not JSON a strict parser accepts.
-        let mut inspector = Inspector::new();
-        assert!(inspector.feed(b"{\"method\":\"tools/\x00call\"}").is_err());
-        // Binary bodies (a gRPC frame starts with a zero byte) are not JSON and pass.
-        assert_eq!(fed(&[0, 0, 0, 0, 0x1a, 1, 2]).seen(), Seen::NotJsonRpc);
-        // Too short to tell at the decision: a zero byte is refused, anything else is read.
-        let mut inspector = fed(&[0]);
-        inspector.decide();
-        assert!(inspector.finish().is_err());
-        let mut inspector = fed(b"{");
-        assert_eq!(inspector.decide(), None);
-        assert!(inspector.feed(br#""method":"x"}"#).is_err(), "late method");
-    }
-
-    #[test]
-    fn keys_a_server_reads_without_regard_to_case_and_lenient_json_are_refused() {
-        for body in [
-            &br#"{"method":"tools/call","params":{"name":"search","NAME":"drop_database"}}"#[..],
-            br#"{"method":"tools/list","Method":"tools/call"}"#,
-            "{\"METHOD\":\"tools/call\",\"param\u{17F}\":{\"name\":\"x\"}}".as_bytes(),
-            br#"[{"JSONRPC":"2.0"}]"#,
-            br#"{method:"tools/call",params:{name:"drop_database"}}"#,
-            br#"{'method':'tools/call'}"#,
-            br#"{"method":"tools/list" /* ,"method":"tools/call" */}"#,
-            br#"{"id": NaN, "method": "tools/list"}"#,
-        ] {
-            let mut inspector = Inspector::new();
-            assert!(
-                inspector.feed(body).is_err(),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
-        // Case matters only for the members Deputy reads; other keys and values are free.
-        let fine = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"Name":"N","METHOD":true,"v":[1.5e3,-2,null,false]}}}"#;
-        assert_eq!(fed(fine).seen(), call("tools/call", Some("x")));
-        // A byte-order mark split across the decision point is refused.
-        let mut inspector = fed(&[0xEF, 0xBB]);
-        inspector.decide();
-        assert!(inspector.feed(br#"\xBF{"method":"tools/call"}"#).is_err());
-    }
-
-    #[test]
-    fn deep_nesting_is_refused_not_followed() {
-        let mut inspector = Inspector::new();
-        let deep = "[".repeat(MAX_DEPTH + 1);
-        assert!(inspector.feed(deep.as_bytes()).is_err());
+fn call_method(call: &Call) -> &str {
+    match call {
+        Call::Mcp(mcp) => &mcp.method,
+        Call::A2a(a2a) => &a2a.method,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,235 @@
+//! Filtering a list answer sent as server-sent events (MCP's streamable HTTP transport): each
+//! event is read whole, its data filtered as a JSON-RPC message, and passed on; other fields
+//! and comments pass as they came. Events stream: nothing waits for the end of the answer.
+
+use super::BodyRefused;
+use super::list::{ListKind, Listed, MAX_LIST_BYTES, filter_message};
+use crate::input::Mcp;
+
+/// Filters a `text/event-stream` list answer as it arrives.
+#[derive(Debug)]
+pub struct SseFilter {
+    kind: ListKind,
+    /// Bytes not yet read as whole lines.
+    pending: Vec<u8>,
+    /// Whether the stream's start (and a byte-order mark there) has been passed.
+    started: bool,
+    /// The event being read: its lines other than `data`, as they came.
+    fields: Vec<u8>,
+    /// Its data lines' values, each followed by a line feed.
+    data: Option<Vec<u8>>,
+    /// Its `event` field.
+    event_type: Vec<u8>,
+    /// Items listed and kept so far.
+    pub listed: Listed,
+}
+
+impl SseFilter {
+    /// A filter for the answer to a `kind` list.
+    pub fn new(kind: ListKind) -> Self {
+        Self {
+            kind,
+            pending: Vec::new(),
+            started: false,
+            fields: Vec::new(),
+            data: None,
+            event_type: Vec::new(),
+            listed: Listed::default(),
+        }
+    }
+
+    /// Reads `chunk`; returns what may be passed on now.
+    pub fn feed(
+        &mut self,
+        chunk: &[u8],
+        keep: &mut dyn FnMut(Mcp) -> bool,
+    ) -> Result<Vec<u8>, BodyRefused> {
+        self.pending.extend_from_slice(chunk);
+        if !self.started {
+            // An event stream may open with a byte-order mark, which its readers skip: it is
+            // skipped here too, so the first field is read as they read it.
+            if self.pending.len() < 3 && [0xEF, 0xBB, 0xBF].starts_with(&self.pending) {
+                return Ok(Vec::new());
+            }
+            if self.pending.starts_with(&[0xEF, 0xBB, 0xBF]) {
+                self.pending.drain(..3);
+            }
+            self.started = true;
+        }
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(offset) = self.pending[start..]
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+        {
+            let end = start + offset;
+            let next = match self.pending[end] {
+                // A carriage return may be the first half of CRLF: wait for the next byte.
+                b'\r' if end + 1 == self.pending.len() => break,
+                b'\r' if self.pending[end + 1] == b'\n' => end + 2,
+                _ => end + 1,
+            };
+            let line = self.pending[start..end].to_vec();
+            self.line(&line, keep, &mut out)?;
+            start = next;
+        }
+        self.pending.drain(..start);
+        if self.pending.len() > MAX_LIST_BYTES {
+            return Err(BodyRefused(format!(
+                "the event stream answering a list sent a line longer than {MAX_LIST_BYTES} \
+                 bytes, the most deputyd filters"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The stream ended. An event it did not end is dropped, as its readers drop it; a
+    /// carriage return held back ends its line.
+    pub fn finish(&mut self, keep: &mut dyn FnMut(Mcp) -> bool) -> Result<Vec<u8>, BodyRefused> {
+        let mut out = Vec::new();
+        if self.pending.ends_with(b"\r") {
+            let line = self.pending[..self.pending.len() - 1].to_vec();
+            self.pending.clear();
+            self.line(&line, keep, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn line(
+        &mut self,
+        line: &[u8],
+        keep: &mut dyn FnMut(Mcp) -> bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BodyRefused> {
+        if line.is_empty() {
+            return self.dispatch(keep, out);
+        }
+        let (name, value) = match line.iter().position(|&b| b == b':') {
+            Some(colon) => {
+                let value = &line[colon + 1..];
+                (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+            }
+            None => (line, &[][..]),
+        };
+        match name {
+            b"data" => {
+                let data = self.data.get_or_insert_with(Vec::new);
+                if data.len() + value.len() > MAX_LIST_BYTES {
+                    return Err(BodyRefused(format!(
+                        "an event answering a list carries more than {MAX_LIST_BYTES} bytes of \
+                         data, the most deputyd filters"
+                    )));
+                }
+                data.extend_from_slice(value);
+                data.push(b'\n');
+                return Ok(());
+            }
+            b"event" => self.event_type = value.to_vec(),
+            _ => {}
+        }
+        self.fields.extend_from_slice(line);
+        self.fields.push(b'\n');
+        Ok(())
+    }
+
+    /// A blank line ends the event: its data, filtered when it is a JSON-RPC message, and its
+    /// other fields are passed on.
+    fn dispatch(
+        &mut self,
+        keep: &mut dyn FnMut(Mcp) -> bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BodyRefused> {
+        let fields = std::mem::take(&mut self.fields);
+        let event_type = std::mem::take(&mut self.event_type);
+        let Some(mut data) = self.data.take() else {
+            if !fields.is_empty() {
+                out.extend_from_slice(&fields);
+                out.push(b'\n');
+            }
+            return Ok(());
+        };
+        data.pop();
+        let message = matches!(event_type.as_slice(), b"" | b"message");
+        let data = if message && !data.iter().all(u8::is_ascii_whitespace) {
+            filter_message(self.kind, &data, keep, &mut self.listed)?
+        } else {
+            data
+        };
+        out.extend_from_slice(&fields);
+        // A line ending inside the data (the server's own JSON may hold any) starts a new data
+        // line, which its readers join back with a line feed: JSON whitespace either way.
+        for line in data.split(|&b| b == b'\n' || b == b'\r') {
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.push(b'\n');
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keep_search(call: Mcp) -> bool {
+        call.tool.as_deref() == Some("search_tickets")
+    }
+
+    const STREAM: &[u8] = b"\xEF\xBB\xBFid: prime\r\ndata:\r\n\r\n: keep-alive\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\nid: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\ndata: \"result\":{\"tools\":[{\"name\":\"refund\"},{\"name\":\"search_tickets\"}]}}\n\n";
+
+    fn filtered(chunks: &[&[u8]]) -> String {
+        let mut filter = SseFilter::new(ListKind::Tools);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend(filter.feed(chunk, &mut keep_search).expect("read"));
+        }
+        out.extend(filter.finish(&mut keep_search).expect("ended"));
+        assert_eq!(filter.listed, Listed { listed: 2, kept: 1 });
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn events_are_filtered_and_everything_else_passes() {
+        let whole = filtered(&[STREAM]);
+        assert!(
+            whole.starts_with("id: prime\ndata: \n\n: keep-alive\n\n"),
+            "{whole}"
+        );
+        assert!(whole.contains("notifications/progress"), "{whole}");
+        assert!(whole.contains("id: 7\ndata: {"), "{whole}");
+        assert!(whole.contains("search_tickets"), "{whole}");
+        assert!(!whole.contains("refund"), "{whole}");
+        for split in 1..STREAM.len() {
+            assert_eq!(
+                filtered(&[&STREAM[..split], &STREAM[split..]]),
+                whole,
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_event_refuses_the_answer_and_a_cut_one_is_dropped() {
+        let mut filter = SseFilter::new(ListKind::Tools);
+        assert!(
+            filter
+                .feed(
+                    b"data: {\"id\":1,\"result\":{\"tools\":5}}\n\n",
+                    &mut keep_search
+                )
+                .is_err()
+        );
+        let mut filter = SseFilter::new(ListKind::Tools);
+        assert!(filter.feed(b"data: <html>\n\n", &mut keep_search).is_err());
+        let mut filter = SseFilter::new(ListKind::Tools);
+        let out = filter
+            .feed(
+                b"data: {\"id\":1,\"result\":{\"tools\":[{\"name\":\"refund\"}]}}\n",
+                &mut keep_search,
+            )
+            .expect("read");
+        assert!(out.is_empty());
+        assert!(filter.finish(&mut keep_search).expect("ended").is_empty());
+    }
+}
