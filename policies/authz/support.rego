@@ -84,5 +84,6 @@ deny contains msg if {
 	tool_customer != ""
 	team := object.get(object.get(data.customers, tool_customer, {}), "team", "(unknown)")
 	team != object.get(actor.attributes, "team", "(none)")
-	msg := sprintf("customer %v belongs to team %s, not to the agent's team %s", [tool_customer, team, object.get(actor.attributes, "team", "(none)")])
+	# The reason names the argument, not its value: arguments stay out of logs and records.
+	msg := sprintf("the customer in /customer_id belongs to team %s, not to the agent's team %s", [team, object.get(actor.attributes, "team", "(none)")])
 }

@@ -13,6 +13,7 @@ pub mod opa_abi;
 pub mod peers;
 pub mod policed;
 pub mod postgres;
+pub mod python;
 pub mod recording;
 pub mod secrets_setup;
 pub mod spire;

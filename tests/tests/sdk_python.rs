@@ -8,12 +8,11 @@
 //! shipped policy (triage may call the MCP tools `search_tickets` and `summarize` only; DELETE
 //! needs an approval) and keep approvals on an operator socket.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use deputy_tests::mesh::Node;
 use deputy_tests::policed::policy_dir;
+use deputy_tests::python::{self, sdk_dir};
 use deputy_tests::{
     IssuerProcess, Process, binary, my_uid, peers, run, unique_loopback_addr, write_entries,
 };
@@ -21,25 +20,9 @@ use deputy_tests::{
 const FRONTDOOR: &str = "spiffe://example.org/agent/frontdoor";
 const TRIAGE: &str = "spiffe://example.org/agent/triage";
 
-fn sdk_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/python")
-}
-
 /// Starts one of `sdk/python/tests/mesh`'s apps; returns it and its address.
 fn python_app(name: &str, env: &[(&str, String)]) -> (Process, String) {
-    let mut command = Command::new(peers::peer("deputy-sdk-python"));
-    command
-        .args(["-m", "deputy.serve", &format!("{name}:app")])
-        .current_dir(sdk_dir().join("tests/mesh"))
-        .env("PYTHONPATH", sdk_dir().join("src"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .envs(env.iter().map(|(k, v)| (k, v)));
-    let process = Process::spawn(&mut command);
-    let line = process
-        .output
-        .wait_for("listening on", Duration::from_secs(60));
-    let addr = line.rsplit(' ').next().expect("address").trim().to_owned();
-    (process, addr)
+    python::app(&sdk_dir().join("tests/mesh"), &format!("{name}:app"), env)
 }
 
 fn policy_data() -> serde_json::Value {
@@ -123,40 +106,31 @@ fn the_python_sdks_tests_pass_against_a_real_mesh() {
     node1.wait_ready();
     node2.wait_ready();
 
-    let (status, output) = run(Command::new(peers::peer("deputy-sdk-python"))
-        .args([
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-o",
-            "console_output_style=classic",
-        ])
-        .arg(sdk_dir().join("tests"))
-        .env("PYTHONPATH", sdk_dir().join("src"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("DEPUTY_BIN", binary("deputy"))
-        .env(
-            "DEPUTY_FRONTDOOR",
-            format!("http://{}", node1.outbound_of("frontdoor")),
-        )
-        .env("DEPUTY_TRIAGE", format!("http://{triage_outbound}"))
-        .env(
-            "DEPUTY_NODE1_OPERATOR",
-            dir.path().join("operator-node1.sock"),
-        )
-        .env(
-            "DEPUTY_NODE2_OPERATOR",
-            dir.path().join("operator-node2.sock"),
-        )
-        .env("DEPUTY_NODE1_AUDIT", dir.path().join("state-node1/audit"))
-        .env("DEPUTY_NODE2_AUDIT", dir.path().join("state-node2/audit")));
-    assert!(status.success(), "the SDK's pytest suite failed:\n{output}");
-    // Every test ran: none was skipped or deselected.
-    assert!(
-        !output.contains("skipped") && !output.contains("deselected"),
-        "{output}"
+    let audit = |node: &str| {
+        dir.path()
+            .join(format!("state-{node}/audit"))
+            .into_os_string()
+    };
+    python::pytest(
+        &sdk_dir().join("tests"),
+        &[
+            ("DEPUTY_BIN", binary("deputy").into_os_string()),
+            (
+                "DEPUTY_FRONTDOOR",
+                format!("http://{}", node1.outbound_of("frontdoor")).into(),
+            ),
+            ("DEPUTY_TRIAGE", format!("http://{triage_outbound}").into()),
+            (
+                "DEPUTY_NODE1_OPERATOR",
+                dir.path().join("operator-node1.sock").into_os_string(),
+            ),
+            (
+                "DEPUTY_NODE2_OPERATOR",
+                dir.path().join("operator-node2.sock").into_os_string(),
+            ),
+            ("DEPUTY_NODE1_AUDIT", audit("node1")),
+            ("DEPUTY_NODE2_AUDIT", audit("node2")),
+        ],
     );
 
     // The SDK is a package pip builds and installs (from a copy: a build writes into its tree).

@@ -1,0 +1,115 @@
+"""The servers of tests/tests/mcp_a2a.rs, behind deputyd on the service node.
+
+`crm_sse` and `crm_json`: one MCP server (the official `mcp` package) with three tools, answering
+with server-sent events or with JSON. `writer`: an A2A agent (the official `a2a-sdk`) with two
+skills. Each records what reached it at `/reached`, so the test sees what deputyd let through.
+"""
+
+import contextlib
+
+import deputy
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.apps import A2AStarletteApplication
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.types import AgentCapabilities, AgentCard, AgentSkill
+from a2a.utils import new_agent_text_message, new_task
+from mcp.server.fastmcp import FastMCP
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+reached: list = []
+
+
+async def seen(_request):
+    return JSONResponse(reached)
+
+
+def crm(json_response: bool):
+    server = FastMCP(
+        "crm",
+        stateless_http=True,
+        json_response=json_response,
+        # deputyd is the only way in, and it names the upstream by its loopback address.
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+
+    @server.tool()
+    def lookup_customer(customer_id: str, note: str = "") -> dict:
+        """A customer's record."""
+        reached.append({"tool": "lookup_customer", "customer_id": customer_id})
+        return {"customer_id": customer_id, "principal": deputy.current().principal}
+
+    @server.tool()
+    def search_tickets(query: str) -> list:
+        """Tickets matching a query."""
+        reached.append({"tool": "search_tickets"})
+        return ["T-9"]
+
+    @server.tool()
+    def refund(amount: float) -> str:
+        """Never listed for support agents, never called by them."""
+        reached.append({"tool": "refund"})
+        return "refunded"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        async with server.session_manager.run():
+            yield
+
+    return deputy.DeputyASGIMiddleware(
+        Starlette(
+            routes=[Route("/reached", seen), Mount("/", app=server.streamable_http_app())],
+            lifespan=lifespan,
+        )
+    )
+
+
+crm_sse = crm(json_response=False)
+crm_json = crm(json_response=True)
+
+
+class Writer(AgentExecutor):
+    """Summarises the text it is sent, in two steps of a task (so a stream has events)."""
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        reached.append({"a2a": "message", "skill": (context.message.metadata or {}).get("skill")})
+        task = context.current_task or new_task(context.message)
+        await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        await updater.start_work(new_agent_text_message("reading", task.context_id, task.id))
+        text = context.get_user_input()
+        await updater.complete(new_agent_text_message("summary: " + text.split(".")[0], task.context_id, task.id))
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        reached.append({"a2a": "cancel"})
+
+
+card = AgentCard(
+    name="writer",
+    description="Summarises and translates.",
+    # Its name in the mesh: callers reach it through their own deputyd.
+    url="http://writer/",
+    version="1.0.0",
+    default_input_modes=["text/plain"],
+    default_output_modes=["text/plain"],
+    capabilities=AgentCapabilities(streaming=True),
+    skills=[
+        AgentSkill(id="summarize", name="Summarize", description="One line.", tags=["text"]),
+        AgentSkill(id="translate", name="Translate", description="To French.", tags=["text"]),
+    ],
+)
+
+def _writer():
+    app = A2AStarletteApplication(
+        agent_card=card,
+        http_handler=DefaultRequestHandler(agent_executor=Writer(), task_store=InMemoryTaskStore()),
+    ).build()
+    app.router.routes.append(Route("/reached", seen))
+    return deputy.DeputyASGIMiddleware(app)
+
+
+writer = _writer()
