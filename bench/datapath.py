@@ -126,15 +126,15 @@ class Processes:
                 proc.kill()
 
 
-def start_issuer(work, procs, deputy):
-    """Starts `deputy issuer` with entries for the bench node and agents alpha and beta; returns
-    the directory of the node's SVID files (svid.pem, svid.key, bundle.pem, combined.pem)."""
+def start_issuer(work, procs, deputy, agents=("alpha", "beta")):
+    """Starts `deputy issuer` with entries for the bench node and `agents`; returns the directory
+    of the node's SVID files (svid.pem, svid.key, bundle.pem, combined.pem)."""
     uid = os.geteuid()
     (work / "entries.toml").write_text(
         f'[[entry]]\nspiffe_id = "spiffe://example.org/bench/node"\nselectors = ["unix:uid:{uid}"]\n\n'
-        '[[entry]]\nspiffe_id = "spiffe://example.org/agent/alpha"\nselectors = ["deputy:agent:alpha"]\n\n'
-        '[[entry]]\nspiffe_id = "spiffe://example.org/agent/beta"\nselectors = ["deputy:agent:beta"]\n\n'
-        f'[[delegate]]\nselectors = ["unix:uid:{uid}"]\n'
+        + "".join(f'[[entry]]\nspiffe_id = "spiffe://example.org/agent/{a}"\nselectors = ["deputy:agent:{a}"]\n\n'
+                  for a in agents)
+        + f'[[delegate]]\nselectors = ["unix:uid:{uid}"]\n'
     )
     procs.start("issuer", [deputy, "issuer", "--trust-domain", "example.org", "--ephemeral",
                            "--workload-socket", work / "workload.sock", "--admin-socket", work / "admin.sock",
