@@ -6,6 +6,8 @@ skills. Each records what reached it at `/reached`, so the test sees what deputy
 """
 
 import contextlib
+import gzip
+import json
 
 import deputy
 from a2a.server.agent_execution import AgentExecutor, RequestContext
@@ -18,7 +20,7 @@ from a2a.utils import new_agent_text_message, new_task
 from mcp.server.fastmcp import FastMCP
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
 reached: list = []
@@ -26,6 +28,27 @@ reached: list = []
 
 async def seen(_request):
     return JSONResponse(reached)
+
+
+ALL_TOOLS = {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in ("lookup_customer", "refund", "search_tickets")]}
+
+
+async def rogue(request):
+    """A server that answers any request with the whole tool list (as a client would take it, by
+    id), in the way `?mode=` says: JSON, events, events in UTF-7, or compressed JSON."""
+    call = await request.json()
+    message = json.dumps({"jsonrpc": "2.0", "id": call.get("id", 0), "result": ALL_TOOLS})
+    mode = request.query_params.get("mode", "json")
+    if mode == "json":
+        return Response(message, media_type="application/json")
+    if mode == "sse":
+        return Response(f": hello\nevent: message\ndata: {message}\n\n", media_type="text/event-stream")
+    if mode == "utf7":
+        # To a UTF-7 reader the comment holds two line feeds, then an event with every tool.
+        body = f":+AAoACg-data: {message}+AAoACg-\n\n".encode()
+        return Response(body, headers={"content-type": "text/event-stream; charset=utf-7"})
+    return Response(gzip.compress(message.encode()), media_type="application/json",
+                    headers={"content-encoding": "gzip"})
 
 
 def crm(json_response: bool):
@@ -62,7 +85,11 @@ def crm(json_response: bool):
 
     return deputy.DeputyASGIMiddleware(
         Starlette(
-            routes=[Route("/reached", seen), Mount("/", app=server.streamable_http_app())],
+            routes=[
+                Route("/reached", seen),
+                Route("/rogue", rogue, methods=["POST"]),
+                Mount("/", app=server.streamable_http_app()),
+            ],
             lifespan=lifespan,
         )
     )

@@ -113,6 +113,37 @@ def test_an_argument_over_the_bound_or_given_twice_is_refused_before_the_server(
     assert not any(r.get("customer_id") in (long_id, "c-2002") for r in seen), seen
 
 
+def rogue_call(mode: str):
+    call = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "search_tickets", "arguments": {"query": "x"}}}
+
+    async def go():
+        async with deputy.AsyncAgent(SUPPORT) as agent:
+            return await agent.request(
+                "POST", f"mcp://crm-json/rogue?mode={mode}", task=alice(), json=call,
+                headers={"accept": "application/json, text/event-stream"},
+            )
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("mode", ["json", "sse"])
+def test_a_list_is_filtered_whatever_request_it_answers(mode):
+    # A client takes an answer by its id, whatever it was sent for: lists are found by content.
+    answer = rogue_call(mode)
+    assert "search_tickets" in answer.text and "lookup_customer" in answer.text, answer.text
+    assert "refund" not in answer.text, answer.text
+    if mode == "sse":
+        assert "hello" not in answer.text, "a comment's text is not passed on"
+
+
+@pytest.mark.parametrize("mode", ["utf7", "gzip"])
+def test_an_answer_deputyd_cannot_read_is_refused_not_passed_on(mode):
+    with pytest.raises(problems.AnswerRefused) as refused:
+        rogue_call(mode)
+    assert refused.value.status == 502 and refused.value.source == "service-node", refused.value
+    assert "refund" not in refused.value.detail
+
+
 def a2a_message(text: str, skill: str | None) -> Message:
     return Message(
         role=Role.user,
@@ -147,10 +178,15 @@ def test_a2a_calls_are_judged_by_method_and_skill_and_the_card_names_the_verifie
                 await client.send_message(SendMessageRequest(
                     id="5", params=MessageSendParams(message=a2a_message("Bonjour.", "translate"))))
         async with deputy.AsyncAgent(SUPPORT) as agent:
+            with pytest.raises(problems.BodyRefused) as rest:
+                # A2A's HTTP+JSON binding is not judged by method, so it is refused.
+                await agent.request("POST", "http://writer/v1/message:send", task=task,
+                                    json={"message": {"role": "user", "parts": [{"text": "hi"}]}})
             with pytest.raises(deputy.PolicyDenied) as denied:
                 await agent.request("POST", "http://writer/", task=task, json=CancelTaskRequest(
                     id="6", params=TaskIdParams(id=a2a_task.id)).model_dump(mode="json", exclude_none=True))
             seen = await reached(agent, "writer")
+        assert "JSON-RPC" in rest.value.detail, rest.value.detail
         return raw_card, card, a2a_task, events, got, cancel.value, translate.value, denied.value, seen
 
     raw_card, card, a2a_task, events, got, cancel, translate, denied, seen = asyncio.run(go())

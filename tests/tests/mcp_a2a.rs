@@ -123,14 +123,22 @@ fn mcp_arguments_tool_lists_and_a2a_calls_are_judged_at_both_ends() {
     let service_node = start("service", &service_config);
     let caller_node = start("caller", &caller_config);
 
-    let output = python::pytest(
-        &servers.join("test_through_the_mesh.py"),
-        &[(
-            "DEPUTY_SUPPORT",
-            format!("http://{}", caller_node.outbound_of("support-eu")).into(),
-        )],
-    );
-    assert!(output.contains("6 passed"), "{output}");
+    let pytest = std::panic::catch_unwind(|| {
+        python::pytest(
+            &servers.join("test_through_the_mesh.py"),
+            &[(
+                "DEPUTY_SUPPORT",
+                format!("http://{}", caller_node.outbound_of("support-eu")).into(),
+            )],
+        )
+    });
+    let output = pytest.unwrap_or_else(|failed| {
+        // What each end did is the first thing to read.
+        eprintln!("caller node:\n{}", caller_node.process.output.text());
+        eprintln!("service node:\n{}", service_node.process.output.text());
+        std::panic::resume_unwind(failed)
+    });
+    assert!(output.contains("10 passed"), "{output}");
 
     // Each end filtered both lists (events and JSON): the service's end kept two of the server's
     // three tools, and the caller's end judged those two again.

@@ -53,7 +53,10 @@ pub fn log_decision(
         mcp_method = mcp.map(|m| m.method.as_str()),
         mcp_tool = mcp.and_then(|m| m.tool.as_deref()),
         mcp_prompt = mcp.and_then(|m| m.prompt.as_deref()),
-        mcp_resource = mcp.and_then(|m| m.resource.as_deref()),
+        // Without its query, which may carry what a path's query would.
+        mcp_resource = mcp
+            .and_then(|m| m.resource.as_deref())
+            .map(|r| r.split(['?', '#']).next().unwrap_or_default()),
         // The declared arguments' pointers, never their values.
         mcp_arguments = mcp.filter(|m| !m.arguments.is_empty()).map(argument_names).as_deref(),
         a2a_method = a2a.map(|a| a.method.as_str()),

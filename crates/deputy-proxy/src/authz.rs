@@ -195,6 +195,30 @@ pub(crate) async fn judge(
             }
             Problem::new(kind, e, request_id)
         })?;
+    match parties.protocol {
+        // An A2A agent is judged by JSON-RPC method and skill: a write that is no JSON-RPC call
+        // (A2A's HTTP+JSON binding, `POST /v1/message:send`) would pass unjudged.
+        Protocol::A2a
+            if call.is_none()
+                && !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) =>
+        {
+            return Err(Problem::new(
+                ProblemKind::BodyRefused,
+                format!(
+                    "a {} to an A2A service must carry a JSON-RPC call, which its policy judges \
+                     by method and skill; A2A's HTTP+JSON binding is not judged, so send A2A \
+                     JSON-RPC",
+                    parts.method
+                ),
+                request_id,
+            ));
+        }
+        // Its answers are read for lists: ask for them uncompressed.
+        Protocol::Mcp(_) => {
+            parts.headers.remove(http::header::ACCEPT_ENCODING);
+        }
+        _ => {}
+    }
     let request_facts = RequestFacts {
         method: &parts.method,
         uri: asked,
@@ -210,7 +234,9 @@ pub(crate) async fn judge(
     parts
         .extensions
         .insert(crate::body::DecisionId(record.id.clone()));
-    if let Some(lister) = crate::listing::Lister::for_call(&config.policy, input, request_id) {
+    if let Some(lister) =
+        crate::listing::Lister::for_call(&config.policy, input, request_id, parties.protocol)
+    {
         parts.extensions.insert(lister);
     }
     Ok((http::Request::from_parts(parts, body), record))

@@ -1,11 +1,14 @@
-//! MCP list answers filtered by the policy: the answer to a `tools/list`, `prompts/list` or
-//! `resources/list` this deputyd allowed shows only the items the policy would let the same
-//! caller, for the same principal and task, use. Each item is decided in the `list` phase of the
-//! call's own input, as the call that would use it.
+//! MCP list answers filtered by the policy: a list in an answer (tools, prompts, resources,
+//! resource templates) shows only the items the policy would let the same caller, for the same
+//! principal and task, use. Each item is decided in the `list` phase of the call's own input, as
+//! the call that would use it.
 //!
-//! A JSON answer is read whole (it is one message) and refused with a problem if it cannot be
-//! read; an event stream is filtered event by event as it arrives, and cut if an event cannot
-//! be read. Neither is ever passed on unfiltered.
+//! Every answer of a service marked MCP is read, whatever request it answers: a client takes an
+//! answer by its JSON-RPC id, on whatever stream it comes (a GET's, a replay after
+//! `Last-Event-ID`, another request's), so a list is found by what a message holds. A JSON answer
+//! is read whole and refused with a problem if it cannot be read; an event stream is filtered
+//! event by event as it arrives, and cut if an event cannot be read. Neither is ever passed on
+//! unfiltered. For a service not marked MCP, the answer to a list request is read the same way.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use deputy_policy::input::{Mcp, Phase};
-use deputy_policy::mcp::{ListKind, Listed, MAX_LIST_BYTES, SseFilter, filter_message};
+use deputy_policy::mcp::{Listed, MAX_LIST_BYTES, Protocol, SseFilter, filter_message, list_kind};
 use deputy_policy::{Policy, PolicyInput};
 use http::{HeaderValue, Response, header};
 use http_body::{Body as HttpBody, Frame};
@@ -22,27 +25,37 @@ use http_body_util::BodyExt as _;
 use crate::body::{Body, BoxError};
 use crate::problem::{Problem, ProblemKind};
 
-/// What filtering one list answer needs: the list asked for, the policy, and the input of the
-/// call that asked, turned to the `list` phase.
+/// What reading one call's answers needs: the policy, and the input of the call, turned to the
+/// `list` phase.
 #[derive(Clone)]
 pub(crate) struct Lister {
-    kind: ListKind,
+    /// The call asked for a list: its answer must be one deputyd can read.
+    asked_list: bool,
     policy: Arc<Policy>,
     input: PolicyInput,
     request_id: String,
 }
 
 impl Lister {
-    /// The lister for a call decided on `input`, when it asks for a list.
+    /// The lister for a call decided on `input` to a service speaking `protocol`, when its
+    /// answer is to be read: every call of an MCP service, and a list request of any other.
     pub(crate) fn for_call(
         policy: &Arc<Policy>,
         mut input: PolicyInput,
         request_id: &str,
+        protocol: &Protocol,
     ) -> Option<Self> {
-        let kind = deputy_policy::mcp::list_kind(&input.request.mcp.as_ref()?.method)?;
+        let asked_list = input
+            .request
+            .mcp
+            .as_ref()
+            .is_some_and(|mcp| list_kind(&mcp.method).is_some());
+        if !asked_list && !matches!(protocol, Protocol::Mcp(_)) {
+            return None;
+        }
         input.phase = Phase::List;
         Some(Self {
-            kind,
+            asked_list,
             policy: policy.clone(),
             input,
             request_id: request_id.to_owned(),
@@ -57,13 +70,9 @@ impl Lister {
         decision.allow || decision.needs_approval()
     }
 
-    /// The answer, filtered. Only successful answers carry a list; others pass as they are.
+    /// The answer, every list in it filtered; refused when it cannot be read.
     pub(crate) async fn filter(mut self, response: Response<Body>) -> Response<Body> {
-        if !response.status().is_success() {
-            return response;
-        }
         let (mut parts, body) = response.into_parts();
-        let media = media_type(&parts.headers);
         let encoded = parts
             .headers
             .get_all(header::CONTENT_ENCODING)
@@ -72,6 +81,10 @@ impl Lister {
         if encoded {
             return self.refused("it is compressed (Content-Encoding)");
         }
+        let media = match media_type(&parts.headers) {
+            Ok(media) => media,
+            Err(why) => return self.refused(&why),
+        };
         match media.as_deref() {
             Some("application/json") => {
                 let Ok(whole) = crate::body::read_whole(body, MAX_LIST_BYTES).await else {
@@ -80,71 +93,81 @@ impl Lister {
                     ));
                 };
                 let mut listed = Listed::default();
-                let kind = self.kind;
-                let filtered = filter_message(kind, &whole, &mut |c| self.keep(c), &mut listed);
-                match filtered {
-                    Ok(filtered) => {
-                        self.log(listed);
-                        parts.headers.remove(header::CONTENT_LENGTH);
-                        parts
-                            .headers
-                            .insert(header::CONTENT_LENGTH, HeaderValue::from(filtered.len()));
-                        Response::from_parts(parts, crate::body::full(filtered.into()))
-                    }
-                    Err(e) => self.refused(&e.0),
-                }
+                let filtered = match filter_message(&whole, &mut |c| self.keep(c), &mut listed) {
+                    Ok(filtered) => filtered.into_owned(),
+                    Err(e) => return self.refused(&e.0),
+                };
+                self.log(listed);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(filtered.len()));
+                Response::from_parts(parts, crate::body::full(filtered.into()))
             }
             Some("text/event-stream") => {
                 parts.headers.remove(header::CONTENT_LENGTH);
                 let filtering = Filtering {
-                    sse: SseFilter::new(self.kind),
+                    sse: SseFilter::new(),
                     inner: Some(body),
                     lister: self,
                 };
                 Response::from_parts(parts, filtering.boxed_unsync())
             }
-            other => self.refused(&format!(
+            other if self.asked_list && parts.status.is_success() => self.refused(&format!(
                 "it is {}, neither application/json nor text/event-stream",
                 other.unwrap_or("without a Content-Type")
             )),
+            // No MCP client reads a message out of any other answer.
+            _ => Response::from_parts(parts, body),
         }
     }
 
     fn refused(&self, why: &str) -> Response<Body> {
-        let list = match self.kind {
-            ListKind::Tools => "tools/list",
-            ListKind::Prompts => "prompts/list",
-            ListKind::Resources => "resources/list",
-        };
-        tracing::warn!(request_id = %self.request_id, list, why, "MCP list answer refused");
+        tracing::warn!(request_id = %self.request_id, why, "MCP answer refused");
         crate::body::problem_response(&Problem::new(
             ProblemKind::AnswerRefused,
             format!(
-                "the service's answer to {list} cannot be filtered for this caller: {why}; \
-                 deputyd passes on only lists it can read (one JSON-RPC message as \
-                 application/json, or text/event-stream), so fix the service's answer"
+                "the MCP service's answer cannot be read to filter the lists in it for this \
+                 caller: {why}; deputyd passes on only answers it can read (JSON-RPC as \
+                 application/json or text/event-stream, UTF-8, uncompressed), so fix the \
+                 service's answer"
             ),
             &self.request_id,
         ))
     }
 
     fn log(&self, listed: Listed) {
-        tracing::info!(request_id = %self.request_id, listed = listed.listed, kept = listed.kept,
-            "MCP list answer filtered by policy");
+        if listed.listed > 0 {
+            tracing::info!(request_id = %self.request_id, listed = listed.listed,
+                kept = listed.kept, "MCP list answer filtered by policy");
+        }
     }
 }
 
-/// The media type of `headers`' Content-Type, lower-cased, without parameters.
-fn media_type(headers: &http::HeaderMap) -> Option<String> {
-    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    Some(
-        value
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase(),
-    )
+/// The media type of `headers`' Content-Type, lower-cased, without parameters; refused when
+/// it names a charset other than UTF-8 (a client decodes by it: in UTF-7 a line deputyd reads
+/// as a comment is an event to the client) or cannot be read.
+fn media_type(headers: &http::HeaderMap) -> Result<Option<String>, String> {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("it has more than one Content-Type".into());
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| "its Content-Type is not visible ASCII".to_owned())?
+        .to_ascii_lowercase();
+    let (media, params) = value.split_once(';').unwrap_or((&value, ""));
+    let params = crate::media_type::parameters(&format!(";{params}"))
+        .map_err(|_| "its Content-Type parameters cannot be read".to_owned())?;
+    if params
+        .iter()
+        .any(|(name, value)| name == "charset" && value != "utf-8")
+    {
+        return Err("it declares a charset other than UTF-8".into());
+    }
+    Ok(Some(media.trim().to_owned()))
 }
 
 /// An event-stream answer, filtered event by event.

@@ -436,9 +436,18 @@ impl Inspector {
             self.watched_value()?;
             self.watch.scalar(i, Some(&written))?;
         }
-        if byte.is_ascii_whitespace() || self.done {
-            // After the top-level value nothing is watched: a server reading one JSON value
-            // rejects trailing content, and one reading a stream of values is not JSON-RPC.
+        if byte.is_ascii_whitespace() {
+            return Ok(());
+        }
+        if self.done {
+            if matches!(self.first, Some(b'{' | b'[')) {
+                // A server reading a stream of JSON values (a Go decoder loop, a stdio bridge)
+                // would act on a second call the policy never judged.
+                return Err(BodyRefused(
+                    "the JSON body has more after its value; send one JSON-RPC call per request"
+                        .into(),
+                ));
+            }
             return Ok(());
         }
         if self.first.is_none() {
@@ -461,7 +470,8 @@ impl Inspector {
                 self.captured.clear();
                 self.capture = Some(match leads {
                     Lead::Value(i) => Capture::Watched(i),
-                    _ => self.capture_kind(),
+                    Lead::Through => return Err(self.not_an_object()),
+                    Lead::Nothing => self.capture_kind(),
                 });
             }
             b'{' | b'[' => {
@@ -480,7 +490,8 @@ impl Inspector {
                     Lead::Through if byte == b'{' => {
                         self.watch_path.extend(self.watch_key.take());
                     }
-                    _ => {}
+                    Lead::Through => return Err(self.not_an_object()),
+                    Lead::Nothing => {}
                 }
                 if opens_params {
                     self.in_params = true;
@@ -526,12 +537,27 @@ impl Inspector {
             }
             _ => {
                 self.value_starts();
-                if let Lead::Value(i) = leads {
-                    self.scalar = Some((i, vec![byte]));
+                match leads {
+                    Lead::Value(i) => self.scalar = Some((i, vec![byte])),
+                    Lead::Through => return Err(self.not_an_object()),
+                    Lead::Nothing => {}
                 }
             }
         }
         Ok(())
+    }
+
+    /// A value on the way to a watched one is not an object: the policy would see nothing
+    /// there, while a server may still read one out of it (FastMCP parses a string holding JSON
+    /// into the object its tool expects).
+    fn not_an_object(&self) -> BodyRefused {
+        let mut path = self.watch_path.clone();
+        path.extend(self.watch_key.clone());
+        BodyRefused(format!(
+            "the JSON-RPC params hold `{}`, on the way to a value the policy reads, as something \
+             other than an object; send it as an object",
+            path.join(".")
+        ))
     }
 
     /// The innermost open object is `params` or an object in it leading to a watched value.
@@ -576,7 +602,12 @@ impl Inspector {
             return self.string_ends();
         }
         if self.capture != Some(Capture::Ignored) {
-            if self.captured.len() < MAX_CAPTURE {
+            // A watched value may be escaped (`\u00e9` is six bytes for two).
+            let limit = match self.capture {
+                Some(Capture::Watched(_)) => 6 * MAX_ARGUMENT_BYTES,
+                _ => MAX_CAPTURE,
+            };
+            if self.captured.len() < limit {
                 self.captured.push(byte);
             } else {
                 self.overflow = true;
@@ -609,6 +640,12 @@ impl Inspector {
         let depth = self.stack.len();
         match kind {
             Capture::Key => {
+                if text.is_none() && self.in_watched_object() {
+                    return Err(BodyRefused(format!(
+                        "the JSON-RPC params hold a key longer than {MAX_CAPTURE} bytes next to a \
+                         value the policy reads"
+                    )));
+                }
                 // An overlong key is none of the keys watched.
                 let key = text.unwrap_or_default();
                 if self.in_watched_object() {

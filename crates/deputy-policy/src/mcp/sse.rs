@@ -1,20 +1,21 @@
-//! Filtering a list answer sent as server-sent events (MCP's streamable HTTP transport): each
-//! event is read whole, its data filtered as a JSON-RPC message, and passed on; other fields
-//! and comments pass as they came. Events stream: nothing waits for the end of the answer.
+//! Filtering an MCP answer sent as server-sent events (the streamable HTTP transport): each
+//! event is read whole, its data filtered as a JSON-RPC message, and passed on. The output is
+//! written from what was read (`id`, `event`, `retry` and `data` fields; a comment as an empty
+//! one), never copied line by line, so a line deputyd did not read as a field cannot carry a
+//! list past it. Events stream: nothing waits for the end of the answer.
 
 use super::BodyRefused;
-use super::list::{ListKind, Listed, MAX_LIST_BYTES, filter_message};
+use super::list::{Listed, MAX_LIST_BYTES, filter_message};
 use crate::input::Mcp;
 
-/// Filters a `text/event-stream` list answer as it arrives.
-#[derive(Debug)]
+/// Filters a `text/event-stream` answer as it arrives.
+#[derive(Debug, Default)]
 pub struct SseFilter {
-    kind: ListKind,
     /// Bytes not yet read as whole lines.
     pending: Vec<u8>,
     /// Whether the stream's start (and a byte-order mark there) has been passed.
     started: bool,
-    /// The event being read: its lines other than `data`, as they came.
+    /// The event being read: its fields other than `data`, as they will be written.
     fields: Vec<u8>,
     /// Its data lines' values, each followed by a line feed.
     data: Option<Vec<u8>>,
@@ -25,17 +26,9 @@ pub struct SseFilter {
 }
 
 impl SseFilter {
-    /// A filter for the answer to a `kind` list.
-    pub fn new(kind: ListKind) -> Self {
-        Self {
-            kind,
-            pending: Vec::new(),
-            started: false,
-            fields: Vec::new(),
-            data: None,
-            event_type: Vec::new(),
-            listed: Listed::default(),
-        }
+    /// A filter for one answer.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Reads `chunk`; returns what may be passed on now.
@@ -76,8 +69,8 @@ impl SseFilter {
         self.pending.drain(..start);
         if self.pending.len() > MAX_LIST_BYTES {
             return Err(BodyRefused(format!(
-                "the event stream answering a list sent a line longer than {MAX_LIST_BYTES} \
-                 bytes, the most deputyd filters"
+                "an event stream of an MCP answer sent a line longer than {MAX_LIST_BYTES} \
+                 bytes, the most deputyd reads"
             )));
         }
         Ok(out)
@@ -111,24 +104,31 @@ impl SseFilter {
             }
             None => (line, &[][..]),
         };
-        match name {
+        let field = |name: &[u8], value: &[u8]| [name, b": ", value, b"\n"].concat();
+        let written = match name {
             b"data" => {
                 let data = self.data.get_or_insert_with(Vec::new);
                 if data.len() + value.len() > MAX_LIST_BYTES {
-                    return Err(BodyRefused(format!(
-                        "an event answering a list carries more than {MAX_LIST_BYTES} bytes of \
-                         data, the most deputyd filters"
-                    )));
+                    return Err(too_long());
                 }
                 data.extend_from_slice(value);
                 data.push(b'\n');
                 return Ok(());
             }
-            b"event" => self.event_type = value.to_vec(),
-            _ => {}
+            // A comment keeps a connection alive; its text is not passed on.
+            b"" => b":\n".to_vec(),
+            b"event" => {
+                self.event_type = value.to_vec();
+                field(name, value)
+            }
+            b"id" | b"retry" => field(name, value),
+            // A field no reader acts on is dropped.
+            _ => return Ok(()),
+        };
+        if self.fields.len() + written.len() > MAX_LIST_BYTES {
+            return Err(too_long());
         }
-        self.fields.extend_from_slice(line);
-        self.fields.push(b'\n');
+        self.fields.extend_from_slice(&written);
         Ok(())
     }
 
@@ -150,10 +150,16 @@ impl SseFilter {
         };
         data.pop();
         let message = matches!(event_type.as_slice(), b"" | b"message");
-        let data = if message && !data.iter().all(u8::is_ascii_whitespace) {
-            filter_message(self.kind, &data, keep, &mut self.listed)?
+        let filtered = if data.iter().all(u8::is_ascii_whitespace) {
+            Ok(std::borrow::Cow::Borrowed(&data[..]))
         } else {
-            data
+            filter_message(&data, keep, &mut self.listed)
+        };
+        let data = match filtered {
+            Ok(filtered) => filtered.into_owned(),
+            // Clients read only `message` events as JSON-RPC; other events pass as they are.
+            Err(_) if !message => data,
+            Err(refused) => return Err(refused),
         };
         out.extend_from_slice(&fields);
         // A line ending inside the data (the server's own JSON may hold any) starts a new data
@@ -168,6 +174,13 @@ impl SseFilter {
     }
 }
 
+fn too_long() -> BodyRefused {
+    BodyRefused(format!(
+        "an event of an MCP answer is longer than {MAX_LIST_BYTES} bytes, the most deputyd \
+         reads; it is refused rather than passed on unfiltered"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,7 +192,7 @@ mod tests {
     const STREAM: &[u8] = b"\xEF\xBB\xBFid: prime\r\ndata:\r\n\r\n: keep-alive\n\nevent: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\nid: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\ndata: \"result\":{\"tools\":[{\"name\":\"refund\"},{\"name\":\"search_tickets\"}]}}\n\n";
 
     fn filtered(chunks: &[&[u8]]) -> String {
-        let mut filter = SseFilter::new(ListKind::Tools);
+        let mut filter = SseFilter::new();
         let mut out = Vec::new();
         for chunk in chunks {
             out.extend(filter.feed(chunk, &mut keep_search).expect("read"));
@@ -192,10 +205,8 @@ mod tests {
     #[test]
     fn events_are_filtered_and_everything_else_passes() {
         let whole = filtered(&[STREAM]);
-        assert!(
-            whole.starts_with("id: prime\ndata: \n\n: keep-alive\n\n"),
-            "{whole}"
-        );
+        // A comment passes as an empty one.
+        assert!(whole.starts_with("id: prime\ndata: \n\n:\n\n"), "{whole}");
         assert!(whole.contains("notifications/progress"), "{whole}");
         assert!(whole.contains("id: 7\ndata: {"), "{whole}");
         assert!(whole.contains("search_tickets"), "{whole}");
@@ -210,8 +221,23 @@ mod tests {
     }
 
     #[test]
+    fn lines_no_reader_acts_on_are_not_passed_on() {
+        let mut filter = SseFilter::new();
+        let out = filter
+            .feed(
+                b": +AAoACg-data: x\nfoo: bar\nretry: 5\ndata: {\"id\":1}\n\n",
+                &mut keep_search,
+            )
+            .expect("read");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            ":\nretry: 5\ndata: {\"id\":1}\n\n"
+        );
+    }
+
+    #[test]
     fn an_unreadable_event_refuses_the_answer_and_a_cut_one_is_dropped() {
-        let mut filter = SseFilter::new(ListKind::Tools);
+        let mut filter = SseFilter::new();
         assert!(
             filter
                 .feed(
@@ -220,9 +246,9 @@ mod tests {
                 )
                 .is_err()
         );
-        let mut filter = SseFilter::new(ListKind::Tools);
+        let mut filter = SseFilter::new();
         assert!(filter.feed(b"data: <html>\n\n", &mut keep_search).is_err());
-        let mut filter = SseFilter::new(ListKind::Tools);
+        let mut filter = SseFilter::new();
         let out = filter
             .feed(
                 b"data: {\"id\":1,\"result\":{\"tools\":[{\"name\":\"refund\"}]}}\n",

@@ -387,3 +387,54 @@ fn a2a_calls_are_read_by_method_and_skill() {
         assert!(fed_with(a2a(), body).is_err(), "{}", String::from_utf8_lossy(body));
     }
 }
+
+#[test]
+fn what_a_lenient_server_would_read_differently_is_refused() {
+    for (pointers, body) in [
+        // A second value after the call: a server reading a stream of values acts on it.
+        (
+            &["/customer_id"][..],
+            r#"{"method":"tools/list"} {"method":"tools/call","params":{"name":"refund"}}"#,
+        ),
+        // The object on the way given as a string (FastMCP parses JSON strings) or an array.
+        (
+            &["/filter/team"],
+            r#"{"method":"tools/call","params":{"name":"t","arguments":{"filter":"{\"team\":\"us\"}"}}}"#,
+        ),
+        (
+            &["/filter/team"],
+            r#"{"method":"tools/call","params":{"name":"t","arguments":{"filter":[{"team":"us"}]}}}"#,
+        ),
+        (
+            &["/filter/team"],
+            r#"{"method":"tools/call","params":{"name":"t","arguments":{"filter":7}}}"#,
+        ),
+        // 2^53 + 1: JavaScript reads 2^53.
+        (
+            &["/n"],
+            r#"{"method":"tools/call","params":{"name":"t","arguments":{"n":9007199254740993}}}"#,
+        ),
+    ] {
+        let refused = fed_with(arguments(pointers), body.as_bytes())
+            .and_then(|mut inspector| inspector.finish());
+        assert!(refused.is_err(), "{body}");
+    }
+    // A key too long to compare, next to a declared argument, cannot be told apart from it.
+    let long_key = "\\u0063".repeat(100);
+    let body = format!(
+        r#"{{"method":"tools/call","params":{{"name":"t","arguments":{{"customer_id":"a","{long_key}":"b"}}}}}}"#
+    );
+    assert!(fed_with(arguments(&["/customer_id"]), body.as_bytes()).is_err());
+    // An escaped value of 256 characters or fewer is read, however long its escapes.
+    let escaped = "\\u00e9".repeat(128);
+    let body = format!(
+        r#"{{"method":"tools/call","params":{{"name":"t","arguments":{{"customer_id":"{escaped}"}}}}}}"#
+    );
+    let inspector = fed_with(arguments(&["/customer_id"]), body.as_bytes()).expect("accepted");
+    assert_eq!(
+        called_with(inspector.seen())["/customer_id"],
+        "é".repeat(128)
+    );
+    // Array indices are not pointers Deputy follows.
+    assert!(ArgumentPointers::parse(&["/ids/0".to_owned()]).is_err());
+}

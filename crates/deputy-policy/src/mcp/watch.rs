@@ -30,7 +30,7 @@ pub(super) const MAX_SCALAR_BYTES: usize = 32;
 /// Integers beyond this are read differently by JSON parsers (JavaScript's and Go's
 /// `interface{}` round to a double, Python's are exact): the policy could judge one number and
 /// the server act on another.
-const EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
+const EXACT_INTEGER: u64 = 1 << 53;
 
 /// The argument paths a service lets its policy read: JSON pointers into a tool call's
 /// `arguments` (`/customer_id`, `/filter/team`), addressing object members only.
@@ -53,6 +53,15 @@ impl ArgumentPointers {
                 return Err(format!(
                     "argument pointer {pointer:?} is longer than {MAX_SEGMENTS} segments or \
                      {MAX_POINTER_BYTES} bytes"
+                ));
+            }
+            if let Some(index) = segments
+                .iter()
+                .find(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(format!(
+                    "argument pointer {pointer:?} has the segment {index:?}, which could be an \
+                     array index; pointers address object members only"
                 ));
             }
             if pointers[..i].contains(pointer) {
@@ -259,9 +268,16 @@ impl Watch {
             return refused("is not a JSON number, boolean or null a policy can read");
         };
         if let serde_json::Value::Number(number) = &value {
-            let float = number.as_f64().unwrap_or(f64::INFINITY);
-            let whole = number.is_i64() || number.is_u64();
-            if (whole || float.fract() == 0.0) && float.abs() > EXACT_INTEGER {
+            let exact = |n: u64| n <= EXACT_INTEGER;
+            let beyond = match (number.as_u64(), number.as_i64(), number.as_f64()) {
+                (Some(n), _, _) => !exact(n),
+                (_, Some(n), _) => !exact(n.unsigned_abs()),
+                // A float written with a fraction or exponent: whole ones beyond 2^53 are not
+                // exact either.
+                (_, _, Some(f)) => f.fract() == 0.0 && f.abs() >= 9_007_199_254_740_992.0,
+                _ => true,
+            };
+            if beyond {
                 return refused(
                     "is an integer beyond 2^53, which JSON parsers read differently; send it as \
                      a string",
@@ -299,14 +315,17 @@ impl Watch {
     }
 }
 
-/// `key` as a server matching keys without regard to case reads it (ASCII case, and the
-/// Unicode folds `ſ` = `s` and `K` = `k`, as Go's encoding/json does).
+/// `key` as a server matching keys without regard to case reads it (Unicode lower case, and
+/// the folds `ſ` = `s` and `K` = `k`, as Go's encoding/json does).
 pub(super) fn folded(key: &str) -> String {
-    key.chars()
-        .map(|c| match c {
-            '\u{17F}' => 's',
-            '\u{212A}' => 'k',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
+    let mut out = String::with_capacity(key.len());
+    for c in key.chars() {
+        match c {
+            '\u{17F}' => out.push('s'),
+            '\u{212A}' => out.push('k'),
+            c if c.is_ascii() => out.push(c.to_ascii_lowercase()),
+            c => out.extend(c.to_lowercase()),
+        }
+    }
+    out
 }
