@@ -43,6 +43,12 @@ async def rogue(request):
         return Response(message, media_type="application/json")
     if mode == "sse":
         return Response(f": hello\nevent: message\ndata: {message}\n\n", media_type="text/event-stream")
+    if mode == "sse-x":
+        # Clients read a type that holds (httpx-sse) or starts with (mcp) the one they want.
+        return Response(f"data: {message}\n\n", headers={"content-type": "text/event-stream-x"})
+    if mode == "charset-star":
+        # httpx reads RFC 2231 parameters: this one says UTF-7 to it.
+        return Response(f"data: {message}\n\n", headers={"content-type": "text/event-stream; charset*=''utf-7"})
     if mode == "utf7":
         # To a UTF-7 reader the comment holds two line feeds, then an event with every tool.
         body = f":+AAoACg-data: {message}+AAoACg-\n\n".encode()

@@ -126,7 +126,7 @@ def rogue_call(mode: str):
     return asyncio.run(go())
 
 
-@pytest.mark.parametrize("mode", ["json", "sse"])
+@pytest.mark.parametrize("mode", ["json", "sse", "sse-x", "charset-star"])
 def test_a_list_is_filtered_whatever_request_it_answers(mode):
     # A client takes an answer by its id, whatever it was sent for: lists are found by content.
     answer = rogue_call(mode)
@@ -134,14 +134,24 @@ def test_a_list_is_filtered_whatever_request_it_answers(mode):
     assert "refund" not in answer.text, answer.text
     if mode == "sse":
         assert "hello" not in answer.text, "a comment's text is not passed on"
+    if mode != "json":
+        # Passed on as plain UTF-8 events, whatever the server declared.
+        assert answer.headers["content-type"] == "text/event-stream", answer.headers
 
 
-@pytest.mark.parametrize("mode", ["utf7", "gzip"])
-def test_an_answer_deputyd_cannot_read_is_refused_not_passed_on(mode):
+def test_a_charset_cannot_make_the_client_read_a_list_deputyd_did_not():
+    # To a UTF-7 reader the comment holds an event with every tool; deputyd passes the comment
+    # on empty, as UTF-8.
+    answer = rogue_call("utf7")
+    assert answer.headers["content-type"] == "text/event-stream", answer.headers
+    assert "refund" not in answer.text and "tools" not in answer.text, answer.text
+
+
+def test_an_answer_deputyd_cannot_read_is_refused_not_passed_on():
     with pytest.raises(problems.AnswerRefused) as refused:
-        rogue_call(mode)
+        rogue_call("gzip")
     assert refused.value.status == 502 and refused.value.source == "service-node", refused.value
-    assert "refund" not in refused.value.detail
+    assert "compressed" in refused.value.detail and "refund" not in refused.value.detail
 
 
 def a2a_message(text: str, skill: str | None) -> Message:

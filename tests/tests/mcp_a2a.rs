@@ -138,7 +138,7 @@ fn mcp_arguments_tool_lists_and_a2a_calls_are_judged_at_both_ends() {
         eprintln!("service node:\n{}", service_node.process.output.text());
         std::panic::resume_unwind(failed)
     });
-    assert!(output.contains("10 passed"), "{output}");
+    assert!(output.contains("12 passed"), "{output}");
 
     // Each end filtered both lists (events and JSON): the service's end kept two of the server's
     // three tools, and the caller's end judged those two again.

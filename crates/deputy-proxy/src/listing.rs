@@ -16,7 +16,9 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use deputy_policy::input::{Mcp, Phase};
-use deputy_policy::mcp::{Listed, MAX_LIST_BYTES, Protocol, SseFilter, filter_message, list_kind};
+use deputy_policy::mcp::{
+    Listed, MAX_LIST_BYTES, Protocol, SseFilter, cannot_hold_a_list, filter_message, list_kind,
+};
 use deputy_policy::{Policy, PolicyInput};
 use http::{HeaderValue, Response, header};
 use http_body::{Body as HttpBody, Frame};
@@ -31,6 +33,8 @@ use crate::problem::{Problem, ProblemKind};
 pub(crate) struct Lister {
     /// The call asked for a list: its answer must be one deputyd can read.
     asked_list: bool,
+    /// The call was a HEAD: its answer has no body.
+    bodiless: bool,
     policy: Arc<Policy>,
     input: PolicyInput,
     request_id: String,
@@ -56,6 +60,7 @@ impl Lister {
         input.phase = Phase::List;
         Some(Self {
             asked_list,
+            bodiless: input.request.method == "HEAD",
             policy: policy.clone(),
             input,
             request_id: request_id.to_owned(),
@@ -72,6 +77,10 @@ impl Lister {
 
     /// The answer, every list in it filtered; refused when it cannot be read.
     pub(crate) async fn filter(mut self, response: Response<Body>) -> Response<Body> {
+        let status = response.status();
+        if self.bodiless || matches!(status.as_u16(), 101..=199 | 204 | 304) {
+            return response;
+        }
         let (mut parts, body) = response.into_parts();
         let encoded = parts
             .headers
@@ -81,44 +90,71 @@ impl Lister {
         if encoded {
             return self.refused("it is compressed (Content-Encoding)");
         }
-        let media = match media_type(&parts.headers) {
-            Ok(media) => media,
-            Err(why) => return self.refused(&why),
-        };
-        match media.as_deref() {
-            Some("application/json") => {
-                let Ok(whole) = crate::body::read_whole(body, MAX_LIST_BYTES).await else {
-                    return self.refused(&format!(
-                        "it failed or is larger than {MAX_LIST_BYTES} bytes"
-                    ));
-                };
-                let mut listed = Listed::default();
-                let filtered = match filter_message(&whole, &mut |c| self.keep(c), &mut listed) {
-                    Ok(filtered) => filtered.into_owned(),
-                    Err(e) => return self.refused(&e.0),
-                };
-                self.log(listed);
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(filtered.len()));
-                Response::from_parts(parts, crate::body::full(filtered.into()))
-            }
-            Some("text/event-stream") => {
-                parts.headers.remove(header::CONTENT_LENGTH);
-                let filtering = Filtering {
-                    sse: SseFilter::new(),
-                    inner: Some(body),
-                    lister: self,
-                };
-                Response::from_parts(parts, filtering.boxed_unsync())
-            }
-            other if self.asked_list && parts.status.is_success() => self.refused(&format!(
-                "it is {}, neither application/json nor text/event-stream",
-                other.unwrap_or("without a Content-Type")
-            )),
-            // No MCP client reads a message out of any other answer.
-            _ => Response::from_parts(parts, body),
+        // Clients choose how to read an answer loosely (a type that starts with, or holds, the
+        // one they look for), so the choice here is as loose, and the type passed on is the
+        // bare one read: a charset (or `charset*`) cannot make the client decode otherwise.
+        let media = media_type(&parts.headers);
+        if media.contains("event-stream") {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            let filtering = Filtering {
+                sse: SseFilter::new(),
+                inner: Some(body),
+                lister: self,
+            };
+            return Response::from_parts(parts, filtering.boxed_unsync());
         }
+        let json = media.contains("json");
+        if self.asked_list && status.is_success() && !json {
+            return self.refused(&format!(
+                "it is {}, neither application/json nor text/event-stream",
+                if media.is_empty() {
+                    "without a Content-Type"
+                } else {
+                    &media
+                }
+            ));
+        }
+        let Ok(whole) = crate::body::read_whole(body, MAX_LIST_BYTES).await else {
+            return self.refused(&format!(
+                "it failed or is larger than {MAX_LIST_BYTES} bytes"
+            ));
+        };
+        let mut listed = Listed::default();
+        let filtered = if json {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            filter_message(&whole, &mut |c| self.keep(c), &mut listed)
+        } else if cannot_hold_a_list(&whole) {
+            Ok(std::borrow::Cow::Borrowed(&whole[..]))
+        } else {
+            // A client may read any answer as JSON or events; one that could carry a list in a
+            // type deputyd does not read is refused.
+            return self.refused(&format!(
+                "it is {}, and could carry a list deputyd does not read there",
+                if media.is_empty() {
+                    "without a Content-Type"
+                } else {
+                    &media
+                }
+            ));
+        };
+        let filtered = match filtered {
+            // Most answers hold no list: passed on as they came, without a copy.
+            Ok(std::borrow::Cow::Borrowed(_)) => whole.clone(),
+            Ok(std::borrow::Cow::Owned(filtered)) => filtered.into(),
+            Err(e) => return self.refused(&e.0),
+        };
+        self.log(listed);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(filtered.len()));
+        Response::from_parts(parts, crate::body::full(filtered))
     }
 
     fn refused(&self, why: &str) -> Response<Body> {
@@ -143,31 +179,18 @@ impl Lister {
     }
 }
 
-/// The media type of `headers`' Content-Type, lower-cased, without parameters; refused when
-/// it names a charset other than UTF-8 (a client decodes by it: in UTF-7 a line deputyd reads
-/// as a comment is an event to the client) or cannot be read.
-fn media_type(headers: &http::HeaderMap) -> Result<Option<String>, String> {
-    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err("it has more than one Content-Type".into());
-    }
-    let value = value
-        .to_str()
-        .map_err(|_| "its Content-Type is not visible ASCII".to_owned())?
-        .to_ascii_lowercase();
-    let (media, params) = value.split_once(';').unwrap_or((&value, ""));
-    let params = crate::media_type::parameters(&format!(";{params}"))
-        .map_err(|_| "its Content-Type parameters cannot be read".to_owned())?;
-    if params
+/// The media type of `headers`' Content-Types, lower-cased, without parameters (empty when
+/// there is none; all of them, joined, when there are several).
+fn media_type(headers: &http::HeaderMap) -> String {
+    headers
+        .get_all(header::CONTENT_TYPE)
         .iter()
-        .any(|(name, value)| name == "charset" && value != "utf-8")
-    {
-        return Err("it declares a charset other than UTF-8".into());
-    }
-    Ok(Some(media.trim().to_owned()))
+        .map(|value| {
+            let text = String::from_utf8_lossy(value.as_bytes()).to_ascii_lowercase();
+            text.split(';').next().unwrap_or_default().trim().to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// An event-stream answer, filtered event by event.

@@ -23,7 +23,7 @@ use crate::input::Mcp;
 
 /// Largest answer (a JSON body, or one event's data) read: a larger one is refused rather than
 /// passed on unfiltered.
-pub const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_LIST_BYTES: usize = 16 * 1024 * 1024;
 
 /// A kind of list an answer may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +194,9 @@ pub fn filter_message<'a>(
     if message.len() > MAX_LIST_BYTES {
         return Err(unreadable(&format!("larger than {MAX_LIST_BYTES} bytes")));
     }
+    if cannot_hold_a_list(message) {
+        return Ok(Cow::Borrowed(message));
+    }
     match message.iter().find(|b| !b.is_ascii_whitespace()) {
         // No message (a 202 to a notification): nothing a client reads.
         None => return Ok(Cow::Borrowed(message)),
@@ -216,6 +219,25 @@ pub fn filter_message<'a>(
     } else {
         Cow::Borrowed(message)
     })
+}
+
+/// Whether `message` cannot hold a list however a client reads it: no list member's name in
+/// any case, no escape that could spell one, none of the Unicode letters Go folds to ASCII
+/// (`ſ`, `K`), and no zero byte (JSON in UTF-16 or UTF-32, which Python's `json.loads`
+/// decodes). Most answers (a tool's result) pass this byte scan and are not parsed.
+pub fn cannot_hold_a_list(message: &[u8]) -> bool {
+    let has = |needle: &[u8]| {
+        message
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    !message.contains(&0)
+        && !has(b"\\u")
+        && !has("\u{17F}".as_bytes())
+        && !has("\u{212A}".as_bytes())
+        && !has(b"tools")
+        && !has(b"prompts")
+        && !has(b"resource")
 }
 
 /// [`filter_message`] of one message that is not a batch.
@@ -366,7 +388,7 @@ mod tests {
             );
         }
         for answer in [
-            &b"not json"[..],
+            &b"not json, but it names tools"[..],
             b"\xEF\xBB\xBF{\"id\":1,\"result\":{\"tools\":[{\"name\":\"refund\"}]}}",
             br#"{"id":1,"result":{"tools":{"name":"refund"}}}"#,
             br#"{"id":1,"result":{"tools":[{"title":"refund"}]}}"#,

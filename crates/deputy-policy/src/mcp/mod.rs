@@ -19,7 +19,7 @@ mod sse;
 mod watch;
 
 use crate::input::{A2a, Mcp};
-pub use list::{ListKind, Listed, MAX_LIST_BYTES, filter_message, list_kind};
+pub use list::{ListKind, Listed, MAX_LIST_BYTES, cannot_hold_a_list, filter_message, list_kind};
 pub use sse::SseFilter;
 pub use watch::{ArgumentPointers, MAX_ARGUMENT_BYTES, MAX_ARGUMENTS};
 use watch::{Lead, MAX_SCALAR_BYTES, Watch, folded};

@@ -104,7 +104,6 @@ impl SseFilter {
             }
             None => (line, &[][..]),
         };
-        let field = |name: &[u8], value: &[u8]| [name, b": ", value, b"\n"].concat();
         let written = match name {
             b"data" => {
                 let data = self.data.get_or_insert_with(Vec::new);
@@ -117,11 +116,20 @@ impl SseFilter {
             }
             // A comment keeps a connection alive; its text is not passed on.
             b"" => b":\n".to_vec(),
-            b"event" => {
-                self.event_type = value.to_vec();
-                field(name, value)
+            b"event" | b"id" | b"retry" => {
+                if breaks_a_line_somewhere(value) {
+                    // Some event-stream readers (httpx-sse before 0.4.2) split lines at these.
+                    return Err(BodyRefused(
+                        "an event of an MCP answer has a field holding a character some \
+                         readers take for a line break; it is refused rather than read two ways"
+                            .into(),
+                    ));
+                }
+                if name == b"event" {
+                    self.event_type = value.to_vec();
+                }
+                [name, b": ", value, b"\n"].concat()
             }
-            b"id" | b"retry" => field(name, value),
             // A field no reader acts on is dropped.
             _ => return Ok(()),
         };
@@ -157,8 +165,9 @@ impl SseFilter {
         };
         let data = match filtered {
             Ok(filtered) => filtered.into_owned(),
-            // Clients read only `message` events as JSON-RPC; other events pass as they are.
-            Err(_) if !message => data,
+            // Clients read only `message` events as JSON-RPC; others pass as they are, when
+            // they could not hold a list however read.
+            Err(_) if !message && super::list::cannot_hold_a_list(&data) => data,
             Err(refused) => return Err(refused),
         };
         out.extend_from_slice(&fields);
@@ -172,6 +181,14 @@ impl SseFilter {
         out.push(b'\n');
         Ok(())
     }
+}
+
+/// Whether `value` holds a character `str.splitlines` breaks at besides CR and LF.
+fn breaks_a_line_somewhere(value: &[u8]) -> bool {
+    value.iter().any(|b| matches!(b, 0x0b | 0x0c | 0x1c..=0x1e))
+        || String::from_utf8_lossy(value)
+            .chars()
+            .any(|c| matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}'))
 }
 
 fn too_long() -> BodyRefused {
@@ -247,7 +264,26 @@ mod tests {
                 .is_err()
         );
         let mut filter = SseFilter::new();
-        assert!(filter.feed(b"data: <html>\n\n", &mut keep_search).is_err());
+        assert!(
+            filter
+                .feed(b"data: <html>tools</html>\n\n", &mut keep_search)
+                .is_err()
+        );
+        let mut filter = SseFilter::new();
+        assert!(
+            filter
+                .feed(
+                    b"event: x\xE2\x80\xA8event: message\ndata: 1\n\n",
+                    &mut keep_search
+                )
+                .is_err()
+        );
+        let mut filter = SseFilter::new();
+        let fine = filter.feed(b"event: other\ndata: <html></html>\n\n", &mut keep_search);
+        assert!(
+            fine.is_ok(),
+            "an event of another type that cannot hold a list passes"
+        );
         let mut filter = SseFilter::new();
         let out = filter
             .feed(

@@ -409,6 +409,11 @@ fn what_a_lenient_server_would_read_differently_is_refused() {
             &["/filter/team"],
             r#"{"method":"tools/call","params":{"name":"t","arguments":{"filter":7}}}"#,
         ),
+        // Go folds `ı` and `İ` to `I`: a Go server takes the last of these for customer_id.
+        (
+            &["/customer_id"],
+            r#"{"method":"tools/call","params":{"name":"t","arguments":{"customer_id":"c-1","customer_ıd":"c-2"}}}"#,
+        ),
         // 2^53 + 1: JavaScript reads 2^53.
         (
             &["/n"],

@@ -316,13 +316,15 @@ impl Watch {
 }
 
 /// `key` as a server matching keys without regard to case reads it (Unicode lower case, and
-/// the folds `ſ` = `s` and `K` = `k`, as Go's encoding/json does).
+/// the folds `ſ` = `s`, `K` = `k` and `ı` = `İ` = `i`, as Go's encoding/json does).
 pub(super) fn folded(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for c in key.chars() {
         match c {
             '\u{17F}' => out.push('s'),
             '\u{212A}' => out.push('k'),
+            // Go folds a key as upper(lower(c)): both Turkish i's become `I`.
+            '\u{130}' | '\u{131}' => out.push('i'),
             c if c.is_ascii() => out.push(c.to_ascii_lowercase()),
             c => out.extend(c.to_lowercase()),
         }
