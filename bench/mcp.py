@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """What reading MCP costs deputyd: CPU per call of a `tools/call` judged by tool name only, of one
-with a declared argument captured for the policy, and of a `tools/list` whose 100 tools are each
-judged by the policy (half kept), through one deputyd pair on the shipped policy (rego, both
-ends), in one run.
+with a declared argument captured for the policy (and of one whose argument a rule of the shipped
+policy then judges), and of a `tools/list` whose 100 tools are each judged by the policy (half
+kept), through one deputyd pair on the shipped policy (rego, both ends), in one run.
 
     python3 bench/mcp.py            # builds release binaries
     python3 bench/mcp.py --quick    # shorter runs, for a smoke check
@@ -168,7 +168,8 @@ def main():
         port, pids = start_pair(work, procs, deputyd, backend, policy(work))
         kinds = {
             "tools/call, judged by tool name": ("tools-plain", call_body("tools/call", TOOLS[2])),
-            "tools/call, argument /customer_id captured": ("tools-args", call_body("tools/call", TOOLS[0])),
+            "tools/call, argument /customer_id captured": ("tools-args", call_body("tools/call", TOOLS[2])),
+            "tools/call, argument captured and judged by a rule": ("tools-args", call_body("tools/call", TOOLS[0])),
             "tools/list, 100 tools judged (50 kept)": ("tools-plain", call_body("tools/list")),
         }
         listed = ready(port, "tools-plain", kinds["tools/list, 100 tools judged (50 kept)"][1], work)
