@@ -95,6 +95,9 @@ struct StatusDocument {
     /// The tasks holding credentials of their own (`per_task` secrets), until when.
     task_secrets: Vec<deputy_secrets::task::TaskStatus>,
     log: LogStatus,
+    /// deputyd's Landlock sandbox; `null` when deputyd runs inside another program (`deputy
+    /// dev`), which does not enter it.
+    sandbox: Option<crate::sandbox::SandboxStatus>,
 }
 
 #[derive(Serialize)]
@@ -131,6 +134,7 @@ async fn status(State(state): State<AdminState>) -> Json<StatusDocument> {
             .as_ref()
             .map(|s| s.tasks().statuses())
             .unwrap_or_default(),
+        sandbox: crate::sandbox::status().cloned(),
         log: LogStatus {
             dropped_lines: crate::logging::dropped_lines(),
         },

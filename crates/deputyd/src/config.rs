@@ -56,6 +56,34 @@ pub struct Config {
     pub approvals: crate::approvals_config::ApprovalsConfig,
     /// The audit trail.
     pub audit: crate::audit_config::AuditConfig,
+    /// deputyd's own sandbox.
+    pub sandbox: SandboxSettings,
+}
+
+/// `[sandbox]`: whether deputyd restricts its own file access with Landlock (on by default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Restrict file access with Landlock where the kernel has it.
+    #[serde(default = "yes")]
+    pub landlock: bool,
+    /// For tests: a file deputyd tries to read once inside the sandbox; `/status` says whether
+    /// it could (`sandbox.probe`).
+    #[serde(default)]
+    pub probe: Option<PathBuf>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        Self {
+            landlock: true,
+            probe: None,
+        }
+    }
 }
 
 /// A configuration that cannot be used.
@@ -122,6 +150,8 @@ struct RawConfig {
     approvals: crate::approvals_config::RawApprovals,
     #[serde(default)]
     audit: crate::audit_config::RawAudit,
+    #[serde(default)]
+    sandbox: SandboxSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -437,6 +467,7 @@ impl RawConfig {
                 postgres,
                 approvals,
                 audit,
+                sandbox: self.sandbox,
             }),
             _ => Err(problems),
         }

@@ -415,6 +415,13 @@ impl Daemon {
                 }),
             ),
         };
+        let loaded = loaded.and_then(|config| match crate::sandbox::outside(&config, path) {
+            None => Ok(config),
+            Some(why) => Err(crate::ConfigError::Invalid {
+                path: path.display().to_string(),
+                problems: vec![why],
+            }),
+        });
         let event = match loaded {
             Ok(config) => {
                 let (removed, mut on_restart) = self.reload_agents(&config);

@@ -27,6 +27,7 @@ pub mod logging;
 pub mod operator;
 pub mod pgproxy_config;
 pub mod policy_config;
+pub mod sandbox;
 pub mod secrets;
 pub mod secrets_config;
 pub mod services_config;
