@@ -58,6 +58,8 @@ pub struct Config {
     pub audit: crate::audit_config::AuditConfig,
     /// deputyd's own sandbox.
     pub sandbox: SandboxSettings,
+    /// Files the configuration names and deputyd reads (CA files), besides the policy.
+    pub reads: Vec<PathBuf>,
 }
 
 /// `[sandbox]`: whether deputyd restricts its own file access with Landlock (on by default).
@@ -412,6 +414,7 @@ impl RawConfig {
             policy_set,
             &mut problems,
         );
+        let reads = crate::services_config::ca_files(&self.external);
         let approvals = self.approvals.validate(&mut problems);
         let audit = self.audit.validate(&self.state.dir, &mut problems);
 
@@ -468,6 +471,7 @@ impl RawConfig {
                 approvals,
                 audit,
                 sandbox: self.sandbox,
+                reads,
             }),
             _ => Err(problems),
         }

@@ -81,6 +81,7 @@ fn paths(config: &Config, config_path: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
             deputy_policy::PolicySource::WasmBundle(file) => file.clone(),
         });
     }
+    read.extend(config.reads.iter().cloned());
     if let Some(ca) = config
         .secrets
         .as_ref()

@@ -92,6 +92,11 @@ pub(crate) fn protocol(
     }
 }
 
+/// The CA files the external services' stanzas name (read again on every reload).
+pub(crate) fn ca_files(externals: &[RawExternal]) -> Vec<PathBuf> {
+    externals.iter().filter_map(|e| e.ca_file.clone()).collect()
+}
+
 fn default_task_header() -> String {
     "deputy-task".into()
 }
