@@ -71,6 +71,10 @@ fn the_debian_package_holds_a_node_and_lintian_finds_no_error() {
     assert_eq!(conffiles.trim(), "/etc/deputy/deputyd.toml");
     let postinst = std::fs::read_to_string(control.join("postinst")).expect("postinst");
     assert!(postinst.contains("adduser --system --group"), "{postinst}");
+    assert!(
+        control.join("prerm").exists(),
+        "removing the package stops deputyd"
+    );
 
     let root = out.path().join("root");
     let (status, output) = run(Command::new("dpkg-deb").arg("-x").arg(&package).arg(&root));

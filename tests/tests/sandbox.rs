@@ -31,7 +31,9 @@ fn deputyd_reads_only_what_its_configuration_names() {
             my_uid()
         )
     };
-    let path = dir.path().join("deputyd.toml");
+    // In a directory of its own, as /etc/deputy: deputyd may read the config file's directory.
+    std::fs::create_dir_all(dir.path().join("etc")).expect("config dir");
+    let path = dir.path().join("etc/deputyd.toml");
     std::fs::write(&path, config(&policy)).expect("config");
     let node = Node::start(&path);
     node.wait_ready();

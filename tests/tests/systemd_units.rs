@@ -47,7 +47,10 @@ fn deputyd_keeps_what_it_needs_and_says_why_it_keeps_more() {
     .expect("unit");
     // sock_diag (netlink) and its listeners, nothing more.
     assert!(unit.contains("RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK\n"));
-    assert!(unit.contains("CapabilityBoundingSet=\n"));
+    // One capability, for credential files given to their agents.
+    assert!(unit.contains("CapabilityBoundingSet=CAP_CHOWN\n"));
+    // deputyd's own Landlock sandbox needs its system calls, which @system-service lacks.
+    assert!(unit.contains("landlock_create_ruleset landlock_add_rule landlock_restrict_self"));
     assert!(unit.contains("UMask=0077\n"));
     // The wasm engine's JIT is why writable executable memory stays allowed; the unit says so.
     assert!(!unit.contains("MemoryDenyWriteExecute=yes"));

@@ -24,23 +24,20 @@ use crate::Config;
 /// The newest Landlock ABI deputyd asks for; an older kernel enforces what it knows.
 const ABI_WANTED: ABI = ABI::V5;
 
-/// System files read after start: TLS roots, the resolver's files, shared libraries the
-/// resolver loads, the node's name (`/proc`), and random and null devices.
+/// System files read after start: the system's configuration (TLS roots, the resolver's files,
+/// users and groups), libraries and shared data (CA certificates the roots link to, NSS
+/// modules), the resolver files that `/etc/resolv.conf` may link to (replaced whole when the
+/// network changes, so their directories are named), the node's name (`/proc`), and the random
+/// and null devices. Reading is not what the sandbox is for: a compromised deputyd may not write
+/// anywhere but its own directories, nor read other services' state, home directories or `/tmp`.
 const SYSTEM_READ: &[&str] = &[
-    "/etc/ssl",
-    "/etc/pki",
-    "/etc/ca-certificates",
-    "/etc/resolv.conf",
-    "/etc/hosts",
-    "/etc/host.conf",
-    "/etc/nsswitch.conf",
-    "/etc/gai.conf",
-    "/etc/services",
-    "/etc/localtime",
-    "/usr/lib",
-    "/usr/share/zoneinfo",
+    "/etc",
+    "/usr",
     "/lib",
     "/lib64",
+    "/run/systemd/resolve",
+    "/run/NetworkManager",
+    "/run/resolvconf",
     "/proc",
     "/sys/fs/cgroup",
     "/sys/devices/system/cpu",
@@ -73,23 +70,25 @@ pub fn status() -> Option<&'static SandboxStatus> {
 
 /// The paths `config` (read from `config_path`) needs: read-only, and read-write.
 fn paths(config: &Config, config_path: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
-    read.push(config_path.to_path_buf());
-    if let Some(policy) = &config.policy {
-        read.push(match &policy.source {
-            deputy_policy::PolicySource::RegoDir(dir) => dir.clone(),
-            deputy_policy::PolicySource::WasmBundle(file) => file.clone(),
-        });
-    }
-    read.extend(config.reads.iter().cloned());
-    if let Some(ca) = config
-        .secrets
-        .as_ref()
-        .and_then(|s| s.vault.ca_file.clone())
-    {
-        read.push(ca);
-    }
     let parent = |path: &Path| path.parent().map(Path::to_path_buf);
+    let mut files = vec![config_path.to_path_buf()];
+    files.extend(config.reads.iter().cloned());
+    files.extend(
+        config
+            .secrets
+            .as_ref()
+            .and_then(|s| s.vault.ca_file.clone()),
+    );
+    let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
+    if let Some(policy) = &config.policy {
+        match &policy.source {
+            deputy_policy::PolicySource::RegoDir(dir) => read.push(dir.clone()),
+            deputy_policy::PolicySource::WasmBundle(file) => files.push(file.clone()),
+        }
+    }
+    // A file's directory, not the file: editors, package managers and certificate tools
+    // replace a file by renaming a new one over it, which a rule on the old file would miss.
+    read.extend(files.iter().filter_map(|f| parent(f)));
     let mut write = vec![config.state_dir.clone(), config.audit.dir.clone()];
     write.extend(config.approvals.socket.as_deref().and_then(parent));
     for agent in &config.proxy.agents {
@@ -121,6 +120,14 @@ pub fn enter(config: &Config, config_path: &Path) -> anyhow::Result<&'static San
     } else {
         "off"
     };
+    if config.sandbox.landlock && landlock != "on" {
+        // Logging is not up yet: stderr, which the journal keeps.
+        eprintln!(
+            "warning: deputyd's Landlock sandbox is {landlock}: the kernel lacks Landlock, or a \
+             system call filter refuses its calls (allow landlock_create_ruleset, \
+             landlock_add_rule and landlock_restrict_self)"
+        );
+    }
     let probe = config.sandbox.probe.as_ref().map(|path| {
         match std::fs::read(path) {
             Ok(_) => "allowed",
@@ -179,7 +186,11 @@ pub fn outside(config: &Config, config_path: &Path) -> Option<String> {
         return None;
     }
     let (read, write) = paths(config, config_path);
-    let within = |path: &PathBuf, allowed: &[PathBuf]| allowed.iter().any(|a| path.starts_with(a));
+    // Compared as the kernel sees them: a symbolic link is followed.
+    let real = |path: &PathBuf| std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+    let within = |path: &PathBuf, allowed: &[PathBuf]| {
+        allowed.iter().any(|a| real(path).starts_with(real(a)))
+    };
     let readable: Vec<PathBuf> = entered.read.iter().chain(&entered.write).cloned().collect();
     read.iter()
         .find(|p| !within(p, &readable))
