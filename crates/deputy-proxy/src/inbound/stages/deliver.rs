@@ -8,16 +8,14 @@ use crate::routing::strip_hop_by_hop;
 
 pub(super) fn deliver<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
     Box::pin(async move {
-        let request = call
+        let mut request = call
             .request
             .take()
             .ok_or_else(|| call.missing("deliver", "request"))?;
         let (inbound, agent) = (call.inbound, &call.connection.agent);
         let decision_id = DecisionId::of(request.extensions());
-        let lister = request
-            .extensions()
-            .get::<crate::listing::Lister>()
-            .cloned();
+        // Taken, not cloned: it holds the call's whole policy input.
+        let lister = request.extensions_mut().remove::<crate::listing::Lister>();
         if call.dry_run {
             let chain = call.verified.as_ref().map(|v| {
                 serde_json::json!({
