@@ -18,6 +18,7 @@ pub mod recording;
 pub mod secrets_setup;
 pub mod spire;
 pub mod sse;
+pub mod supervisor;
 pub mod tls_client;
 pub mod vault;
 

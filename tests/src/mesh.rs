@@ -49,7 +49,13 @@ pub struct Node {
 impl Node {
     /// Starts deputyd with `config` and reads the addresses it reports.
     pub fn start(config: &Path) -> Self {
-        let process = Process::spawn(Command::new(binary("deputyd")).arg("--config").arg(config));
+        Self::of(Process::spawn(
+            Command::new(binary("deputyd")).arg("--config").arg(config),
+        ))
+    }
+
+    /// A started deputyd, with the addresses it reports once it has started.
+    pub fn of(process: Process) -> Self {
         let started = process
             .output
             .wait_for("deputyd started", Duration::from_secs(20));

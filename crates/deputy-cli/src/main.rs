@@ -100,9 +100,7 @@ fn main() -> std::process::ExitCode {
             Command::Doctor(args) => doctor::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::DemoAgent(args) => demo_agent::run(args).await,
-            Command::Node(args) => deputyd::run(args)
-                .await
-                .map(|()| std::process::ExitCode::SUCCESS),
+            Command::Node(args) => deputyd::run(args).await.map(deputyd::Stopped::exit_code),
         }
     });
     match result {

@@ -180,6 +180,14 @@ impl IdentityManager {
             .all(|h| h.material.borrow().is_some())
     }
 
+    /// Resolves once the daemon and every agent hold a valid SVID ([`is_ready`](Self::is_ready)).
+    pub async fn ready(&self) {
+        for handle in std::iter::once(&self.own).chain(self.agents.iter().map(|(_, h)| h)) {
+            // An error: the identity's task is gone (shutting down); nothing more to wait for.
+            let _ = handle.material.clone().wait_for(Option::is_some).await;
+        }
+    }
+
     /// Stops every background task.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();

@@ -87,7 +87,12 @@ impl PgProxies {
                 "agent {}'s PostgreSQL proxy to database {}",
                 config.agent, config.database
             );
-            let (listener, addr) = deputy_proxy::bind_local(&config.listen, &purpose).await?;
+            let (listener, addr) = deputy_proxy::bind_local(
+                &config.listen,
+                &deputy_listen::postgres(&config.agent, &config.database),
+                &purpose,
+            )
+            .await?;
             let stop = agents
                 .entry(config.agent.clone())
                 .or_insert_with(|| cancel.child_token())
@@ -117,6 +122,10 @@ impl PgProxies {
     pub fn remove_agent(&self, agent: &str) {
         if let Some(stop) = self.agents.lock().ok().and_then(|mut a| a.remove(agent)) {
             stop.cancel();
+        }
+        // Nor are they handed to the next process.
+        for (config, _) in self.bound.iter().filter(|(c, _)| c.agent == agent) {
+            deputy_listen::release(&deputy_listen::postgres(&config.agent, &config.database));
         }
     }
 

@@ -167,7 +167,7 @@ impl Proxy {
 
         let mut inbound_addr = None;
         if let Some(listen) = config.inbound {
-            let listener = tokio::net::TcpListener::bind(listen)
+            let listener = deputy_listen::tcp("inbound", listen)
                 .await
                 .map_err(|source| ProxyError::Bind {
                     address: listen.to_string(),
@@ -299,6 +299,8 @@ impl Proxy {
         if let Some(listener) = self.outbound_listeners.remove(agent) {
             listener.cancel();
         }
+        // Its socket is not handed to the next process either.
+        deputy_listen::release(&deputy_listen::outbound(agent));
         if let Some(ListenAddr::Unix(path)) = self.outbound_addrs.remove(agent) {
             let _ = std::fs::remove_file(path);
         }
@@ -328,8 +330,11 @@ impl Proxy {
         let deadline = tokio::time::Instant::now() + self.grace + std::time::Duration::from_secs(1);
         let left = self.registry.wait_empty(deadline).await;
         tracing::info!(draining, left, "data path stopped");
-        for addr in self.outbound_addrs.values() {
-            if let ListenAddr::Unix(path) = addr {
+        // A socket systemd keeps for the next process stays reachable where it is.
+        for (agent, addr) in &self.outbound_addrs {
+            if let ListenAddr::Unix(path) = addr
+                && !deputy_listen::is_kept(&deputy_listen::outbound(agent))
+            {
                 let _ = std::fs::remove_file(path);
             }
         }
@@ -354,14 +359,21 @@ async fn bind_outbound(
     listen: &ListenAddr,
     agent: &str,
 ) -> Result<(outbound::OutboundListener, ListenAddr), ProxyError> {
-    bind_local(listen, &format!("agent {agent}'s outbound listener")).await
+    bind_local(
+        listen,
+        &deputy_listen::outbound(agent),
+        &format!("agent {agent}'s outbound listener"),
+    )
+    .await
 }
 
 /// Binds a listener for local agents (loopback TCP or a unix socket anyone may connect to, the
-/// caller's uid deciding who may use it); returns it and the address it is bound to (port 0
-/// resolved). `purpose` names it in the error.
+/// caller's uid deciding who may use it), or takes the one systemd kept as `name` over a
+/// restart (`deputy_listen`); returns it and the address it is bound to (port 0 resolved).
+/// `purpose` names it in the error.
 pub async fn bind_local(
     listen: &ListenAddr,
+    name: &str,
     purpose: &str,
 ) -> Result<(outbound::OutboundListener, ListenAddr), ProxyError> {
     let fail = |address: String, source| ProxyError::Bind {
@@ -371,7 +383,7 @@ pub async fn bind_local(
     };
     match listen {
         ListenAddr::Tcp(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
+            let listener = deputy_listen::tcp(name, *addr)
                 .await
                 .map_err(|e| fail(addr.to_string(), e))?;
             let bound = listener
@@ -383,6 +395,12 @@ pub async fn bind_local(
             ))
         }
         ListenAddr::Unix(path) => {
+            if let Some(listener) = deputy_listen::take_unix(name, path) {
+                return Ok((
+                    outbound::OutboundListener::Unix(listener),
+                    ListenAddr::Unix(path.clone()),
+                ));
+            }
             let shown = path.display().to_string();
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent).map_err(|e| fail(shown.clone(), e))?;
@@ -393,6 +411,7 @@ pub async fn bind_local(
             // Anyone may connect; the uid check decides who may call (SO_PEERCRED).
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
                 .map_err(|e| fail(shown, e))?;
+            deputy_listen::keep(name, std::os::fd::AsFd::as_fd(&listener));
             Ok((
                 outbound::OutboundListener::Unix(listener),
                 ListenAddr::Unix(path.clone()),

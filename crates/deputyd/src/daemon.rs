@@ -65,7 +65,7 @@ impl Daemon {
     /// Starts fetching identities and serving the admin listener.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let metrics = metrics_handle();
-        let listener = tokio::net::TcpListener::bind(config.admin_listen)
+        let listener = deputy_listen::tcp("admin", config.admin_listen)
             .await
             .with_context(|| {
                 format!(
@@ -188,6 +188,7 @@ impl Daemon {
             .as_deref()
             .map(crate::operator::bind)
             .transpose()?;
+        wait_for_identities_after_a_handover(&identities).await;
         let proxy =
             deputy_proxy::Proxy::start(proxy_config, &identities, Arc::new(budgets)).await?;
         if let Some(inbound) = proxy.inbound_addr() {
@@ -269,6 +270,9 @@ impl Daemon {
             );
         }
 
+        // Every listener is bound: a socket systemd kept for one the configuration no longer
+        // names is closed, so that its address refuses connections instead of queueing them.
+        deputy_listen::close_unclaimed();
         tracing::info!(admin = %admin_addr, agents = config.identity.agents.len(), "deputyd started");
         Ok(Self {
             identities,
@@ -480,6 +484,29 @@ impl Daemon {
     }
 }
 
+/// How long a restarted deputyd waits for its SVIDs before it serves anyway.
+const HANDOVER_IDENTITY_WAIT: Duration = Duration::from_secs(30);
+
+/// After a restart (sockets handed over), the connections that queued while deputyd was down
+/// are accepted only once every identity holds an SVID: accepted sooner, their calls would be
+/// refused for want of one (503 `no-identity`), while the queue keeps them safe a little longer.
+/// A first start serves at once, and says so in each refusal.
+async fn wait_for_identities_after_a_handover(identities: &IdentityManager) {
+    if !deputy_listen::handed_over() || identities.is_ready() {
+        return;
+    }
+    tracing::info!("restarted: waiting for every SVID before accepting the queued connections");
+    if tokio::time::timeout(HANDOVER_IDENTITY_WAIT, identities.ready())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            waited = ?HANDOVER_IDENTITY_WAIT,
+            "not every identity has an SVID yet; serving anyway (see /status for which)"
+        );
+    }
+}
+
 fn show_listen(addr: &deputy_proxy::ListenAddr) -> String {
     match addr {
         deputy_proxy::ListenAddr::Tcp(addr) => addr.to_string(),
@@ -620,12 +647,31 @@ pub fn check(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(summary)
 }
 
-/// Runs deputyd until SIGTERM or an interrupt: the whole of `deputyd`'s `main`, shared with
-/// `deputy dev`, which starts its nodes from the same binary.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+/// How deputyd stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Asked to (SIGTERM, an interrupt), or after `--check`.
+    Done,
+    /// Its binary was replaced and it handed the node over ([`crate::handover`]).
+    HandedOver,
+}
+
+impl Stopped {
+    /// The process's exit status.
+    pub fn exit_code(self) -> std::process::ExitCode {
+        match self {
+            Self::Done => std::process::ExitCode::SUCCESS,
+            Self::HandedOver => std::process::ExitCode::from(crate::handover::EXIT_HANDED_OVER),
+        }
+    }
+}
+
+/// Runs deputyd until SIGTERM, an interrupt or a hand-over: the whole of `deputyd`'s `main`,
+/// shared with `deputy dev`, which starts its nodes from the same binary.
+pub async fn run(args: Args) -> anyhow::Result<Stopped> {
     if args.check {
         println!("{}", check(&args.config)?);
-        return Ok(());
+        return Ok(Stopped::Done);
     }
     let _log = crate::logging::init_logging(args.log_json);
     let config = Config::load(&args.config)?;
@@ -635,20 +681,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot install the SIGTERM handler")?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot install the SIGHUP handler")?;
+    let binary = crate::handover::Binary::at_start();
     let mut daemon = Daemon::start(config).await?;
-    loop {
+    let stopped = loop {
         tokio::select! {
             _ = term.recv() => {
                 tracing::info!("SIGTERM: stopping");
-                break;
+                break Stopped::Done;
             }
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("interrupt: stopping");
-                break;
+                break Stopped::Done;
             }
-            _ = hup.recv() => daemon.reload(&args.config),
+            _ = hup.recv() => match binary.replaced() {
+                Some(path) if crate::handover::possible() => {
+                    tracing::info!(binary = %path.display(),
+                        "SIGHUP: deputyd's binary was replaced; handing the node over to it \
+                         (draining, then exiting for systemd to start it with the listening \
+                         sockets it keeps)");
+                    break Stopped::HandedOver;
+                }
+                _ => daemon.reload(&args.config),
+            },
         }
-    }
+    };
     daemon.shutdown().await;
-    Ok(())
+    Ok(stopped)
 }

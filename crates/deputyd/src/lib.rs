@@ -11,6 +11,7 @@
 //!   listener.
 //! - [`systemd`]: READY=1, STATUS= and watchdog pings when run by systemd.
 //! - [`secrets`]: the secrets manager's wiring to the identity manager.
+//! - [`handover`]: an upgrade's restart that refuses no connection.
 //! - [`daemon`]: the wiring, and the orderly shutdown on SIGTERM; [`logging`]: the log,
 //!   queued off the request path.
 
@@ -22,6 +23,7 @@ pub mod audit_config;
 mod audit_events;
 pub mod config;
 pub mod daemon;
+pub mod handover;
 pub mod limits_config;
 pub mod logging;
 pub mod operator;
@@ -34,5 +36,5 @@ pub mod services_config;
 pub mod systemd;
 
 pub use config::{Config, ConfigError};
-pub use daemon::{Args, Daemon, run};
+pub use daemon::{Args, Daemon, Stopped, run};
 pub use logging::init_logging;

@@ -1,9 +1,18 @@
 //! `deputyd --config FILE`: the per-node Deputy daemon.
 
+use anyhow::Context as _;
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+#[allow(unsafe_code)] // Taking the sockets systemd handed over: see the safety note.
+fn main() -> anyhow::Result<std::process::ExitCode> {
     let args = deputyd::Args::parse();
+    if !args.check {
+        // The listening sockets systemd kept over a restart, taken before any thread starts
+        // (taking them unsets LISTEN_FDS, so that no child takes them too).
+        // SAFETY: no other thread runs yet.
+        unsafe { deputy_listen::adopt_from_systemd() }
+            .context("cannot take the listening sockets systemd handed over")?;
+    }
     // Before any thread starts, so that every thread is inside the sandbox. A config that does
     // not load is left to `run`, which says why.
     if !args.check
@@ -11,8 +20,9 @@ fn main() -> anyhow::Result<()> {
     {
         deputyd::sandbox::enter(&config, &args.config)?;
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let stopped = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(deputyd::run(args))
+        .block_on(deputyd::run(args))?;
+    Ok(stopped.exit_code())
 }

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use drain::DrainReason;
-pub(crate) use serve::{Ended, serve_until_drained};
+pub(crate) use serve::{Ended, close_if_draining, serve_until_drained};
 pub(crate) use slots::{Slot, Slots};
 
 use crate::tls::{Anchors, Bundles, same_bundle_set};

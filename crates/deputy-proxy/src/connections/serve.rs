@@ -3,7 +3,9 @@
 use std::future::Future;
 use std::pin::{Pin, pin};
 
-use super::Registration;
+use std::time::Duration;
+
+use super::{ConnectionHandle, DrainReason, Registration};
 
 /// How a served connection ended.
 #[derive(Debug)]
@@ -21,6 +23,13 @@ pub(crate) enum Ended<T> {
 /// the registry's grace before the connection is dropped. A pooled client connection has no
 /// shutdown of its own: it is dropped once its last request is answered (the pool no longer
 /// hands it out).
+///
+/// HTTP/1.1 cannot tell an idle client to send no more but by closing, and a close races the
+/// request the client may be sending at that moment, which then fails. So a connection drained
+/// for a stop or for its age first lingers ([`LINGER`]): its answers say `Connection: close`
+/// ([`close_if_draining`]), and a busy client closes it itself after its next one; only a
+/// connection idle for the whole linger is closed here. A drain for revocation, expiry or
+/// distrust does not linger. The linger is taken out of the grace, not added to it.
 ///
 /// Boxed, and `Send` by its bounds: an `async fn` generic over hyper's connections trips a
 /// compiler limitation (rust-lang/rust#102211) when the task that awaits it is spawned.
@@ -46,9 +55,18 @@ async fn serve<C: Future>(
         ended = connection.as_mut() => return Ended::Finished(ended),
         reason = registration.drained() => reason,
     };
-    begin_shutdown(connection.as_mut());
     let grace = registration.registry.grace;
     let handle = registration.handle();
+    let deadline = tokio::time::Instant::now() + grace;
+    if handle.0.side != super::Side::Pool && lingers(&reason) {
+        // At most half the grace: the rest is for the close.
+        let linger = tokio::time::Instant::now() + LINGER.min(grace / 2);
+        tokio::select! {
+            ended = connection.as_mut() => return Ended::Finished(ended),
+            () = tokio::time::sleep_until(linger) => {}
+        }
+    }
+    begin_shutdown(connection.as_mut());
     let answered = async {
         if handle.0.side == super::Side::Pool {
             handle.idle().await;
@@ -59,11 +77,37 @@ async fn serve<C: Future>(
     tokio::select! {
         ended = connection => Ended::Finished(ended),
         () = answered => Ended::Answered,
-        () = tokio::time::sleep(grace) => {
+        () = tokio::time::sleep_until(deadline) => {
             tracing::info!(connection = handle.0.id, side = handle.0.side.name(),
                 agent = %handle.0.agent, %reason, ?grace,
                 "closed a drained connection whose streams outlived the grace");
             Ended::Cut
         }
+    }
+}
+
+/// How long a drained HTTP/1.1 connection waits for its client to close it after an answer
+/// that says `Connection: close`, before it is closed idle.
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
+
+/// Whether a drain for `reason` lingers: only where serving a few more requests is harmless
+/// (a stop, a connection's age); a revoked, expired or distrusted peer gets no more.
+fn lingers(reason: &DrainReason) -> bool {
+    matches!(reason, DrainReason::ShuttingDown | DrainReason::MaxAge(_))
+}
+
+/// Makes an answer on a draining HTTP/1.x connection say `Connection: close`, so that the
+/// client sends its next request on a new connection (to the next process, after a restart)
+/// rather than on one about to close. HTTP/2 has GOAWAY for this.
+pub(crate) fn close_if_draining<B>(
+    handle: &ConnectionHandle,
+    version: http::Version,
+    response: &mut http::Response<B>,
+) {
+    if handle.is_draining() && version < http::Version::HTTP_2 {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
     }
 }

@@ -204,6 +204,7 @@ async fn handle(
         // Not a call: another node revoking a task it extended here. Never delivered.
         return crate::revocation::receive(inbound, connection, request).await;
     }
+    let version = request.version();
     let in_flight = connection.handle.request_started();
     // One id per call, at both ends: the calling deputyd's, when the peer sent a well-formed one.
     let request_id = crate::routing::peer_request_id(request.headers())
@@ -242,7 +243,8 @@ async fn handle(
         audit_facts.get_or_insert_with(Default::default).dry_run = true;
     }
     drop(call);
-    let response = crate::revocation::guard(watched, response);
+    let mut response = crate::revocation::guard(watched, response);
+    crate::connections::close_if_draining(&connection.handle, version, &mut response);
     let agent = &connection.agent;
     let parties = (
         agent.name.clone(),

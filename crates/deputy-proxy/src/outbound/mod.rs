@@ -206,6 +206,7 @@ async fn handle(
     caller: &Caller,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    let version = request.version();
     let in_flight = caller.handle.request_started();
     let request_id = uuid::Uuid::now_v7().to_string();
     let (arrival, request) = Arrival::of(request);
@@ -244,7 +245,8 @@ async fn handle(
         audit_facts.get_or_insert_with(Default::default).replayed = true;
     }
     drop(call);
-    let response = crate::revocation::guard(watched, response);
+    let mut response = crate::revocation::guard(watched, response);
+    crate::connections::close_if_draining(&caller.handle, version, &mut response);
     let parties = (outbound.agent.name.clone(), "-".into(), service);
     let record = arrival
         .record("outbound", parties, request_id, in_flight)

@@ -46,8 +46,15 @@ struct OperatorState {
     operators: Arc<Vec<u32>>,
 }
 
-/// Binds the socket at `path` (a stale one from a previous run is replaced; mode 0660).
+/// The operator socket's name in systemd's file descriptor store.
+const SOCKET_NAME: &str = "operator";
+
+/// Binds the socket at `path` (a stale one from a previous run is replaced; mode 0660), or
+/// takes the one systemd kept over a restart.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(listener) = deputy_listen::take_unix(SOCKET_NAME, path) {
+        return Ok(listener);
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -69,6 +76,7 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         .map_err(|e| anyhow::anyhow!("cannot bind the operator socket {}: {e}", path.display()))?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    deputy_listen::keep(SOCKET_NAME, std::os::fd::AsFd::as_fd(&listener));
     Ok(listener)
 }
 
