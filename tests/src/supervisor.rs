@@ -91,7 +91,9 @@ impl Supervisor {
             .arg(binary)
             .arg("--config")
             .arg(config)
-            .env("NOTIFY_SOCKET", &self.socket);
+            .env("NOTIFY_SOCKET", &self.socket)
+            // As the unit's Environment= says.
+            .env("DEPUTYD_HANDOVER", "1");
         if !high.is_empty() {
             command
                 .env("LISTEN_FDS", high.len().to_string())

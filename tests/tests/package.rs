@@ -33,8 +33,8 @@ fn the_debian_package_holds_a_node_and_lintian_finds_no_error() {
         .env("CARGO_TARGET_DIR", target)
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("..")));
     assert!(status.success(), "cargo-deb failed:\n{output}");
-    let package = out.path().join("deputy_0.1.0-1_amd64.deb");
-    let debug = out.path().join("deputy-dbgsym_0.1.0-1_amd64.ddeb");
+    let package = out.path().join("deputy_0.1.0-2_amd64.deb");
+    let debug = out.path().join("deputy-dbgsym_0.1.0-2_amd64.ddeb");
 
     let listing = |file: &Path| {
         let (status, output) = run(Command::new("dpkg-deb").arg("-c").arg(file));

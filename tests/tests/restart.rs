@@ -36,7 +36,7 @@ struct Load {
 }
 
 /// Calls per client at most: the load ends by itself.
-const MOST_CALLS: u32 = 20_000;
+const MOST_CALLS: u32 = 200_000;
 
 impl Load {
     fn start(outbound: &str, clients: usize) -> Self {

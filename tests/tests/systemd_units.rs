@@ -52,6 +52,16 @@ fn deputyd_keeps_what_it_needs_and_says_why_it_keeps_more() {
     // deputyd's own Landlock sandbox needs its system calls, which @system-service lacks.
     assert!(unit.contains("landlock_create_ruleset landlock_add_rule landlock_restrict_self"));
     assert!(unit.contains("UMask=0077\n"));
+    // Restarts: the sockets are kept, their files too, and the hand-over is asked for.
+    for setting in [
+        "FileDescriptorStoreMax=512\n",
+        "RuntimeDirectoryPreserve=restart\n",
+        "RestartForceExitStatus=75\n",
+        "SuccessExitStatus=75\n",
+        "Environment=DEPUTYD_HANDOVER=1\n",
+    ] {
+        assert!(unit.contains(setting), "{setting}");
+    }
     // The wasm engine's JIT is why writable executable memory stays allowed; the unit says so.
     assert!(!unit.contains("MemoryDenyWriteExecute=yes"));
     assert!(unit.contains("# - MemoryDenyWriteExecute: the policy's wasm engine"));

@@ -13,7 +13,7 @@
 //! forever.
 //!
 //! The names: `admin`, `inbound`, `operator`, `outbound.<agent>`,
-//! `postgres.<agent>.<database>` ([`outbound`], [`postgres`]).
+//! `postgres.<agent>.<database>.<secret>` ([`outbound`], [`postgres`]).
 //!
 //! Without systemd (no `NOTIFY_SOCKET`, no `LISTEN_FDS`) nothing is inherited and nothing kept:
 //! every socket is bound as usual.
@@ -32,9 +32,10 @@ pub fn outbound(agent: &str) -> String {
     format!("outbound.{agent}")
 }
 
-/// The name of agent `agent`'s PostgreSQL listener for `database`.
-pub fn postgres(agent: &str, database: &str) -> String {
-    format!("postgres.{agent}.{database}")
+/// The name of agent `agent`'s PostgreSQL listener for `database` with credentials `secret`
+/// (the caller numbers a second one with the same three).
+pub fn postgres(agent: &str, database: &str, secret: &str) -> String {
+    format!("postgres.{agent}.{database}.{secret}")
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +46,12 @@ struct Sockets {
     kept: HashSet<String>,
     /// Sockets were handed over at start.
     handed_over: bool,
+    /// The process takes part: it looked for sockets at start ([`adopt_from_systemd`]), so it
+    /// will take back what it keeps. Another program sharing this code (`deputy node`) keeps
+    /// nothing, lest its sockets pile up in a store nobody takes them from.
+    armed: bool,
+    /// Names whose inherited socket was refused: systemd may still hold it for a moment.
+    released: HashSet<String>,
 }
 
 /// The process's sockets: handed over by systemd to the process, not to one of its parts.
@@ -85,7 +92,14 @@ pub unsafe fn adopt_from_systemd() -> io::Result<Vec<String>> {
         sockets.inherited.insert(name, fd);
     }
     sockets.handed_over = !names.is_empty();
+    sockets.armed = true;
     Ok(names)
+}
+
+/// Whether this process takes part in keeping sockets over a restart (it looked for them at
+/// start, as deputyd does).
+pub fn armed() -> bool {
+    sockets().armed
 }
 
 /// Whether this process was handed sockets at start: it is a restart, and the connections
@@ -132,9 +146,20 @@ pub fn take_unix(name: &str, path: &Path) -> Option<tokio::net::UnixListener> {
                 path.display()
             ));
         }
-        use std::os::unix::fs::FileTypeExt as _;
+        // The file must still be the socket deputyd made: a socket of another user put in its
+        // place would be left reachable and this one not.
+        use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
         match std::fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_socket() => {}
+            Ok(meta)
+                if meta.file_type().is_socket()
+                    && meta.uid() == nix::unistd::geteuid().as_raw() => {}
+            Ok(meta) if meta.file_type().is_socket() => {
+                return Err(format!(
+                    "{} is a socket of uid {}, not deputyd's",
+                    path.display(),
+                    meta.uid()
+                ));
+            }
             _ => return Err(format!("{} no longer names a socket", path.display())),
         }
         listener
@@ -163,6 +188,7 @@ fn adopted<L>(name: &str, wanted: &str, taken: Result<L, String>) -> Option<L> {
                 "the socket systemd handed over is not used: {why}; a new one is bound"
             );
             release(name);
+            sockets().released.insert(name.to_owned());
             None
         }
     }
@@ -187,7 +213,22 @@ pub async fn tcp(name: &str, addr: SocketAddr) -> io::Result<tokio::net::TcpList
     if let Some(listener) = take_tcp(name, addr) {
         return Ok(listener);
     }
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    // systemd takes a released socket out of its store when it reads the message: until then
+    // an address that overlaps it is still in use, for a moment.
+    let mut tries = if sockets().released.contains(name) {
+        20
+    } else {
+        1
+    };
+    let listener = loop {
+        tries -= 1;
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries > 0 => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            bound => break bound?,
+        }
+    };
     keep(name, listener.as_fd());
     Ok(listener)
 }
@@ -195,11 +236,14 @@ pub async fn tcp(name: &str, addr: SocketAddr) -> io::Result<tokio::net::TcpList
 /// Gives the listening socket `fd` to systemd's file descriptor store as `name`, when deputyd
 /// runs under systemd; a unit without a store (`FileDescriptorStoreMax=0`) ignores it.
 pub fn keep(name: &str, fd: BorrowedFd<'_>) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+    if !armed() || std::env::var_os("NOTIFY_SOCKET").is_none() {
         return;
     }
-    // systemd's rule for a name (sd_pid_notify_with_fds(3)).
-    if name.is_empty() || name.len() > 255 || name.chars().any(|c| c == ':' || c.is_control()) {
+    // systemd's rule for a name (fdname_is_valid): printable ASCII but `:`, at most 255.
+    if name.is_empty()
+        || name.len() > 255
+        || !name.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b':')
+    {
         tracing::warn!(
             name,
             "a socket with this name cannot be kept by systemd; a restart closes it"

@@ -11,6 +11,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 fn inherit(name: &str, fd: impl Into<OwnedFd>) {
     let mut sockets = sockets();
     sockets.kept.insert(name.to_owned());
+    sockets.armed = true;
     sockets.inherited.insert(name.to_owned(), fd.into());
 }
 
@@ -119,5 +120,8 @@ async fn without_systemd_a_new_listener_is_bound_and_not_kept() {
 #[test]
 fn names_are_distinct_per_agent_and_database() {
     assert_eq!(outbound("alpha"), "outbound.alpha");
-    assert_eq!(postgres("alpha", "crm"), "postgres.alpha.crm");
+    assert_eq!(
+        postgres("alpha", "crm", "crm-ro"),
+        "postgres.alpha.crm.crm-ro"
+    );
 }

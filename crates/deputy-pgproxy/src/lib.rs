@@ -67,6 +67,8 @@ pub struct PgProxyConfig {
 #[derive(Debug)]
 pub struct PgProxies {
     bound: Vec<(PgProxyConfig, ListenAddr)>,
+    /// Each listener's name in systemd's store, by agent.
+    sockets: Vec<(String, String)>,
     agents: Mutex<HashMap<String, CancellationToken>>,
     cancel: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
@@ -82,17 +84,25 @@ impl PgProxies {
         let mut agents: HashMap<String, CancellationToken> = HashMap::new();
         let mut tasks = JoinSet::new();
         let mut bound = Vec::new();
+        let mut sockets: Vec<(String, String)> = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
         for config in configs {
             let purpose = format!(
                 "agent {}'s PostgreSQL proxy to database {}",
                 config.agent, config.database
             );
-            let (listener, addr) = deputy_proxy::bind_local(
-                &config.listen,
-                &deputy_listen::postgres(&config.agent, &config.database),
-                &purpose,
-            )
-            .await?;
+            // One name per listener, kept by systemd over a restart: a second proxy of the
+            // same agent, database and secret is numbered.
+            let base = deputy_listen::postgres(&config.agent, &config.database, &config.secret);
+            let twins = seen.entry(base.clone()).or_insert(0usize);
+            *twins += 1;
+            let name = match *twins {
+                1 => base,
+                n => format!("{base}.{n}"),
+            };
+            let (listener, addr) =
+                deputy_proxy::bind_local(&config.listen, &name, &purpose).await?;
+            sockets.push((config.agent.clone(), name));
             let stop = agents
                 .entry(config.agent.clone())
                 .or_insert_with(|| cancel.child_token())
@@ -107,6 +117,7 @@ impl PgProxies {
         }
         Ok(Self {
             bound,
+            sockets,
             agents: Mutex::new(agents),
             cancel,
             tasks: Mutex::new(tasks),
@@ -124,8 +135,8 @@ impl PgProxies {
             stop.cancel();
         }
         // Nor are they handed to the next process.
-        for (config, _) in self.bound.iter().filter(|(c, _)| c.agent == agent) {
-            deputy_listen::release(&deputy_listen::postgres(&config.agent, &config.database));
+        for (_, name) in self.sockets.iter().filter(|(a, _)| a == agent) {
+            deputy_listen::release(name);
         }
     }
 

@@ -681,7 +681,7 @@ pub async fn run(args: Args) -> anyhow::Result<Stopped> {
         .context("cannot install the SIGTERM handler")?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot install the SIGHUP handler")?;
-    let binary = crate::handover::Binary::at_start();
+    let binary = crate::handover::Binary::running();
     let mut daemon = Daemon::start(config).await?;
     let stopped = loop {
         tokio::select! {

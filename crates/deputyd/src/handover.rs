@@ -19,15 +19,24 @@ pub const EXIT_HANDED_OVER: u8 = 75;
 /// The binary this process runs, to tell when it has been replaced on disk.
 #[derive(Debug)]
 pub struct Binary {
+    /// Where it was started from.
     path: Option<PathBuf>,
+    /// The file it runs: `/proc/self/exe` reaches it even once it is unlinked.
     file: Option<(u64, u64)>,
 }
 
 impl Binary {
-    /// The binary as it is now (call it at start).
-    pub fn at_start() -> Self {
-        let path = std::env::current_exe().ok();
-        let file = path.as_deref().and_then(identity);
+    /// The binary this process runs.
+    pub fn running() -> Self {
+        // A binary replaced before this runs reads as "/usr/bin/deputyd (deleted)".
+        let path = std::env::current_exe().ok().map(|path| {
+            let shown = path.to_string_lossy();
+            match shown.strip_suffix(" (deleted)") {
+                Some(path) => PathBuf::from(path),
+                None => path,
+            }
+        });
+        let file = identity(std::path::Path::new("/proc/self/exe"));
         Self { path, file }
     }
 
@@ -46,10 +55,14 @@ fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Whether a hand-over can be picked up: only systemd (`NOTIFY_SOCKET`) keeps the sockets and
-/// restarts deputyd on [`EXIT_HANDED_OVER`]; without it, a replaced binary is reloaded in place.
+/// Whether a hand-over can be picked up: the unit asks for it (`DEPUTYD_HANDOVER=1`: it keeps
+/// the sockets and restarts deputyd on [`EXIT_HANDED_OVER`]), deputyd runs under systemd, and it
+/// takes part in keeping sockets (`deputy node`, say, does not). Otherwise a replaced binary is
+/// reloaded in place, as before.
 pub fn possible() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
+        && std::env::var("DEPUTYD_HANDOVER").as_deref() == Ok("1")
+        && deputy_listen::armed()
 }
 
 #[cfg(test)]
@@ -66,6 +79,10 @@ mod tests {
             path: Some(path.clone()),
         };
         assert_eq!(binary.replaced(), None, "the same file");
+        assert!(
+            Binary::running().file.is_some(),
+            "the running binary is known"
+        );
         // As dpkg does: the new file is written beside it and renamed over it.
         let new = dir.path().join("deputyd.dpkg-new");
         std::fs::write(&new, b"new").expect("write");

@@ -31,6 +31,13 @@ pub enum DrainReason {
 }
 
 impl DrainReason {
+    /// Whether a drain for this reason lingers ([`super::serve`]): only where serving a few
+    /// more requests is harmless (a stop, a connection's age); a revoked, expired, distrusted
+    /// or removed peer gets no more.
+    pub fn lingers(&self) -> bool {
+        matches!(self, Self::ShuttingDown | Self::MaxAge(_))
+    }
+
     /// A short stable name, for metrics and the `/connections` document.
     pub fn name(&self) -> &'static str {
         match self {

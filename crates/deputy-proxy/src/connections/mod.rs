@@ -141,7 +141,12 @@ impl Shared {
 
     fn drain(&self, reason: DrainReason) -> bool {
         self.drain.send_if_modified(|current| {
-            if current.is_some() {
+            // A drain that lingers (a stop, the age) gives way to one that must not (a
+            // revocation, an expiry): the connection then closes without its linger.
+            if current
+                .as_ref()
+                .is_some_and(|c| !c.lingers() || reason.lingers())
+            {
                 return false;
             }
             tracing::info!(connection = self.id, side = self.side.name(), agent = %self.agent,
@@ -425,6 +430,14 @@ impl Registration {
     /// Why the connection is being drained, if it is.
     pub fn draining(&self) -> Option<DrainReason> {
         self.drained.borrow().clone()
+    }
+
+    /// Resolves when the connection's drain turns into one that does not linger.
+    pub(crate) async fn escalated(&mut self) {
+        let _ = self
+            .drained
+            .wait_for(|reason| reason.as_ref().is_some_and(|r| !r.lingers()))
+            .await;
     }
 
     /// Resolves when the connection is to be drained.

@@ -5,7 +5,7 @@ use std::pin::{Pin, pin};
 
 use std::time::Duration;
 
-use super::{ConnectionHandle, DrainReason, Registration};
+use super::{ConnectionHandle, Registration};
 
 /// How a served connection ended.
 #[derive(Debug)]
@@ -28,8 +28,9 @@ pub(crate) enum Ended<T> {
 /// request the client may be sending at that moment, which then fails. So a connection drained
 /// for a stop or for its age first lingers ([`LINGER`]): its answers say `Connection: close`
 /// ([`close_if_draining`]), and a busy client closes it itself after its next one; only a
-/// connection idle for the whole linger is closed here. A drain for revocation, expiry or
-/// distrust does not linger. The linger is taken out of the grace, not added to it.
+/// connection idle for the whole linger is closed here. A drain for revocation, expiry,
+/// distrust or a removed agent does not linger, and cuts a linger short when it comes during
+/// one. The linger is taken out of the grace, not added to it.
 ///
 /// Boxed, and `Send` by its bounds: an `async fn` generic over hyper's connections trips a
 /// compiler limitation (rust-lang/rust#102211) when the task that awaits it is spawned.
@@ -58,12 +59,13 @@ async fn serve<C: Future>(
     let grace = registration.registry.grace;
     let handle = registration.handle();
     let deadline = tokio::time::Instant::now() + grace;
-    if handle.0.side != super::Side::Pool && lingers(&reason) {
+    if handle.0.side != super::Side::Pool && reason.lingers() {
         // At most half the grace: the rest is for the close.
         let linger = tokio::time::Instant::now() + LINGER.min(grace / 2);
         tokio::select! {
             ended = connection.as_mut() => return Ended::Finished(ended),
             () = tokio::time::sleep_until(linger) => {}
+            () = registration.escalated() => {}
         }
     }
     begin_shutdown(connection.as_mut());
@@ -89,12 +91,6 @@ async fn serve<C: Future>(
 /// How long a drained HTTP/1.1 connection waits for its client to close it after an answer
 /// that says `Connection: close`, before it is closed idle.
 pub(crate) const LINGER: Duration = Duration::from_secs(1);
-
-/// Whether a drain for `reason` lingers: only where serving a few more requests is harmless
-/// (a stop, a connection's age); a revoked, expired or distrusted peer gets no more.
-fn lingers(reason: &DrainReason) -> bool {
-    matches!(reason, DrainReason::ShuttingDown | DrainReason::MaxAge(_))
-}
 
 /// Makes an answer on a draining HTTP/1.x connection say `Connection: close`, so that the
 /// client sends its next request on a new connection (to the next process, after a restart)
