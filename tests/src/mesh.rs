@@ -107,8 +107,13 @@ impl Node {
 
 /// Starts a demo agent (relaying through `outbound`, if given); returns it and its address.
 pub fn demo_agent(name: &str, outbound: Option<&str>) -> (Process, String) {
+    demo_agent_at(name, "127.0.0.1:0", outbound)
+}
+
+/// Starts a demo agent listening on `listen` (so that it can be started again where it was).
+pub fn demo_agent_at(name: &str, listen: &str, outbound: Option<&str>) -> (Process, String) {
     let mut command = Command::new(binary("deputy"));
-    command.args(["demo-agent", "--name", name, "--listen", "127.0.0.1:0"]);
+    command.args(["demo-agent", "--name", name, "--listen", listen]);
     if let Some(outbound) = outbound {
         command.args(["--outbound", outbound]);
     }
@@ -186,7 +191,9 @@ impl Mesh {
         // Each node must know where the other listens before it starts.
         let node1_inbound = unique_loopback_addr();
         let beta_outbound = unique_loopback_addr();
-        let (beta_process, beta_addr) = demo_agent("beta", Some(&beta_outbound));
+        // beta on an address of its own, where a fault test starts it again.
+        let (beta_process, beta_addr) =
+            demo_agent_at("beta", &unique_loopback_addr(), Some(&beta_outbound));
         let (delta_process, delta_addr) = demo_agent("delta", None);
         let (carol_process, carol_addr) = demo_agent("carol", None);
 

@@ -20,6 +20,8 @@ pub struct Postgres {
     pub port: u16,
     /// The directory of its unix socket.
     pub socket_dir: PathBuf,
+    /// Its data directory.
+    data: PathBuf,
 }
 
 /// A PostgreSQL program of the newest installed version.
@@ -38,6 +40,25 @@ pub fn pg_bin(name: &str) -> PathBuf {
              packages (apt-get install postgresql)"
         )
     })
+}
+
+/// Starts the server on `data`, and waits until it accepts connections.
+fn serve(data: &Path, socket_dir: &Path, host: &str, port: u16) -> Process {
+    let process = Process::spawn(
+        as_postgres(&pg_bin("postgres"))
+            .current_dir("/tmp")
+            .arg("-D")
+            .arg(data)
+            .arg("-k")
+            .arg(socket_dir)
+            .args(["-c", &format!("listen_addresses={host}")])
+            .args(["-p", &port.to_string()]),
+    );
+    process.output.wait_for(
+        "database system is ready to accept connections",
+        Duration::from_secs(60),
+    );
+    process
 }
 
 /// `program` run as the `postgres` user (the process itself, so that stopping it stops the
@@ -81,26 +102,23 @@ impl Postgres {
         let addr = unique_loopback_addr();
         let (host, port) = addr.rsplit_once(':').expect("host:port");
         let port: u16 = port.parse().expect("port");
-        let process = Process::spawn(
-            as_postgres(&pg_bin("postgres"))
-                .current_dir("/tmp")
-                .arg("-D")
-                .arg(&data)
-                .arg("-k")
-                .arg(&socket_dir)
-                .args(["-c", &format!("listen_addresses={host}")])
-                .args(["-p", &port.to_string()]),
-        );
-        process.output.wait_for(
-            "database system is ready to accept connections",
-            Duration::from_secs(60),
-        );
+        let process = serve(&data, &socket_dir, host, port);
         Self {
             process,
             host: host.to_owned(),
             port,
             socket_dir,
+            data,
         }
+    }
+
+    /// Stops the server (fast shutdown: every session is ended) and starts it again where it
+    /// was, as a restart for an upgrade does.
+    pub fn restart(&mut self) {
+        self.process.signal(nix::sys::signal::Signal::SIGINT);
+        let status = self.process.wait(Duration::from_secs(60));
+        assert!(status.success(), "PostgreSQL stopped: {status:?}");
+        self.process = serve(&self.data, &self.socket_dir, &self.host, self.port);
     }
 
     /// Runs `sql` in `database` as the superuser, over the socket: the rows, `|`-separated.

@@ -1,0 +1,118 @@
+//! Faults across processes: what a caller sees when a part of the mesh dies under it (a
+//! problem or a visibly broken stream, never a hang or a stream that looks finished), and that
+//! the mesh recovers by itself once the part is back. (The issuer, SPIRE agent, Vault, a full
+//! audit disk, a kill -9 of deputyd and a broken policy have their own tests: identities.rs,
+//! spire.rs, secrets.rs, audit_faults.rs, policy.rs.)
+
+use std::time::{Duration, Instant};
+
+use deputy_tests::client::{self, Protocol};
+use deputy_tests::mesh::{Mesh, demo_agent_at};
+use deputy_tests::secrets_setup::{Setup, names, node_field, proxy_session, secret, secret_status};
+use deputy_tests::sse::{first_event, read_events};
+use http::StatusCode;
+use hyper::body::Incoming;
+
+/// A call of beta for user:alice through alpha's outbound listener.
+async fn call_beta(alpha: &str, path: &str) -> http::Response<Incoming> {
+    let mut request = client::get("beta", path, Protocol::Http1);
+    let headers = request.headers_mut();
+    headers.insert("deputy-principal", "user:alice".parse().expect("value"));
+    headers.insert("deputy-scope", "events:read".parse().expect("value"));
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        client::send(alpha, Protocol::Http1, request),
+    )
+    .await
+    .expect("an answer within 15 s, not a hang")
+    .expect("the call is answered")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_killed_mid_stream_breaks_the_stream_visibly_and_is_served_again_once_back() {
+    let mut mesh = Mesh::start("1h");
+    let alpha = mesh.node1.outbound_of("alpha");
+    let beta_outbound = mesh.node2.outbound_of("beta");
+
+    // A stream of 60 s of events from beta, open end to end (alpha -> node1 -> node2 -> beta).
+    let response = call_beta(&alpha, "/events?count=600").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut stream = response.into_body();
+    first_event(&mut stream).await;
+
+    // beta's process dies (SIGKILL: no goodbye on its connection).
+    let index = mesh
+        .agents
+        .iter()
+        .position(|(name, _, _)| name == "beta")
+        .expect("beta");
+    let (_, beta, beta_addr) = mesh.agents.remove(index);
+    drop(beta);
+    let killed = Instant::now();
+
+    // The caller's stream ends at once, and as broken: a client must not take a cut stream for
+    // a whole one.
+    let (_, clean) = tokio::time::timeout(Duration::from_secs(10), read_events(&mut stream))
+        .await
+        .expect("the stream ends within 10 s of the kill, it does not hang");
+    assert!(!clean, "a stream cut upstream ended as if it were complete");
+    assert!(killed.elapsed() < Duration::from_secs(10));
+
+    // The next call is refused at once, by a problem that names the upstream.
+    let refused = call_beta(&alpha, "/").await;
+    let problem = client::json(refused).await;
+    assert_eq!(
+        problem["type"], "urn:deputy:problem:upstream-unavailable",
+        "{problem}"
+    );
+    // It says what failed and what to check: beta's upstream, at beta's node.
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("agent beta did not answer at its upstream")
+                && d.contains("is it running?")),
+        "{problem}"
+    );
+    let log = mesh.node2.process.output.text();
+    assert!(
+        log.contains("service=beta") || log.contains("agent=beta"),
+        "node2 logged the failed call: {log}"
+    );
+
+    // beta is back where it was: calls are served again, with no restart of either deputyd.
+    let (_beta_again, _) = demo_agent_at("beta", &beta_addr, Some(&beta_outbound));
+    let served = call_beta(&alpha, "/").await;
+    assert_eq!(served.status(), StatusCode::OK);
+    let stream = call_beta(&alpha, "/events?count=3").await;
+    let (seen, clean) = read_events(&mut stream.into_body()).await;
+    assert!(clean && seen == 3, "a whole stream again: {seen} events");
+    assert!(mesh.node1.process.is_running() && mesh.node2.process.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted_under_the_auth_proxy_ends_its_sessions_and_new_ones_log_in_again() {
+    let mut setup = Setup::start("10m");
+    let ready = setup.alpha_ready("crm-token-unused-here");
+    assert!(secret(&ready, "db")["expires_at"].is_string(), "{ready}");
+    let proxy = node_field(&setup.node, "PostgreSQL proxy bound", "postgres=");
+    let session = proxy_session(&proxy).await.expect("a session");
+    assert_eq!(names(&session).await.expect("SELECT"), ["one"]);
+
+    setup.pg.restart();
+
+    // The session the restart ended fails as the server's end, promptly, not by a hang.
+    let ended = tokio::time::timeout(Duration::from_secs(15), names(&session))
+        .await
+        .expect("an answer within 15 s");
+    assert!(ended.is_err(), "a session survived the server's restart");
+    // New sessions log in again through the proxy, on the same credential (the server kept
+    // its users): nothing to restart, nothing to reissue.
+    let fresh = tokio::time::timeout(Duration::from_secs(15), proxy_session(&proxy))
+        .await
+        .expect("an answer within 15 s")
+        .expect("a new session after the restart");
+    assert_eq!(names(&fresh).await.expect("SELECT"), ["one"]);
+    let status = secret_status(&setup.node.admin, "alpha");
+    assert_eq!(secret(&status, "db")["generation"], 1, "{status}");
+    assert!(setup.node.process.is_running());
+}
