@@ -4,10 +4,13 @@
 //! audit disk, a kill -9 of deputyd and a broken policy have their own tests: identities.rs,
 //! spire.rs, secrets.rs, audit_faults.rs, policy.rs.)
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use deputy_tests::client::{self, Protocol};
 use deputy_tests::mesh::{Mesh, demo_agent_at};
+use deputy_tests::policed::{call, policed_mesh, task, with_task};
 use deputy_tests::secrets_setup::{Setup, names, node_field, proxy_session, secret, secret_status};
 use deputy_tests::sse::{first_event, read_events};
 use http::StatusCode;
@@ -115,4 +118,88 @@ async fn postgresql_restarted_under_the_auth_proxy_ends_its_sessions_and_new_one
     let status = secret_status(&setup.node.admin, "alpha");
     assert_eq!(secret(&status, "db")["generation"], 1, "{status}");
     assert!(setup.node.process.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_corrupted_under_load_fails_no_call_and_the_next_good_one_serves() {
+    let (mesh, _dir, policy) = policed_mesh();
+    let alpha = mesh.node1.outbound_of("alpha");
+    let status_of = || {
+        let (_, text) = deputy_tests::http_get(&mesh.node1.admin, "/status").expect("status");
+        serde_json::from_str::<serde_json::Value>(&text).expect("json")["policy"].clone()
+    };
+    let before = status_of();
+
+    // Three callers, one call after another, for the whole test.
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..3)
+        .map(|_| {
+            let (alpha, stop) = (alpha.clone(), stop.clone());
+            tokio::spawn(async move {
+                let alice = task("user:alice@example.org");
+                let mut answered = Vec::new();
+                // Bounded: the callers end by themselves.
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (status, body) =
+                        call(&alpha, http::Method::GET, "/", &with_task(&alice), b"").await;
+                    answered.push((status, body));
+                }
+                answered
+            })
+        })
+        .collect();
+
+    // Writers that die mid-write leave the policy's data cut short, and an editor leaves a
+    // rule half-typed: each is seen by the watcher (every 200 ms), reported, and not used.
+    let data = policy.join("data.json");
+    let good = std::fs::read(&data).expect("data.json");
+    let broken: [(&str, Vec<u8>); 3] = [
+        ("data.json", good[..good.len() / 2].to_vec()),
+        ("data.json", b"{".to_vec()),
+        (
+            "half.rego",
+            b"package deputy.authz\nimport rego.v1\ndeny contains msg if {".to_vec(),
+        ),
+    ];
+    for (file, contents) in broken {
+        std::fs::write(policy.join(file), &contents).expect("write");
+        let failed =
+            deputy_tests::eventually("the broken file is seen", Duration::from_secs(10), || {
+                let status = status_of();
+                status["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(file))
+                    .then_some(status)
+            });
+        assert_eq!(
+            failed["revision"], before["revision"],
+            "the last good policy serves"
+        );
+        if file == "half.rego" {
+            std::fs::remove_file(policy.join(file)).expect("remove");
+        } else {
+            std::fs::write(&data, &good).expect("write");
+        }
+        deputy_tests::eventually(
+            "the good files serve again",
+            Duration::from_secs(10),
+            || status_of()["last_error"].is_null().then_some(()),
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut calls = 0;
+    for caller in callers {
+        for (status, body) in caller.await.expect("caller") {
+            assert_eq!(
+                status,
+                http::StatusCode::OK,
+                "a call failed while the policy was broken: {body}"
+            );
+            calls += 1;
+        }
+    }
+    assert!(calls >= 30, "{calls} calls");
 }
