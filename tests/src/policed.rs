@@ -119,6 +119,12 @@ pub async fn call(
     }
 }
 
+/// The `policy` part of a node's `/status`.
+pub fn policy_status(admin: &str) -> serde_json::Value {
+    let (_, text) = crate::http_get(admin, "/status").expect("status");
+    serde_json::from_str::<serde_json::Value>(&text).expect("json")["policy"].clone()
+}
+
 pub fn task(principal: &str) -> [(&'static str, String); 2] {
     [
         ("deputy-principal", principal.to_owned()),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use deputy_tests::client::{self, Protocol};
 use deputy_tests::mesh::{Mesh, demo_agent_at};
-use deputy_tests::policed::{call, policed_mesh, task, with_task};
+use deputy_tests::policed::{call, policed_mesh, policy_status, task, with_task};
 use deputy_tests::secrets_setup::{Setup, names, node_field, proxy_session, secret, secret_status};
 use deputy_tests::sse::{first_event, read_events};
 use http::StatusCode;
@@ -124,10 +124,7 @@ async fn postgresql_restarted_under_the_auth_proxy_ends_its_sessions_and_new_one
 async fn a_policy_corrupted_under_load_fails_no_call_and_the_next_good_one_serves() {
     let (mesh, _dir, policy) = policed_mesh();
     let alpha = mesh.node1.outbound_of("alpha");
-    let status_of = || {
-        let (_, text) = deputy_tests::http_get(&mesh.node1.admin, "/status").expect("status");
-        serde_json::from_str::<serde_json::Value>(&text).expect("json")["policy"].clone()
-    };
+    let status_of = || policy_status(&mesh.node1.admin);
     let before = status_of();
 
     // Three callers, one call after another, for the whole test.

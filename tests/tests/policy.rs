@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use deputy_tests::policed::{
-    ALPHA, BETA, assert_denied, call, mesh_data, policed_mesh, policed_mesh_on, task, with_task,
+    ALPHA, BETA, assert_denied, call, mesh_data, policed_mesh, policed_mesh_on, policy_status,
+    task, with_task,
 };
 use http::{Method, StatusCode};
 
@@ -242,10 +243,7 @@ async fn mcp_calls_are_judged_by_tool_and_a_body_cannot_smuggle_another_call() {
 async fn a_broken_policy_keeps_the_last_good_one_serving() {
     let (mesh, _dir, node1_policy) = policed_mesh();
     let alpha = mesh.node1.outbound_of("alpha");
-    let status_of = || {
-        let (_, text) = deputy_tests::http_get(&mesh.node1.admin, "/status").expect("status");
-        serde_json::from_str::<serde_json::Value>(&text).expect("json")["policy"].clone()
-    };
+    let status_of = || policy_status(&mesh.node1.admin);
     let before = status_of();
     assert_eq!(before["engine"], "rego");
     assert!(before["last_error"].is_null(), "{before}");

@@ -69,8 +69,8 @@ pub fn possible() -> bool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_binary_renamed_over_the_old_one_is_seen_as_replaced() {
+    /// A "binary" in a directory of its own, as if this process ran it.
+    fn started_from() -> (tempfile::TempDir, PathBuf, Binary) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("deputyd");
         std::fs::write(&path, b"old").expect("write");
@@ -78,6 +78,12 @@ mod tests {
             file: identity(&path),
             path: Some(path.clone()),
         };
+        (dir, path, binary)
+    }
+
+    #[test]
+    fn a_binary_renamed_over_the_old_one_is_seen_as_replaced() {
+        let (dir, path, binary) = started_from();
         assert_eq!(binary.replaced(), None, "the same file");
         assert!(
             Binary::running().file.is_some(),
@@ -92,13 +98,7 @@ mod tests {
 
     #[test]
     fn a_binary_that_is_gone_is_not_handed_over_to() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("deputyd");
-        std::fs::write(&path, b"old").expect("write");
-        let binary = Binary {
-            file: identity(&path),
-            path: Some(path.clone()),
-        };
+        let (_dir, path, binary) = started_from();
         std::fs::remove_file(&path).expect("rm");
         assert_eq!(binary.replaced(), None);
     }
