@@ -8,6 +8,7 @@ pub mod chain;
 pub mod client;
 pub mod https_tool;
 pub mod mesh;
+pub mod netns;
 pub mod opa;
 pub mod opa_abi;
 pub mod peers;
