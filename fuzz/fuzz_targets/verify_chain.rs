@@ -1,5 +1,5 @@
 //! Fuzzes the delegation-chain parser and verifier with arbitrary header values, trusting the
-//! CA of the published test vectors, at the vectors' verification time. Seeds: fuzz/seeds.
+//! CA of the published test vectors, at the vectors' verification time. Seeds: fuzz/seeds/verify_chain.
 #![no_main]
 
 use std::sync::{Arc, LazyLock};
