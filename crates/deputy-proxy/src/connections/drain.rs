@@ -31,9 +31,10 @@ pub enum DrainReason {
 }
 
 impl DrainReason {
-    /// Whether a drain for this reason lingers ([`super::serve`]): only where serving a few
-    /// more requests is harmless (a stop, a connection's age); a revoked, expired, distrusted
-    /// or removed peer gets no more.
+    /// Whether a drain for this reason lingers (answers say `Connection: close` for a moment
+    /// before idle connections are closed): only where serving a few more requests is harmless
+    /// (a stop, a connection's age); a revoked, expired, distrusted or removed peer gets no
+    /// more.
     pub fn lingers(&self) -> bool {
         matches!(self, Self::ShuttingDown | Self::MaxAge(_))
     }
