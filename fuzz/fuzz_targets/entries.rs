@@ -16,6 +16,11 @@ static EMPTY: LazyLock<std::path::PathBuf> = LazyLock::new(|| {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
+        // A bundle path reaching out of the empty directory would read the machine's files
+        // (`/dev/zero` never ends): not what is fuzzed here.
+        if text.contains("..") || text.contains('/') {
+            return;
+        }
         let domain = TrustDomain::new("example.org").expect("trust domain");
         let _ = Registry::parse(text, "fuzz.toml", &EMPTY, &domain);
     }

@@ -62,6 +62,15 @@ pub fn policed_mesh_on(wasm: bool) -> (Mesh, tempfile::TempDir, PathBuf) {
 /// [`policed_mesh_on`], with `extra` TOML text appended to each node's configuration:
 /// `(node1, node2)`.
 pub fn policed_mesh_with(wasm: bool, extra: (&str, &str)) -> (Mesh, tempfile::TempDir, PathBuf) {
+    policed_mesh_rotating(wasm, extra, "1h")
+}
+
+/// [`policed_mesh_with`], with agent SVIDs living `agent_ttl` (rotated at half of it).
+pub fn policed_mesh_rotating(
+    wasm: bool,
+    extra: (&str, &str),
+    agent_ttl: &str,
+) -> (Mesh, tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let node1 = policy_dir(
         dir.path(),
@@ -93,7 +102,7 @@ pub fn policed_mesh_with(wasm: bool, extra: (&str, &str)) -> (Mesh, tempfile::Te
         &node2,
         &format!("[policy.attributes.\"{ALPHA}\"]\nkind = \"support\"\nteam = \"eu\"\n"),
     );
-    let mesh = Mesh::start_configured("1h", Some((&node1_policy, &node2_policy)), extra);
+    let mesh = Mesh::start_configured(agent_ttl, Some((&node1_policy, &node2_policy)), extra);
     (mesh, dir, node1)
 }
 

@@ -5,7 +5,7 @@
 //! spire.rs, secrets.rs, audit_faults.rs, policy.rs.)
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use deputy_tests::client::{self, Protocol};
@@ -59,10 +59,15 @@ async fn an_upstream_killed_mid_stream_breaks_the_stream_visibly_and_is_served_a
         .await
         .expect("the stream ends within 10 s of the kill, it does not hang");
     assert!(!clean, "a stream cut upstream ended as if it were complete");
-    assert!(killed.elapsed() < Duration::from_secs(10));
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "the stream ended {:?} after the kill",
+        killed.elapsed()
+    );
 
     // The next call is refused at once, by a problem that names the upstream.
     let refused = call_beta(&alpha, "/").await;
+    assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
     let problem = client::json(refused).await;
     assert_eq!(
         problem["type"], "urn:deputy:problem:upstream-unavailable",
@@ -76,11 +81,14 @@ async fn an_upstream_killed_mid_stream_breaks_the_stream_visibly_and_is_served_a
                 && d.contains("is it running?")),
         "{problem}"
     );
-    let log = mesh.node2.process.output.text();
-    assert!(
-        log.contains("service=beta") || log.contains("agent=beta"),
-        "node2 logged the failed call: {log}"
-    );
+    // beta's node logged the refused call (its log is written off the request path: waited
+    // for; no call before this one was refused).
+    let line = mesh
+        .node2
+        .process
+        .output
+        .wait_for("status=502", Duration::from_secs(10));
+    assert!(line.contains("deputy::access"), "{line}");
 
     // beta is back where it was: calls are served again, with no restart of either deputyd.
     let (_beta_again, _) = demo_agent_at("beta", &beta_addr, Some(&beta_outbound));
@@ -129,25 +137,38 @@ async fn a_policy_corrupted_under_load_fails_no_call_and_the_next_good_one_serve
 
     // Three callers, one call after another, for the whole test.
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let callers: Vec<_> = (0..3)
         .map(|_| {
-            let (alpha, stop) = (alpha.clone(), stop.clone());
+            let (alpha, stop, answered) = (alpha.clone(), stop.clone(), answered.clone());
             tokio::spawn(async move {
                 let alice = task("user:alice@example.org");
-                let mut answered = Vec::new();
+                let mut failed = Vec::new();
                 // Bounded: the callers end by themselves.
                 for _ in 0..100_000 {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let (status, body) =
-                        call(&alpha, http::Method::GET, "/", &with_task(&alice), b"").await;
-                    answered.push((status, body));
+                    let headers = with_task(&alice);
+                    let called = call(&alpha, http::Method::GET, "/", &headers, b"");
+                    match tokio::time::timeout(Duration::from_secs(15), called).await {
+                        Ok((http::StatusCode::OK, _)) => {}
+                        Ok((status, body)) => failed.push(format!("{status}: {body}")),
+                        Err(_) => failed.push("no answer within 15 s".to_owned()),
+                    }
+                    answered.fetch_add(1, Ordering::Relaxed);
                 }
-                answered
+                failed
             })
         })
         .collect();
+    // Waits until the callers have made `more` calls beyond those made now.
+    let calls_go_on = |more: usize| {
+        let target = answered.load(Ordering::Relaxed) + more;
+        deputy_tests::eventually("calls go on", Duration::from_secs(30), || {
+            (answered.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    };
 
     // Writers that die mid-write leave the policy's data cut short, and an editor leaves a
     // rule half-typed: each is seen by the watcher (every 200 ms), reported, and not used.
@@ -175,6 +196,8 @@ async fn a_policy_corrupted_under_load_fails_no_call_and_the_next_good_one_serve
             failed["revision"], before["revision"],
             "the last good policy serves"
         );
+        // ... to calls made while the broken file is there.
+        calls_go_on(10);
         if file == "half.rego" {
             std::fs::remove_file(policy.join(file)).expect("remove");
         } else {
@@ -187,16 +210,11 @@ async fn a_policy_corrupted_under_load_fails_no_call_and_the_next_good_one_serve
         );
     }
     stop.store(true, Ordering::Relaxed);
-    let mut calls = 0;
     for caller in callers {
-        for (status, body) in caller.await.expect("caller") {
-            assert_eq!(
-                status,
-                http::StatusCode::OK,
-                "a call failed while the policy was broken: {body}"
-            );
-            calls += 1;
-        }
+        let failed = caller.await.expect("caller");
+        assert!(
+            failed.is_empty(),
+            "calls failed while the policy was broken: {failed:#?}"
+        );
     }
-    assert!(calls >= 30, "{calls} calls");
 }

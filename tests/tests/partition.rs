@@ -115,25 +115,25 @@ async fn a_partitioned_peer_node_gets_timely_problems_and_is_served_again_once_h
     // (and a new connection would end at the connect timeout). The pool drops the silent
     // connection when its keepalive ping goes unanswered ([limits] keepalive_interval and
     // keepalive_timeout, 30 s and 10 s), later than this test looks.
-    for bound in [REQUEST, REQUEST] {
+    for _ in 0..2 {
         let (status, kind, took) = call_beta(&alpha).await;
         eprintln!("partitioned: {status} {kind} after {took:?}");
-        assert!(
-            matches!(status.as_u16(), 502..=504)
-                && [
-                    "urn:deputy:problem:timeout",
-                    "urn:deputy:problem:upstream-unavailable"
-                ]
-                .contains(&kind.as_str()),
-            "{status} {kind}"
+        assert_eq!(
+            (status, kind.as_str()),
+            (
+                http::StatusCode::GATEWAY_TIMEOUT,
+                "urn:deputy:problem:timeout"
+            )
         );
         assert!(
-            took <= bound + CONNECT + Duration::from_secs(3),
-            "the problem came after {took:?}; the timeouts allow {bound:?} (and a connect)"
+            took >= REQUEST - Duration::from_millis(100)
+                && took <= REQUEST + Duration::from_secs(3),
+            "the problem came after {took:?}, the request timeout is {REQUEST:?}"
         );
     }
 
-    // Healed: served again, by the same processes.
+    // Healed: served again, by the same processes. (TCP's retransmissions of the last 8 s
+    // back off to a second or two, so the pooled connection carries calls again soon.)
     namespace.heal();
     let healed = Instant::now();
     loop {

@@ -117,7 +117,7 @@ pub fn verify(text: &[u8], anchors: Option<&TrustAnchors>) -> Report {
             return bad(number, why);
         }
         if let Event::Checkpoint { upto, jws } = &record.event {
-            if *upto + 1 != record.seq {
+            if upto.checked_add(1) != Some(record.seq) {
                 return bad(
                     number,
                     format!("a checkpoint for {upto} records at seq {}", record.seq),
@@ -169,7 +169,7 @@ fn checked(jws: &str, record: &Record, anchors: &TrustAnchors) -> Result<String,
             claims.iss, signed.signer
         ));
     }
-    if claims.upto + 1 != record.seq || claims.hash != record.prev {
+    if claims.upto.checked_add(1) != Some(record.seq) || claims.hash != record.prev {
         return Err(format!(
             "the checkpoint signed for {} records ending in {} but the chain holds {} ending \
              in {}: records before it were changed and the chain recomputed",
@@ -225,6 +225,17 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect::<String>()
             .into_bytes()
+    }
+
+    #[test]
+    fn a_checkpoint_claiming_every_possible_record_is_named_not_a_crash() {
+        // Found by the audit_verify fuzz target: `upto + 1` overflowed.
+        let text = format!(
+            "{{\"seq\":1,\"time\":\"\",\"prev\":\"{GENESIS}\",\"type\":\"checkpoint\",\"upto\":{},\"jws\":\"\"}}\n",
+            u64::MAX
+        );
+        let report = verify(text.as_bytes(), None);
+        assert_eq!(report.first_bad.map(|b| b.line), Some(1));
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub struct State {
     path: PathBuf,
 }
 
+/// The database's page cache.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 impl State {
     /// Opens (creating it if needed, mode 0700) the state directory's database. A second
     /// deputyd on the same directory is refused: redb locks the file.
@@ -71,7 +74,12 @@ impl State {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(|e| open_error(format!("cannot restrict the directory: {e}")))?;
         }
-        let db = redb::Database::create(&path).map_err(|e| open_error(e.to_string()))?;
+        // redb caches up to 1 GiB of pages by default, which a node daemon would hold for
+        // good as its tables grow: the state is small and hot, a few MiB cache it.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| open_error(e.to_string()))?;
         Ok(Self {
             db: Arc::new(db),
             path,

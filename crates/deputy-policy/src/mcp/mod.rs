@@ -327,9 +327,15 @@ impl Inspector {
 
     fn call(&self, method: &str) -> Call {
         if self.a2a {
+            // Only a message names a skill: one read for another method would be the decision
+            // or not depending on where in the body it came.
             return Call::A2a(A2a {
                 method: method.to_owned(),
-                skill: self.watch.first_string(),
+                skill: if self.watches(method) {
+                    self.watch.first_string()
+                } else {
+                    None
+                },
             });
         }
         let named = |m: &str| (method == m).then(|| self.name.clone()).flatten();
