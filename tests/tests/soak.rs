@@ -6,8 +6,6 @@
 //! CI runs two minutes. The long run, whose numbers go in the notes:
 //! `DEPUTY_SOAK_SECONDS=1800 cargo test -p deputy-tests --test soak -- --nocapture`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deputy_tests::mesh::Node;
@@ -48,6 +46,15 @@ fn sample(node: &Node) -> Sample {
     }
 }
 
+/// Waits for every call in flight; panics with the first failure.
+async fn finish(calls: &mut tokio::task::JoinSet<Result<(), String>>) {
+    while let Some(done) = calls.join_next().await {
+        if let Err(failure) = done.expect("call task") {
+            panic!("a call failed: {failure}");
+        }
+    }
+}
+
 fn rotations(node: &Node, agent: &str) -> u64 {
     deputy_tests::identity_of(&node.admin, agent)["rotations"]
         .as_u64()
@@ -68,33 +75,40 @@ async fn calls_at_a_fixed_rate_while_svids_rotate_leave_memory_files_and_connect
     let alpha = mesh.node1.outbound_of("alpha");
     let rotated_before = rotations(&mesh.node1, "alpha");
 
-    let answered = Arc::new(AtomicU64::new(0));
+    let started = std::time::Instant::now();
     let mut calls = tokio::task::JoinSet::new();
     let mut pace = tokio::time::interval(Duration::from_millis(1000 / RATE));
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut samples: Vec<(u64, Sample, Sample)> = Vec::new();
+    // The readings compared: after the warm-up (caches, pools and the allocator settle) and at
+    // the end, each taken with no call in flight, so that they count what stays.
+    let warm_tick = seconds * RATE / 5;
+    let mut settled: Vec<(Sample, Sample)> = Vec::new();
     for tick in 0..seconds * RATE {
         pace.tick().await;
+        if tick == warm_tick {
+            finish(&mut calls).await;
+            settled.push((sample(&mesh.node1), sample(&mesh.node2)));
+        }
         if tick % (5 * RATE) == 0 {
             let (one, two) = (sample(&mesh.node1), sample(&mesh.node2));
             eprintln!("{:>5} s  node1 {one:?}  node2 {two:?}", tick / RATE);
-            samples.push((tick / RATE, one, two));
         }
-        let (alpha, answered) = (alpha.clone(), answered.clone());
+        let alpha = alpha.clone();
         calls.spawn(async move {
             let alice = task("user:alice@example.org");
-            let (status, body) = call(
+            let headers = with_task(&alice);
+            let called = call(
                 &alpha,
                 Method::GET,
                 "/relay?to=carol&path=/tickets",
-                &with_task(&alice),
+                &headers,
                 b"",
-            )
-            .await;
-            answered.fetch_add(1, Ordering::Relaxed);
-            (status == StatusCode::OK && body["status"] == 200)
-                .then_some(())
-                .ok_or(format!("{status}: {body}"))
+            );
+            match tokio::time::timeout(Duration::from_secs(15), called).await {
+                Ok((StatusCode::OK, body)) if body["status"] == 200 => Ok(()),
+                Ok((status, body)) => Err(format!("{status}: {body}")),
+                Err(_) => Err("no answer within 15 s".to_owned()),
+            }
         });
         // Finished calls are collected as they come, so that a failure stops the soak early.
         while let Some(done) = calls.try_join_next() {
@@ -103,27 +117,26 @@ async fn calls_at_a_fixed_rate_while_svids_rotate_leave_memory_files_and_connect
             }
         }
     }
-    while let Some(done) = calls.join_next().await {
-        if let Err(failure) = done.expect("call task") {
-            panic!("a call failed: {failure}");
-        }
-    }
-    let total = answered.load(Ordering::Relaxed);
-    assert_eq!(total, seconds * RATE);
+    finish(&mut calls).await;
+    settled.push((sample(&mesh.node1), sample(&mesh.node2)));
+    let total = seconds * RATE;
+    let rate = total as f64 / started.elapsed().as_secs_f64();
     let rotated = rotations(&mesh.node1, "alpha") - rotated_before;
     assert!(
         rotated >= seconds / 30,
         "alpha's SVID rotated {rotated} times in {seconds} s"
     );
 
-    // Flat after the first fifth (caches, pools and the allocator warm up): open files and
-    // connections within a few, memory within a quarter and 8 MiB.
-    let warm = samples.len() / 5;
-    let (_, first1, first2) = samples[warm];
-    let (_, last1, last2) = *samples.last().expect("samples");
+    // Flat: connections (the registry's, with nothing in flight) within a few; open files
+    // within a pool's worth (deputyd's clients to its agents keep idle connections as many as
+    // the busiest moment needed); memory within a quarter and 8 MiB.
+    let [(first1, first2), (last1, last2)] = settled[..] else {
+        unreachable!("two settled readings")
+    };
     for (node, first, last) in [("node1", first1, last1), ("node2", first2, last2)] {
+        eprintln!("{node}: {first:?} -> {last:?}");
         assert!(
-            last.open_files <= first.open_files + 4,
+            last.open_files <= first.open_files + 16,
             "{node}'s open files grew: {first:?} -> {last:?}"
         );
         assert!(
@@ -135,5 +148,7 @@ async fn calls_at_a_fixed_rate_while_svids_rotate_leave_memory_files_and_connect
             "{node}'s memory grew: {first:?} -> {last:?}"
         );
     }
-    eprintln!("{total} calls, none failed; alpha's SVID rotated {rotated} times");
+    eprintln!(
+        "{total} calls at {rate:.1} a second, none failed; alpha's SVID rotated {rotated} times"
+    );
 }

@@ -379,6 +379,24 @@ fn a2a_calls_are_read_by_method_and_skill() {
             skill: None
         }))
     );
+    // Only a message names a skill: one in another method's body, before its method or after,
+    // is no part of the call (it was, when it came before the method: the decision then
+    // depended on where in the body it came).
+    for body in [
+        &br#"{"params":{"message":{"metadata":{"skill":"s"}}},"method":"tasks/get"}"#[..],
+        br#"{"method":"tasks/get","params":{"message":{"metadata":{"skill":"s"}}}}"#,
+    ] {
+        let read = fed_with(a2a(), body).expect("accepted");
+        assert_eq!(
+            read.seen(),
+            Seen::Call(Call::A2a(A2a {
+                method: "tasks/get".into(),
+                skill: None
+            })),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
     for body in [
         &br#"{"method":"message/send","params":{"message":{"metadata":{"skill":7}}}}"#[..],
         br#"{"method":"message/send","params":{"message":{"metadata":{"skill":"a","Skill":"b"}}}}"#,
