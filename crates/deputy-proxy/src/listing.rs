@@ -111,11 +111,7 @@ impl Lister {
         if self.asked_list && status.is_success() && !json {
             return self.refused(&format!(
                 "it is {}, neither application/json nor text/event-stream",
-                if media.is_empty() {
-                    "without a Content-Type"
-                } else {
-                    &media
-                }
+                described(&media)
             ));
         }
         let Ok(whole) = crate::body::read_whole(body, MAX_LIST_BYTES).await else {
@@ -137,11 +133,7 @@ impl Lister {
             // type deputyd does not read is refused.
             return self.refused(&format!(
                 "it is {}, and could carry a list deputyd does not read there",
-                if media.is_empty() {
-                    "without a Content-Type"
-                } else {
-                    &media
-                }
+                described(&media)
             ));
         };
         let filtered = match filtered {
@@ -181,6 +173,15 @@ impl Lister {
 
 /// The media type of `headers`' Content-Types, lower-cased, without parameters (empty when
 /// there is none; all of them, joined, when there are several).
+/// An answer's media type as a refusal names it.
+fn described(media: &str) -> &str {
+    if media.is_empty() {
+        "without a Content-Type"
+    } else {
+        media
+    }
+}
+
 fn media_type(headers: &http::HeaderMap) -> String {
     headers
         .get_all(header::CONTENT_TYPE)

@@ -64,19 +64,13 @@ pub struct Config {
 
 /// `[sandbox]`: whether deputyd restricts its own file access with Landlock (on by default).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SandboxSettings {
     /// Restrict file access with Landlock where the kernel has it.
-    #[serde(default = "yes")]
     pub landlock: bool,
     /// For tests: a file deputyd tries to read once inside the sandbox; `/status` says whether
     /// it could (`sandbox.probe`).
-    #[serde(default)]
     pub probe: Option<PathBuf>,
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Default for SandboxSettings {

@@ -669,12 +669,21 @@ impl Stopped {
 /// Runs deputyd until SIGTERM, an interrupt or a hand-over: the whole of `deputyd`'s `main`,
 /// shared with `deputy dev`, which starts its nodes from the same binary.
 pub async fn run(args: Args) -> anyhow::Result<Stopped> {
+    run_with(args, None).await
+}
+
+/// [`run`], with the configuration `main` already loaded (to enter the sandbox on it), so that
+/// the file is read once: read again, it could have changed in between.
+pub async fn run_with(args: Args, loaded: Option<Config>) -> anyhow::Result<Stopped> {
     if args.check {
         println!("{}", check(&args.config)?);
         return Ok(Stopped::Done);
     }
     let _log = crate::logging::init_logging(args.log_json);
-    let config = Config::load(&args.config)?;
+    let config = match loaded {
+        Some(config) => config,
+        None => Config::load(&args.config)?,
+    };
     // Before anything starts: READY=1 may be sent while start-up finishes, and a SIGTERM from
     // then on must stop deputyd in order (STOPPING=1, streams drained), not kill it.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

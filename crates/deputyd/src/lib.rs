@@ -36,5 +36,5 @@ pub mod services_config;
 pub mod systemd;
 
 pub use config::{Config, ConfigError};
-pub use daemon::{Args, Daemon, Stopped, run};
+pub use daemon::{Args, Daemon, Stopped, run, run_with};
 pub use logging::init_logging;

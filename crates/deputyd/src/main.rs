@@ -15,14 +15,17 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     }
     // Before any thread starts, so that every thread is inside the sandbox. A config that does
     // not load is left to `run`, which says why.
-    if !args.check
-        && let Ok(config) = deputyd::Config::load(&args.config)
-    {
-        deputyd::sandbox::enter(&config, &args.config)?;
+    let loaded = if args.check {
+        None
+    } else {
+        deputyd::Config::load(&args.config).ok()
+    };
+    if let Some(config) = &loaded {
+        deputyd::sandbox::enter(config, &args.config)?;
     }
     let stopped = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(deputyd::run(args))?;
+        .block_on(deputyd::run_with(args, loaded))?;
     Ok(stopped.exit_code())
 }
