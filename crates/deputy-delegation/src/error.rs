@@ -113,7 +113,9 @@ pub enum ChainError {
     },
     /// A link has expired.
     #[error(
-        "link {index} expired {seconds_ago}s ago: start a new task or ask the caller for a fresh chain"
+        "link {index} expired {seconds_ago}s ago by this node's clock: start a new task or ask \
+         the caller for a fresh chain (if the link was just made, the clocks of the two nodes \
+         differ: compare `now` in each node's /status)"
     )]
     Expired {
         /// Position.
@@ -122,7 +124,11 @@ pub enum ChainError {
         seconds_ago: i64,
     },
     /// A link is issued in the future (beyond the skew tolerance).
-    #[error("link {index} is issued {seconds_ahead}s in the future: check the clocks")]
+    #[error(
+        "link {index} is issued {seconds_ahead}s in the future by this node's clock: the clocks \
+         of the two nodes differ by more than the clock skew allowed; compare `now` in each \
+         node's /status and check their time synchronization"
+    )]
     IssuedInFuture {
         /// Position.
         index: usize,

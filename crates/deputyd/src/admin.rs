@@ -98,6 +98,8 @@ struct StatusDocument {
     /// deputyd's Landlock sandbox; `null` when deputyd runs inside another program (`deputy
     /// dev`), which does not enter it.
     sandbox: Option<crate::sandbox::SandboxStatus>,
+    /// The wall clock now, and its steps: links are judged by it.
+    clock: crate::clock::ClockStatus,
 }
 
 #[derive(Serialize)]
@@ -135,6 +137,7 @@ async fn status(State(state): State<AdminState>) -> Json<StatusDocument> {
             .map(|s| s.tasks().statuses())
             .unwrap_or_default(),
         sandbox: crate::sandbox::status().cloned(),
+        clock: crate::clock::status(),
         log: LogStatus {
             dropped_lines: crate::logging::dropped_lines(),
         },

@@ -246,6 +246,10 @@ impl Daemon {
             ));
         }
         tasks.spawn(report_to_systemd(identities.clone(), cancel.clone()));
+        tasks.spawn(crate::clock::watch(
+            config.proxy.delegation.verify.skew,
+            cancel.clone(),
+        ));
         tasks.spawn(checkpoint_when_due(trail.clone(), cancel.clone()));
         if let Some(manager) = &secrets {
             manager

@@ -12,6 +12,7 @@
 //! - [`systemd`]: READY=1, STATUS= and watchdog pings when run by systemd.
 //! - [`secrets`]: the secrets manager's wiring to the identity manager.
 //! - [`handover`]: an upgrade's restart that refuses no connection.
+//! - [`clock`]: steps of the wall clock, which decides which links are valid, noticed and told.
 //! - [`daemon`]: the wiring, and the orderly shutdown on SIGTERM; [`logging`]: the log,
 //!   queued off the request path.
 
@@ -21,6 +22,7 @@ pub mod agent_config;
 pub mod approvals_config;
 pub mod audit_config;
 mod audit_events;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod handover;
