@@ -126,13 +126,15 @@ class Processes:
                 proc.kill()
 
 
-def start_issuer(work, procs, deputy, agents=("alpha", "beta")):
-    """Starts `deputy issuer` with entries for the bench node and `agents`; returns the directory
-    of the node's SVID files (svid.pem, svid.key, bundle.pem, combined.pem)."""
+def start_issuer(work, procs, deputy, agents=("alpha", "beta"), agent_ttl=None):
+    """Starts `deputy issuer` with entries for the bench node and `agents` (their SVIDs living
+    `agent_ttl`, if given); returns the directory of the node's SVID files (svid.pem, svid.key,
+    bundle.pem, combined.pem)."""
     uid = os.geteuid()
+    ttl = f'x509_ttl = "{agent_ttl}"\n' if agent_ttl else ""
     (work / "entries.toml").write_text(
         f'[[entry]]\nspiffe_id = "spiffe://example.org/bench/node"\nselectors = ["unix:uid:{uid}"]\n\n'
-        + "".join(f'[[entry]]\nspiffe_id = "spiffe://example.org/agent/{a}"\nselectors = ["deputy:agent:{a}"]\n\n'
+        + "".join(f'[[entry]]\nspiffe_id = "spiffe://example.org/agent/{a}"\nselectors = ["deputy:agent:{a}"]\n{ttl}\n'
                   for a in agents)
         + f'[[delegate]]\nselectors = ["unix:uid:{uid}"]\n'
     )
@@ -264,15 +266,17 @@ def setup(work, procs, deputy, deputyd, baseline=None):
     return setups
 
 
-def deputyd_pair(work, procs, deputyd, backend, uid, name, agent_extra="", node_extra="", admin1="127.0.0.1:0"):
-    """Starts node1 (alpha's outbound, its admin listener on `admin1`) and node2 (beta's inbound);
-    returns alpha's outbound port and both pids once a call goes through."""
+def deputyd_pair(work, procs, deputyd, backend, uid, name, agent_extra="", node_extra="", admin1="127.0.0.1:0",
+                 node1_tail="", allow="spiffe://example.org/agent/alpha", rust_log="warn"):
+    """Starts node1 (alpha's outbound, its admin listener on `admin1`; `node1_tail` appended to
+    its config) and node2 (beta's inbound, serving the peers `allow` matches); returns alpha's
+    outbound port and both pids once a call goes through."""
     inbound, outbound = free_port(), free_port()
     identity = (f'trust_domain = "example.org"\n[identity]\nworkload_api = "unix://{work / "workload.sock"}"\n'
                 f'delegated_identity_api = "unix://{work / "admin.sock"}"\n[admin]\nlisten = "127.0.0.1:0"\n')
     # Without a policy, node2 serves alpha's calls (and its tasks) because it is told to.
     admission = "" if "[policy]" in node_extra else (
-        'allow_peers = ["spiffe://example.org/agent/alpha"]\n'
+        f'allow_peers = ["{allow}"]\n'
         '[[originate]]\nspiffe_id = "spiffe://example.org/agent/alpha"\nprincipals = ["user:*"]\n')
     state = lambda node: f'[state]\ndir = "{work / f"{name}-{node}-state"}"\n'
     (work / f"{name}-node2.toml").write_text(
@@ -284,8 +288,8 @@ def deputyd_pair(work, procs, deputyd, backend, uid, name, agent_extra="", node_
         f'outbound = "127.0.0.1:{outbound}"\nuids = [{uid}]\n'
         + agent_extra +
         f'[[service]]\nname = "beta"\nspiffe_id = "spiffe://example.org/agent/beta"\naddress = "127.0.0.1:{inbound}"\n'
-        + node_extra)
-    env = dict(os.environ, RUST_LOG="warn")
+        + node_extra + node1_tail)
+    env = dict(os.environ, RUST_LOG=rust_log)
     d2 = procs.start(f"{name}-node2", [deputyd, "--config", work / f"{name}-node2.toml"], env=env)
     d1 = procs.start(f"{name}-node1", [deputyd, "--config", work / f"{name}-node1.toml"], env=env)
     wait_port(inbound)

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use deputy_tests::client::{self, Protocol};
 use deputy_tests::mesh::{Mesh, Node};
-use deputy_tests::sse::{first_event, read_events};
+use deputy_tests::sse::{first_event, next_event, read_events};
 use deputy_tests::{audit_records, eventually, http_get};
 use http::StatusCode;
 use http_body_util::BodyExt as _;
@@ -244,6 +244,42 @@ async fn past_the_connection_and_stream_limits_callers_get_503_and_others_are_se
         "{metrics}"
     );
     drop(streams);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_streams_between_two_agents_than_one_connection_carries_go_over_more_connections() {
+    // Three requests per connection at each node: ten streams of alpha's need four pooled
+    // connections to node2, where one would have refused seven of them 503.
+    let limits = "[limits]\nmax_streams = 3\n";
+    let mesh = Mesh::start_configured("1h", None, (limits, limits));
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let mut body = events(&mesh, 600).await;
+        first_event(&mut body).await;
+        streams.push(body);
+    }
+    let pooled: Vec<_> = connections(&mesh.node1)
+        .into_iter()
+        .filter(|c| c["side"] == "pool" && c["agent"] == "alpha")
+        .collect();
+    assert_eq!(pooled.len(), 4, "{pooled:?}");
+    for connection in &pooled {
+        assert!(connection["in_flight"].as_u64() <= Some(3), "{connection}");
+    }
+    let inbound = connections(&mesh.node2)
+        .into_iter()
+        .filter(|c| c["side"] == "inbound" && c["agent"] == "beta")
+        .count();
+    assert_eq!(inbound, 4);
+    assert!(
+        !mesh.node2.metrics().contains("deputy_overloaded_total"),
+        "{}",
+        mesh.node2.metrics()
+    );
+    // Every stream still flows.
+    for body in &mut streams {
+        next_event(body).await;
+    }
 }
 
 /// node2's configuration without the `[[agent]]` block of `agent`.

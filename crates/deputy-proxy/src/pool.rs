@@ -4,6 +4,12 @@
 //! request opens a new connection (a new handshake with the new certificate) while requests in
 //! flight finish on the old one. Every connection is registered
 //! ([`crate::connections::Registry`]); a drained one is handed out no more.
+//!
+//! A pair holds as many connections as its requests in flight need: a connection carries at most
+//! `[limits] max_streams` of them (what the receiving node serves on one connection before it
+//! answers 503 `overloaded`, with the same settings), and a request past that opens another.
+//! Without it a thousand open event streams between two agents would meet the receiving node's
+//! per-connection limit and most would be refused, though neither node is loaded.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,7 +47,17 @@ struct Pooled {
     last_used: Instant,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
+impl Pooled {
+    /// Whether a request made with `serial` may be sent on this connection.
+    fn usable(&self, serial: &str, idle: std::time::Duration) -> bool {
+        self.serial == serial
+            && !self.sender.is_closed()
+            && !self.connection.is_draining()
+            && self.last_used.elapsed() < idle
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Vec<Pooled>>>;
 
 /// A mesh service as the pool reaches it.
 #[derive(Debug, Clone, Copy)]
@@ -98,11 +114,13 @@ impl Pool {
         };
         // One connect at a time per pair; others wait and reuse it.
         let mut slot = slot.lock().await;
-        if let Some(pooled) = slot.as_mut()
-            && pooled.serial == material.serial
-            && !pooled.sender.is_closed()
-            && !pooled.connection.is_draining()
-            && pooled.last_used.elapsed() < self.timeouts.idle
+        // Connections of an older SVID, closed, drained or idle too long are handed out no more
+        // (their requests in flight finish on them).
+        slot.retain(|pooled| pooled.usable(&material.serial, self.timeouts.idle));
+        let room = u64::from(self.limits.max_streams);
+        if let Some(pooled) = slot
+            .iter_mut()
+            .find(|pooled| pooled.connection.in_flight() < room)
         {
             pooled.last_used = Instant::now();
             let mut sender = pooled.sender.clone();
@@ -115,7 +133,7 @@ impl Pool {
         }
         let (sender, connection) = self.connect(agent, service, material).await?;
         let in_flight = connection.request_started();
-        *slot = Some(Pooled {
+        slot.push(Pooled {
             sender: sender.clone(),
             connection,
             serial: material.serial.clone(),

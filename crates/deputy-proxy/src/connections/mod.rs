@@ -485,6 +485,11 @@ impl ConnectionHandle {
         self.0.saw_task(task);
     }
 
+    /// Requests in flight on the connection now.
+    pub fn in_flight(&self) -> u64 {
+        self.0.in_flight.load(Ordering::Acquire)
+    }
+
     /// Whether the connection is being drained.
     pub fn is_draining(&self) -> bool {
         self.0.drain.borrow().is_some()
