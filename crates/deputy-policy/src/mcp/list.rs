@@ -225,19 +225,25 @@ pub fn filter_message<'a>(
 /// any case, no escape that could spell one, none of the Unicode letters Go folds to ASCII
 /// (`ſ`, `K`), and no zero byte (JSON in UTF-16 or UTF-32, which Python's `json.loads`
 /// decodes). Most answers (a tool's result) pass this byte scan and are not parsed.
+///
+/// One pass over the bytes (answers run to 16 MiB): each position is looked at by its first
+/// byte, and only a byte that starts one of the needles is compared further.
 pub fn cannot_hold_a_list(message: &[u8]) -> bool {
-    let has = |needle: &[u8]| {
+    let at = |i: usize, needle: &[u8]| {
         message
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
+            .get(i..i + needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
     };
-    !message.contains(&0)
-        && !has(b"\\u")
-        && !has("\u{17F}".as_bytes())
-        && !has("\u{212A}".as_bytes())
-        && !has(b"tools")
-        && !has(b"prompts")
-        && !has(b"resource")
+    !(0..message.len()).any(|i| match message[i].to_ascii_lowercase() {
+        0 => true,
+        b'\\' => at(i, b"\\u"),
+        0xC5 => at(i, "\u{17F}".as_bytes()),
+        0xE2 => at(i, "\u{212A}".as_bytes()),
+        b't' => at(i, b"tools"),
+        b'p' => at(i, b"prompts"),
+        b'r' => at(i, b"resource"),
+        _ => false,
+    })
 }
 
 /// [`filter_message`] of one message that is not a batch.
@@ -306,6 +312,77 @@ fn to_vec(value: &impl serde::Serialize) -> Result<Vec<u8>, BodyRefused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scan's definition, written plainly: no needle anywhere, in any ASCII case.
+    fn holds_no_needle(message: &[u8]) -> bool {
+        let has = |needle: &[u8]| {
+            message
+                .windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle))
+        };
+        !message.contains(&0)
+            && !has(b"\\u")
+            && !has("\u{17F}".as_bytes())
+            && !has("\u{212A}".as_bytes())
+            && !has(b"tools")
+            && !has(b"prompts")
+            && !has(b"resource")
+    }
+
+    #[test]
+    fn the_one_pass_scan_agrees_with_its_definition() {
+        // Messages made of needles, their halves, case changes and near misses, at every
+        // position and cut at the end: a seeded generator, so a failure is reproducible.
+        let parts: &[&[u8]] = &[
+            b"tools",
+            b"TOOLS",
+            b"tOoLs",
+            b"tool",
+            b"ools",
+            b"prompts",
+            b"Prompt",
+            b"resource",
+            b"RESOURCES",
+            b"resourc",
+            b"\\u",
+            b"\\U",
+            b"\\",
+            b"u",
+            b"\0",
+            "\u{17F}".as_bytes(),
+            &"\u{17F}".as_bytes()[..1],
+            "\u{212A}".as_bytes(),
+            &"\u{212A}".as_bytes()[..2],
+            "é".as_bytes(),
+            b"{\"result\":",
+            b"x",
+            b" ",
+            b"t",
+            b"p",
+            b"r",
+            b"\xC5",
+            b"\xE2\x84",
+        ];
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut message = Vec::new();
+            for _ in 0..next() % 6 {
+                message.extend_from_slice(parts[(next() % parts.len() as u64) as usize]);
+            }
+            assert_eq!(
+                cannot_hold_a_list(&message),
+                holds_no_needle(&message),
+                "{:?}",
+                String::from_utf8_lossy(&message)
+            );
+        }
+    }
 
     fn allow(names: &'static [&'static str]) -> impl FnMut(Mcp) -> bool {
         move |call: Mcp| {

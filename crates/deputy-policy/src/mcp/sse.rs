@@ -19,8 +19,6 @@ pub struct SseFilter {
     fields: Vec<u8>,
     /// Its data lines' values, each followed by a line feed.
     data: Option<Vec<u8>>,
-    /// Its `event` field.
-    event_type: Vec<u8>,
     /// Items listed and kept so far.
     pub listed: Listed,
 }
@@ -125,9 +123,6 @@ impl SseFilter {
                             .into(),
                     ));
                 }
-                if name == b"event" {
-                    self.event_type = value.to_vec();
-                }
                 [name, b": ", value, b"\n"].concat()
             }
             // A field no reader acts on is dropped.
@@ -148,7 +143,6 @@ impl SseFilter {
         out: &mut Vec<u8>,
     ) -> Result<(), BodyRefused> {
         let fields = std::mem::take(&mut self.fields);
-        let event_type = std::mem::take(&mut self.event_type);
         let Some(mut data) = self.data.take() else {
             if !fields.is_empty() {
                 out.extend_from_slice(&fields);
@@ -157,19 +151,15 @@ impl SseFilter {
             return Ok(());
         };
         data.pop();
-        let message = matches!(event_type.as_slice(), b"" | b"message");
         let filtered = if data.iter().all(u8::is_ascii_whitespace) {
             Ok(std::borrow::Cow::Borrowed(&data[..]))
         } else {
             filter_message(&data, keep, &mut self.listed)
         };
-        let data = match filtered {
-            Ok(filtered) => filtered.into_owned(),
-            // Clients read only `message` events as JSON-RPC; others pass as they are, when
-            // they could not hold a list however read.
-            Err(_) if !message && super::list::cannot_hold_a_list(&data) => data,
-            Err(refused) => return Err(refused),
-        };
+        // Whatever the event's type: data that could hold a list is read as a message (a
+        // client may take any event's data for one), and data that cannot passes as it came
+        // (`filter_message` passes it unparsed; an event's data is never over its bound).
+        let data = filtered?.into_owned();
         out.extend_from_slice(&fields);
         // A line ending inside the data (the server's own JSON may hold any) starts a new data
         // line, which its readers join back with a line feed: JSON whitespace either way.
