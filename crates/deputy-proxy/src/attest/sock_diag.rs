@@ -11,7 +11,14 @@
 //! The answer is only meaningful while we still hold the accepted connection: as long as
 //! our end is open, no other socket can take the caller's 4-tuple, so the socket the
 //! kernel names is the one that connected to us.
+//!
+//! Every connection an agent opens is looked up, so the lookup is cheap: each thread keeps
+//! its netlink socket between lookups, and the kernel answers an exact lookup while the
+//! request is being sent (netlink requests to the kernel are handled in the sender's system
+//! call), so the answer is read without waiting ([`Wait::No`], on the async worker) and only
+//! an answer not there yet sends the caller to a blocking thread.
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
@@ -58,12 +65,34 @@ pub enum PeerUidError {
     /// The kernel's reply could not be understood.
     #[error("the kernel's sock_diag reply is malformed: {0}")]
     Malformed(String),
+    /// Asked not to wait, the kernel's answer was not there yet: ask again with
+    /// [`Wait::Blocking`].
+    #[error("the kernel's sock_diag answer was not ready")]
+    NotReady,
 }
 
-/// The sequence number of our one request; replies to it carry the same number.
-const SEQUENCE: u32 = 1;
-/// Room for one datagram from the kernel (a dump part is at most 32 KiB).
-const RECEIVE_BUFFER: usize = 32 * 1024;
+/// How a lookup reads the kernel's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Blocks up to a few seconds: run it on a blocking thread.
+    Blocking,
+    /// Never blocks: an answer not there yet is [`PeerUidError::NotReady`].
+    No,
+}
+
+thread_local! {
+    /// This thread's socket to the kernel, kept between lookups (a socket, a bind and a
+    /// connect saved per connection). A lookup that ends in any other way than an answer
+    /// read drops it, so that nothing of an abandoned query is left to read.
+    static SOCKET: RefCell<Option<Socket>> = const { RefCell::new(None) };
+    /// The sequence number of this thread's next request; answers carry their request's, and
+    /// others (the acknowledgement of the previous lookup) are skipped.
+    static SEQUENCE: Cell<u32> = const { Cell::new(1) };
+}
+
+/// Room for one datagram from the kernel: an exact lookup's answer (one socket, no
+/// extensions) and its acknowledgement are each under 200 bytes.
+const RECEIVE_BUFFER: usize = 8 * 1024;
 /// At most this many datagrams are read before giving up (an exact lookup takes two:
 /// the socket, then the acknowledgement).
 const MAX_DATAGRAMS: usize = 16;
@@ -85,9 +114,10 @@ const TCP_NEW_SYN_RECV: u8 = 12;
 /// IPv4-mapped IPv6 addresses (an IPv4 caller accepted on a dual-stack listener) are
 /// looked up as the IPv4 addresses they are.
 ///
-/// This blocks (for at most a few seconds); from async code run it in
-/// `tokio::task::spawn_blocking`. Call it while still holding the accepted connection.
-pub fn tcp_peer_uid(local: SocketAddr, peer: SocketAddr) -> Result<u32, PeerUidError> {
+/// With [`Wait::Blocking`] this blocks (for at most a few seconds); from async code run it in
+/// `tokio::task::spawn_blocking`, or try [`Wait::No`] first. Call it while still holding the
+/// accepted connection.
+pub fn tcp_peer_uid(local: SocketAddr, peer: SocketAddr, wait: Wait) -> Result<u32, PeerUidError> {
     let local = canonical(local);
     let wanted = canonical(peer);
     let family = match (wanted.ip(), local.ip()) {
@@ -104,19 +134,54 @@ pub fn tcp_peer_uid(local: SocketAddr, peer: SocketAddr) -> Result<u32, PeerUidE
         _ => return Err(PeerUidError::NotLoopback { peer }),
     };
 
-    let socket = open_socket()?;
-    send_request(&socket, family, wanted, local)?;
+    let socket = match SOCKET.with(|kept| kept.borrow_mut().take()) {
+        Some(socket) => socket,
+        None => open_socket()?,
+    };
+    let sequence = SEQUENCE.with(|next| {
+        let sequence = next.get();
+        next.set(sequence.wrapping_add(1).max(1));
+        sequence
+    });
+    let found = query(&socket, family, (wanted, local, peer), sequence, wait);
+    if matches!(found, Ok(_) | Err(PeerUidError::NotFound { .. })) {
+        SOCKET.with(|kept| *kept.borrow_mut() = Some(socket));
+    }
+    found
+}
 
-    let mut buffer = vec![0u8; RECEIVE_BUFFER];
+/// Sends the exact lookup of `wanted` -> `local` and reads the answer to `sequence`.
+fn query(
+    socket: &Socket,
+    family: u8,
+    (wanted, local, peer): (SocketAddr, SocketAddr, SocketAddr),
+    sequence: u32,
+    wait: Wait,
+) -> Result<u32, PeerUidError> {
+    send_request(socket, family, wanted, local, sequence)?;
+    let flags = match wait {
+        Wait::Blocking => 0,
+        Wait::No => nix::libc::MSG_DONTWAIT,
+    };
+    let mut buffer = [0u8; RECEIVE_BUFFER];
     for _ in 0..MAX_DATAGRAMS {
-        let size = socket.recv(&mut &mut buffer[..], 0)?;
+        let size = match socket.recv(&mut &mut buffer[..], flags) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && wait == Wait::No => {
+                return Err(PeerUidError::NotReady);
+            }
+            received => received?,
+        };
         if size == 0 {
             return Err(PeerUidError::Malformed(
                 "the kernel sent an empty datagram".to_owned(),
             ));
         }
-        let datagram = &buffer[..size.min(buffer.len())];
-        if let Some(uid) = read_datagram(datagram, wanted, local, peer)? {
+        if size > buffer.len() {
+            return Err(PeerUidError::Malformed(format!(
+                "the kernel sent a datagram of {size} bytes, more than an exact lookup's answer"
+            )));
+        }
+        if let Some(uid) = read_datagram(&buffer[..size], sequence, wanted, local, peer)? {
             return Ok(uid);
         }
     }
@@ -152,10 +217,11 @@ fn send_request(
     family: u8,
     source: SocketAddr,
     destination: SocketAddr,
+    sequence: u32,
 ) -> io::Result<()> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_ACK;
-    header.sequence_number = SEQUENCE;
+    header.sequence_number = sequence;
     let mut message: NetlinkMessage<SockDiagMessage> = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
@@ -194,6 +260,7 @@ fn send_request(
 /// found, `None` to keep reading, or the error that ends the query.
 fn read_datagram(
     mut datagram: &[u8],
+    sequence: u32,
     wanted: SocketAddr,
     local: SocketAddr,
     peer: SocketAddr,
@@ -209,7 +276,7 @@ fn read_datagram(
             )));
         }
 
-        if header.sequence_number == SEQUENCE {
+        if header.sequence_number == sequence {
             match payload {
                 NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(response))
                     if is_socket(&response.header, wanted, local) =>
@@ -279,19 +346,24 @@ mod tests {
             TcpStream::connect(listener.local_addr().expect("listener address")).expect("connect");
         let (accepted, _) = listener.accept().expect("accept");
 
-        let uid = tcp_peer_uid(
-            accepted.local_addr().expect("local address"),
-            accepted.peer_addr().expect("peer address"),
-        )
-        .expect("sock_diag names the caller's owner");
-        assert_eq!(uid, nix::unistd::geteuid().as_raw());
+        // Either way, and again on the socket the thread kept (the previous lookup's
+        // acknowledgement is still queued on it, and skipped).
+        for wait in [Wait::No, Wait::Blocking, Wait::No, Wait::No] {
+            let uid = tcp_peer_uid(
+                accepted.local_addr().expect("local address"),
+                accepted.peer_addr().expect("peer address"),
+                wait,
+            )
+            .expect("sock_diag names the caller's owner");
+            assert_eq!(uid, nix::unistd::geteuid().as_raw());
+        }
     }
 
     #[test]
     fn a_caller_off_loopback_is_refused() {
         let local: SocketAddr = "127.0.0.1:8080".parse().expect("local address");
         let peer: SocketAddr = "192.0.2.7:40000".parse().expect("peer address");
-        let err = tcp_peer_uid(local, peer).expect_err("not loopback");
+        let err = tcp_peer_uid(local, peer, Wait::Blocking).expect_err("not loopback");
         assert!(
             matches!(err, PeerUidError::NotLoopback { peer: p } if p == peer),
             "{err:?}"
@@ -302,7 +374,7 @@ mod tests {
     fn a_connection_that_never_existed_is_not_found() {
         let local: SocketAddr = "127.0.0.1:2".parse().expect("local address");
         let peer: SocketAddr = "127.0.0.1:1".parse().expect("peer address");
-        let err = tcp_peer_uid(local, peer).expect_err("no such connection");
+        let err = tcp_peer_uid(local, peer, Wait::No).expect_err("no such connection");
         assert!(
             matches!(err, PeerUidError::NotFound { peer: p } if p == peer),
             "{err:?}"
