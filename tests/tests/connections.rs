@@ -248,34 +248,57 @@ async fn past_the_connection_and_stream_limits_callers_get_503_and_others_are_se
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_streams_between_two_agents_than_one_connection_carries_go_over_more_connections() {
-    // Three requests per connection at each node: ten streams of alpha's need four pooled
-    // connections to node2, where one would have refused seven of them 503.
-    let limits = "[limits]\nmax_streams = 3\n";
+    // Three requests per connection at each node, three connections per pair: nine streams of
+    // alpha's go over three pooled connections to node2 (one would have refused six of them
+    // 503); a tenth opens no fourth connection, and node2 refuses it past its limit.
+    let limits = "[limits]\nmax_streams = 3\nmax_pool_connections = 3\n";
     let mesh = Mesh::start_configured("1h", None, (limits, limits));
     let mut streams = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..9 {
         let mut body = events(&mesh, 600).await;
         first_event(&mut body).await;
         streams.push(body);
     }
-    let pooled: Vec<_> = connections(&mesh.node1)
-        .into_iter()
-        .filter(|c| c["side"] == "pool" && c["agent"] == "alpha")
-        .collect();
-    assert_eq!(pooled.len(), 4, "{pooled:?}");
-    for connection in &pooled {
-        assert!(connection["in_flight"].as_u64() <= Some(3), "{connection}");
+    let pooled = || {
+        connections(&mesh.node1)
+            .into_iter()
+            .filter(|c| c["side"] == "pool" && c["agent"] == "alpha")
+            .collect::<Vec<_>>()
+    };
+    let open = pooled();
+    assert_eq!(open.len(), 3, "{open:?}");
+    for connection in &open {
+        assert_eq!(connection["in_flight"], 3, "{connection}");
     }
-    let inbound = connections(&mesh.node2)
-        .into_iter()
-        .filter(|c| c["side"] == "inbound" && c["agent"] == "beta")
-        .count();
-    assert_eq!(inbound, 4);
+    let inbound = || {
+        connections(&mesh.node2)
+            .into_iter()
+            .filter(|c| c["side"] == "inbound" && c["agent"] == "beta")
+            .count()
+    };
+    assert_eq!(inbound(), 3);
     assert!(
         !mesh.node2.metrics().contains("deputy_overloaded_total"),
         "{}",
         mesh.node2.metrics()
     );
+
+    let mut request = client::get("beta", "/events?count=600", Protocol::Http1);
+    let headers = request.headers_mut();
+    headers.insert("deputy-principal", "user:alice".parse().expect("value"));
+    headers.insert("deputy-scope", "events:read".parse().expect("value"));
+    let tenth = client::send(&mesh.node1.outbound_of("alpha"), Protocol::Http1, request)
+        .await
+        .expect("answered");
+    assert_eq!(tenth.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let problem = client::json(tenth).await;
+    assert_eq!(
+        problem["type"], "urn:deputy:problem:overloaded",
+        "{problem}"
+    );
+    assert_eq!(pooled().len(), 3);
+    assert_eq!(inbound(), 3);
+
     // Every stream still flows.
     for body in &mut streams {
         next_event(body).await;

@@ -113,9 +113,9 @@ pub enum ChainError {
     },
     /// A link has expired.
     #[error(
-        "link {index} expired {seconds_ago}s ago by this node's clock: start a new task or ask \
-         the caller for a fresh chain (if the link was just made, the clocks of the two nodes \
-         differ: compare `now` in each node's /status)"
+        "link {index} expired {seconds_ago}s ago by the verifying node's clock: start a new task \
+         or ask the caller for a fresh chain (if the link was just made, the clocks of the node \
+         that signed it and the verifying node differ: compare `now` in their /status)"
     )]
     Expired {
         /// Position.
@@ -125,9 +125,10 @@ pub enum ChainError {
     },
     /// A link is issued in the future (beyond the skew tolerance).
     #[error(
-        "link {index} is issued {seconds_ahead}s in the future by this node's clock: the clocks \
-         of the two nodes differ by more than the clock skew allowed; compare `now` in each \
-         node's /status and check their time synchronization"
+        "link {index} is issued {seconds_ahead}s in the future by the verifying node's clock: \
+         the clocks of the node that signed it and the verifying node differ by more than the \
+         clock skew allowed; compare `now` in their /status and check their time \
+         synchronization"
     )]
     IssuedInFuture {
         /// Position.

@@ -174,6 +174,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Concurrent requests per connection.
     pub max_streams: u32,
+    /// Connections to a peer node per (agent, service) pair, each carrying up to `max_streams`
+    /// requests: one pair cannot take more of a peer's inbound `max_connections` than this.
+    pub max_pool_connections: usize,
     /// Request body bytes held for policy inspection across the node at once.
     pub max_inspected_bytes: usize,
 }
@@ -190,6 +193,7 @@ impl Default for Limits {
             keepalive_timeout: Duration::from_secs(10),
             max_connections: 1024,
             max_streams: 256,
+            max_pool_connections: 4,
             max_inspected_bytes: 64 << 20,
         }
     }

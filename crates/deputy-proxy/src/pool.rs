@@ -5,11 +5,16 @@
 //! flight finish on the old one. Every connection is registered
 //! ([`crate::connections::Registry`]); a drained one is handed out no more.
 //!
-//! A pair holds as many connections as its requests in flight need: a connection carries at most
-//! `[limits] max_streams` of them (what the receiving node serves on one connection before it
-//! answers 503 `overloaded`, with the same settings), and a request past that opens another.
-//! Without it a thousand open event streams between two agents would meet the receiving node's
-//! per-connection limit and most would be refused, though neither node is loaded.
+//! A pair holds as many connections as its requests in flight need, up to `[limits]
+//! max_pool_connections`: a connection carries at most `[limits] max_streams` of them (what the
+//! receiving node serves on one connection before it answers 503 `overloaded`, with the same
+//! settings), and a request past that opens another. Without it a thousand open event streams
+//! between two agents would meet the receiving node's per-connection limit and most would be
+//! refused, though neither node is loaded; with no bound, one busy agent could take every one of
+//! a peer's inbound connection places. Past the bound, requests share the least busy connection.
+//!
+//! A connection leaves the pair's list only once it has no request in flight: while it is
+//! listed, its requests are answered and its registration (what drains it) lives.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,12 +53,13 @@ struct Pooled {
 }
 
 impl Pooled {
-    /// Whether a request made with `serial` may be sent on this connection.
+    /// Whether a request made with `serial` may be sent on this connection: made with that
+    /// SVID, open, not drained, and busy or used within `idle`.
     fn usable(&self, serial: &str, idle: std::time::Duration) -> bool {
         self.serial == serial
             && !self.sender.is_closed()
             && !self.connection.is_draining()
-            && self.last_used.elapsed() < idle
+            && (self.connection.in_flight() > 0 || self.last_used.elapsed() < idle)
     }
 }
 
@@ -114,14 +120,27 @@ impl Pool {
         };
         // One connect at a time per pair; others wait and reuse it.
         let mut slot = slot.lock().await;
-        // Connections of an older SVID, closed, drained or idle too long are handed out no more
-        // (their requests in flight finish on them).
-        slot.retain(|pooled| pooled.usable(&material.serial, self.timeouts.idle));
+        // Connections of an older SVID, closed, drained or idle too long are handed out no
+        // more, and kept until their requests in flight are answered.
+        let (serial, idle) = (&material.serial, self.timeouts.idle);
+        slot.retain(|pooled| pooled.usable(serial, idle) || pooled.connection.in_flight() > 0);
+        // The first with room (the oldest: a burst's extra connections then fall idle and
+        // go); with every one full and no more allowed, the least busy.
         let room = u64::from(self.limits.max_streams);
-        if let Some(pooled) = slot
-            .iter_mut()
-            .find(|pooled| pooled.connection.in_flight() < room)
-        {
+        let usable: Vec<usize> = (0..slot.len())
+            .filter(|&i| slot[i].usable(serial, idle))
+            .collect();
+        let in_flight = |i: &usize| slot[*i].connection.in_flight();
+        let chosen = usable
+            .iter()
+            .copied()
+            .find(|i| in_flight(i) < room)
+            .or_else(|| {
+                (usable.len() >= self.limits.max_pool_connections)
+                    .then(|| usable.iter().copied().min_by_key(in_flight))
+                    .flatten()
+            });
+        if let Some(pooled) = chosen.map(|i| &mut slot[i]) {
             pooled.last_used = Instant::now();
             let mut sender = pooled.sender.clone();
             // Counted before waiting for the connection to be ready: a drain that comes while

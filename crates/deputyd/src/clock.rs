@@ -21,6 +21,11 @@ const STEP_THRESHOLD: f64 = 1.0;
 /// How often the clocks are compared.
 const INTERVAL: Duration = Duration::from_secs(1);
 
+/// How far issuers date an SVID back (SPIRE's and `deputy issuer`'s backdate): a clock stepped
+/// back further sees the certificates issued since as not valid yet, so new handshakes with
+/// peers holding them, and the rotated SVIDs of this node's agents, fail.
+const CERTIFICATE_BACKDATE: f64 = 10.0;
+
 /// Counter of wall clock steps seen.
 const CLOCK_STEPS: &str = "deputy_clock_steps_total";
 
@@ -83,6 +88,8 @@ fn step(previous: f64, current: f64) -> Option<f64> {
 
 /// Compares the clocks every second until `cancel`; reports each step.
 pub async fn watch(skew: Duration, cancel: CancellationToken) {
+    // Present from the start, so that a rate over it counts the first step.
+    metrics::counter!(CLOCK_STEPS).absolute(0);
     let origin = Instant::now();
     let mut previous = offset(SystemTime::now(), Instant::now(), origin);
     let mut tick = tokio::time::interval(INTERVAL);
@@ -91,8 +98,12 @@ pub async fn watch(skew: Duration, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // The wall clock read between two monotonic readings: a thread preempted between
+        // them cannot pass for a step.
+        let before = Instant::now();
         let now = SystemTime::now();
-        let current = offset(now, Instant::now(), origin);
+        let after = Instant::now();
+        let current = offset(now, before + (after - before) / 2, origin);
         if let Some(seconds) = step(previous, current) {
             report(now, seconds, skew);
         }
@@ -109,7 +120,14 @@ fn report(now: SystemTime, seconds: f64, skew: Duration) {
              whose clocks now differ from this one's by more than clock_skew are refused (as \
              expired or issued in the future), and theirs of this node's; check the time \
              synchronization (timedatectl, chronyc tracking) of this node and its peers");
-    } else {
+    }
+    if seconds < -CERTIFICATE_BACKDATE {
+        tracing::warn!(seconds = format_args!("{seconds:+.1}"), now = %seen_at,
+            "the wall clock stepped back further than issuers date certificates back: SVIDs \
+             issued in the last {:.0} s are not valid yet by this clock, so new mTLS handshakes \
+             with peers holding one, and this node's agents' rotated SVIDs, fail until it is \
+             set right", -seconds);
+    } else if seconds.abs() <= skew.as_secs_f64() {
         tracing::info!(seconds = format_args!("{seconds:+.1}"), now = %seen_at,
             "the wall clock stepped");
     }
@@ -119,8 +137,15 @@ fn report(now: SystemTime, seconds: f64, skew: Duration) {
     steps.last = Some(ClockStep { seen_at, seconds });
 }
 
+/// RFC 3339 in UTC; a time RFC 3339 cannot write (before 1970, after 9999: a clock set very
+/// wrong) as signed Unix seconds, never a panic.
 fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    const LAST: Duration = Duration::from_secs(253_402_300_799); // 9999-12-31T23:59:59Z
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(since) if since <= LAST => humantime::format_rfc3339_seconds(t).to_string(),
+        Ok(since) => format!("unix {}", since.as_secs()),
+        Err(before) => format!("unix -{}", before.duration().as_secs()),
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +158,17 @@ mod tests {
         assert_eq!(step(1000.0, 999.2), None);
         assert_eq!(step(1000.0, 1090.0), Some(90.0));
         assert_eq!(step(1000.0, 100.0), Some(-900.0));
+    }
+
+    #[test]
+    fn any_time_is_written_without_a_panic() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(5)),
+            "unix -5".to_owned()
+        );
+        let far = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(rfc3339(far), "unix 300000000000");
     }
 
     #[test]

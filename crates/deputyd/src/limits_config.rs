@@ -11,6 +11,7 @@
 //! keepalive_timeout = "10s"     # an unanswered PING closes the connection
 //! max_connections = 1024        # per listener; past it, 503 overloaded
 //! max_streams = 256             # requests per connection; past it, 503 overloaded
+//! max_pool_connections = 4      # connections to a peer node per (agent, service)
 //! max_inspected_bytes = 67108864  # body bytes held for the policy, node-wide
 //! ```
 
@@ -38,6 +39,7 @@ pub(crate) struct RawLimits {
     keepalive_timeout: Duration,
     max_connections: usize,
     max_streams: u32,
+    max_pool_connections: usize,
     max_inspected_bytes: usize,
 }
 
@@ -53,6 +55,7 @@ impl Default for RawLimits {
             keepalive_timeout: l.keepalive_timeout,
             max_connections: l.max_connections,
             max_streams: l.max_streams,
+            max_pool_connections: l.max_pool_connections,
             max_inspected_bytes: l.max_inspected_bytes,
         }
     }
@@ -80,9 +83,15 @@ impl RawLimits {
                 self.max_connection_age
             ));
         }
-        if self.max_connections == 0 || self.max_streams == 0 || self.max_handshakes == 0 {
+        if self.max_connections == 0
+            || self.max_streams == 0
+            || self.max_handshakes == 0
+            || self.max_pool_connections == 0
+        {
             problems.push(
-                "limits.max_connections, max_streams and max_handshakes must be above zero".into(),
+                "limits.max_connections, max_streams, max_handshakes and max_pool_connections \
+                 must be above zero"
+                    .into(),
             );
         }
         if self.drain_grace > MAX_DRAIN_GRACE {
@@ -111,6 +120,7 @@ impl RawLimits {
             keepalive_timeout: self.keepalive_timeout,
             max_connections: self.max_connections,
             max_streams: self.max_streams,
+            max_pool_connections: self.max_pool_connections,
             max_inspected_bytes: self.max_inspected_bytes,
         }
     }
