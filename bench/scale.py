@@ -8,18 +8,21 @@
 Three measurements, each on a deputyd pair of its own (node1: the callers' outbound listeners;
 node2: beta's inbound, in front of `deputy demo-agent`), with `RUST_LOG=warn`:
 
-- **idle**: N client connections to alpha's outbound listener, each after one request, left open;
-  node1's RSS before and after, per connection.
+- **idle**: N client connections to alpha's outbound listener, each after one request, left open
+  (opened concurrently: deputyd closes an agent's connection idle for `[timeouts] connect`, 5 s);
+  node1's RSS before and once all are open, per connection it holds open then
+  (`deputy_open_connections{direction="outbound"}`).
 - **streams**: M concurrent server-sent event streams (`/events`, 50 events 100 ms apart) from
   beta through the pair, all open at once; every event of every stream must arrive; both nodes'
   peak RSS and CPU.
 - **agents**: A agents on node1, each with an outbound listener and a uid of its own, SVIDs of
   2 minutes (the issuer renews them at half-life: one rotation a minute per agent) for a window
-  of several minutes; node1's RSS and CPU per minute, rotations counted from its metrics, and one
-  call through every agent at the end.
+  of several minutes; node1's RSS and CPU per minute, rotations counted from its metrics (its
+  agents and alpha), and one call through every agent at the end. This pair logs at `info`: the
+  agents' outbound addresses are read from its log.
 
-Run as root (the agents' callers run as their uids). Results are printed as Markdown;
-BENCHMARKS.md records a run.
+Every agent's SVID lives 2 minutes in all three. Run as root (the agents' callers run as their
+uids). Results are printed as Markdown; BENCHMARKS.md records a run.
 """
 
 import argparse
@@ -53,39 +56,61 @@ def metric_sum(admin, name):
                if line.startswith(name) and not line.startswith("#"))
 
 
+async def open_idle(port, count):
+    """`count` connections, each after one answered request, opened 200 at a time."""
+    gate = asyncio.Semaphore(200)
+
+    async def one():
+        async with gate:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: beta\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"unexpected answer: {head[:120]!r}")
+            length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+            await reader.readexactly(length)
+            return writer
+
+    return await asyncio.gather(*(one() for _ in range(count)))
+
+
 def idle(work, procs, deputyd, backend, count):
     uid = os.geteuid()
+    admin = f"127.0.0.1:{datapath.free_port()}"
     port, pids = datapath.deputyd_pair(
-        work, procs, deputyd, backend, uid, "idle",
+        work, procs, deputyd, backend, uid, "idle", admin1=admin,
         node_extra=f"[limits]\nmax_connections = {count + 1000}\n")
     node1 = pids[:1]
     before = datapath.rss_kib(node1)
-    t0 = time.time()
-    sockets = []
-    try:
-        request = b"GET / HTTP/1.1\r\nHost: beta\r\n\r\n"
-        for i in range(count):
-            s = datapath.socket.create_connection(("127.0.0.1", port))
-            s.settimeout(10)
-            s.sendall(request)
-            data = s.recv(65536)
-            if not data.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"connection {i}: unexpected answer: {data[:120]!r}")
-            sockets.append(s)
+    held_before = metric_sum(admin, 'deputy_open_connections{direction="outbound"}')
+
+    async def measure():
+        t0 = time.time()
+        writers = await open_idle(port, count)
         opened = time.time() - t0
-        time.sleep(2.0)
+        # Read at once: deputyd closes a connection idle for [timeouts] connect (5 s).
         after = datapath.rss_kib(node1)
-        # Still served with all of them open.
-        if not datapath.answers(port, "beta"):
-            raise RuntimeError("a new call failed with the idle connections open")
-    finally:
-        for s in sockets:
-            s.close()
-    return {"count": count, "rss_before_kib": before, "rss_after_kib": after,
-            "kib_per_conn": (after - before) / count, "open_seconds": opened}
+        held = metric_sum(admin, 'deputy_open_connections{direction="outbound"}') - held_before
+        served = await asyncio.to_thread(datapath.answers, port, "beta")
+        for writer in writers:
+            writer.close()
+        return opened, after, held, served
+
+    opened, after, held, served = asyncio.run(measure())
+    if not served:
+        raise RuntimeError("a new call failed with the idle connections open")
+    return {"count": count, "held": held, "rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_conn": (after - before) / held, "open_seconds": opened}
 
 
 async def one_stream(port, events):
+    try:
+        return await read_stream(port, events)
+    except (OSError, asyncio.IncompleteReadError) as e:
+        return f"failed: {e}", 0
+
+
+async def read_stream(port, events):
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
     writer.write(f"GET /events?count={events} HTTP/1.1\r\nHost: beta\r\nConnection: close\r\n\r\n".encode())
     await writer.drain()
@@ -159,8 +184,9 @@ def agents(work, procs, deputy, deputyd, backend, count, window):
                              user=first_uid + i, timeout=30)
         if out.stdout != "200":
             failed.append((name, out.stdout))
+    # node1's SVIDs: the agents' and alpha's.
     return {"agents": count, "window_seconds": elapsed, "rotations": rotations,
-            "rotations_per_agent_minute": rotations / count / (elapsed / 60),
+            "rotations_per_agent_minute": rotations / (count + 1) / (elapsed / 60),
             "cpu_seconds_per_minute": cpu / (elapsed / 60), "rss_first_kib": rss[0],
             "rss_max_kib": max(rss), "rss_last_kib": rss[-1], "failed_calls": failed}
 
@@ -175,6 +201,8 @@ def main():
         sys.exit("run as root: the agents' callers run as uids of their own")
     idle_count, stream_count, agent_count, window = (
         (2000, 200, 20, 150) if args.quick else (10_000, 1000, 100, 300))
+    if args.only not in ("", "idle", "streams", "agents"):
+        sys.exit(f"--only {args.only}: say idle, streams or agents")
     datapath.ensure_tools({"curl": "curl"})
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -202,13 +230,13 @@ def main():
             log(f"agents: {results['agents']}")
     finally:
         procs.stop_all()
-    print("One node on 2 cores, loopback; deputyd release build, RUST_LOG=warn.\n")
+    print("One node on 2 cores, loopback; deputyd release build, RUST_LOG=warn (the agents' pair: info).\n")
     if "idle" in results:
         r = results["idle"]
         print(f"- **{r['count']:,} idle client connections** on alpha's outbound listener (each after one "
-              f"request): node1 {r['rss_before_kib'] / 1024:.1f} -> {r['rss_after_kib'] / 1024:.1f} MiB, "
-              f"**{r['kib_per_conn']:.1f} KiB per connection** (opened one after another in "
-              f"{r['open_seconds']:.1f} s); a new call is served with all of them open.")
+              f"request; {r['held']:,.0f} held open when measured): node1 {r['rss_before_kib'] / 1024:.1f} -> "
+              f"{r['rss_after_kib'] / 1024:.1f} MiB, **{r['kib_per_conn']:.1f} KiB per connection** (opened "
+              f"in {r['open_seconds']:.1f} s); a new call is served with all of them open.")
     if "streams" in results:
         r = results["streams"]
         print(f"- **{r['count']:,} concurrent event streams** ({r['events']} events each, 100 ms apart) "
