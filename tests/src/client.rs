@@ -1,7 +1,7 @@
 //! A plain HTTP/1.1 or h2c client, as an agent would use against its outbound listener.
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -160,6 +160,16 @@ pub fn get(service: &str, path: &str, protocol: Protocol) -> Request<Body> {
         .header(http::header::HOST, service)
         .body(full(Bytes::new()))
         .expect("request")
+}
+
+/// A GET of beta's `path` over HTTP/1.1 starting alice's task (`user:alice`, `events:read`):
+/// the call the connection, fault, partition and clock tests make through alpha's listener.
+pub fn alice_calls_beta(path: &str) -> Request<Body> {
+    let mut request = get("beta", path, Protocol::Http1);
+    let headers = request.headers_mut();
+    headers.insert("deputy-principal", HeaderValue::from_static("user:alice"));
+    headers.insert("deputy-scope", HeaderValue::from_static("events:read"));
+    request
 }
 
 async fn whole_body(response: Response<Incoming>) -> Bytes {

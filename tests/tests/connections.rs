@@ -23,10 +23,7 @@ fn connections(node: &Node) -> Vec<serde_json::Value> {
 
 /// A stream of `count` events (100 ms apart) from beta, called by alpha for `user:alice`.
 async fn events(mesh: &Mesh, count: u32) -> Incoming {
-    let mut request = client::get("beta", &format!("/events?count={count}"), Protocol::Http1);
-    let headers = request.headers_mut();
-    headers.insert("deputy-principal", "user:alice".parse().expect("value"));
-    headers.insert("deputy-scope", "events:read".parse().expect("value"));
+    let request = client::alice_calls_beta(&format!("/events?count={count}"));
     let response = client::send(&mesh.node1.outbound_of("alpha"), Protocol::Http1, request)
         .await
         .expect("call");
@@ -283,10 +280,7 @@ async fn more_streams_between_two_agents_than_one_connection_carries_go_over_mor
         mesh.node2.metrics()
     );
 
-    let mut request = client::get("beta", "/events?count=600", Protocol::Http1);
-    let headers = request.headers_mut();
-    headers.insert("deputy-principal", "user:alice".parse().expect("value"));
-    headers.insert("deputy-scope", "events:read".parse().expect("value"));
+    let request = client::alice_calls_beta("/events?count=600");
     let tenth = client::send(&mesh.node1.outbound_of("alpha"), Protocol::Http1, request)
         .await
         .expect("answered");

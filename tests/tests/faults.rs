@@ -18,10 +18,7 @@ use hyper::body::Incoming;
 
 /// A call of beta for user:alice through alpha's outbound listener.
 async fn call_beta(alpha: &str, path: &str) -> http::Response<Incoming> {
-    let mut request = client::get("beta", path, Protocol::Http1);
-    let headers = request.headers_mut();
-    headers.insert("deputy-principal", "user:alice".parse().expect("value"));
-    headers.insert("deputy-scope", "events:read".parse().expect("value"));
+    let request = client::alice_calls_beta(path);
     tokio::time::timeout(
         Duration::from_secs(15),
         client::send(alpha, Protocol::Http1, request),

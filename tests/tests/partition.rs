@@ -18,10 +18,7 @@ const REQUEST: Duration = Duration::from_secs(4);
 /// A call of beta for user:alice through alpha's outbound listener: its status, its problem
 /// type (if it is one), and how long it took.
 async fn call_beta(alpha: &str) -> (http::StatusCode, String, Duration) {
-    let mut request = client::get("beta", "/", Protocol::Http1);
-    let headers = request.headers_mut();
-    headers.insert("deputy-principal", "user:alice".parse().expect("value"));
-    headers.insert("deputy-scope", "events:read".parse().expect("value"));
+    let request = client::alice_calls_beta("/");
     let started = Instant::now();
     let response = tokio::time::timeout(
         Duration::from_secs(30),
