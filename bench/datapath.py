@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Side-by-side data-path benchmark on loopback: direct, stunnel, haproxy, ghostunnel and deputyd pairs.
+"""Side-by-side data-path benchmark on loopback: direct, stunnel, haproxy, nginx, ghostunnel and deputyd pairs.
 
 Every pair carries plain HTTP from a client, across one TLS 1.3 hop with the same P-256
 certificates (SVIDs minted by `deputy issuer`), to the same upstream (`deputy demo-agent`).
@@ -12,7 +12,7 @@ and checks the peer's SPIFFE ID, as deputyd does.
                                          # adds the plain pair on another build of deputyd
                                          # (a commit before a change), to measure the change
 
-Peers come from Debian packages (stunnel4, haproxy, wrk, nghttp2-client for h2load) and from
+Peers come from Debian packages (stunnel4, haproxy, nginx-light, wrk, nghttp2-client for h2load) and from
 scripts/peers (ghostunnel; opa, which compiles the policy for the wasm pair). Results are
 printed as Markdown; BENCHMARKS.md records a run. Ratios within one run are what to compare: the
 machine is shared and absolute numbers drift.
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = {"stunnel": "stunnel4", "haproxy": "haproxy", "wrk": "wrk", "h2load": "nghttp2-client"}
+PEERS = {"stunnel": "stunnel4", "haproxy": "haproxy", "nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
 PEER_BIN = Path(os.environ.get("DEPUTY_CACHE", Path.home() / ".cache" / "deputy")) / "peers" / "bin"
 
 
@@ -83,6 +83,84 @@ def wait_port(port, timeout=20.0):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def with_children(pid):
+    """`pid` and its child processes (an nginx master and its workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *map(int, children)]
+
+
+NGINX_COMMON = """user root;
+worker_processes 2;
+pid {work}/nginx-{side}.pid;
+error_log {work}/nginx-{side}-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log {work}/nginx-{side}-access.log;
+  client_body_temp_path {work}/nginx-{side}-body;
+  proxy_temp_path {work}/nginx-{side}-proxy;
+  keepalive_requests 1000000;
+  proxy_http_version 1.1;
+  proxy_buffering off;
+  proxy_request_buffering off;
+"""
+
+
+def nginx_pair(work, procs, certs, backend):
+    """nginx terminating HTTP and proxying over TLS 1.3 with a client certificate to a second nginx
+    that requires one, upstream keep-alive on, access logs on at both; returns the front port and
+    the process ids (master and workers) of each side."""
+    front, back = free_port(), free_port()
+    (work / "nginx-front.conf").write_text(
+        NGINX_COMMON.format(work=work, side="front")
+        + f"""  upstream back {{ server 127.0.0.1:{back}; keepalive 64; keepalive_requests 1000000; }}
+  server {{
+    listen 127.0.0.1:{front};
+    location / {{
+      proxy_pass https://back;
+      # (a location's proxy_set_header replaces every one of the levels above)
+      proxy_set_header Host $host;
+      proxy_set_header Connection "";
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_certificate {certs / 'svid.pem'};
+      proxy_ssl_certificate_key {certs / 'svid.key'};
+      proxy_ssl_session_reuse on;
+    }}
+  }}
+}}
+""")
+    (work / "nginx-back.conf").write_text(
+        NGINX_COMMON.format(work=work, side="back")
+        + f"""  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; keepalive_requests 1000000; }}
+  server {{
+    listen 127.0.0.1:{back} ssl;
+    ssl_protocols TLSv1.3;
+    ssl_certificate {certs / 'svid.pem'};
+    ssl_certificate_key {certs / 'svid.key'};
+    ssl_client_certificate {certs / 'bundle.pem'};
+    ssl_verify_client on;
+    location / {{
+      proxy_pass http://backend;
+      proxy_set_header Host $host;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+""")
+    masters = []
+    for side in ("back", "front"):
+        masters.append(procs.start(f"nginx-{side}", ["nginx", "-g", "daemon off;", "-e", work / f"nginx-{side}-error.log",
+                                                     "-p", work, "-c", work / f"nginx-{side}.conf"]))
+    wait_port(front)
+    wait_port(back)
+    # The workers are forked after the listeners are bound: wait for both of each master's.
+    deadline = time.time() + 20
+    while any(len(with_children(m.pid)) < 3 for m in masters):
+        if time.time() > deadline:
+            raise RuntimeError(f"nginx did not start its workers; see {work}")
+        time.sleep(0.05)
+    return front, [with_children(master.pid) for master in masters]
 
 
 def cpu_seconds(pids):
@@ -216,6 +294,12 @@ def setup(work, procs, deputy, deputyd, baseline=None):
     wait_port(back)
     setups["haproxy pair"] = {"port": front, "pids": [h1.pid, h2.pid], "host": "beta"}
 
+    # nginx pair: the front does not verify the back's certificate (nginx checks a DNS name, and
+    # an SVID has only a URI SAN); the back requires and verifies the front's.
+    front, sides = nginx_pair(work, procs, certs, backend)
+    setups["nginx pair"] = {"port": front, "pids": [pid for side in sides for pid in side], "sides": sides,
+                            "host": "beta"}
+
     # ghostunnel pair: SVIDs from the Workload API, the peer's SPIFFE ID checked at both ends.
     front, back = free_port(), free_port()
     api = f"unix://{work / 'workload.sock'}"
@@ -234,6 +318,12 @@ def setup(work, procs, deputy, deputyd, baseline=None):
     outbound, pids = deputyd_pair(work, procs, deputyd, backend, uid, "plain",
                                   agent_extra='originate = ["user:*"]\n')
     setups["deputyd pair"] = {"port": outbound, "pids": pids, "host": "beta"}
+    # The same pair with deputyd's default logging (info: an access line per call at
+    # each node, written to a file here as the journal would take it), as nginx logs every
+    # request at both ends in its pair.
+    logged, logged_pids = deputyd_pair(work, procs, deputyd, backend, uid, "logging",
+                                       agent_extra='originate = ["user:*"]\n', rust_log="info")
+    setups["deputyd pair, default logging"] = {"port": logged, "pids": logged_pids, "host": "beta", "chain": True}
     if baseline:
         # The same plain pair on another build (its own state directories).
         outbound, pids = deputyd_pair(work, procs, baseline, backend, uid, "baseline",
@@ -332,8 +422,9 @@ def wrk(port, host, seconds, connections, close=False, headers=()):
 
 
 def latency_at_rate(port, host, work, name, rate, seconds, headers=()):
-    """p50 and p99 in ms at a fixed request rate (h2load --rps does not wait for responses
-    before sending the next, so a slow response does not hide the ones queued behind it)."""
+    """Latency percentiles (p50, p90, p99, p99.9) in ms at a fixed request rate (h2load --rps
+    does not wait for responses before sending the next, so a slow response does not hide the
+    ones queued behind it)."""
     clients = 10
     logfile = work / f"h2load-{name.replace(' ', '-')}.log"
     subprocess.run(["h2load", "--h1", "-c", str(clients), "--rps", str(rate // clients), "-n", str(rate * seconds),
@@ -342,7 +433,7 @@ def latency_at_rate(port, host, work, name, rate, seconds, headers=()):
     durations = [int(line.split("\t")[2]) / 1000.0 for line in logfile.read_text().splitlines() if line.strip()]
     durations.sort()
     p = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))]
-    return p(0.50), p(0.99), len(durations)
+    return {f"p{q * 100:g}": p(q) for q in (0.5, 0.9, 0.99, 0.999)}
 
 
 def stream_throughput(port, host, total_bytes):
@@ -392,7 +483,8 @@ def compare(setups, work, seconds, rounds):
                 raise RuntimeError(f"{name}: {errors} non-2xx responses; the setup is broken")
             found[name]["cpu_per_100k"].append((cpu_seconds(s["pids"]) - cpu0) / total * 100_000)
             found[name]["rps"].append(rps)
-            p50, p99, _ = latency_at_rate(s["port"], s["host"], work, f"{name}-{round_}", 1000, seconds)
+            latency = latency_at_rate(s["port"], s["host"], work, f"{name}-{round_}", 1000, seconds)
+            p50, p99 = latency["p50"], latency["p99"]
             found[name]["p50_ms"].append(p50)
             found[name]["p99_ms"].append(p99)
             log(f"{name} round {round_}: {json.dumps({k: v[-1] for k, v in found[name].items()})}")
@@ -417,6 +509,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=0,
                         help="with --baseline: only compare the two plain pairs, alternating, this many rounds each")
     parser.add_argument("--only", default="", help="run only the setups whose name contains this (direct always runs)")
+    parser.add_argument("--plots", default="", help="write PNG plots of the run into this directory (bench/plot.py)")
     args = parser.parse_args()
     seconds = 3 if args.quick else 10
     ensure_peers()
@@ -447,19 +540,25 @@ def main():
             if errors:
                 raise RuntimeError(f"{name}: {errors} non-2xx responses; the setup is broken")
             r["cpu_per_100k"] = cpu / total * 100_000 if s["pids"] else 0.0
-            p50, p99, n = latency_at_rate(s["port"], s["host"], work, name, 1000, seconds, headers)
-            r["p50_ms"], r["p99_ms"] = p50, p99
+            latency = latency_at_rate(s["port"], s["host"], work, name, 1000, seconds, headers)
+            r["p50_ms"], r["p99_ms"] = latency["p50"], latency["p99"]
+            r["latency_ms"] = latency
             if s.get("chain"):
                 # Streams and idle connections are the plain pair's; only per-request costs differ.
                 results[name] = r
                 log(json.dumps(r))
                 continue
-            cpu0 = cpu_seconds(s["pids"])
+            sides = s.get("sides", [[pid] for pid in s["pids"]])
+            side0 = [cpu_seconds(side) for side in sides]
             t0 = time.time()
             received = stream_throughput(s["port"], s["host"], (1 if args.quick else 4) << 30)
             r["stream_gbps"] = received / (time.time() - t0) / 1e9
-            cpu = cpu_seconds(s["pids"]) - cpu0
+            side_cpu = [cpu_seconds(side) - c0 for side, c0 in zip(sides, side0)]
+            cpu = sum(side_cpu)
             r["gb_per_cpu_s"] = received / 1e9 / cpu if cpu > 0 else float("inf")
+            # Per side: what one end of the pair (the busier) streams per CPU-second.
+            busier = max(side_cpu, default=0.0)
+            r["gb_per_cpu_s_side"] = received / 1e9 / busier if busier > 0 else float("inf")
             r["new_conn_rps"] = wrk(s["port"], s["host"], seconds, 32, close=True)[0]
             if s["pids"]:
                 before, after = idle_memory(s["port"], s["host"], s["pids"], 1000)
@@ -470,16 +569,31 @@ def main():
         procs.stop_all()
     direct = results["direct"]
     print(f"Side by side, one run, {seconds}s per measurement, 2 cores, loopback.\n")
-    print("| setup | req/s at 32 conns | added p50 / p99 at 1000 rps (ms) | CPU s per 100k req (proxies) | stream GB per CPU-s | new conns/s | RSS with 1000 idle conns |")
+    print("| setup | req/s at 32 conns | added p50 / p99 at 1000 rps (ms) | CPU s per 100k req (proxies) | stream GB per CPU-s (both / busier side) | new conns/s | RSS with 1000 idle conns |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         added = "-" if name == "direct" else f"{r['p50_ms'] - direct['p50_ms']:.3f} / {r['p99_ms'] - direct['p99_ms']:.3f}"
         cpu = "-" if name == "direct" else f"{r['cpu_per_100k']:.2f}"
-        gb = "-" if "gb_per_cpu_s" not in r or name == "direct" else f"{r['gb_per_cpu_s']:.2f}"
+        gb = "-" if "gb_per_cpu_s" not in r or name == "direct" else f"{r['gb_per_cpu_s']:.2f} / {r['gb_per_cpu_s_side']:.2f}"
         rss = "-" if "rss_after_kib" not in r else f"{r['rss_before_kib'] / 1024:.1f} -> {r['rss_after_kib'] / 1024:.1f} MiB"
         conns = f"{r['new_conn_rps']:,.0f}" if "new_conn_rps" in r else "-"
         print(f"| {name} | {r['rps']:,.0f} | {added} | {cpu} | {gb} | {conns} | {rss} |")
     print(f"\n(direct p50 / p99: {direct['p50_ms']:.3f} / {direct['p99_ms']:.3f} ms; raw results: {json.dumps(results)})")
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+    if args.plots:
+        plot(work / "results.json", Path(args.plots))
+
+
+def plot(results, directory):
+    """Runs bench/plot.py in a virtual environment of the cache holding matplotlib."""
+    venv = PEER_BIN.parent.parent / "bench-venv"
+    python = venv / "bin" / "python"
+    requirements = ROOT / "bench" / "plot-requirements.txt"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", "-r", requirements], check=True)
+    subprocess.run([python, ROOT / "bench" / "plot.py", results, directory], check=True)
+    log(f"plots written to {directory}")
 
 
 if __name__ == "__main__":
