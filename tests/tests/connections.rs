@@ -247,7 +247,7 @@ async fn past_the_connection_and_stream_limits_callers_get_503_and_others_are_se
 async fn more_streams_between_two_agents_than_one_connection_carries_go_over_more_connections() {
     // Three requests per connection at each node, three connections per pair: nine streams of
     // alpha's go over three pooled connections to node2 (one would have refused six of them
-    // 503); a tenth opens no fourth connection, and node2 refuses it past its limit.
+    // 503); a tenth opens no fourth connection and is refused at once by node1.
     let limits = "[limits]\nmax_streams = 3\nmax_pool_connections = 3\n";
     let mesh = Mesh::start_configured("1h", None, (limits, limits));
     let mut streams = Vec::new();
@@ -288,6 +288,12 @@ async fn more_streams_between_two_agents_than_one_connection_carries_go_over_mor
     let problem = client::json(tenth).await;
     assert_eq!(
         problem["type"], "urn:deputy:problem:overloaded",
+        "{problem}"
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("[limits] max_pool_connections")),
         "{problem}"
     );
     assert_eq!(pooled().len(), 3);

@@ -11,7 +11,8 @@
 //! settings), and a request past that opens another. Without it a thousand open event streams
 //! between two agents would meet the receiving node's per-connection limit and most would be
 //! refused, though neither node is loaded; with no bound, one busy agent could take every one of
-//! a peer's inbound connection places. Past the bound, requests share the least busy connection.
+//! a peer's inbound connection places. Past the bound (connections of an older SVID still
+//! finishing their requests count too), a request is refused 503 `overloaded` here.
 //!
 //! A connection leaves the pair's list only once it has no request in flight: while it is
 //! listed, its requests are answered and its registration (what drains it) lives.
@@ -125,22 +126,16 @@ impl Pool {
         let (serial, idle) = (&material.serial, self.timeouts.idle);
         slot.retain(|pooled| pooled.usable(serial, idle) || pooled.connection.in_flight() > 0);
         // The first with room (the oldest: a burst's extra connections then fall idle and
-        // go); with every one full and no more allowed, the least busy.
+        // go).
         let room = u64::from(self.limits.max_streams);
         let usable: Vec<usize> = (0..slot.len())
             .filter(|&i| slot[i].usable(serial, idle))
             .collect();
-        let in_flight = |i: &usize| slot[*i].connection.in_flight();
-        let chosen = usable
+        let with_room = usable
             .iter()
             .copied()
-            .find(|i| in_flight(i) < room)
-            .or_else(|| {
-                (usable.len() >= self.limits.max_pool_connections)
-                    .then(|| usable.iter().copied().min_by_key(in_flight))
-                    .flatten()
-            });
-        if let Some(pooled) = chosen.map(|i| &mut slot[i]) {
+            .find(|&i| slot[i].connection.in_flight() < room);
+        if let Some(pooled) = with_room.map(|i| &mut slot[i]) {
             pooled.last_used = Instant::now();
             let mut sender = pooled.sender.clone();
             // Counted before waiting for the connection to be ready: a drain that comes while
@@ -149,6 +144,21 @@ impl Pool {
             if sender.ready().await.is_ok() && !pooled.connection.is_draining() {
                 return Ok((sender, in_flight));
             }
+        } else if !usable.is_empty() && slot.len() >= self.limits.max_pool_connections {
+            // Every place the pair may take at the peer is full (connections of an older SVID
+            // still finishing count too). Refused here: the peer would refuse it, or, past its
+            // hard ceiling, hold it until the request timeout.
+            metrics::overloaded("outbound", "max_pool_connections");
+            return Err(ConnectError {
+                kind: ProblemKind::Overloaded,
+                detail: format!(
+                    "agent {agent} has {} connections to {} (the most [limits] \
+                     max_pool_connections allows), each carrying [limits] max_streams = {room} \
+                     requests; retry once one is answered, or raise the limits",
+                    slot.len(),
+                    service.name
+                ),
+            });
         }
         let (sender, connection) = self.connect(agent, service, material).await?;
         let in_flight = connection.request_started();

@@ -21,6 +21,9 @@ const STEP_THRESHOLD: f64 = 1.0;
 /// How often the clocks are compared.
 const INTERVAL: Duration = Duration::from_secs(1);
 
+/// Longest a sample may take (two monotonic readings around the wall clock's) to be used.
+const SAMPLE_SPREAD: Duration = Duration::from_millis(50);
+
 /// How far issuers date an SVID back (SPIRE's and `deputy issuer`'s backdate): a clock stepped
 /// back further sees the certificates issued since as not valid yet, so new handshakes with
 /// peers holding them, and the rotated SVIDs of this node's agents, fail.
@@ -89,7 +92,7 @@ fn step(previous: f64, current: f64) -> Option<f64> {
 /// Compares the clocks every second until `cancel`; reports each step.
 pub async fn watch(skew: Duration, cancel: CancellationToken) {
     // Present from the start, so that a rate over it counts the first step.
-    metrics::counter!(CLOCK_STEPS).absolute(0);
+    metrics::counter!(CLOCK_STEPS).increment(0);
     let origin = Instant::now();
     let mut previous = offset(SystemTime::now(), Instant::now(), origin);
     let mut tick = tokio::time::interval(INTERVAL);
@@ -98,12 +101,16 @@ pub async fn watch(skew: Duration, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        // The wall clock read between two monotonic readings: a thread preempted between
-        // them cannot pass for a step.
+        // The wall clock read between two monotonic readings; a sample whose readings lie
+        // far apart (the thread was preempted between them) is skipped rather than taken for
+        // a step.
         let before = Instant::now();
         let now = SystemTime::now();
         let after = Instant::now();
-        let current = offset(now, before + (after - before) / 2, origin);
+        if after - before > SAMPLE_SPREAD {
+            continue;
+        }
+        let current = offset(now, before, origin);
         if let Some(seconds) = step(previous, current) {
             report(now, seconds, skew);
         }
@@ -126,7 +133,7 @@ fn report(now: SystemTime, seconds: f64, skew: Duration) {
             "the wall clock stepped back further than issuers date certificates back: SVIDs \
              issued in the last {:.0} s are not valid yet by this clock, so new mTLS handshakes \
              with peers holding one, and this node's agents' rotated SVIDs, fail until it is \
-             set right", -seconds);
+             set right", -seconds - CERTIFICATE_BACKDATE);
     } else if seconds.abs() <= skew.as_secs_f64() {
         tracing::info!(seconds = format_args!("{seconds:+.1}"), now = %seen_at,
             "the wall clock stepped");

@@ -155,7 +155,7 @@ mod tests {
         let all = problems.join("\n");
         assert!(all.contains("limits.handshake must be above zero"), "{all}");
         assert!(
-            all.contains("max_streams and max_handshakes must be above zero"),
+            all.contains("max_handshakes and max_pool_connections must be above zero"),
             "{all}"
         );
         assert!(all.contains("less than policy.peek_bytes"), "{all}");
