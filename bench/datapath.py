@@ -428,9 +428,19 @@ def latency_at_rate(port, host, work, name, rate, seconds, headers=()):
     clients = 10
     logfile = work / f"h2load-{name.replace(' ', '-')}.log"
     subprocess.run(["h2load", "--h1", "-c", str(clients), "--rps", str(rate // clients), "-n", str(rate * seconds),
-                    "-H", f"Host: {host}", *header_args(headers), "--log-file", logfile, f"http://127.0.0.1:{port}/"],
+                    # h2load takes the host from the URL, whatever a Host header says: the
+                    # authority must be given as such, or every call is to service 127.0.0.1.
+                    "-H", f":authority: {host}", *header_args(headers), "--log-file", logfile,
+                    f"http://127.0.0.1:{port}/"],
                    capture_output=True, text=True, check=True)
-    durations = [int(line.split("\t")[2]) / 1000.0 for line in logfile.read_text().splitlines() if line.strip()]
+    # h2load's log: start time, status, duration (µs) per request; a refused or failed request is
+    # no latency sample.
+    rows = [line.split("\t") for line in logfile.read_text().splitlines() if line.strip()]
+    failed = sum(1 for row in rows if row[1] != "200")
+    if failed or len(rows) < rate * seconds:
+        raise RuntimeError(f"{name}: {failed} of {len(rows)} requests were not answered 200 "
+                           f"({rate * seconds} sent); see {logfile}")
+    durations = [int(row[2]) / 1000.0 for row in rows]
     durations.sort()
     p = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))]
     return {f"p{q * 100:g}": p(q) for q in (0.5, 0.9, 0.99, 0.999)}
