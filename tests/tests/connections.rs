@@ -33,6 +33,22 @@ async fn events(mesh: &Mesh, count: u32) -> Incoming {
     response.into_body()
 }
 
+/// Asserts that `response` is a 503 `overloaded` problem naming `limit`.
+async fn refused_over(response: http::Response<Incoming>, limit: &str) {
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let problem = client::json(response).await;
+    assert_eq!(
+        problem["type"], "urn:deputy:problem:overloaded",
+        "{problem}"
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(limit)),
+        "{problem}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_stream_is_closed_soon_after_the_svid_it_was_admitted_on_expires() {
     let limits = "[limits]\ndrain_grace = \"1s\"\n";
@@ -163,18 +179,7 @@ async fn past_the_connection_and_stream_limits_callers_get_503_and_others_are_se
         .send_request(client::get("beta", "/", Protocol::H2c))
         .await
         .expect("answered");
-    assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let problem = client::json(third).await;
-    assert_eq!(
-        problem["type"], "urn:deputy:problem:overloaded",
-        "{problem}"
-    );
-    assert!(
-        problem["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("[limits] max_streams")),
-        "{problem}"
-    );
+    refused_over(third, "[limits] max_streams").await;
 
     // A second connection is served; a third is over the listener's limit.
     let mut second = client::h2c_connection(&outbound).await.expect("h2c");
@@ -284,18 +289,7 @@ async fn more_streams_between_two_agents_than_one_connection_carries_go_over_mor
     let tenth = client::send(&mesh.node1.outbound_of("alpha"), Protocol::Http1, request)
         .await
         .expect("answered");
-    assert_eq!(tenth.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let problem = client::json(tenth).await;
-    assert_eq!(
-        problem["type"], "urn:deputy:problem:overloaded",
-        "{problem}"
-    );
-    assert!(
-        problem["detail"]
-            .as_str()
-            .is_some_and(|d| d.contains("[limits] max_pool_connections")),
-        "{problem}"
-    );
+    refused_over(tenth, "[limits] max_pool_connections").await;
     assert_eq!(pooled().len(), 3);
     assert_eq!(inbound(), 3);
 

@@ -128,14 +128,10 @@ impl Pool {
         // The first with room (the oldest: a burst's extra connections then fall idle and
         // go).
         let room = u64::from(self.limits.max_streams);
-        let usable: Vec<usize> = (0..slot.len())
-            .filter(|&i| slot[i].usable(serial, idle))
-            .collect();
-        let with_room = usable
-            .iter()
-            .copied()
-            .find(|&i| slot[i].connection.in_flight() < room);
-        if let Some(pooled) = with_room.map(|i| &mut slot[i]) {
+        let with_room = slot
+            .iter_mut()
+            .find(|p| p.usable(serial, idle) && p.connection.in_flight() < room);
+        if let Some(pooled) = with_room {
             pooled.last_used = Instant::now();
             let mut sender = pooled.sender.clone();
             // Counted before waiting for the connection to be ready: a drain that comes while
@@ -144,7 +140,9 @@ impl Pool {
             if sender.ready().await.is_ok() && !pooled.connection.is_draining() {
                 return Ok((sender, in_flight));
             }
-        } else if !usable.is_empty() && slot.len() >= self.limits.max_pool_connections {
+        } else if slot.len() >= self.limits.max_pool_connections
+            && slot.iter().any(|p| p.usable(serial, idle))
+        {
             // Every place the pair may take at the peer is full (connections of an older SVID
             // still finishing count too). Refused here: the peer would refuse it, or, past its
             // hard ceiling, hold it until the request timeout.

@@ -176,11 +176,8 @@ fn query(
                 "the kernel sent an empty datagram".to_owned(),
             ));
         }
-        if size > buffer.len() {
-            return Err(PeerUidError::Malformed(format!(
-                "the kernel sent a datagram of {size} bytes, more than an exact lookup's answer"
-            )));
-        }
+        // Without MSG_TRUNC, `recv` returns at most the buffer's length; a datagram cut short
+        // fails to parse (Malformed), which refuses the caller.
         if let Some(uid) = read_datagram(&buffer[..size], sequence, wanted, local, peer)? {
             return Ok(uid);
         }
