@@ -12,8 +12,9 @@ and checks the peer's SPIFFE ID, as deputyd does.
                                          # adds the plain pair on another build of deputyd
                                          # (a commit before a change), to measure the change
 
-Peers come from Debian packages (stunnel4, haproxy, nginx-light, wrk, nghttp2-client for h2load) and from
-scripts/peers (ghostunnel; opa, which compiles the policy for the wasm pair). Results are
+Peers come from Debian packages (stunnel4, haproxy, nginx-light, wrk) and from scripts/peers
+(ghostunnel; opa, which compiles the policy for the wasm pair; vegeta, which sends the fixed rate
+latency is measured at). Results are
 printed as Markdown; BENCHMARKS.md records a run. Ratios within one run are what to compare: the
 machine is shared and absolute numbers drift.
 """
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = {"stunnel": "stunnel4", "haproxy": "haproxy", "nginx": "nginx-light", "wrk": "wrk", "h2load": "nghttp2-client"}
+PEERS = {"stunnel": "stunnel4", "haproxy": "haproxy", "nginx": "nginx-light", "wrk": "wrk"}
 PEER_BIN = Path(os.environ.get("DEPUTY_CACHE", Path.home() / ".cache" / "deputy")) / "peers" / "bin"
 
 
@@ -52,6 +53,9 @@ def log(message):
 
 def ensure_peers():
     ensure_tools(PEERS)
+    if not (PEER_BIN / "vegeta").exists():
+        # A load generator only the benchmarks use: scripts/peers builds it when asked.
+        subprocess.run([ROOT / "scripts" / "peers", "vegeta"], check=True)
 
 
 def ensure_tools(tools):
@@ -405,8 +409,8 @@ def answers(port, host):
         return False
 
 
-def header_args(headers):
-    return [arg for h in headers for arg in ("-H", h)]
+def header_args(headers, flag="-H"):
+    return [arg for h in headers for arg in (flag, h)]
 
 
 def wrk(port, host, seconds, connections, close=False, headers=()):
@@ -422,26 +426,27 @@ def wrk(port, host, seconds, connections, close=False, headers=()):
 
 
 def latency_at_rate(port, host, work, name, rate, seconds, headers=()):
-    """Latency percentiles (p50, p90, p99, p99.9) in ms at a fixed request rate (h2load --rps
-    does not wait for responses before sending the next, so a slow response does not hide the
-    ones queued behind it)."""
-    clients = 10
-    logfile = work / f"h2load-{name.replace(' ', '-')}.log"
-    subprocess.run(["h2load", "--h1", "-c", str(clients), "--rps", str(rate // clients), "-n", str(rate * seconds),
-                    # h2load takes the host from the URL, whatever a Host header says: the
-                    # authority must be given as such, or every call is to service 127.0.0.1.
-                    "-H", f":authority: {host}", *header_args(headers), "--log-file", logfile,
-                    f"http://127.0.0.1:{port}/"],
-                   capture_output=True, text=True, check=True)
-    # h2load's log: start time, status, duration (µs) per request; a refused or failed request is
+    """Latency percentiles (p50, p90, p99, p99.9) in ms at a fixed request rate, sent by vegeta:
+    requests spaced evenly (open loop: a slow answer does not hold back the ones due after it;
+    more connections open as answers lag). h2load --rps was used before: its clients all fire on
+    the same tick, so it measured how long a burst of ten took to clear, which is CPU per request
+    over two cores, not the time a call spends on the path."""
+    results = work / f"vegeta-{name.replace(' ', '-')}.bin"
+    target = f"GET http://127.0.0.1:{port}/\n".encode()
+    with open(results, "wb") as out:
+        subprocess.run([go_peer("vegeta"), "attack", f"-rate={rate}/s", f"-duration={seconds}s", "-http2=false",
+                        "-header", f"Host: {host}", *header_args(headers, "-header")],
+                       input=target, stdout=out, check=True)
+    encoded = subprocess.run([go_peer("vegeta"), "encode", "--to", "json", results],
+                             capture_output=True, text=True, check=True).stdout
+    # One JSON object per request: its status and latency (ns); a refused or failed request is
     # no latency sample.
-    rows = [line.split("\t") for line in logfile.read_text().splitlines() if line.strip()]
-    failed = sum(1 for row in rows if row[1] != "200")
+    rows = [json.loads(line) for line in encoded.splitlines() if line.strip()]
+    failed = sum(1 for row in rows if row["code"] != 200)
     if failed or len(rows) < rate * seconds:
         raise RuntimeError(f"{name}: {failed} of {len(rows)} requests were not answered 200 "
-                           f"({rate * seconds} sent); see {logfile}")
-    durations = [int(row[2]) / 1000.0 for row in rows]
-    durations.sort()
+                           f"({rate * seconds} sent); see {results} (vegeta report {results})")
+    durations = sorted(row["latency"] / 1e6 for row in rows)
     p = lambda q: durations[min(len(durations) - 1, int(q * len(durations)))]
     return {f"p{q * 100:g}": p(q) for q in (0.5, 0.9, 0.99, 0.999)}
 

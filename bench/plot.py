@@ -63,7 +63,7 @@ def main():
     ax.set_yticks([i + 0.4 - height / 2 for i in range(len(names))], names)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set_xlabel("response time at 1,000 requests/s, ms (log scale; h2load, open loop)")
+    ax.set_xlabel("response time at 1,000 requests/s, ms (log scale; vegeta, open loop, evenly spaced)")
     ax.legend(loc="lower right")
     ax.set_title(f"Latency percentiles ({subtitle})", fontsize=10)
     fig.tight_layout()
