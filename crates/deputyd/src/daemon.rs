@@ -251,6 +251,7 @@ impl Daemon {
             cancel.clone(),
         ));
         tasks.spawn(checkpoint_when_due(trail.clone(), cancel.clone()));
+        tasks.spawn(drain_histograms(metrics_handle(), cancel.clone()));
         if let Some(manager) = &secrets {
             manager
                 .tasks()
@@ -537,6 +538,20 @@ impl deputy_audit::checkpoint::Signer for NodeSigner {
         )
         .map_err(|e| e.to_string())?;
         deputy_audit::checkpoint::sign(&svid, upto, hash, iat)
+    }
+}
+
+/// Folds the durations recorded since into their summaries every few seconds, until
+/// `cancel`. The recorder is built, not installed, so the exporter's own upkeep does not run:
+/// without this every duration recorded (four a call) stays in memory until `/metrics` is
+/// read, and a node nobody scrapes grows by about 34 bytes a call (found by the soak).
+async fn drain_histograms(metrics: PrometheusHandle, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => metrics.run_upkeep(),
+        }
     }
 }
 

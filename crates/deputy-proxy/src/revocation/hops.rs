@@ -82,7 +82,15 @@ struct Table {
     tasks: lru::LruCache<TaskKey, TaskHops>,
     /// When expired tasks were last swept (unix seconds): at most once a second.
     swept_at: i64,
+    /// When a live task's eviction was last logged (unix seconds), and how many were evicted
+    /// since: a table full under a steady stream of new tasks evicts one per task, and one
+    /// warning a minute says as much as one per call.
+    warned_at: i64,
+    evicted_unwarned: u64,
 }
+
+/// Evictions are logged at most this often (seconds); the counter counts every one.
+const WARN_EVERY: i64 = 60;
 
 /// Every task's hops.
 #[derive(Debug)]
@@ -97,6 +105,8 @@ impl Default for Hops {
             table: Mutex::new(Table {
                 tasks: lru::LruCache::new(NonZeroUsize::new(TASKS).unwrap_or(NonZeroUsize::MIN)),
                 swept_at: i64::MIN,
+                warned_at: i64::MIN,
+                evicted_unwarned: 0,
             }),
             random: SystemRandom::new(),
         }
@@ -156,11 +166,19 @@ impl Hops {
             }
             if table.tasks.len() == table.tasks.cap().get() {
                 metrics::counter!(EVICTED).increment(1);
-                tracing::warn!(
-                    tasks = TASKS,
-                    "the revocation hops table is full of live tasks: the least recently used \
-                     is forgotten, and a revocation of it will reach only this node"
-                );
+                table.evicted_unwarned += 1;
+                if now.saturating_sub(table.warned_at) >= WARN_EVERY {
+                    tracing::warn!(
+                        tasks = TASKS,
+                        forgotten = table.evicted_unwarned,
+                        "the revocation hops table is full of live tasks: the least recently \
+                         used are forgotten (so many since the last warning; all counted in \
+                         deputy_revocation_hops_evicted_total), and a revocation of one will \
+                         reach only this node"
+                    );
+                    table.warned_at = now;
+                    table.evicted_unwarned = 0;
+                }
             }
         }
         let entry = table.tasks.get_or_insert_mut(task.clone(), || TaskHops {
@@ -357,6 +375,33 @@ mod tests {
                 0
             ),
             Err(NoKey::TooManyNodes)
+        );
+    }
+
+    #[test]
+    fn a_table_full_of_live_tasks_forgets_the_least_recent_and_warns_once_a_minute() {
+        let hops = Hops::default();
+        let facts = TaskFacts::default();
+        for n in 0..TASKS + 10 {
+            assert!(hops.arrived_with(&task(&format!("t{n}")), &facts, "k", 1000, 5));
+        }
+        {
+            let table = hops.lock();
+            assert_eq!(table.tasks.len(), TASKS);
+            // The first eviction was logged; the nine after it wait for the next minute.
+            assert_eq!((table.warned_at, table.evicted_unwarned), (5, 9));
+        }
+        assert_eq!(
+            hops.arrived_with_key(&task("t0"), "k", 6),
+            None,
+            "forgotten"
+        );
+        assert_eq!(hops.arrived_with_key(&task("t10"), "k", 6), Some(1000));
+        assert!(hops.arrived_with(&task("late"), &facts, "k", 1000, 5 + WARN_EVERY));
+        let table = hops.lock();
+        assert_eq!(
+            (table.warned_at, table.evicted_unwarned),
+            (5 + WARN_EVERY, 0)
         );
     }
 }
