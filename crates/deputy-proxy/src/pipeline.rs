@@ -18,12 +18,22 @@ pub(crate) type Outcome = Result<(), Refused>;
 /// A stage that waits (on the network, the policy, a body).
 pub(crate) type Waiting<'a> = Pin<Box<dyn Future<Output = Outcome> + Send + 'a>>;
 
+/// What a stage that may wait leaves: its outcome at once when there is nothing to wait on
+/// (what it would wait for is not configured, or not asked for by this call: no future is
+/// made, nothing allocated), or its wait.
+pub(crate) enum Step<'a> {
+    /// Decided without waiting.
+    Now(Outcome),
+    /// Waits on something before it decides.
+    Wait(Waiting<'a>),
+}
+
 /// One stage: its name (in the log of a refusal) and its work.
 pub(crate) enum Stage<C> {
     /// Decides without waiting.
     Now(&'static str, fn(&mut C) -> Outcome),
-    /// Waits on something before it decides.
-    Later(&'static str, for<'a> fn(&'a mut C) -> Waiting<'a>),
+    /// May wait on something before it decides.
+    Later(&'static str, for<'a> fn(&'a mut C) -> Step<'a>),
 }
 
 impl<C> Stage<C> {
@@ -56,7 +66,10 @@ pub(crate) async fn run<C: Send>(stages: &[Stage<C>], call: &mut C, checks: &Che
         }
         let outcome = match stage {
             Stage::Now(_, work) => work(call),
-            Stage::Later(_, work) => work(call).await,
+            Stage::Later(_, work) => match work(call) {
+                Step::Now(outcome) => outcome,
+                Step::Wait(waiting) => waiting.await,
+            },
         };
         outcome.map_err(|problem| (stage.name(), problem))?;
         if (checks.answered)(call) {
@@ -123,12 +136,12 @@ mod tests {
         Ok(())
     }
 
-    fn waits(call: &mut Trace) -> Waiting<'_> {
-        Box::pin(async move {
+    fn waits(call: &mut Trace) -> Step<'_> {
+        Step::Wait(Box::pin(async move {
             tokio::task::yield_now().await;
             call.0.push("waits");
             Ok(())
-        })
+        }))
     }
 
     fn refuses(call: &mut Trace) -> Outcome {

@@ -6,10 +6,13 @@ use deputy_policy::Direction;
 use super::Call;
 use crate::authz;
 use crate::delegation::inbound_task;
-use crate::pipeline::Waiting;
+use crate::pipeline::Step;
 
-pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
-    Box::pin(async move {
+pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Step<'a> {
+    if call.inbound.policy.is_none() {
+        return Step::Now(Ok(()));
+    }
+    Step::Wait(Box::pin(async move {
         let (inbound, connection) = (call.inbound, call.connection);
         let Some(policy) = &inbound.policy else {
             return Ok(());
@@ -57,5 +60,5 @@ pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
                 Err(problem.into())
             }
         }
-    })
+    }))
 }

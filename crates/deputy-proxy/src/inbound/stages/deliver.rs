@@ -2,12 +2,12 @@
 
 use super::Call;
 use crate::body::{DecisionId, problem_response, stream};
-use crate::pipeline::Waiting;
+use crate::pipeline::Step;
 use crate::problem::{Problem, ProblemKind};
 use crate::routing::strip_hop_by_hop;
 
-pub(super) fn deliver<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
-    Box::pin(async move {
+pub(super) fn deliver<'a>(call: &'a mut Call<'_>) -> Step<'a> {
+    Step::Wait(Box::pin(async move {
         let mut request = call
             .request
             .take()
@@ -73,5 +73,5 @@ pub(super) fn deliver<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         DecisionId::mark(&mut response, decision_id);
         call.response = Some(response);
         Ok(())
-    })
+    }))
 }

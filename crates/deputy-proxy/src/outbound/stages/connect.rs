@@ -3,12 +3,12 @@
 
 use super::Call;
 use crate::config::Reach;
-use crate::pipeline::Waiting;
+use crate::pipeline::Step;
 use crate::pool::Target;
 use crate::problem::Problem;
 
-pub(super) fn connect<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
-    Box::pin(async move {
+pub(super) fn connect<'a>(call: &'a mut Call<'_>) -> Step<'a> {
+    Step::Wait(Box::pin(async move {
         let service = call
             .service
             .as_ref()
@@ -39,5 +39,5 @@ pub(super) fn connect<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         // Before `sign` spends anything: a call that cannot be followed is refused unspent.
         call.revocation_key = super::send::revocation_key(call)?;
         Ok(())
-    })
+    }))
 }

@@ -7,11 +7,14 @@ use deputy_policy::Direction;
 use super::Call;
 use crate::authz;
 use crate::config::Reach;
-use crate::pipeline::{Outcome, Waiting};
+use crate::pipeline::{Outcome, Step};
 use crate::problem::{Problem, ProblemKind};
 
-pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
-    Box::pin(async move {
+pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Step<'a> {
+    if call.outbound.policy.is_none() {
+        return Step::Now(without_policy(call));
+    }
+    Step::Wait(Box::pin(async move {
         let Some(policy) = &call.outbound.policy else {
             return without_policy(call);
         };
@@ -59,7 +62,7 @@ pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         }
         call.narrowed = record.decision.scope;
         Ok(())
-    })
+    }))
 }
 
 /// Nothing at the other end of a call to a tool outside the mesh checks it: its `callers` are

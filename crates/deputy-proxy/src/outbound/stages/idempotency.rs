@@ -14,7 +14,7 @@ use http::{HeaderName, HeaderValue, Method, Response, header};
 
 use super::Call;
 use crate::body::{Body, Metered, full, read_whole, sha256_hex};
-use crate::pipeline::{Outcome, Waiting};
+use crate::pipeline::{Outcome, Step};
 use crate::problem::{Problem, ProblemKind};
 use crate::unix;
 
@@ -79,8 +79,11 @@ pub(crate) struct FirstTry {
 }
 
 /// Before anything is issued, signed or sent: replays, conflicts and missing keys.
-pub(super) fn check<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
-    Box::pin(async move {
+pub(super) fn check<'a>(call: &'a mut Call<'_>) -> Step<'a> {
+    if call.outbound.idempotency.is_none() {
+        return Step::Now(Ok(()));
+    }
+    Step::Wait(Box::pin(async move {
         let Some(idempotency) = call.outbound.idempotency.clone() else {
             return Ok(());
         };
@@ -263,7 +266,7 @@ pub(super) fn check<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         });
         call.request = Some(http::Request::from_parts(parts, full(body)));
         Ok(())
-    })
+    }))
 }
 
 /// After `send`: the response of a first try is kept as it streams to the agent. A success, or

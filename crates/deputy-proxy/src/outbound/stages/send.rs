@@ -7,13 +7,13 @@ use http::{HeaderValue, Request, Response, Uri, Version, header};
 use super::{Call, send_external};
 use crate::body::{Body, DecisionId, stream};
 use crate::config::Reach;
-use crate::pipeline::{Refused, Waiting};
+use crate::pipeline::{Refused, Step};
 use crate::problem::{Problem, ProblemKind};
 use crate::revocation::REVOCATION_KEY;
 use crate::routing::{DELEGATION, REQUEST_ID, strip_all_deputy_headers, strip_hop_by_hop};
 
-pub(super) fn send<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
-    Box::pin(async move {
+pub(super) fn send<'a>(call: &'a mut Call<'_>) -> Step<'a> {
+    Step::Wait(Box::pin(async move {
         let mut request = call
             .request
             .take()
@@ -77,7 +77,7 @@ pub(super) fn send<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         }
         call.response = Some(response);
         Ok(())
-    })
+    }))
 }
 
 /// A dry run: the service's deputyd is asked to run its end too (and deliver nothing); a tool

@@ -4,11 +4,14 @@
 //! A call that belongs to no task cannot carry one, and is refused.
 
 use super::Call;
-use crate::pipeline::Waiting;
+use crate::pipeline::Step;
 use crate::problem::{Problem, ProblemKind};
 
-pub(super) fn obtain<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
-    Box::pin(async move {
+pub(super) fn obtain<'a>(call: &'a mut Call<'_>) -> Step<'a> {
+    if call.outbound.task_secrets.is_none() {
+        return Step::Now(Ok(()));
+    }
+    Step::Wait(Box::pin(async move {
         let Some(tasks) = &call.outbound.task_secrets else {
             return Ok(());
         };
@@ -91,5 +94,5 @@ pub(super) fn obtain<'a>(call: &'a mut Call<'_>) -> Waiting<'a> {
         }
         call.task_credentials = obtained;
         Ok(())
-    })
+    }))
 }
