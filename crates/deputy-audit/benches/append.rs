@@ -6,32 +6,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use deputy_audit::{CallRecord, Checkpoints, Event, OnFailure, Trail};
+use deputy_audit::{Checkpoints, OnFailure, Trail};
+use record::call;
 
-fn call(n: u64) -> Event {
-    Event::Call(CallRecord {
-        direction: "outbound".into(),
-        agent: "alpha".into(),
-        peer: "-".into(),
-        service: "beta".into(),
-        method: "GET".into(),
-        path: "/tickets/4711".into(),
-        status: 200,
-        request_id: format!("01a242cd-69e3-74b7-b4ea-{n:012}"),
-        decision_id: Some("01a242cd-69e3-74b7-b4ea-74fa261f230c".into()),
-        problem: None,
-        task: Some("t-4711".into()),
-        principal: Some("user:alice@example.org".into()),
-        originator: Some("spiffe://example.org/agent/alpha".into()),
-        actors: vec![
-            "spiffe://example.org/agent/alpha".into(),
-            "spiffe://example.org/agent/beta".into(),
-        ],
-        dry_run: false,
-        replayed: false,
-        approval: None,
-    })
-}
+mod record;
 
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
