@@ -389,6 +389,57 @@ fn a_client_that_never_finishes_its_headers_is_cut_off() {
     );
 }
 
+#[test]
+fn a_kept_alive_connection_waits_for_its_next_request_whose_head_must_still_come_whole() {
+    use std::io::{Read as _, Write as _};
+    let mesh = Mesh::start("1h");
+    let mut stream =
+        std::net::TcpStream::connect(mesh.node1.outbound_of("alpha")).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let call = b"GET /tickets HTTP/1.1\r\nHost: beta\r\n\r\n";
+    let answer = |stream: &mut std::net::TcpStream| {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream
+                .read_exact(&mut byte)
+                .expect("an answer on the kept connection");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).expect("head");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("content-length");
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).expect("body");
+        head
+    };
+    stream.write_all(call).expect("write");
+    assert!(answer(&mut stream).starts_with("HTTP/1.1 200"));
+    // Idle past the 5 s a head may take (`[timeouts] connect`), well within `[timeouts] idle`:
+    // the connection is still there for the agent's next call (it used to be closed at 5 s,
+    // failing a call sent at that moment).
+    std::thread::sleep(Duration::from_secs(7));
+    stream.write_all(call).expect("write after idling");
+    assert!(answer(&mut stream).starts_with("HTTP/1.1 200"));
+    // A head begun and never finished is still cut 5 s after its first byte.
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: be")
+        .expect("write");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = stream.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok() && started.elapsed() < Duration::from_secs(15),
+        "deputyd closes the connection 5 s into an unfinished head: {closed:?} after {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_starts_a_task_and_the_callee_sees_the_verified_chain() {
     let mesh = Mesh::start("1h");

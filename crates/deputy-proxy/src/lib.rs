@@ -21,6 +21,7 @@ pub mod connections;
 pub mod context;
 mod delegation;
 mod external;
+mod head_timer;
 mod held_bytes;
 pub mod inbound;
 mod listing;

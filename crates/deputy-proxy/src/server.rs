@@ -4,15 +4,23 @@ use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 
 use crate::config::{Limits, Timeouts};
+use crate::head_timer::Watched;
 
-/// HTTP/1.1 and HTTP/2, with a bound on how long a client may take to send its request headers
-/// (a client that trickles them must not hold a connection and its task forever), keepalive
-/// pings, and a hard ceiling on streams.
-pub(crate) fn builder(timeouts: &Timeouts, limits: &Limits) -> auto::Builder<TokioExecutor> {
+/// The server of one connection, `io`: HTTP/1.1 and HTTP/2, with a bound on how long a client
+/// may take to send a request's head (`[timeouts] connect` from its first byte: a client that
+/// trickles it must not hold a connection and its task forever) while a kept-alive connection
+/// waits up to `[timeouts] idle` for its next request (`head_timer`), keepalive pings, and a
+/// hard ceiling on streams. Serve the stream it returns: the timer watches its reads.
+pub(crate) fn builder<T>(
+    timeouts: &Timeouts,
+    limits: &Limits,
+    io: T,
+) -> (auto::Builder<TokioExecutor>, Watched<T>) {
+    let (timer, io) = crate::head_timer::for_connection(timeouts.connect, timeouts.idle, io);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
+        .timer(timer)
         .header_read_timeout(timeouts.connect);
     builder
         .http2()
@@ -24,5 +32,5 @@ pub(crate) fn builder(timeouts: &Timeouts, limits: &Limits) -> auto::Builder<Tok
         // Past `max_streams` a request is answered 503 `overloaded`, which the caller can read;
         // this is the hard ceiling a client that ignores those answers meets.
         .max_concurrent_streams(limits.max_streams.saturating_mul(2));
-    builder
+    (builder, io)
 }

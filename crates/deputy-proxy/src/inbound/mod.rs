@@ -174,7 +174,7 @@ async fn serve_connection(
         let connection = connection.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(&inbound, &connection, request).await) }
     });
-    let builder = crate::server::builder(&inbound.timeouts, &inbound.limits);
+    let (builder, tls) = crate::server::builder(&inbound.timeouts, &inbound.limits, tls);
     let served = serve_until_drained(
         builder.serve_connection(TokioIo::new(tls), service),
         &mut registration,

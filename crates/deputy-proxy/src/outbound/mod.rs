@@ -170,16 +170,16 @@ async fn serve_connection(outbound: Arc<Outbound>, connection: Connection) {
         handle: registration.handle(),
         slot,
     });
-    let builder = crate::server::builder(&outbound.timeouts, &outbound.limits);
+    let io = match connection {
+        Connection::Tcp(s) => Either::Left(s),
+        Connection::Unix(s) => Either::Right(s),
+    };
+    let (builder, io) = crate::server::builder(&outbound.timeouts, &outbound.limits, io);
     let service = hyper::service::service_fn(move |request| {
         let outbound = outbound.clone();
         let caller = caller.clone();
         async move { Ok::<_, std::convert::Infallible>(handle(&outbound, &caller, request).await) }
     });
-    let io = match connection {
-        Connection::Tcp(s) => Either::Left(s),
-        Connection::Unix(s) => Either::Right(s),
-    };
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let served = tokio::time::timeout(
         life,
