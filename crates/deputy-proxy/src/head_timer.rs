@@ -7,9 +7,10 @@
 //! closed agents' kept-alive connections after 5 s, and a client that reused one at that moment
 //! had its request fail (the soak met it: one call in 44,233, "client error (SendRequest)";
 //! HTTP clients keep idle connections for 90 s and more). With this timer a head must be whole
-//! within `head` of its first byte (the first request's, of the connection's start: a client
-//! that connects and says nothing is cut as before), and between requests a connection may wait
-//! `idle` for the next one.
+//! within `head` of its first byte (bytes read while the answer before it was being written
+//! count as its start), the first request's within `head` of when hyper began to wait for it,
+//! and between requests a connection may wait `idle` for the next one. (Before hyper knows the
+//! protocol it runs no timer at all: `connections::first_request_within` bounds that.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,17 +28,40 @@ struct Activity {
     base: Instant,
     /// When bytes were last read (nanoseconds after `base`, plus one; 0: never).
     last_read: AtomicU64,
+    /// When bytes were last written (the same measure).
+    last_write: AtomicU64,
     /// An answer (some bytes) was written: the connection has served a request.
     answered: AtomicBool,
 }
 
 impl Activity {
+    fn at(&self, mark: &AtomicU64) -> Option<Instant> {
+        let nanos = mark.load(Ordering::Acquire).checked_sub(1)?;
+        Some(self.base + Duration::from_nanos(nanos))
+    }
+
     fn read_after(&self, since: Instant) -> Option<Instant> {
-        let nanos = self.last_read.load(Ordering::Acquire).checked_sub(1)?;
-        let at = self.base + Duration::from_nanos(nanos);
-        (at >= since).then_some(at)
+        self.at(&self.last_read).filter(|at| *at >= since)
+    }
+
+    /// Whether bytes came in since the last write began: the next head may have begun while
+    /// the answer before it was being written.
+    fn read_since_last_write(&self) -> bool {
+        match (self.at(&self.last_read), self.at(&self.last_write)) {
+            (Some(read), Some(written)) => read >= written,
+            _ => false,
+        }
+    }
+
+    fn mark(&self, mark: &AtomicU64) {
+        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        mark.store(nanos.saturating_add(1), Ordering::Release);
     }
 }
+
+/// The longest idle wait between requests honoured (a bigger `[timeouts] idle` is this): no
+/// deadline overflows.
+const IDLE_AT_MOST: Duration = Duration::from_secs(24 * 3600);
 
 /// One connection's header timer (give it to hyper's HTTP/1 builder with `header_read_timeout`
 /// set to `head`) and the wrapper its stream must go through, so the timer sees its reads.
@@ -45,13 +69,15 @@ pub(crate) fn for_connection<T>(head: Duration, idle: Duration, io: T) -> (HeadT
     let activity = Arc::new(Activity {
         base: Instant::now(),
         last_read: AtomicU64::new(0),
+        last_write: AtomicU64::new(0),
         answered: AtomicBool::new(false),
     });
+    let head = head.min(IDLE_AT_MOST);
     (
         HeadTimer {
             activity: activity.clone(),
             head,
-            idle: idle.max(head),
+            idle: idle.clamp(head, IDLE_AT_MOST),
         },
         Watched { io, activity },
     )
@@ -74,10 +100,13 @@ impl Timer for HeadTimer {
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
         // hyper asks for `head` from when it began to wait.
         let began = deadline.checked_sub(self.head).unwrap_or(deadline);
+        // Bytes that came while the last answer was written may be this head's first: they
+        // are taken to have come now, so they buy no idle allowance.
+        let first_byte = self.activity.read_since_last_write().then_some(began);
         Box::pin(HeadSleep {
             timer: self.clone(),
             began,
-            first_byte: None,
+            first_byte,
             deadline,
             sleep: Box::pin(tokio::time::sleep_until(deadline.into())),
         })
@@ -93,13 +122,14 @@ struct HeadSleep {
 }
 
 impl HeadSleep {
-    /// The pure rule: `head` from the head's first byte; before any, `head` from the start of a
-    /// connection that has answered nothing yet, `idle` from the last answer of one that has.
+    /// The pure rule: a connection that has answered nothing yet has `head` from when hyper
+    /// began to wait; one that has, `idle` from its last answer until a head's first byte, and
+    /// `head` from that byte.
     fn deadline(&self, answered: bool) -> Instant {
         match self.first_byte {
+            _ if !answered => self.began + self.timer.head,
             Some(first) => first + self.timer.head,
-            None if answered => self.began + self.timer.idle,
-            None => self.began + self.timer.head,
+            None => self.began + self.timer.idle,
         }
     }
 }
@@ -142,10 +172,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            let nanos = u64::try_from(self.activity.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.activity
-                .last_read
-                .store(nanos.saturating_add(1), Ordering::Release);
+            self.activity.mark(&self.activity.last_read);
         }
         polled
     }
@@ -188,6 +215,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 impl<T> Watched<T> {
     fn note_written(&self, polled: &Poll<std::io::Result<usize>>) {
         if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
+            self.activity.mark(&self.activity.last_write);
             self.activity.answered.store(true, Ordering::Release);
         }
     }
@@ -212,20 +240,52 @@ mod tests {
     async fn a_head_has_five_seconds_from_its_first_byte_and_a_kept_connection_may_idle() {
         let began = Instant::now();
         let second = Duration::from_secs(1);
-        // The first request: nothing sent yet, 5 s from the connection's start.
+        // The first request: 5 s from when hyper began to wait, however its bytes trickle.
         assert_eq!(sleep_at(began, None).deadline(false), began + 5 * second);
-        // Between requests: the idle allowance.
+        let trickled = began + 4 * second;
+        assert_eq!(
+            sleep_at(began, Some(trickled)).deadline(false),
+            began + 5 * second
+        );
+        // Between requests: the idle allowance, then 5 s from a head's first byte.
         assert_eq!(sleep_at(began, None).deadline(true), began + 90 * second);
-        // A head begun 60 s into the wait: 5 s from its first byte, answered before or not.
         let first = began + 60 * second;
         assert_eq!(
             sleep_at(began, Some(first)).deadline(true),
             first + 5 * second
         );
-        assert_eq!(
-            sleep_at(began, Some(first)).deadline(false),
-            first + 5 * second
-        );
+    }
+
+    #[tokio::test]
+    async fn bytes_read_while_the_last_answer_was_written_start_the_next_head() {
+        let (timer, _) = for_connection(Duration::from_secs(5), Duration::from_secs(90), ());
+        let activity = timer.activity.clone();
+        activity.mark(&activity.last_write);
+        assert!(!activity.read_since_last_write());
+        activity.mark(&activity.last_read);
+        assert!(activity.read_since_last_write());
+        let before = Instant::now();
+        let mut sleep = timer.sleep(Duration::from_secs(5));
+        let sleep = sleep
+            .as_mut()
+            .downcast_mut_pin::<HeadSleep>()
+            .expect("a head sleep");
+        assert!(sleep.first_byte.is_some_and(|first| first >= before));
+    }
+
+    #[tokio::test]
+    async fn an_enormous_idle_allowance_is_a_day() {
+        let (timer, _) = for_connection(Duration::from_secs(5), Duration::MAX, ());
+        assert_eq!(timer.idle, IDLE_AT_MOST);
+        let began = Instant::now();
+        let sleep = HeadSleep {
+            timer,
+            began,
+            first_byte: None,
+            deadline: began,
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        };
+        assert_eq!(sleep.deadline(true), began + IDLE_AT_MOST);
     }
 
     #[test]

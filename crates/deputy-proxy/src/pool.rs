@@ -238,7 +238,7 @@ impl Pool {
         tokio::spawn(async move {
             // A client connection has no shutdown of its own: drained, it is handed out no
             // more and closed once its requests are answered.
-            let ended = serve_until_drained(connection, &mut registration, |_| {}).await;
+            let ended = serve_until_drained(connection, &mut registration, None, |_| {}).await;
             if let Ended::Finished(Err(e)) = ended {
                 tracing::debug!(service = %name, error = %e, "outbound connection ended");
             }

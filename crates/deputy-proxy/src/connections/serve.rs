@@ -16,6 +16,8 @@ pub(crate) enum Ended<T> {
     Answered,
     /// Drained, and still carrying streams when the grace ran out: closed.
     Cut,
+    /// Carried no request within the time a client has for its first one: closed.
+    Silent,
 }
 
 /// Drives `connection` until it ends; when the registry drains it, `begin_shutdown` is called
@@ -32,32 +34,59 @@ pub(crate) enum Ended<T> {
 /// distrust or a removed agent does not linger, and cuts a linger short when it comes during
 /// one. The linger is taken out of the grace, not added to it.
 ///
+/// A served connection (`first_request`: `Some`) that has carried no request that long after it
+/// began is closed: hyper runs no timer until it knows the protocol, so a client that opens a
+/// connection and says nothing, or sends the first bytes of a request and no more, would hold
+/// it (and its task) until its age drains it.
+///
 /// Boxed, and `Send` by its bounds: an `async fn` generic over hyper's connections trips a
 /// compiler limitation (rust-lang/rust#102211) when the task that awaits it is spawned.
 pub(crate) fn serve_until_drained<'a, C>(
     connection: C,
     registration: &'a mut Registration,
+    first_request: Option<Duration>,
     begin_shutdown: impl FnOnce(Pin<&mut C>) + Send + 'a,
 ) -> Pin<Box<dyn Future<Output = Ended<C::Output>> + Send + 'a>>
 where
     C: Future + Send + 'a,
     C::Output: Send,
 {
-    Box::pin(serve(connection, registration, begin_shutdown))
+    Box::pin(serve(
+        connection,
+        registration,
+        first_request,
+        begin_shutdown,
+    ))
 }
 
 async fn serve<C: Future>(
     connection: C,
     registration: &mut Registration,
+    first_request: Option<Duration>,
     begin_shutdown: impl FnOnce(Pin<&mut C>),
 ) -> Ended<C::Output> {
     let mut connection = pin!(connection);
+    let handle = registration.handle();
+    let silent = async {
+        let Some(within) = first_request else {
+            return std::future::pending().await;
+        };
+        tokio::time::sleep(within).await;
+        if handle.0.requests.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            std::future::pending::<()>().await;
+        }
+    };
     let reason = tokio::select! {
         ended = connection.as_mut() => return Ended::Finished(ended),
         reason = registration.drained() => reason,
+        () = silent => {
+            tracing::debug!(connection = handle.0.id, side = handle.0.side.name(),
+                agent = %handle.0.agent, ?first_request,
+                "closed a connection that carried no request in time");
+            return Ended::Silent;
+        }
     };
     let grace = registration.registry.grace;
-    let handle = registration.handle();
     let deadline = tokio::time::Instant::now() + grace;
     if handle.0.side != super::Side::Pool && reason.lingers() {
         // At most half the grace: the rest is for the close.

@@ -164,7 +164,7 @@ async fn a_drained_connection_gets_its_grace_then_is_cut() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut stop_tx = Some(stop_tx);
     registry.drain_all(&DrainReason::ShuttingDown);
-    let ended = serve_until_drained(async { stop_rx.await.is_ok() }, &mut polite, |_| {
+    let ended = serve_until_drained(async { stop_rx.await.is_ok() }, &mut polite, None, |_| {
         stop_tx.take().map(|tx| tx.send(()));
     })
     .await;
@@ -174,7 +174,8 @@ async fn a_drained_connection_gets_its_grace_then_is_cut() {
     let mut stubborn = registry.register(inbound_from(&domain, "alpha"));
     registry.drain_all(&DrainReason::ShuttingDown);
     let started = tokio::time::Instant::now();
-    let ended = serve_until_drained(std::future::pending::<()>(), &mut stubborn, |_| {}).await;
+    let ended =
+        serve_until_drained(std::future::pending::<()>(), &mut stubborn, None, |_| {}).await;
     assert!(matches!(ended, serve::Ended::Cut));
     assert!(started.elapsed() >= Duration::from_millis(200));
 }

@@ -178,6 +178,7 @@ async fn serve_connection(
     let served = serve_until_drained(
         builder.serve_connection(TokioIo::new(tls), service),
         &mut registration,
+        Some(inbound.timeouts.connect),
         |connection| connection.graceful_shutdown(),
     );
     if let Ok(Ended::Finished(Err(e))) = tokio::time::timeout(life, served).await {

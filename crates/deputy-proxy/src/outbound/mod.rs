@@ -175,6 +175,7 @@ async fn serve_connection(outbound: Arc<Outbound>, connection: Connection) {
         Connection::Unix(s) => Either::Right(s),
     };
     let (builder, io) = crate::server::builder(&outbound.timeouts, &outbound.limits, io);
+    let timeouts_connect = outbound.timeouts.connect;
     let service = hyper::service::service_fn(move |request| {
         let outbound = outbound.clone();
         let caller = caller.clone();
@@ -183,7 +184,9 @@ async fn serve_connection(outbound: Arc<Outbound>, connection: Connection) {
     let connection = builder.serve_connection(TokioIo::new(io), service);
     let served = tokio::time::timeout(
         life,
-        serve_until_drained(connection, &mut registration, |c| c.graceful_shutdown()),
+        serve_until_drained(connection, &mut registration, Some(timeouts_connect), |c| {
+            c.graceful_shutdown()
+        }),
     )
     .await;
     if let Ok(Ended::Finished(Err(e))) = served {
