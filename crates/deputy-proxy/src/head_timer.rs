@@ -10,12 +10,12 @@
 //! within `head` of its first byte (bytes read while the answer before it was being written
 //! count as its start), the first request's within `head` of when hyper began to wait for it,
 //! and between requests a connection may wait `idle` for the next one. (Before hyper knows the
-//! protocol it runs no timer at all: `connections::first_request_within` bounds that.)
+//! protocol it runs no timer at all: `serve_until_drained`'s `first_request` bounds that.)
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -28,10 +28,9 @@ struct Activity {
     base: Instant,
     /// When bytes were last read (nanoseconds after `base`, plus one; 0: never).
     last_read: AtomicU64,
-    /// When bytes were last written (the same measure).
+    /// When bytes were last written (the same measure): some were once the connection has
+    /// answered a request.
     last_write: AtomicU64,
-    /// An answer (some bytes) was written: the connection has served a request.
-    answered: AtomicBool,
 }
 
 impl Activity {
@@ -70,7 +69,6 @@ pub(crate) fn for_connection<T>(head: Duration, idle: Duration, io: T) -> (HeadT
         base: Instant::now(),
         last_read: AtomicU64::new(0),
         last_write: AtomicU64::new(0),
-        answered: AtomicBool::new(false),
     });
     let head = head.min(IDLE_AT_MOST);
     (
@@ -141,7 +139,7 @@ impl Future for HeadSleep {
         // hyper polls this each time the connection is polled while a head is awaited, so a
         // read is seen here the first time it wakes the connection.
         let activity = &self.timer.activity;
-        let answered = activity.answered.load(Ordering::Acquire);
+        let answered = activity.at(&activity.last_write).is_some();
         if self.first_byte.is_none() {
             self.first_byte = activity.read_after(self.began);
         }
@@ -216,7 +214,6 @@ impl<T> Watched<T> {
     fn note_written(&self, polled: &Poll<std::io::Result<usize>>) {
         if matches!(polled, Poll::Ready(Ok(n)) if *n > 0) {
             self.activity.mark(&self.activity.last_write);
-            self.activity.answered.store(true, Ordering::Release);
         }
     }
 }

@@ -9,14 +9,11 @@ use crate::delegation::inbound_task;
 use crate::pipeline::Step;
 
 pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Step<'a> {
-    if call.inbound.policy.is_none() {
+    let (inbound, connection) = (call.inbound, call.connection);
+    let Some(policy) = &inbound.policy else {
         return Step::Now(Ok(()));
-    }
+    };
     Step::Wait(Box::pin(async move {
-        let (inbound, connection) = (call.inbound, call.connection);
-        let Some(policy) = &inbound.policy else {
-            return Ok(());
-        };
         let request = call
             .request
             .take()

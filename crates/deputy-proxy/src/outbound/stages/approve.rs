@@ -26,13 +26,10 @@ pub(crate) struct Obligation {
 }
 
 pub(super) fn approve<'a>(call: &'a mut Call<'_>) -> Step<'a> {
-    if call.approval.is_none() {
+    let Some(obligation) = call.approval.take() else {
         return Step::Now(Ok(()));
-    }
+    };
     Step::Wait(Box::pin(async move {
-        let Some(obligation) = call.approval.take() else {
-            return Ok(());
-        };
         let request_id = call.request_id;
         let refuse = |kind, detail: String| {
             Problem::new(

@@ -11,13 +11,11 @@ use crate::pipeline::{Outcome, Step};
 use crate::problem::{Problem, ProblemKind};
 
 pub(super) fn decide<'a>(call: &'a mut Call<'_>) -> Step<'a> {
-    if call.outbound.policy.is_none() {
+    let outbound = call.outbound;
+    let Some(policy) = &outbound.policy else {
         return Step::Now(without_policy(call));
-    }
+    };
     Step::Wait(Box::pin(async move {
-        let Some(policy) = &call.outbound.policy else {
-            return without_policy(call);
-        };
         let request = call
             .request
             .take()

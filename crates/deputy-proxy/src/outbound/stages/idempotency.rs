@@ -80,13 +80,10 @@ pub(crate) struct FirstTry {
 
 /// Before anything is issued, signed or sent: replays, conflicts and missing keys.
 pub(super) fn check<'a>(call: &'a mut Call<'_>) -> Step<'a> {
-    if call.outbound.idempotency.is_none() {
+    let Some(idempotency) = call.outbound.idempotency.clone() else {
         return Step::Now(Ok(()));
-    }
+    };
     Step::Wait(Box::pin(async move {
-        let Some(idempotency) = call.outbound.idempotency.clone() else {
-            return Ok(());
-        };
         let request_id = call.request_id;
         let service = call
             .service

@@ -8,13 +8,11 @@ use crate::pipeline::Step;
 use crate::problem::{Problem, ProblemKind};
 
 pub(super) fn obtain<'a>(call: &'a mut Call<'_>) -> Step<'a> {
-    if call.outbound.task_secrets.is_none() {
+    let outbound = call.outbound;
+    let Some(tasks) = &outbound.task_secrets else {
         return Step::Now(Ok(()));
-    }
+    };
     Step::Wait(Box::pin(async move {
-        let Some(tasks) = &call.outbound.task_secrets else {
-            return Ok(());
-        };
         let agent = &call.outbound.agent;
         let service = call
             .service
