@@ -30,6 +30,23 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// A command that runs deputyd with `config`. With `DEPUTY_TEST_DEPUTYD_WRAPPER` set, that
+/// program is run instead, with deputyd's path and arguments after its own: a profiler's
+/// launcher (heaptrack's preload, for one) that must `exec` deputyd, so that the process the
+/// tests watch and signal is deputyd's.
+pub fn deputyd_command(config: &Path) -> Command {
+    let mut command = match std::env::var_os("DEPUTY_TEST_DEPUTYD_WRAPPER") {
+        Some(wrapper) => {
+            let mut command = Command::new(wrapper);
+            command.arg(binary("deputyd"));
+            command
+        }
+        None => Command::new(binary("deputyd")),
+    };
+    command.arg("--config").arg(config);
+    command
+}
+
 /// The path of one of Deputy's binaries (`deputy` or `deputyd`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -322,7 +339,7 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `deputyd --config` and waits until its admin listener is bound.
     pub fn start(config: &Path) -> Self {
-        let process = Process::spawn(Command::new(binary("deputyd")).arg("--config").arg(config));
+        let process = Process::spawn(&mut deputyd_command(config));
         let line = process
             .output
             .wait_for("deputyd started", Duration::from_secs(20));

@@ -49,9 +49,7 @@ pub struct Node {
 impl Node {
     /// Starts deputyd with `config` and reads the addresses it reports.
     pub fn start(config: &Path) -> Self {
-        Self::of(Process::spawn(
-            Command::new(binary("deputyd")).arg("--config").arg(config),
-        ))
+        Self::of(Process::spawn(&mut crate::deputyd_command(config)))
     }
 
     /// A started deputyd, with the addresses it reports once it has started.

@@ -296,6 +296,9 @@ pub struct Delegation {
     pub max_contexts: usize,
     /// Most unexpired budgeted links counted at once (past it, new budgeted chains get 503).
     pub max_budgeted_links: usize,
+    /// Most tasks whose onward nodes are remembered, so that a revocation of one is relayed
+    /// to them (each about 1 KiB); past it the least recently used are forgotten.
+    pub max_relayed_tasks: usize,
 }
 
 impl Default for Delegation {
@@ -304,6 +307,7 @@ impl Default for Delegation {
             verify: deputy_delegation::VerifyOptions::default(),
             max_contexts: 16_384,
             max_budgeted_links: 65_536,
+            max_relayed_tasks: 8_192,
         }
     }
 }

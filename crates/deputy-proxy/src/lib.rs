@@ -145,11 +145,14 @@ impl Proxy {
             config.revocations.clone(),
             contexts.clone(),
             config.task_secrets.clone(),
-            config
-                .agents
-                .iter()
-                .map(|a| (a.name.clone(), a.spiffe_id.to_string()))
-                .collect(),
+            (
+                config
+                    .agents
+                    .iter()
+                    .map(|a| (a.name.clone(), a.spiffe_id.to_string()))
+                    .collect(),
+                config.delegation.max_relayed_tasks,
+            ),
             Some(revocation::NodeIdentity {
                 material: identities.own().material.clone(),
                 bundles: bundles.clone(),

@@ -190,6 +190,7 @@ struct RawDelegation {
     clock_skew: Duration,
     max_contexts: usize,
     max_budgeted_links: usize,
+    max_relayed_tasks: usize,
 }
 
 impl Default for RawDelegation {
@@ -201,6 +202,7 @@ impl Default for RawDelegation {
             clock_skew: d.verify.skew,
             max_contexts: d.max_contexts,
             max_budgeted_links: d.max_budgeted_links,
+            max_relayed_tasks: d.max_relayed_tasks,
         }
     }
 }
@@ -370,10 +372,11 @@ impl RawConfig {
             || delegation.max_header_bytes == 0
             || delegation.max_contexts == 0
             || delegation.max_budgeted_links == 0
+            || delegation.max_relayed_tasks == 0
         {
             problems.push(
-                "delegation.max_depth, max_header_bytes, max_contexts and max_budgeted_links \
-                 must be above zero"
+                "delegation.max_depth, max_header_bytes, max_contexts, max_budgeted_links and \
+                 max_relayed_tasks must be above zero"
                     .into(),
             );
         }
@@ -445,6 +448,7 @@ impl RawConfig {
                         },
                         max_contexts: delegation.max_contexts,
                         max_budgeted_links: delegation.max_budgeted_links,
+                        max_relayed_tasks: delegation.max_relayed_tasks,
                     },
                     policy: None,
                     without_policy,
@@ -522,7 +526,7 @@ address = "10.0.0.7"
             "absolute socket path",
             "needs a port",
             "a local agent has this name",
-            "max_depth, max_header_bytes, max_contexts and max_budgeted_links",
+            "max_contexts, max_budgeted_links and max_relayed_tasks must be above zero",
             "fix the clocks",
         ] {
             assert!(message.contains(expected), "{message}\nmissing: {expected}");
@@ -541,6 +545,7 @@ request = "10s"
 max_depth = 4
 clock_skew = "10s"
 max_contexts = 1000
+max_relayed_tasks = 512
 [[agent]]
 name = "triage"
 spiffe_id = "spiffe://example.org/agent/triage"
@@ -564,6 +569,7 @@ address = "10.0.0.7:15008"
             "default kept"
         );
         assert_eq!(delegation.max_contexts, 1000);
+        assert_eq!(delegation.max_relayed_tasks, 512);
         assert_eq!(
             config.proxy.agents[0].outbound,
             Some(ListenAddr::Unix("/run/deputy/triage.sock".into()))

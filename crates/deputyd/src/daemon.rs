@@ -56,6 +56,7 @@ fn metrics_handle() -> PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
             }
             deputy_identity::metrics::describe();
+            crate::memory::describe();
             handle
         })
         .clone()
@@ -251,7 +252,7 @@ impl Daemon {
             cancel.clone(),
         ));
         tasks.spawn(checkpoint_when_due(trail.clone(), cancel.clone()));
-        tasks.spawn(drain_histograms(metrics_handle(), cancel.clone()));
+        tasks.spawn(metrics_upkeep(metrics_handle(), cancel.clone()));
         if let Some(manager) = &secrets {
             manager
                 .tasks()
@@ -545,7 +546,7 @@ impl deputy_audit::checkpoint::Signer for NodeSigner {
 /// `cancel`. The recorder is built, not installed, so the exporter's own upkeep does not run:
 /// without this every duration recorded (four a call) stays in memory until `/metrics` is
 /// read, and a node nobody scrapes grows by about 34 bytes a call (found by the soak).
-async fn drain_histograms(metrics: PrometheusHandle, cancel: CancellationToken) {
+async fn metrics_upkeep(metrics: PrometheusHandle, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         tokio::select! {

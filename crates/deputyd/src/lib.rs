@@ -28,6 +28,7 @@ pub mod daemon;
 pub mod handover;
 pub mod limits_config;
 pub mod logging;
+pub mod memory;
 pub mod operator;
 pub mod pgproxy_config;
 pub mod policy_config;

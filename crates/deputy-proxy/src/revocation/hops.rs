@@ -10,8 +10,8 @@
 //! agent's task under the same id is another task, whose key revokes nothing of this one.
 //!
 //! Kept in memory, bounded; a task is forgotten when its chains expire (nothing of it can be
-//! presented any more). When the table is full of live tasks the least recently used is
-//! forgotten (counted: `deputy_revocation_hops_evicted_total`), and a revocation of it then
+//! presented any more), or when `[delegation] max_relayed_tasks` are held: then the least
+//! recently used is forgotten (counted: `deputy_revocation_hops_evicted_total`), and a revocation of it then
 //! reaches only this node.
 
 use std::num::NonZeroUsize;
@@ -24,8 +24,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 /// Counter: live tasks forgotten because the table was full.
 pub(crate) const EVICTED: &str = "deputy_revocation_hops_evicted_total";
 
-/// Tasks remembered.
-const TASKS: usize = 8192;
 /// Nodes one task goes on to from here, and keys it arrives with.
 const PER_TASK: usize = 32;
 
@@ -99,11 +97,12 @@ pub(crate) struct Hops {
     random: SystemRandom,
 }
 
-impl Default for Hops {
-    fn default() -> Self {
+impl Hops {
+    /// A table remembering at most `tasks` tasks (`[delegation] max_relayed_tasks`).
+    pub(crate) fn new(tasks: usize) -> Self {
         Self {
             table: Mutex::new(Table {
-                tasks: lru::LruCache::new(NonZeroUsize::new(TASKS).unwrap_or(NonZeroUsize::MIN)),
+                tasks: lru::LruCache::new(NonZeroUsize::new(tasks).unwrap_or(NonZeroUsize::MIN)),
                 swept_at: i64::MIN,
                 warned_at: i64::MIN,
                 evicted_unwarned: 0,
@@ -169,12 +168,13 @@ impl Hops {
                 table.evicted_unwarned += 1;
                 if now.saturating_sub(table.warned_at) >= WARN_EVERY {
                     tracing::warn!(
-                        tasks = TASKS,
+                        tasks = table.tasks.cap().get(),
                         forgotten = table.evicted_unwarned,
                         "the revocation hops table is full of live tasks: the least recently \
                          used are forgotten (so many since the last warning; all counted in \
                          deputy_revocation_hops_evicted_total), and a revocation of one will \
-                         reach only this node"
+                         reach only this node; raise [delegation] max_relayed_tasks (about 1 KiB \
+                         a task) to remember more"
                     );
                     table.warned_at = now;
                     table.evicted_unwarned = 0;
@@ -297,13 +297,15 @@ fn hash(key: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    const TASKS: usize = 64;
+
     fn task(id: &str) -> TaskKey {
         TaskKey::new(id, "user:a", "spiffe://example.org/agent/a")
     }
 
     #[test]
     fn a_task_keeps_one_key_per_node_it_went_to_and_accepts_only_keys_it_arrived_with() {
-        let hops = Hops::default();
+        let hops = Hops::new(TASKS);
         let facts = TaskFacts::default();
         let id = spiffe::SpiffeId::new("spiffe://example.org/agent/b").expect("id");
         let to_b = ("127.0.0.1:1", "b", &id);
@@ -353,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_task_that_went_to_as_many_nodes_as_are_remembered_gets_no_key_for_another() {
-        let hops = Hops::default();
+        let hops = Hops::new(TASKS);
         let id = spiffe::SpiffeId::new("spiffe://example.org/agent/b").expect("id");
         for n in 0..PER_TASK {
             let address = format!("127.0.0.1:{n}");
@@ -380,7 +382,7 @@ mod tests {
 
     #[test]
     fn a_table_full_of_live_tasks_forgets_the_least_recent_and_warns_once_a_minute() {
-        let hops = Hops::default();
+        let hops = Hops::new(TASKS);
         let facts = TaskFacts::default();
         for n in 0..TASKS + 10 {
             assert!(hops.arrived_with(&task(&format!("t{n}")), &facts, "k", 1000, 5));

@@ -124,12 +124,12 @@ pub struct Revoker {
 
 impl Revoker {
     /// Revocations kept in `records` (`None`: nothing is ever revoked), cutting into
-    /// `contexts` and `task_secrets`.
+    /// `contexts` and `task_secrets`; remembering where `relayed_tasks` tasks went on to.
     pub(crate) fn new(
         records: Option<Arc<Revocations>>,
         contexts: Arc<ContextStore>,
         task_secrets: Option<deputy_secrets::task::TaskSecrets>,
-        agents: HashMap<String, String>,
+        (agents, relayed_tasks): (HashMap<String, String>, usize),
         node: Option<NodeIdentity>,
         registry: Arc<crate::connections::Registry>,
         trail: Option<Arc<deputy_audit::Trail>>,
@@ -141,7 +141,7 @@ impl Revoker {
             contexts,
             task_secrets,
             agents,
-            hops: hops::Hops::default(),
+            hops: hops::Hops::new(relayed_tasks),
             node,
             rounds: cascade::Rounds::default(),
             relays: Arc::new(tokio::sync::Semaphore::new(cascade::RELAYS_AT_ONCE)),
