@@ -85,6 +85,16 @@ fn rotations(admin: &str, agent: &str) -> u64 {
         .expect("rotations")
 }
 
+/// Requests a node sent again because a pooled connection closed before they were written.
+fn resent(admin: &str) -> u64 {
+    let (_, metrics) = deputy_tests::http_get(admin, "/metrics").expect("/metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("deputy_requests_resent_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 /// alpha's database lease on the secrets node: its renewals, and its generation (1 while the
 /// first lease is the one renewed).
 fn lease(admin: &str) -> (u64, u64) {
@@ -254,7 +264,9 @@ async fn calls_at_a_fixed_rate_while_svids_rotate_leave_memory_files_and_connect
     }
     eprintln!(
         "{total} calls at {rate:.1} a second, none failed; alpha's SVID rotated {rotated} times; \
-         its lease renewed {renewed} times"
+         its lease renewed {renewed} times; requests sent again: node1 {}, node2 {}",
+        resent(&mesh.node1.admin),
+        resent(&mesh.node2.admin)
     );
     // No value Vault issued in any log of the secrets node's run (nor in its audit trail).
     drop(session);

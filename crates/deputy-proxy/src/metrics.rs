@@ -15,6 +15,9 @@ pub const OPEN_CONNECTIONS: &str = "deputy_open_connections";
 pub const DRAINED_CONNECTIONS: &str = "deputy_connections_drained_total";
 /// Counter: calls refused because a limit was reached, by `direction` and `limit`.
 pub const OVERLOADED: &str = "deputy_overloaded_total";
+/// Counter: requests sent again on another pooled connection, by `service`, because the one
+/// the pool handed out closed before the request was written.
+pub const RESENT: &str = "deputy_requests_resent_total";
 /// Counter: completed TLS handshakes by `direction`.
 pub const HANDSHAKES: &str = "deputy_tls_handshakes_total";
 /// Counter: failed TLS handshakes by `direction` and `reason`.
@@ -36,6 +39,10 @@ pub fn describe() {
          maximum age, stopping)"
     );
     metrics::describe_counter!(OVERLOADED, "Calls refused with 503 overloaded, by limit");
+    metrics::describe_counter!(
+        RESENT,
+        "Requests sent again because their pooled connection closed before they were written"
+    );
     metrics::describe_counter!(HANDSHAKES, "Completed TLS handshakes");
     metrics::describe_counter!(HANDSHAKE_FAILURES, "Failed TLS handshakes by reason");
     metrics::describe_gauge!(crate::context::CONTEXTS, "Deputy-Context handles held");
@@ -63,6 +70,10 @@ pub(crate) fn connection_closed(direction: &'static str) {
 pub(crate) fn connection_drained(direction: &'static str, reason: &'static str) {
     metrics::counter!(DRAINED_CONNECTIONS, "direction" => direction, "reason" => reason)
         .increment(1);
+}
+
+pub(crate) fn resent(service: &str) {
+    metrics::counter!(RESENT, "service" => service.to_owned()).increment(1);
 }
 
 pub(crate) fn overloaded(direction: &'static str, limit: &'static str) {

@@ -121,7 +121,7 @@ async fn to_mesh(
     mut request: Request<Body>,
 ) -> Result<Response<Body>, Refused> {
     let request_id = call.request_id;
-    let mut sender = call
+    let sender = call
         .sender
         .take()
         .ok_or_else(|| call.missing("send", "connection"))?;
@@ -149,29 +149,95 @@ async fn to_mesh(
 
     let timeout = call.outbound.timeouts.request;
     let spent_under = call.spent_under.take();
-    let sent = tokio::time::timeout(timeout, sender.try_send_request(request))
-        .await
-        .map(|sent| {
-            sent.map_err(|mut failed| {
-                // hyper hands back a request it never wrote: that call did not happen.
-                if failed.take_message().is_some()
-                    && let Some(context) = &spent_under
-                {
-                    context.refund();
-                }
-                failed.into_error()
-            })
-        });
+    let sent = tokio::time::timeout(timeout, send_again_if_unwritten(call, sender, request)).await;
     match sent {
         Ok(Ok(response)) => Ok(response.map(stream)),
-        Ok(Err(e)) => Err(Problem::new(
-            ProblemKind::UpstreamUnavailable,
-            format!("{service} did not answer: {e}"),
-            request_id,
-        )
-        .into()),
+        Ok(Err(failed)) => {
+            // A request never written is a call that did not happen.
+            if !failed.written
+                && let Some(context) = &spent_under
+            {
+                context.refund();
+            }
+            Err(failed.why.unwrap_or_else(|| {
+                Problem::new(
+                    ProblemKind::UpstreamUnavailable,
+                    format!("{service} did not answer: {}", failed.error),
+                    request_id,
+                )
+                .into()
+            }))
+        }
         Err(_) => Err(timed_out(&service, timeout, request_id)),
     }
+}
+
+/// A request that got no answer.
+struct NotAnswered {
+    /// hyper's error, of the last attempt.
+    error: String,
+    /// Whether the peer may have seen the request.
+    written: bool,
+    /// Why no second connection could be had, if that is where it ended.
+    why: Option<Refused>,
+}
+
+/// Sends `request` on `sender`. A request hyper hands back unwritten did not happen: its
+/// connection closed as the pool handed it out (the peer closing it as idle or drained, in the
+/// moment between the pool's check and the send), so it is sent once more on a connection the
+/// pool finds or opens. Once: a second connection that closes the same way says something is
+/// wrong at the peer.
+async fn send_again_if_unwritten(
+    call: &mut Call<'_>,
+    mut sender: hyper::client::conn::http2::SendRequest<Body>,
+    request: Request<Body>,
+) -> Result<Response<hyper::body::Incoming>, NotAnswered> {
+    let not_answered = |mut failed: hyper::client::conn::TrySendError<Request<Body>>| {
+        let unwritten = failed.take_message();
+        (unwritten, failed.into_error().to_string())
+    };
+    let (request, first) = match sender.try_send_request(request).await {
+        Ok(response) => return Ok(response),
+        Err(failed) => match not_answered(failed) {
+            (Some(request), error) => (request, error),
+            (None, error) => {
+                return Err(NotAnswered {
+                    error,
+                    written: true,
+                    why: None,
+                });
+            }
+        },
+    };
+    crate::metrics::resent(&call.service_name());
+    tracing::debug!(request_id = call.request_id, error = %first,
+        "the pooled connection closed before the request was written; sending it again");
+    let mut again = match super::connect::pooled_sender(call).await {
+        Ok(Some(sender)) => sender,
+        // `None` only for a tool outside the mesh, which this call is not.
+        Ok(None) => {
+            return Err(NotAnswered {
+                error: first,
+                written: false,
+                why: None,
+            });
+        }
+        Err(why) => {
+            return Err(NotAnswered {
+                error: first,
+                written: false,
+                why: Some(why),
+            });
+        }
+    };
+    again.try_send_request(request).await.map_err(|failed| {
+        let (unwritten, error) = not_answered(failed);
+        NotAnswered {
+            error,
+            written: unwritten.is_none(),
+            why: None,
+        }
+    })
 }
 
 /// The key the service's node is given for the call's task: what a revocation of the task
