@@ -143,6 +143,10 @@ async fn a_100_mb_upload_streams_through_with_bounded_memory() {
     const CHUNK: usize = 64 * 1024;
     let mesh = Mesh::start("1h");
     let outbound = mesh.node1.outbound_of("alpha");
+    // Measured from here: a debug deputyd's own pages (its program, the allocator's arenas)
+    // are most of 50 MiB before any call.
+    let nodes = [&mesh.node1, &mesh.node2];
+    let before = nodes.map(|node| vm_hwm_kib(node.process.pid()));
     let chunks = futures::stream::iter(
         (0..TOTAL / CHUNK as u64)
             .map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![0x5a; CHUNK])))),
@@ -164,11 +168,12 @@ async fn a_100_mb_upload_streams_through_with_bounded_memory() {
         "deputy_bytes_total{direction=\"outbound\",service=\"beta\",flow=\"request\"}",
     );
     assert_eq!(counted, TOTAL as f64, "bytes are counted");
-    for node in [&mesh.node1, &mesh.node2] {
+    for (node, before) in nodes.into_iter().zip(before) {
         let peak = vm_hwm_kib(node.process.pid());
         assert!(
-            peak < 60 * 1024,
-            "deputyd's peak memory {peak} KiB: the body must stream, not be held whole"
+            peak < before + 32 * 1024,
+            "deputyd's peak memory rose from {before} to {peak} KiB carrying 100 MiB: the body \
+             must stream, not be held whole"
         );
     }
 }

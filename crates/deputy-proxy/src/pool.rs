@@ -121,10 +121,13 @@ impl Pool {
         };
         // One connect at a time per pair; others wait and reuse it.
         let mut slot = slot.lock().await;
-        // Connections of an older SVID, closed, drained or idle too long are handed out no
-        // more, and kept until their requests in flight are answered.
+        // Connections of an older SVID, drained or idle too long are handed out no more, and
+        // kept until their requests in flight are answered; closed ones answer nothing more.
         let (serial, idle) = (&material.serial, self.timeouts.idle);
-        slot.retain(|pooled| pooled.usable(serial, idle) || pooled.connection.in_flight() > 0);
+        slot.retain(|pooled| {
+            pooled.usable(serial, idle)
+                || (pooled.connection.in_flight() > 0 && !pooled.sender.is_closed())
+        });
         // The first with room (the oldest: a burst's extra connections then fall idle and
         // go).
         let room = u64::from(self.limits.max_streams);

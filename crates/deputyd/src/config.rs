@@ -181,6 +181,9 @@ impl Default for RawTimeouts {
     }
 }
 
+/// Most tasks `[delegation] max_relayed_tasks` may ask the revocation hops table to remember.
+const MAX_RELAYED_TASKS: usize = 1 << 20;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawDelegation {
@@ -380,6 +383,13 @@ impl RawConfig {
                     .into(),
             );
         }
+        if delegation.max_relayed_tasks > MAX_RELAYED_TASKS {
+            problems.push(format!(
+                "delegation.max_relayed_tasks = {} is more than {MAX_RELAYED_TASKS} (the table \
+                 is reserved whole at start, about 1 KiB a task when full); lower it",
+                delegation.max_relayed_tasks
+            ));
+        }
         if !self.state.dir.is_absolute() {
             problems.push(format!(
                 "state.dir {:?} must be an absolute path, such as /var/lib/deputy",
@@ -507,6 +517,7 @@ upstream = "https://127.0.0.1:8081"
 [delegation]
 max_depth = 0
 clock_skew = "1h"
+max_relayed_tasks = 2000000
 [[agent]]
 name = "ops"
 spiffe_id = "spiffe://example.org/agent/ops"
@@ -527,6 +538,7 @@ address = "10.0.0.7"
             "needs a port",
             "a local agent has this name",
             "max_contexts, max_budgeted_links and max_relayed_tasks must be above zero",
+            "max_relayed_tasks = 2000000 is more than 1048576",
             "fix the clocks",
         ] {
             assert!(message.contains(expected), "{message}\nmissing: {expected}");

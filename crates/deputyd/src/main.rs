@@ -23,6 +23,13 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     if let Some(config) = &loaded {
         deputyd::sandbox::enter(config, &args.config)?;
     }
+    // After the sandbox, so that the allocator's thread is inside it too.
+    if let Err(e) = deputyd::memory::start_background_purge() {
+        eprintln!(
+            "deputyd: the allocator's background thread did not start ({e}); freed memory is \
+             returned only as deputyd allocates"
+        );
+    }
     let stopped = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

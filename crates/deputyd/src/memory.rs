@@ -19,12 +19,15 @@ pub const RESIDENT: &str = "deputy_memory_resident_bytes";
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read at its first allocation: a background thread (one: jemalloc
-/// counts the host's processors, not the ones deputyd may use) returns pages freed ten seconds
-/// ago, its default decay, also while the node is idle, when no allocation would run the purge.
-#[allow(unsafe_code, non_upper_case_globals)] // The name jemalloc looks up; a constant.
-#[unsafe(export_name = "_rjem_malloc_conf")]
-pub static malloc_conf: &[u8] = b"background_thread:true,max_background_threads:1\0";
+/// Starts jemalloc's background thread, which returns pages freed ten seconds ago (its default
+/// decay) also while the node is idle, when no allocation would run the purge. Called after the
+/// sandbox is entered: a thread started before it would run outside it (which is why it is not
+/// one of jemalloc's options, read at its first allocation). One thread: jemalloc counts the
+/// host's processors, not the ones deputyd may use.
+pub fn start_background_purge() -> tikv_jemalloc_ctl::Result<()> {
+    tikv_jemalloc_ctl::max_background_threads::write(1)?;
+    tikv_jemalloc_ctl::background_thread::write(true)
+}
 
 /// Describes the gauges.
 pub fn describe() {
@@ -57,13 +60,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_background_purge_starts_one_thread() {
+        start_background_purge().expect("started");
+        assert!(tikv_jemalloc_ctl::background_thread::read().expect("read"));
+        assert_eq!(
+            tikv_jemalloc_ctl::max_background_threads::read().expect("read"),
+            1
+        );
+    }
+
+    #[test]
     fn allocated_counts_what_is_held_and_not_what_was_freed() {
         let read = || {
             epoch::advance().expect("epoch");
             stats::allocated::read().expect("stats.allocated")
         };
         let before = read();
-        let held = vec![1_u8; 64 << 20];
+        let held = std::hint::black_box(vec![1_u8; 64 << 20]);
         let holding = read();
         drop(held);
         let after = read();

@@ -209,11 +209,16 @@ async fn send_again_if_unwritten(
             }
         },
     };
-    crate::metrics::resent(&call.service_name());
     tracing::debug!(request_id = call.request_id, error = %first,
         "the pooled connection closed before the request was written; sending it again");
+    // The closed connection's count, which `connect` pushed last: kept, it would hold a place
+    // of the pair's `max_pool_connections` until this call ends.
+    call.in_flight.pop();
     let mut again = match super::connect::pooled_sender(call).await {
-        Ok(Some(sender)) => sender,
+        Ok(Some(sender)) => {
+            crate::metrics::resent(&call.service_name());
+            sender
+        }
         // `None` only for a tool outside the mesh, which this call is not.
         Ok(None) => {
             return Err(NotAnswered {
