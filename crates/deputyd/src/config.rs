@@ -181,8 +181,9 @@ impl Default for RawTimeouts {
     }
 }
 
-/// Most tasks `[delegation] max_relayed_tasks` may ask the revocation hops table to remember.
-const MAX_RELAYED_TASKS: usize = 1 << 20;
+/// The most entries `[delegation] max_contexts` and `max_relayed_tasks` may ask for: each
+/// table's index is reserved whole at start.
+const MAX_TABLE: usize = 1 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -383,12 +384,16 @@ impl RawConfig {
                     .into(),
             );
         }
-        if delegation.max_relayed_tasks > MAX_RELAYED_TASKS {
-            problems.push(format!(
-                "delegation.max_relayed_tasks = {} is more than {MAX_RELAYED_TASKS} (the table \
-                 is reserved whole at start, about 1 KiB a task when full); lower it",
-                delegation.max_relayed_tasks
-            ));
+        for (name, value) in [
+            ("max_contexts", delegation.max_contexts),
+            ("max_relayed_tasks", delegation.max_relayed_tasks),
+        ] {
+            if value > MAX_TABLE {
+                problems.push(format!(
+                    "delegation.{name} = {value} is more than {MAX_TABLE} (its table is reserved \
+                     whole when deputyd starts); lower it"
+                ));
+            }
         }
         if !self.state.dir.is_absolute() {
             problems.push(format!(
@@ -517,6 +522,7 @@ upstream = "https://127.0.0.1:8081"
 [delegation]
 max_depth = 0
 clock_skew = "1h"
+max_contexts = 3000000
 max_relayed_tasks = 2000000
 [[agent]]
 name = "ops"
@@ -539,6 +545,7 @@ address = "10.0.0.7"
             "a local agent has this name",
             "max_contexts, max_budgeted_links and max_relayed_tasks must be above zero",
             "max_relayed_tasks = 2000000 is more than 1048576",
+            "max_contexts = 3000000 is more than 1048576",
             "fix the clocks",
         ] {
             assert!(message.contains(expected), "{message}\nmissing: {expected}");
