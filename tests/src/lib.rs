@@ -47,6 +47,16 @@ pub fn deputyd_command(config: &Path) -> Command {
     command
 }
 
+/// The value of the metric lines of Prometheus text `metrics` that start with `prefix` (a name,
+/// or a name with its labels), summed over them; 0 if there is none.
+pub fn metric(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The path of one of Deputy's binaries (`deputy` or `deputyd`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

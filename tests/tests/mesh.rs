@@ -123,7 +123,7 @@ async fn server_sent_events_arrive_one_by_one() {
 
 fn eventually_metric(node: &deputy_tests::mesh::Node, prefix: &str) -> f64 {
     deputy_tests::eventually(prefix, Duration::from_secs(5), || {
-        let value = counter(&node.metrics(), prefix);
+        let value = deputy_tests::metric(&node.metrics(), prefix);
         (value > 0.0).then_some(value)
     })
 }
@@ -288,14 +288,6 @@ fn serial(node: &deputy_tests::mesh::Node, agent: &str) -> String {
         .to_owned()
 }
 
-fn counter(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_fails_no_request_and_new_handshakes_use_the_new_svid() {
     // SVIDs of 30 s rotate every 15 s: three rotations of both ends within the run.
@@ -352,7 +344,7 @@ async fn rotation_under_load_fails_no_request_and_new_handshakes_use_the_new_svi
         "the new handshake presents the new SVID"
     );
     // Each of alpha's SVIDs was presented on a new handshake.
-    let handshakes = counter(
+    let handshakes = deputy_tests::metric(
         &mesh.node1.metrics(),
         "deputy_tls_handshakes_total{direction=\"outbound\"}",
     );
@@ -362,7 +354,7 @@ async fn rotation_under_load_fails_no_request_and_new_handshakes_use_the_new_svi
         alpha_serials.len()
     );
     // And the far end saw them: the inbound handshakes on node2 match.
-    let inbound = counter(
+    let inbound = deputy_tests::metric(
         &mesh.node2.metrics(),
         "deputy_tls_handshakes_total{direction=\"inbound\"}",
     );

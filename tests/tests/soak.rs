@@ -52,12 +52,9 @@ fn sample(process: &Process, admin: &str) -> Sample {
         .expect("fds")
         .count();
     let (_, metrics) = deputy_tests::http_get(admin, "/metrics").expect("/metrics");
-    let allocated_kib = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("deputy_memory_allocated_bytes "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|bytes| bytes as u64 / 1024)
-        .expect("deputy_memory_allocated_bytes in /metrics");
+    let allocated = deputy_tests::metric(&metrics, "deputy_memory_allocated_bytes ");
+    assert!(allocated > 0.0, "deputy_memory_allocated_bytes in /metrics");
+    let allocated_kib = allocated as u64 / 1024;
     let (_, text) = deputy_tests::http_get(admin, "/connections").expect("/connections");
     let document: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     let connections = document["connections"].as_array().map_or(0, Vec::len);
@@ -88,11 +85,7 @@ fn rotations(admin: &str, agent: &str) -> u64 {
 /// Requests a node sent again because a pooled connection closed before they were written.
 fn resent(admin: &str) -> u64 {
     let (_, metrics) = deputy_tests::http_get(admin, "/metrics").expect("/metrics");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("deputy_requests_resent_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    deputy_tests::metric(&metrics, "deputy_requests_resent_total") as u64
 }
 
 /// alpha's database lease on the secrets node: its renewals, and its generation (1 while the

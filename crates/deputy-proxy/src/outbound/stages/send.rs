@@ -215,26 +215,17 @@ async fn send_again_if_unwritten(
     // of the pair's `max_pool_connections` until this call ends.
     call.in_flight.pop();
     let mut again = match super::connect::pooled_sender(call).await {
-        Ok(Some(sender)) => {
-            crate::metrics::resent(&call.service_name());
-            sender
-        }
-        // `None` only for a tool outside the mesh, which this call is not.
-        Ok(None) => {
+        Ok(Some(sender)) => sender,
+        // `Ok(None)` only for a tool outside the mesh, which this call is not.
+        other => {
             return Err(NotAnswered {
                 error: first,
                 written: false,
-                why: None,
-            });
-        }
-        Err(why) => {
-            return Err(NotAnswered {
-                error: first,
-                written: false,
-                why: Some(why),
+                why: other.err(),
             });
         }
     };
+    crate::metrics::resent(&call.service_name());
     again.try_send_request(request).await.map_err(|failed| {
         let (unwritten, error) = not_answered(failed);
         NotAnswered {
